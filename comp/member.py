@@ -1,0 +1,224 @@
+"""The member contract and the k-fold runner every member uses.
+
+A member turns a Competition and the shared fold table into runs/<name>/:
+  fold{k}/val_proba.npy, fold{k}/test_proba.npy, fold{k}/done.json   (one per fold, resumable)
+  oof.npy (n_train, C), test.npy (n_test, C), classes.json, cv.json, recipe.toml
+
+Extra training rows (pseudo-labels, distillation targets for unlabelled text) join each fold's
+training part only. Any extra row whose normalized text equals a validation row's text is dropped
+for that fold: its target was predicted by models that saw that validation row's label.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from comp.config import Recipe
+from comp.data import Competition, folds_hash, load_competition, load_folds, normalize_text
+from comp.metrics import score
+from comp.utils import CompError, log, read_json, save_npy, sha1_of, write_json, write_text
+
+
+@dataclass
+class ExtraRows:
+    """Rows that only ever join training parts: texts with soft targets and weights."""
+
+    texts: list[str] = field(default_factory=list)
+    targets: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (m, C) probabilities
+    weights: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (m,)
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, keep: np.ndarray) -> ExtraRows:
+        """The rows where keep is True."""
+        idx = np.flatnonzero(keep)
+        return ExtraRows([self.texts[i] for i in idx], self.targets[idx], self.weights[idx],
+                         self.source)
+
+
+@dataclass
+class FoldContext:
+    """Everything one fold's fit needs."""
+
+    fold: int
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    dir: Path
+    comp: Competition
+    recipe: Recipe
+    extra: ExtraRows
+    report: Callable[[int, float], None] = lambda step, value: None
+
+    @property
+    def train_texts(self) -> list[str]:
+        """Texts of the fold's training part."""
+        return [self.comp.train_texts[i] for i in self.train_idx]
+
+    @property
+    def val_texts(self) -> list[str]:
+        """Texts of the fold's validation part."""
+        return [self.comp.train_texts[i] for i in self.val_idx]
+
+
+# (val_proba (n_val, C), test_proba (n_test, C))
+FitFold = Callable[[FoldContext], tuple[np.ndarray, np.ndarray]]
+
+
+def recipe_fingerprint(recipe: Recipe) -> str:
+    """What makes two runs of a member interchangeable: the recipe minus its search space."""
+    d = recipe.to_dict()
+    d.pop("tune", None)
+    d.pop("runs_dir", None)
+    from comp.config import dumps_toml
+
+    return sha1_of([dumps_toml(d)])
+
+
+def extra_for_fold(extra: ExtraRows, val_texts: list[str]) -> tuple[ExtraRows, int]:
+    """Drop extra rows whose text duplicates a validation text; returns (rows, n_dropped)."""
+    if not len(extra):
+        return extra, 0
+    val_keys = {normalize_text(t) for t in val_texts}
+    keep = np.array([normalize_text(t) not in val_keys for t in extra.texts])
+    return extra.subset(keep), int((~keep).sum())
+
+
+def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None = None,
+               force: bool = False, extra: ExtraRows | None = None,
+               report: Callable[[int, float], None] | None = None,
+               comp: Competition | None = None) -> dict | None:
+    """Run (or resume) a member's k folds and write the member files.
+
+    Args:
+        recipe: the resolved recipe (recipe.name names runs/<name>).
+        fit_fold: trains on ctx.train_idx (+ ctx.extra), returns (val_proba, test_proba).
+        folds_to_run: a subset of folds (a cluster fans folds out); None = all.
+        force: retrain folds even if done.
+        extra: rows joining training parts only (pseudo-labels, teacher targets).
+        report: called with (step, value) during training (Optuna pruning).
+        comp: an already loaded competition.
+
+    Returns:
+        The cv.json dict once every fold is done, else None.
+    """
+    comp = comp or load_competition(recipe.data)
+    folds = load_folds(comp, recipe.data)
+    k = recipe.data.folds
+    run_dir = recipe.run_dir
+    fingerprint = recipe_fingerprint(recipe)
+    extra = extra if extra is not None else load_pseudo_for(recipe, comp)
+    wanted = list(range(k)) if folds_to_run is None else sorted(set(folds_to_run))
+    bad = [f for f in wanted if not 0 <= f < k]
+    if bad:
+        raise CompError(f"--folds: fold {bad[0]} does not exist (k={k})")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "recipe.toml", recipe.to_toml())
+
+    for f in wanted:
+        fdir = run_dir / f"fold{f}"
+        done = fdir / "done.json"
+        if done.exists() and not force:
+            meta = read_json(done)
+            if meta.get("recipe") == fingerprint:
+                log(f"{recipe.name} fold {f}: done ({meta['metric']}={meta['score']:.4f}), "
+                    "skipped")
+                continue
+            raise CompError(f"{fdir}: made by a different recipe; rerun with --force or give "
+                            "the member a new name")
+        if fdir.exists():
+            shutil.rmtree(fdir)  # an interrupted fold restarts cleanly
+        fdir.mkdir(parents=True)
+        train_idx = np.flatnonzero(folds != f)
+        val_idx = np.flatnonzero(folds == f)
+        val_texts = [comp.train_texts[i] for i in val_idx]
+        fold_extra, dropped = extra_for_fold(extra, val_texts)
+        if dropped:
+            log(f"{recipe.name} fold {f}: dropped {dropped} extra row(s) duplicating "
+                "validation texts")
+        ctx = FoldContext(f, train_idx, val_idx, fdir, comp, recipe, fold_extra,
+                          report or (lambda step, value: None))
+        t0 = time.time()
+        val_proba, test_proba = fit_fold(ctx)
+        _check_shape(val_proba, (len(val_idx), comp.n_classes), "validation")
+        _check_shape(test_proba, (len(comp.test_ids), comp.n_classes), "test")
+        s = score(recipe.metric, comp.labels[val_idx], val_proba)
+        save_npy(fdir / "val_proba.npy", val_proba.astype(np.float32))
+        save_npy(fdir / "test_proba.npy", test_proba.astype(np.float32))
+        write_json(done, {"fold": f, "metric": recipe.metric, "score": s,
+                          "seconds": round(time.time() - t0, 2), "recipe": fingerprint,
+                          "n_train": len(train_idx), "n_val": len(val_idx),
+                          "n_extra": len(fold_extra)})
+        log(f"{recipe.name} fold {f}: {recipe.metric}={s:.4f} ({time.time() - t0:.0f}s)")
+    return assemble(recipe, comp, folds)
+
+
+def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray) -> dict | None:
+    """Write oof.npy, test.npy, classes.json, cv.json once every fold is done."""
+    run_dir = recipe.run_dir
+    k = recipe.data.folds
+    metas = []
+    for f in range(k):
+        done = run_dir / f"fold{f}" / "done.json"
+        if not done.exists():
+            missing = [g for g in range(k) if not (run_dir / f"fold{g}" / "done.json").exists()]
+            log(f"{recipe.name}: folds {missing} not done yet; member files not written")
+            return None
+        metas.append(read_json(done))
+    oof = np.zeros((len(comp.train_ids), comp.n_classes), dtype=np.float32)
+    test = np.zeros((len(comp.test_ids), comp.n_classes), dtype=np.float64)
+    for f in range(k):
+        oof[folds == f] = np.load(run_dir / f"fold{f}" / "val_proba.npy")
+        test += np.load(run_dir / f"fold{f}" / "test_proba.npy") / k
+    cv = {
+        "name": recipe.name,
+        "kind": recipe.kind,
+        "metric": recipe.metric,
+        "cv": score(recipe.metric, comp.labels, oof),
+        "fold_scores": [m["score"] for m in metas],
+        "folds_hash": folds_hash(comp.train_ids, folds),
+        "train_hash": comp.train_hash,
+        "test_hash": comp.test_hash,
+        "n_train": len(comp.train_ids),
+        "n_test": len(comp.test_ids),
+        "seconds": round(sum(m["seconds"] for m in metas), 2),
+        "extra_rows": max(m.get("n_extra", 0) for m in metas),
+    }
+    save_npy(run_dir / "oof.npy", oof)
+    save_npy(run_dir / "test.npy", test.astype(np.float32))
+    write_json(run_dir / "classes.json", comp.classes)
+    write_json(run_dir / "cv.json", cv)
+    folds_txt = " ".join(f"{s:.4f}" for s in cv["fold_scores"])
+    log(f"{recipe.name}: OOF {recipe.metric}={cv['cv']:.4f} (folds {folds_txt})")
+    return cv
+
+
+def _check_shape(a: np.ndarray, shape: tuple[int, int], what: str) -> None:
+    if a.shape != shape:
+        raise CompError(f"member returned {what} probabilities of shape {a.shape}, "
+                        f"expected {shape}")
+    if not np.isfinite(a).all():
+        raise CompError(f"member returned non-finite {what} probabilities")
+
+
+def load_pseudo_for(recipe: Recipe, comp: Competition) -> ExtraRows:
+    """The recipe's pseudo-label file (train.pseudo) as extra rows, or none."""
+    if not recipe.train.pseudo:
+        return ExtraRows(targets=np.zeros((0, comp.n_classes)))
+    from comp.pseudo import read_pseudo
+
+    return read_pseudo(recipe.train.pseudo, comp.classes, soft=recipe.train.pseudo_soft,
+                       weight=recipe.train.pseudo_weight)
+
+
+def member_done(run_dir: str | Path) -> bool:
+    """True when a member's files are complete."""
+    d = Path(run_dir)
+    return all((d / n).exists() for n in ("oof.npy", "test.npy", "cv.json", "classes.json"))
