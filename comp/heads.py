@@ -1,0 +1,316 @@
+"""Heads over the character grid (biLSTM, TextCNN, both), masked pooling, and the classifier.
+
+A head reads the concatenated grid features (B, N, D) with a (B, N) mask and returns one pooled
+vector per text (B, out_dim). The Classifier then meets that vector with every backbone's CLS
+vector (the CLS skip) right before the final linear layer, whatever the head is.
+
+    head = create_head("bilstm", in_dim=D, hidden=128)       # registry, timm style
+    pooled = head(x, mask)                                    # (B, head.out_dim)
+    clf = Classifier(head.out_dim, cls_dims=[H1, H2], n_classes=C)
+    logits = clf(pooled, [cls1, cls2])                        # (B, C)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from comp.utils import CompError
+
+__all__ = [
+    "HeadConfig",
+    "Head",
+    "Classifier",
+    "register_head",
+    "create_head",
+    "head_names",
+    "pool_names",
+    "create_pool",
+    "masked_max",
+    "masked_mean",
+]
+
+_HEADS: dict[str, Callable[[int, Any], Head]] = {}
+_POOLS = ("maxmean", "attention")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Head hyper-parameters; a ModelConfig has the same fields and works in its place."""
+
+    hidden: int = 128  # LSTM units per direction
+    channels: int = 128  # filters per CNN kernel size
+    kernel_sizes: tuple[int, ...] = (2, 3, 4)
+    pooling: str = "maxmean"  # maxmean | attention
+    dropout: float = 0.2
+
+
+def register_head(fn: Callable[[int, Any], Head]) -> Callable[[int, Any], Head]:
+    """Register a head factory `fn(in_dim, cfg) -> Head` under its function name."""
+    _HEADS[fn.__name__] = fn
+    return fn
+
+
+def head_names() -> list[str]:
+    """Names of every registered head, sorted."""
+    return sorted(_HEADS)
+
+
+def pool_names() -> list[str]:
+    """Names of the pooling strategies."""
+    return list(_POOLS)
+
+
+def create_head(name: str, in_dim: int, hidden: int = 128, channels: int = 128,
+                kernel_sizes: Sequence[int] = (2, 3, 4), pooling: str = "maxmean",
+                dropout: float = 0.2) -> Head:
+    """Build a registered head.
+
+    Args:
+        name: a name from `head_names()`.
+        in_dim: feature width D of the grid.
+        hidden: LSTM units per direction.
+        channels: CNN filters per kernel size.
+        kernel_sizes: CNN kernel widths in characters.
+        pooling: "maxmean" (masked max and mean, concatenated) or "attention".
+        dropout: dropout on the head's input features.
+
+    Returns:
+        The head; `head.out_dim` is the width of its pooled output.
+    """
+    if name not in _HEADS:
+        raise CompError(f"recipe key 'model.head': unknown head '{name}' "
+                        f"(known: {', '.join(head_names())})")
+    if in_dim <= 0:
+        raise ValueError(f"head input width must be > 0, got {in_dim}")
+    cfg = HeadConfig(hidden=hidden, channels=channels, kernel_sizes=tuple(kernel_sizes),
+                     pooling=pooling, dropout=dropout)
+    return _HEADS[name](in_dim, cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# masked pooling
+
+
+def masked_max(x: Tensor, mask: Tensor) -> Tensor:
+    """Max over positions where mask is True; zeros for rows without any.
+
+    Args:
+        x: (B, N, D) features.
+        mask: (B, N) bool.
+
+    Returns:
+        (B, D).
+    """
+    m = mask.unsqueeze(-1)  # (B, N, 1)
+    # a finite floor instead of -inf keeps fp16 and empty rows free of inf/NaN
+    filled = x.masked_fill(~m, torch.finfo(x.dtype).min)
+    out = filled.max(dim=1).values  # (B, D)
+    return torch.where(mask.any(dim=1, keepdim=True), out, torch.zeros_like(out))
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean over positions where mask is True; zeros for rows without any.
+
+    Args:
+        x: (B, N, D) features.
+        mask: (B, N) bool.
+
+    Returns:
+        (B, D).
+    """
+    m = mask.unsqueeze(-1)  # (B, N, 1)
+    total = x.masked_fill(~m, 0.0).sum(dim=1)  # (B, D)
+    count = m.sum(dim=1).clamp(min=1).to(x.dtype)  # (B, 1)
+    return total / count
+
+
+class MaxMeanPool(nn.Module):
+    """Masked max and masked mean, concatenated: (B, N, D) -> (B, 2D)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.out_dim = 2 * dim
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Pool the unmasked positions."""
+        return torch.cat([masked_max(x, mask), masked_mean(x, mask)], dim=-1)
+
+
+class AttentionPool(nn.Module):
+    """Masked additive attention: softmax(v . tanh(W x)) weighted sum, (B, N, D) -> (B, D)."""
+
+    def __init__(self, dim: int, attn_dim: int | None = None) -> None:
+        super().__init__()
+        attn_dim = attn_dim or min(dim, 128)
+        self.proj = nn.Linear(dim, attn_dim)
+        self.score = nn.Linear(attn_dim, 1, bias=False)
+        self.out_dim = dim
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Pool the unmasked positions; rows without any give zeros."""
+        x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
+        scores = self.score(torch.tanh(self.proj(x))).squeeze(-1)  # (B, N)
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        # an all-masked row would otherwise spread uniform weight over padding
+        weights = torch.softmax(scores, dim=-1) * mask.to(scores.dtype)  # (B, N)
+        return torch.bmm(weights.unsqueeze(1), x).squeeze(1)  # (B, D)
+
+
+def create_pool(name: str, dim: int) -> nn.Module:
+    """Build a pooling module over features of width `dim`; `.out_dim` gives its output width."""
+    if name == "maxmean":
+        return MaxMeanPool(dim)
+    if name == "attention":
+        return AttentionPool(dim)
+    raise CompError(f"recipe key 'model.pooling': unknown pooling '{name}' "
+                    f"(known: {', '.join(_POOLS)})")
+
+
+# ---------------------------------------------------------------------------------------------
+# heads
+
+
+class Head(nn.Module):
+    """Base class: (B, N, D) grid features + (B, N) mask -> (B, out_dim) pooled vector."""
+
+    out_dim: int
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Encode and pool."""
+        raise NotImplementedError
+
+
+class BiLSTMHead(Head):
+    """A bidirectional LSTM over the grid, then masked pooling of its outputs."""
+
+    def __init__(self, in_dim: int, hidden: int, pooling: str, dropout: float) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.lstm = nn.LSTM(in_dim, hidden, batch_first=True, bidirectional=True)
+        self.pool = create_pool(pooling, 2 * hidden)
+        self.out_dim = self.pool.out_dim
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Run the LSTM on each row's text only (packed), then pool."""
+        b, n, _ = x.shape
+        if n == 0:
+            return x.new_zeros(b, self.out_dim)
+        x = self.drop(x.masked_fill(~mask.unsqueeze(-1), 0.0))
+        # length = last unmasked position + 1 (the grid mask is a prefix); empty rows run one
+        # step that pooling then masks out, since packing refuses zero lengths
+        pos = torch.arange(1, n + 1, device=mask.device)
+        lengths = (mask.long() * pos).max(dim=1).values.clamp(min=1)  # (B,)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=n)  # (B, N, 2*hidden)
+        return self.pool(out, mask)
+
+
+class CNNHead(Head):
+    """TextCNN: one Conv1d per kernel size, ReLU, masked pooling over positions."""
+
+    def __init__(self, in_dim: int, channels: int, kernel_sizes: Sequence[int], pooling: str,
+                 dropout: float) -> None:
+        super().__init__()
+        if not kernel_sizes or min(kernel_sizes) < 1:
+            raise CompError(f"recipe key 'model.kernel_sizes': need sizes >= 1, "
+                            f"got {list(kernel_sizes)}")
+        self.kernel_sizes = tuple(int(k) for k in kernel_sizes)
+        self.drop = nn.Dropout(dropout)
+        self.convs = nn.ModuleList(nn.Conv1d(in_dim, channels, k) for k in self.kernel_sizes)
+        self.pool = create_pool(pooling, channels * len(self.kernel_sizes))
+        self.out_dim = self.pool.out_dim
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Convolve windows starting at every position, pool those starting inside the text."""
+        b, n, _ = x.shape
+        if n == 0:
+            return x.new_zeros(b, self.out_dim)
+        # zeroed padding makes a window that runs past the text end see the same zeros whatever
+        # the grid held there; right padding gives every start position an output, so texts
+        # shorter than a kernel still produce features
+        x = self.drop(x.masked_fill(~mask.unsqueeze(-1), 0.0)).transpose(1, 2)  # (B, D, N)
+        maps = [F.relu(conv(F.pad(x, (0, k - 1))))  # (B, channels, N)
+                for conv, k in zip(self.convs, self.kernel_sizes)]
+        feats = torch.cat(maps, dim=1).transpose(1, 2)  # (B, N, channels * n_kernels)
+        return self.pool(feats, mask)
+
+
+class BiLSTMCNNHead(Head):
+    """The biLSTM and TextCNN heads side by side on the same grid, outputs concatenated."""
+
+    def __init__(self, in_dim: int, cfg: Any) -> None:
+        super().__init__()
+        self.lstm = BiLSTMHead(in_dim, cfg.hidden, cfg.pooling, cfg.dropout)
+        self.cnn = CNNHead(in_dim, cfg.channels, cfg.kernel_sizes, cfg.pooling, cfg.dropout)
+        self.out_dim = self.lstm.out_dim + self.cnn.out_dim
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Concatenate both pooled vectors."""
+        return torch.cat([self.lstm(x, mask), self.cnn(x, mask)], dim=-1)
+
+
+@register_head
+def bilstm(in_dim: int, cfg: Any) -> Head:
+    """Bidirectional LSTM (cfg.hidden units per direction) + pooling."""
+    return BiLSTMHead(in_dim, cfg.hidden, cfg.pooling, cfg.dropout)
+
+
+@register_head
+def cnn(in_dim: int, cfg: Any) -> Head:
+    """Multi-kernel TextCNN (cfg.channels per size in cfg.kernel_sizes) + pooling."""
+    return CNNHead(in_dim, cfg.channels, cfg.kernel_sizes, cfg.pooling, cfg.dropout)
+
+
+@register_head
+def bilstm_cnn(in_dim: int, cfg: Any) -> Head:
+    """biLSTM and TextCNN in parallel, pooled vectors concatenated."""
+    return BiLSTMCNNHead(in_dim, cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# classifier
+
+
+class Classifier(nn.Module):
+    """The final layer: pooled head output, optionally joined by every backbone's CLS vector.
+
+    With `msd` > 1, training averages the logits of `msd` independent dropout masks
+    (multi-sample dropout); evaluation runs one pass, since dropout is then the identity.
+    """
+
+    def __init__(self, pooled_dim: int, cls_dims: Sequence[int], n_classes: int,
+                 cls_skip: bool = True, dropout: float = 0.2, msd: int = 0) -> None:
+        super().__init__()
+        if n_classes < 2:
+            raise ValueError(f"need at least 2 classes, got {n_classes}")
+        if msd < 0:
+            raise CompError(f"recipe key 'model.msd': must be >= 0, got {msd}")
+        self.cls_dims = [int(d) for d in cls_dims]
+        self.cls_skip = cls_skip
+        self.msd = msd
+        self.in_dim = pooled_dim + sum(self.cls_dims) if cls_skip else pooled_dim
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(self.in_dim, n_classes)
+
+    def features(self, pooled: Tensor, cls: Sequence[Tensor]) -> Tensor:
+        """The (B, in_dim) vector the final layer sees."""
+        if not self.cls_skip:
+            return pooled
+        if len(cls) != len(self.cls_dims):
+            raise ValueError(f"expected {len(self.cls_dims)} CLS vectors, got {len(cls)}")
+        return torch.cat([pooled, *cls], dim=-1) if cls else pooled  # (B, in_dim)
+
+    def forward(self, pooled: Tensor, cls: Sequence[Tensor]) -> Tensor:
+        """(B, P) pooled + [(B, Hi)] CLS vectors -> (B, C) logits."""
+        h = self.features(pooled, cls)
+        if self.training and self.msd > 1:
+            return torch.stack([self.fc(self.drop(h)) for _ in range(self.msd)]).mean(dim=0)
+        return self.fc(self.drop(h))

@@ -1,0 +1,191 @@
+"""Heads, pooling and the classifier: shapes, masking, empty rows, gradients, CLS skip, MSD."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comp.config import ModelConfig
+from comp.heads import (
+    Classifier,
+    HeadConfig,
+    create_head,
+    create_pool,
+    head_names,
+    masked_max,
+    masked_mean,
+    pool_names,
+)
+from comp.utils import CompError
+
+B, N, D = 4, 9, 6
+LENS = [9, 5, 1, 0]  # full, partial, a single char (shorter than every kernel), empty
+
+
+def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, N, D, generator=g)
+    mask = torch.arange(N)[None, :] < torch.tensor(LENS)[:, None]
+    return x, mask
+
+
+def _head(name: str, pooling: str):
+    torch.manual_seed(0)
+    return create_head(name, D, hidden=5, channels=4, kernel_sizes=(2, 3), pooling=pooling,
+                       dropout=0.3)
+
+
+def test_registry_lists_the_three_heads():
+    assert head_names() == ["bilstm", "bilstm_cnn", "cnn"]
+    assert pool_names() == ["maxmean", "attention"]
+
+
+@pytest.mark.parametrize("pooling", ["maxmean", "attention"])
+@pytest.mark.parametrize("name", head_names())
+def test_shape_and_out_dim(name, pooling):
+    head = _head(name, pooling).eval()
+    x, mask = _batch()
+    out = head(x, mask)
+    assert out.shape == (B, head.out_dim)
+    lstm = {"maxmean": 4 * 5, "attention": 2 * 5}[pooling]
+    conv = {"maxmean": 2 * 4 * 2, "attention": 4 * 2}[pooling]
+    assert head.out_dim == {"bilstm": lstm, "cnn": conv, "bilstm_cnn": lstm + conv}[name]
+
+
+@pytest.mark.parametrize("pooling", ["maxmean", "attention"])
+@pytest.mark.parametrize("name", head_names())
+def test_padding_values_do_not_change_output(name, pooling):
+    head = _head(name, pooling).eval()
+    x, mask = _batch()
+    noisy = torch.where(mask.unsqueeze(-1), x, 100.0 * torch.randn_like(x))
+    assert not torch.equal(noisy, x)
+    with torch.no_grad():
+        torch.testing.assert_close(head(x, mask), head(noisy, mask))
+
+
+@pytest.mark.parametrize("pooling", ["maxmean", "attention"])
+@pytest.mark.parametrize("name", head_names())
+def test_rows_depend_on_their_own_text(name, pooling):
+    head = _head(name, pooling).eval()
+    x, mask = _batch()
+    changed = x.clone()
+    changed[1, 2] += 5.0  # inside row 1's text
+    with torch.no_grad():
+        a, b = head(x, mask), head(changed, mask)
+    assert not torch.allclose(a[1], b[1])
+    torch.testing.assert_close(a[[0, 2, 3]], b[[0, 2, 3]])
+
+
+@pytest.mark.parametrize("pooling", ["maxmean", "attention"])
+@pytest.mark.parametrize("name", head_names())
+def test_empty_rows_and_gradients_are_finite(name, pooling):
+    head = _head(name, pooling).train()
+    x, mask = _batch()
+    x.requires_grad_()
+    out = head(x, mask)
+    assert torch.isfinite(out).all()
+    assert (out[3] == 0).all()  # the empty row pools to zeros
+    out.pow(2).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert x.grad[0].abs().sum() > 0
+    assert (x.grad[1, 5:] == 0).all()  # padding gets no gradient
+    grads = [p.grad for p in head.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(g.abs().sum() for g in grads) > 0
+
+
+@pytest.mark.parametrize("name", head_names())
+def test_all_rows_empty(name):
+    head = _head(name, "attention").eval()
+    x, _ = _batch()
+    out = head(x, torch.zeros(B, N, dtype=torch.bool))
+    assert torch.isfinite(out).all() and (out == 0).all()
+
+
+@pytest.mark.parametrize("name", head_names())
+def test_model_config_works_as_head_config(name):
+    from comp import heads
+
+    cfg = ModelConfig(hidden=3, channels=2, kernel_sizes=(2,), pooling="maxmean")
+    head = heads._HEADS[name](D, cfg)
+    ref = create_head(name, D, hidden=3, channels=2, kernel_sizes=(2,))
+    assert head.out_dim == ref.out_dim
+    assert HeadConfig().pooling == ModelConfig().pooling
+
+
+def test_unknown_names_are_recipe_errors():
+    with pytest.raises(CompError, match="model.head"):
+        create_head("transformer", D)
+    with pytest.raises(CompError, match="model.pooling"):
+        create_head("bilstm", D, pooling="sum")
+    with pytest.raises(CompError, match="model.kernel_sizes"):
+        create_head("cnn", D, kernel_sizes=())
+
+
+def test_masked_max_and_mean_values():
+    x = torch.tensor([[[1.0], [3.0], [-7.0]], [[-2.0], [-4.0], [9.0]]])
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    assert masked_max(x, mask).flatten().tolist() == [3.0, -2.0]
+    assert masked_mean(x, mask).flatten().tolist() == [2.0, -3.0]
+    pool = create_pool("maxmean", 1)
+    assert pool.out_dim == 2 and pool(x, mask).tolist() == [[3.0, 2.0], [-2.0, -3.0]]
+
+
+def test_attention_pool_is_a_convex_combination():
+    pool = create_pool("attention", 2)
+    x = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [50.0, 50.0]]])
+    out = pool(x, torch.tensor([[True, True, False]]))[0]
+    assert out.sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert (out >= 0).all() and (out <= 1).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# classifier
+
+
+@pytest.mark.parametrize("cls_skip", [True, False])
+def test_classifier_cls_skip(cls_skip):
+    clf = Classifier(8, [5, 3], n_classes=3, cls_skip=cls_skip)
+    assert clf.in_dim == (8 + 5 + 3 if cls_skip else 8)
+    pooled, cls = torch.randn(2, 8), [torch.randn(2, 5), torch.randn(2, 3)]
+    logits = clf.eval()(pooled, cls)
+    assert logits.shape == (2, 3)
+    other = clf(pooled, [torch.randn(2, 5), torch.randn(2, 3)])
+    # with the skip the CLS vectors reach the logits; without it they are ignored
+    assert torch.allclose(logits, other) is (not cls_skip)
+
+
+def test_classifier_without_backbones_and_arity_check():
+    clf = Classifier(4, [], n_classes=2)
+    assert clf.in_dim == 4 and clf(torch.randn(3, 4), []).shape == (3, 2)
+    with pytest.raises(ValueError, match="CLS"):
+        Classifier(4, [2], n_classes=2)(torch.randn(3, 4), [])
+
+
+@pytest.mark.parametrize("msd", [0, 1, 4])
+def test_classifier_multi_sample_dropout(msd):
+    torch.manual_seed(0)
+    clf = Classifier(16, [8], n_classes=5, dropout=0.5, msd=msd)
+    pooled, cls = torch.randn(3, 16), [torch.randn(3, 8)]
+    train_out = clf.train()(pooled, cls)
+    assert train_out.shape == (3, 5)
+    train_out.sum().backward()
+    assert clf.fc.weight.grad is not None
+    clf.eval()
+    a, b = clf(pooled, cls), clf(pooled, cls)
+    assert a.shape == (3, 5) and torch.equal(a, b)
+    expected = clf.fc(torch.cat([pooled, cls[0]], dim=-1))
+    torch.testing.assert_close(a, expected)
+
+
+def test_msd_averages_several_masks():
+    torch.manual_seed(0)
+    clf = Classifier(64, [], n_classes=2, dropout=0.5, msd=8).train()
+    pooled = torch.randn(256, 64)
+    eval_logits = clf.fc(pooled)
+    single = Classifier(64, [], n_classes=2, dropout=0.5, msd=0).train()
+    single.fc.load_state_dict(clf.fc.state_dict())
+    # averaging 8 masks stays closer to the dropout-free logits than one mask does
+    err_msd = (clf(pooled, []) - eval_logits).pow(2).mean()
+    err_one = (single(pooled, []) - eval_logits).pow(2).mean()
+    assert err_msd < err_one
