@@ -1,0 +1,728 @@
+"""Ensembling members from their OOF files: blenders, stacking, honest nested CV, submissions.
+
+A member is a directory holding oof.npy (n_train, C), test.npy (n_test, C), classes.json and
+cv.json. Blenders and stackers follow the scikit-learn estimator protocol and take a 3-D X of
+probabilities (n_rows, n_members, C), so `clone` plus one fold loop gives every method the same
+honest CV: the model that predicts fold k has only seen the other folds' OOF rows and labels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.stats import rankdata
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.utils.validation import check_is_fitted
+
+from comp.utils import CompError, log, progress, read_json, save_npy, write_json
+
+EPS = 1e-7
+HASH_KEYS = ("folds_hash", "train_hash", "test_hash")
+
+# ---------------------------------------------------------------------------------------------
+# members
+
+
+@dataclass
+class Member:
+    """One finished member: its OOF and test probabilities in a shared class order."""
+
+    name: str
+    oof: np.ndarray  # (n_train, C)
+    test: np.ndarray  # (n_test, C)
+    classes: list[str]
+    cv: dict[str, Any]
+    path: Path | None = None
+
+
+def read_member(run_dir: str | Path) -> Member:
+    """Read one member directory and check its files against each other.
+
+    Args:
+        run_dir: a directory with oof.npy, test.npy, classes.json and cv.json.
+
+    Returns:
+        The Member, with rows renormalised to sum to 1 (tiny float drift only).
+    """
+    d = Path(run_dir)
+    for f in ("oof.npy", "test.npy", "classes.json", "cv.json"):
+        if not (d / f).exists():
+            raise CompError(f"{d}: missing {f} (not a finished member?)")
+    cv = read_json(d / "cv.json")
+    classes = [str(c) for c in read_json(d / "classes.json")]
+    oof = _check_proba(np.load(d / "oof.npy"), d / "oof.npy", len(classes))
+    test = _check_proba(np.load(d / "test.npy"), d / "test.npy", len(classes))
+    for key, arr in (("n_train", oof), ("n_test", test)):
+        if key in cv and int(cv[key]) != arr.shape[0]:
+            raise CompError(f"{d}: cv.json {key}={cv[key]} but the array has {arr.shape[0]} rows")
+    return Member(name=str(cv.get("name") or d.name), oof=oof, test=test, classes=classes,
+                  cv=cv, path=d)
+
+
+def _check_proba(a: np.ndarray, where: Path, n_classes: int) -> np.ndarray:
+    if a.ndim != 2 or a.shape[1] != n_classes:
+        raise CompError(f"{where}: shape {a.shape}, expected (rows, {n_classes}) "
+                        "to match classes.json")
+    a = a.astype(np.float64)
+    if not np.isfinite(a).all():
+        bad = int(np.argwhere(~np.isfinite(a))[0, 0])
+        raise CompError(f"{where}: row {bad} is not finite")
+    if (a < -1e-6).any():
+        bad = int(np.argwhere(a < -1e-6)[0, 0])
+        raise CompError(f"{where}: row {bad} has negative values (save probabilities, not logits)")
+    sums = a.sum(1)
+    off = np.abs(sums - 1.0)
+    if len(a) and off.max() > 1e-2:
+        bad = int(off.argmax())
+        raise CompError(f"{where}: row {bad} sums to {sums[bad]:.4g}, not 1 "
+                        "(save probabilities, not logits)")
+    return np.clip(a, 0.0, None) / np.clip(a.sum(1, keepdims=True), EPS, None)
+
+
+def load_members(run_dirs: Sequence[str | Path]) -> list[Member]:
+    """Load members and refuse any that could not have come from one shared fold table.
+
+    Args:
+        run_dirs: member directories.
+
+    Returns:
+        The members, in the given order.
+
+    Raises:
+        CompError: one line naming the member and the mismatch (folds/train/test hash, row
+            counts, classes, duplicate names).
+    """
+    if not run_dirs:
+        raise CompError("no members given")
+    members = [read_member(d) for d in run_dirs]
+    ref = members[0]
+    seen = {ref.name: ref.path}
+    for m in members[1:]:
+        if m.name in seen:
+            raise CompError(f"{m.path}: member name '{m.name}' already used by {seen[m.name]}")
+        seen[m.name] = m.path
+        if m.classes != ref.classes:
+            raise CompError(f"{m.path}: classes {m.classes} differ from {ref.path} {ref.classes}")
+        for key, a, b in (("train rows", m.oof, ref.oof), ("test rows", m.test, ref.test)):
+            if a.shape[0] != b.shape[0]:
+                raise CompError(f"{m.path}: {a.shape[0]} {key} but {ref.path} has {b.shape[0]}")
+        for key in HASH_KEYS:
+            if m.cv.get(key) != ref.cv.get(key):
+                raise CompError(f"{m.path}: {key} {m.cv.get(key)} differs from {ref.path} "
+                                f"{ref.cv.get(key)} (members must share one fold table and data)")
+    return members
+
+
+def stack_members(members: Sequence[Member]) -> tuple[np.ndarray, np.ndarray]:
+    """The blenders' inputs: (n_train, M, C) OOF and (n_test, M, C) test probabilities."""
+    return (np.stack([m.oof for m in members], axis=1),
+            np.stack([m.test for m in members], axis=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics (comp.metrics owns the definitions)
+
+
+def _score(metric: str, y: np.ndarray, proba: np.ndarray) -> float:
+    from comp.metrics import score
+
+    return float(score(metric, y, proba))
+
+
+def _loss(metric: str, y: np.ndarray, proba: np.ndarray) -> float:
+    """The metric turned into something to minimise."""
+    from comp.metrics import greater_is_better
+
+    s = _score(metric, y, proba)
+    return -s if greater_is_better(metric) else s
+
+
+def _logloss(y: np.ndarray, proba: np.ndarray) -> float:
+    # Used as the smooth objective and as a tie-breaker for flat metrics like accuracy.
+    return float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], EPS, None))))
+
+
+# ---------------------------------------------------------------------------------------------
+# blenders: a registry of estimators over X (n_rows, n_members, C)
+
+BLENDERS: dict[str, type] = {}
+
+
+def register_blender(name: str) -> Callable[[type], type]:
+    """Register a blender/stacker class under `name` (used by `create_blender`)."""
+
+    def deco(cls: type) -> type:
+        BLENDERS[name] = cls
+        return cls
+
+    return deco
+
+
+def create_blender(name: str, **kwargs: Any) -> BaseEstimator:
+    """Build a registered blender; unknown names and parameters are one-line errors."""
+    if name not in BLENDERS:
+        known = ", ".join(sorted(BLENDERS))
+        raise CompError(f"ensemble method '{name}': unknown (known: {known})")
+    cls = BLENDERS[name]
+    valid = cls().get_params()
+    for k in kwargs:
+        if k not in valid:
+            raise CompError(f"ensemble method '{name}': unknown parameter '{k}' "
+                            f"(known: {', '.join(sorted(valid)) or 'none'})")
+    return cls(**kwargs)
+
+
+class _Blender(ClassifierMixin, BaseEstimator):
+    """Shared plumbing: input checks, class bookkeeping, argmax predict."""
+
+    # Blenders that never look at labels give honest CV without a fold loop.
+    needs_labels = True
+
+    def _validate(self, X: Any, fitting: bool) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 3:
+            raise CompError(f"blender input must be (rows, members, classes), got shape {X.shape}")
+        if fitting:
+            self.n_members_, self.n_classes_ = int(X.shape[1]), int(X.shape[2])
+            self.classes_ = np.arange(self.n_classes_)
+        else:
+            check_is_fitted(self)
+            if X.shape[1:] != (self.n_members_, self.n_classes_):
+                raise CompError(f"blender fitted on {self.n_members_} members x "
+                                f"{self.n_classes_} classes, got {X.shape[1:]}")
+        return X
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Class indices (argmax of `predict_proba`)."""
+        return self.predict_proba(X).argmax(1)
+
+
+def _weighted(X: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return np.einsum("nmc,m->nc", X, w)  # (n, C)
+
+
+@register_blender("mean")
+class MeanBlender(_Blender):
+    """Plain average of the members' probabilities."""
+
+    needs_labels = False
+
+    def fit(self, X: Any, y: Any = None) -> MeanBlender:
+        """Record the shapes; an average has nothing to learn."""
+        X = self._validate(X, fitting=True)
+        self.weights_ = np.full(self.n_members_, 1.0 / self.n_members_)
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """(n, C) mean of the members."""
+        return self._validate(X, fitting=False).mean(1)
+
+
+@register_blender("rank")
+class RankBlender(_Blender):
+    """Average of per-class ranks scaled to [0, 1], rows renormalised.
+
+    Ranks are taken within the rows passed to `predict_proba`, which makes members with very
+    different calibration comparable (useful for AUC); the output is a score, not a calibrated
+    probability.
+    """
+
+    needs_labels = False
+
+    def fit(self, X: Any, y: Any = None) -> RankBlender:
+        """Record the shapes; ranks have nothing to learn."""
+        X = self._validate(X, fitting=True)
+        self.weights_ = np.full(self.n_members_, 1.0 / self.n_members_)
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """(n, C) mean rank per class, each row summing to 1."""
+        X = self._validate(X, fitting=False)
+        n = X.shape[0]
+        if n == 1:
+            r = np.full(X.shape, 0.5)
+        else:
+            r = (rankdata(X, axis=0) - 1.0) / (n - 1)  # (n, M, C) in [0, 1]
+        p = r.mean(1)  # (n, C)
+        s = p.sum(1, keepdims=True)
+        return np.where(s > 0, p / np.where(s > 0, s, 1.0), 1.0 / self.n_classes_)
+
+
+@register_blender("weights")
+class WeightBlender(_Blender):
+    """Non-negative weights summing to 1, fitted on OOF rows.
+
+    Log-loss is minimised with SLSQP on the simplex (smooth, with an exact gradient). For
+    another metric the log-loss weights are then refined by Nelder-Mead over softmax-parametrised
+    weights and kept only if they score better.
+    """
+
+    def __init__(self, metric: str = "logloss", maxiter: int = 200):
+        self.metric = metric
+        self.maxiter = maxiter
+
+    def fit(self, X: Any, y: Any) -> WeightBlender:
+        """Fit weights_ (n_members,) on probabilities X and class indices y."""
+        X = self._validate(X, fitting=True)
+        y = np.asarray(y, dtype=np.int64)
+        M = self.n_members_
+        A = X[np.arange(len(y)), :, y]  # (n, M) probability each member gives the true class
+
+        def f(w: np.ndarray) -> float:
+            return float(-np.mean(np.log(np.clip(A @ w, EPS, None))))
+
+        def g(w: np.ndarray) -> np.ndarray:
+            return -(A / np.clip(A @ w, EPS, None)[:, None]).mean(0)
+
+        w0 = np.full(M, 1.0 / M)
+        res = minimize(f, w0, jac=g, method="SLSQP", bounds=[(0.0, 1.0)] * M,
+                       constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0,
+                                     "jac": lambda w: np.ones_like(w)}],
+                       options={"maxiter": self.maxiter, "ftol": 1e-10})
+        w = _simplex(res.x)
+        # SLSQP can stop early on flat problems; never return worse than its start or one member.
+        for cand in [w0] + [np.eye(M)[m] for m in range(M)]:
+            if f(cand) < f(w) - 1e-12:
+                w = cand
+        if self.metric != "logloss":
+            w = self._refine(X, y, w)
+        self.weights_ = w
+        return self
+
+    def _refine(self, X: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+        def obj(z: np.ndarray) -> float:
+            return _loss(self.metric, y, _weighted(X, _softmax(z)))
+
+        z0 = np.log(w + 1e-4)
+        res = minimize(obj, z0, method="Nelder-Mead",
+                       options={"maxiter": self.maxiter * len(w), "xatol": 1e-4, "fatol": 1e-7})
+        w_new = _softmax(res.x)
+        return w_new if obj(res.x) < obj(z0) - 1e-12 else w
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """(n, C) weighted average of the members."""
+        return _weighted(self._validate(X, fitting=False), self.weights_)
+
+
+def _simplex(w: np.ndarray) -> np.ndarray:
+    w = np.clip(np.asarray(w, dtype=np.float64), 0.0, None)
+    s = w.sum()
+    return w / s if s > 0 else np.full(len(w), 1.0 / len(w))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+@register_blender("hill")
+class HillClimbBlender(_Blender):
+    """Caruana ensemble selection with replacement.
+
+    Starts from the best member (or the top `start` members), then greedily adds whichever
+    member most improves the metric of the running average, `n_iter` times; the best prefix of
+    that path is kept, so in-sample it is never worse than the starting point. Ties on flat
+    metrics (accuracy) are broken by log-loss.
+    """
+
+    def __init__(self, metric: str = "logloss", n_iter: int = 50, start: int | str = "best"):
+        self.metric = metric
+        self.n_iter = n_iter
+        self.start = start
+
+    def _key(self, y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+        return (_loss(self.metric, y, p), _logloss(y, p))
+
+    def fit(self, X: Any, y: Any) -> HillClimbBlender:
+        """Fit weights_ = selection counts / total; history_ holds the in-sample path."""
+        X = self._validate(X, fitting=True)
+        y = np.asarray(y, dtype=np.int64)
+        M = self.n_members_
+        k = 1 if self.start == "best" else int(self.start)
+        if not 1 <= k <= M:
+            raise CompError(f"hill start={self.start!r}: must be 'best' or 1..{M}")
+        order = sorted(range(M), key=lambda m: self._key(y, X[:, m]))
+        counts = np.zeros(M, dtype=np.int64)
+        counts[order[:k]] = 1
+        running = X[:, order[:k]].sum(1)  # (n, C) sum of the selected members
+        best_key = self._key(y, running / counts.sum())
+        best_counts = counts.copy()
+        self.start_members_ = [int(m) for m in order[:k]]
+        self.history_ = [float(_score(self.metric, y, running / counts.sum()))]
+        for _ in progress(range(self.n_iter), desc="hill climb"):
+            total = counts.sum() + 1
+            keys = [self._key(y, (running + X[:, m]) / total) for m in range(M)]
+            j = min(range(M), key=lambda m: keys[m])
+            counts[j] += 1
+            running += X[:, j]
+            self.history_.append(float(_score(self.metric, y, running / counts.sum())))
+            if keys[j] < best_key:
+                best_key, best_counts = keys[j], counts.copy()
+        self.counts_ = best_counts
+        self.weights_ = best_counts / best_counts.sum()
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """(n, C) count-weighted average of the members."""
+        return _weighted(self._validate(X, fitting=False), self.weights_)
+
+
+@register_blender("stack")
+class StackEnsemble(_Blender):
+    """A meta-model on the members' flattened OOF probabilities (n, M*C).
+
+    meta: "lr" (multinomial logistic regression, inverse regularisation C), "ridge" (ridge
+    regression on one-hot targets, alpha = 1/C, outputs clipped and renormalised) or "hgb"
+    (histogram gradient boosting, small and regularised). use_logits feeds log-probabilities.
+    """
+
+    def __init__(self, meta: str = "lr", use_logits: bool = False, C: float = 1.0):
+        self.meta = meta
+        self.use_logits = use_logits
+        self.C = C
+
+    def _features(self, X: np.ndarray) -> np.ndarray:
+        F = np.log(np.clip(X, EPS, None)) if self.use_logits else X
+        return F.reshape(len(F), -1)  # (n, M*C)
+
+    def _make_meta(self) -> BaseEstimator:
+        if self.meta == "lr":
+            from sklearn.linear_model import LogisticRegression
+
+            return LogisticRegression(C=self.C, max_iter=2000)
+        if self.meta == "ridge":
+            from sklearn.linear_model import Ridge
+
+            return Ridge(alpha=1.0 / self.C)
+        if self.meta == "hgb":
+            from sklearn.ensemble import HistGradientBoostingClassifier
+
+            return HistGradientBoostingClassifier(max_iter=150, learning_rate=0.05,
+                                                  max_leaf_nodes=15, min_samples_leaf=40,
+                                                  l2_regularization=1.0, early_stopping=False,
+                                                  random_state=0)
+        raise CompError(f"stack meta='{self.meta}': must be lr, ridge or hgb")
+
+    def fit(self, X: Any, y: Any) -> StackEnsemble:
+        """Fit the meta-model (meta_) on OOF probabilities X and class indices y."""
+        X = self._validate(X, fitting=True)
+        y = np.asarray(y, dtype=np.int64)
+        model = self._make_meta()
+        F = self._features(X)
+        self.seen_classes_ = np.unique(y)
+        if len(self.seen_classes_) < 2:
+            self.meta_ = None  # one class only: nothing to discriminate, predict its prior
+        elif self.meta == "ridge":
+            self.meta_ = model.fit(F, np.eye(self.n_classes_)[y])
+        else:
+            self.meta_ = model.fit(F, y)
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """(n, C) meta-model probabilities; classes absent from the fit rows get 0."""
+        X = self._validate(X, fitting=False)
+        n, C = len(X), self.n_classes_
+        if self.meta_ is None:
+            out = np.zeros((n, C))
+            out[:, self.seen_classes_[0]] = 1.0
+            return out
+        F = self._features(X)
+        if self.meta == "ridge":
+            out = np.clip(self.meta_.predict(F), 1e-3, None)  # (n, C)
+        else:
+            out = np.zeros((n, C))
+            out[:, self.meta_.classes_] = self.meta_.predict_proba(F)
+        return out / out.sum(1, keepdims=True)
+
+    def member_importance(self) -> np.ndarray | None:
+        """(n_members,) share of |coefficient| mass per member (linear metas only)."""
+        check_is_fitted(self)
+        coef = getattr(self.meta_, "coef_", None)
+        if coef is None:
+            return None
+        mass = np.abs(np.atleast_2d(coef)).reshape(-1, self.n_members_, self.n_classes_)
+        imp = mass.sum((0, 2))
+        return imp / imp.sum() if imp.sum() > 0 else imp
+
+
+# ---------------------------------------------------------------------------------------------
+# honest CV
+
+
+def _check_cv_inputs(X: np.ndarray, y: np.ndarray, folds: np.ndarray) -> None:
+    if X.ndim != 3:
+        raise CompError(f"OOF stack must be (rows, members, classes), got shape {X.shape}")
+    if len(y) != len(X) or len(folds) != len(X):
+        raise CompError(f"{len(X)} OOF rows but {len(y)} labels and {len(folds)} fold ids")
+    if len(np.unique(folds)) < 2:
+        raise CompError("the fold table has fewer than 2 folds")
+
+
+def _nested(est: BaseEstimator, X: np.ndarray, y: np.ndarray, folds: np.ndarray
+            ) -> tuple[np.ndarray, list[BaseEstimator]]:
+    oof = np.zeros((X.shape[0], X.shape[2]))
+    fitted = []
+    for k in progress(np.unique(folds), desc="nested cv"):
+        va = folds == k
+        # Only other folds' rows and labels reach the model that predicts fold k.
+        model = clone(est).fit(X[~va], y[~va])
+        oof[va] = model.predict_proba(X[va])
+        fitted.append(model)
+    return oof, fitted
+
+
+def nested_stack_cv(stacker: BaseEstimator, X_oof: np.ndarray, y: np.ndarray,
+                    folds: np.ndarray, metric: str) -> tuple[np.ndarray, float]:
+    """Honest CV of a blender/stacker on the members' own fold table.
+
+    Args:
+        stacker: an unfitted estimator with fit(X, y) / predict_proba(X) (cloned per fold).
+        X_oof: (n, M, C) members' OOF probabilities.
+        y: (n,) class indices.
+        folds: (n,) fold id of each row (the fold table the members were trained with).
+        metric: a comp.metrics name.
+
+    Returns:
+        (n, C) stacked OOF probabilities, each fold predicted by a model fitted on the other
+        folds only, and their score.
+    """
+    X_oof, y, folds = np.asarray(X_oof, dtype=np.float64), np.asarray(y), np.asarray(folds)
+    _check_cv_inputs(X_oof, y, folds)
+    oof, _ = _nested(stacker, X_oof, y, folds)
+    return oof, _score(metric, y, oof)
+
+
+@dataclass
+class EnsembleResult:
+    """An ensemble's honest OOF, its test prediction and how it was made."""
+
+    oof: np.ndarray  # (n_train, C)
+    test: np.ndarray  # (n_test, C)
+    cv: float  # honest: nested for methods that learn from labels
+    weights: dict[str, float] | None
+    meta: dict[str, Any] = field(default_factory=dict)
+    cv_in_sample: float = math.nan
+
+
+def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.ndarray,
+             metric: str, **kw: Any) -> EnsembleResult:
+    """Blend members and measure the blend honestly.
+
+    Args:
+        members: from `load_members` (same rows and classes).
+        method: a registered blender: mean | rank | weights | hill | stack.
+        y: (n_train,) class indices in the members' class order.
+        folds: (n_train,) the shared fold table.
+        metric: comp.metrics name; weights/hill optimise it unless `metric` is in kw.
+        **kw: blender parameters (e.g. n_iter=100, meta="hgb", C=0.5).
+
+    Returns:
+        EnsembleResult. For blenders that learn from labels, `oof` and `cv` come from models
+        fitted on the other folds (nested); `cv_in_sample` is the optimistic full-fit score and
+        `test` uses the model fitted on all OOF rows.
+    """
+    X, XT = stack_members(members)
+    y, folds = np.asarray(y, dtype=np.int64), np.asarray(folds)
+    _check_cv_inputs(X, y, folds)
+    params = dict(kw)
+    if "metric" in BLENDERS.get(method, _Blender)().get_params():
+        params.setdefault("metric", metric)
+    est = create_blender(method, **params)
+    full = clone(est).fit(X, y)
+    test = full.predict_proba(XT)
+    in_sample = full.predict_proba(X)
+    cv_in = _score(metric, y, in_sample)
+    names = [m.name for m in members]
+    meta: dict[str, Any] = {"method": method, "metric": metric, "params": est.get_params(),
+                            "member_cv": {m.name: _score(metric, y, m.oof) for m in members}}
+    if getattr(est, "needs_labels", True):
+        oof, fitted = _nested(est, X, y, folds)
+        if hasattr(full, "weights_"):
+            meta["fold_weights"] = [dict(zip(names, map(float, f.weights_))) for f in fitted]
+    else:
+        oof = in_sample
+    cv = _score(metric, y, oof)
+    meta["fold_scores"] = [_score(metric, y[folds == k], oof[folds == k])
+                           for k in np.unique(folds)]
+    weights = dict(zip(names, map(float, full.weights_))) if hasattr(full, "weights_") else None
+    if isinstance(full, StackEnsemble):
+        imp = full.member_importance()
+        meta["meta_model"] = {"meta": full.meta, "use_logits": full.use_logits, "C": full.C,
+                              "member_importance": (dict(zip(names, map(float, imp)))
+                                                    if imp is not None else None)}
+    meta["cv"], meta["cv_in_sample"] = cv, cv_in
+    return EnsembleResult(oof=oof, test=test, cv=cv, weights=weights, meta=meta,
+                          cv_in_sample=cv_in)
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end: runs/* -> submissions/<name>*.csv + manifest
+
+
+def git_commit() -> str | None:
+    """The current git commit, or None outside a repository."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _align_classes(members: list[Member], classes: list[str]) -> list[Member]:
+    """Reorder member columns to the competition's class order (same set required)."""
+    have = members[0].classes
+    if have == classes:
+        return members
+    if sorted(have) != sorted(classes):
+        raise CompError(f"{members[0].path}: classes {have} differ from the competition's "
+                        f"{classes}")
+    idx = [have.index(c) for c in classes]
+    return [Member(m.name, m.oof[:, idx], m.test[:, idx], list(classes), m.cv, m.path)
+            for m in members]
+
+
+def run_ensemble(run_dirs: Sequence[str | Path], method: str, data_cfg: Any, metric: str,
+                 out: str | Path, **kw: Any) -> Path:
+    """Load members, blend them, write a submission and the ensemble's own member files.
+
+    Args:
+        run_dirs: member directories.
+        method: mean | rank | weights | hill | stack.
+        data_cfg: the competition's DataConfig (labels, fold table, sample submission).
+        metric: comp.metrics name; "" takes the members' metric from cv.json.
+        out: the submissions directory.
+        **kw: blender parameters; `name` (default: method) names the outputs.
+
+    Returns:
+        Path of the written submission CSV. The ensemble's OOF/test probabilities are also
+        written as a member directory `out/<name>/` (oof.npy, test.npy, classes.json, cv.json)
+        so distillation and pseudo-labelling read them like any member.
+    """
+    from comp.data import folds_hash, load_competition, load_folds
+    from comp.submit import write_submission
+
+    t0 = time.time()
+    name = str(kw.pop("name", method))
+    members = load_members(run_dirs)
+    comp = load_competition(data_cfg)
+    folds = np.asarray(load_folds(comp, data_cfg))
+    classes = [str(c) for c in comp.classes]
+    members = _align_classes(members, classes)
+    n_train, n_test = len(comp.labels), len(comp.test_ids)
+    m0 = members[0]
+    if m0.oof.shape[0] != n_train or m0.test.shape[0] != n_test:
+        raise CompError(f"{m0.path}: {m0.oof.shape[0]} train / {m0.test.shape[0]} test rows but "
+                        f"{data_cfg.dir} has {n_train} / {n_test}")
+    want = {"folds_hash": folds_hash(comp.train_ids, folds), "train_hash": comp.train_hash,
+            "test_hash": comp.test_hash}
+    for key, value in want.items():
+        if m0.cv.get(key) not in (None, value):
+            raise CompError(f"{m0.path}: {key} {m0.cv[key]} does not match {data_cfg.dir} "
+                            f"({value}); retrain the members on the current data and fold table")
+    metric = metric or str(m0.cv.get("metric") or "")
+    if not metric:
+        raise CompError(f"{m0.path}/cv.json: no metric; pass one")
+    log(f"ensemble {method} of {len(members)} members on {metric}")
+    res = ensemble(members, method, np.asarray(comp.labels), folds, metric, **kw)
+    out = Path(out)
+    ens_dir = out / name
+    save_npy(ens_dir / "oof.npy", res.oof)
+    save_npy(ens_dir / "test.npy", res.test)
+    write_json(ens_dir / "classes.json", classes)
+    cv_json = {"name": name, "metric": metric, "cv": res.cv,
+               "fold_scores": res.meta["fold_scores"], "n_train": n_train, "n_test": n_test,
+               "kind": "ensemble", "seconds": time.time() - t0, "cv_in_sample": res.cv_in_sample,
+               **{k: m0.cv.get(k) for k in HASH_KEYS}}
+    write_json(ens_dir / "cv.json", cv_json)
+    manifest = {
+        "name": name, "kind": "ensemble", "method": method, "metric": metric,
+        "cv": res.cv, "cv_in_sample": res.cv_in_sample, "fold_scores": res.meta["fold_scores"],
+        "members": [str(m.path) for m in members],
+        "member_names": [m.name for m in members],
+        "member_cv": res.meta["member_cv"], "weights": res.weights,
+        "fold_weights": res.meta.get("fold_weights"), "meta_model": res.meta.get("meta_model"),
+        "params": res.meta["params"], "classes": classes, "run_dir": str(ens_dir),
+        "oof": str(ens_dir / "oof.npy"), "test": str(ens_dir / "test.npy"),
+        "data_dir": str(data_cfg.dir), "commit": git_commit(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": time.time() - t0,
+        **{k: m0.cv.get(k) for k in HASH_KEYS},
+    }
+    path = write_submission(comp, res.test, classes, out / name, manifest)
+    log(f"ensemble {name}: cv {res.cv:.5f} (in-sample {res.cv_in_sample:.5f}) -> {path}")
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# leaderboard
+
+
+def _rows(run_dirs: Sequence[str | Path], submissions_dir: str | Path | None
+          ) -> list[dict[str, Any]]:
+    rows = []
+    for d in run_dirs:
+        p = Path(d) / "cv.json"
+        if not p.exists():
+            continue
+        cv = read_json(p)
+        rows.append({"kind": cv.get("kind", "member"), "name": cv.get("name") or Path(d).name,
+                     "metric": cv.get("metric", ""), "cv": cv.get("cv"),
+                     "fold_scores": cv.get("fold_scores") or [], "in_sample": None,
+                     "source": str(d)})
+    if submissions_dir is not None and Path(submissions_dir).is_dir():
+        for p in sorted(Path(submissions_dir).glob("*.json")):
+            try:
+                man = json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                continue
+            if not isinstance(man, dict) or man.get("cv") is None:
+                continue
+            kind = f"ens:{man['method']}" if man.get("method") else str(man.get("kind", "sub"))
+            rows.append({"kind": kind,
+                         "name": man.get("name") or p.stem, "metric": man.get("metric", ""),
+                         "cv": man.get("cv"), "fold_scores": man.get("fold_scores") or [],
+                         "in_sample": man.get("cv_in_sample"), "source": str(p),
+                         "manifest": man})
+    return rows
+
+
+def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Best first within each metric (direction from comp.metrics)."""
+    from comp.metrics import greater_is_better
+
+    def key(r: dict[str, Any]) -> tuple[str, float]:
+        cv = r["cv"] if r["cv"] is not None else math.nan
+        if math.isnan(cv):
+            return (r["metric"], math.inf)
+        return (r["metric"], -cv if greater_is_better(r["metric"]) else cv)
+
+    return sorted(rows, key=key)
+
+
+def leaderboard(run_dirs: Sequence[str | Path], submissions_dir: str | Path | None) -> str:
+    """A terminal table of members (cv.json) and ensembles (submission manifests) by CV."""
+    rows = sort_rows(_rows(run_dirs, submissions_dir))
+    if not rows:
+        return "no members or submissions found"
+    header = ["#", "kind", "name", "metric", "cv", "folds mean ± std", "in-sample"]
+    table = []
+    for i, r in enumerate(rows, 1):
+        fs = np.asarray(r["fold_scores"], dtype=float)
+        folds = f"{fs.mean():.4f} ± {fs.std():.4f}" if len(fs) else "-"
+        table.append([str(i), str(r["kind"]), str(r["name"]), str(r["metric"]),
+                      f"{r['cv']:.5f}" if r["cv"] is not None else "-", folds,
+                      f"{r['in_sample']:.5f}" if r["in_sample"] is not None else ""])
+    widths = [max(len(h), *(len(t[j]) for t in table)) for j, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(t, widths)).rstrip() for t in table]
+    return "\n".join(lines)

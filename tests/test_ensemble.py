@@ -1,0 +1,423 @@
+"""Blenders, stacking and honest nested CV on synthetic OOF probabilities."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
+
+from comp.ensemble import (
+    BLENDERS,
+    EnsembleResult,
+    HillClimbBlender,
+    StackEnsemble,
+    WeightBlender,
+    create_blender,
+    ensemble,
+    leaderboard,
+    load_members,
+    nested_stack_cv,
+    read_member,
+)
+from comp.metrics import score
+from comp.utils import CompError, save_npy, write_json
+
+K = 5
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def synth(n: int = 300, M: int = 4, C: int = 3, seed: int = 0, strengths=None):
+    """y (n,), folds (n,), X (n, M, C): member m sees the label with strength strengths[m]."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, C, n)
+    folds = np.arange(n) % K
+    rng.shuffle(folds)
+    strengths = np.linspace(0.5, 2.5, M) if strengths is None else np.asarray(strengths)
+    onehot = np.eye(C)[y]  # (n, C)
+    logits = strengths[None, :, None] * onehot[:, None, :] + rng.normal(size=(n, M, C))
+    return y, folds, _softmax(logits)  # (n, M, C)
+
+
+def write_member(root: Path, name: str, oof: np.ndarray, test: np.ndarray,
+                 classes: list[str], **cv_over) -> Path:
+    d = root / name
+    save_npy(d / "oof.npy", oof)
+    save_npy(d / "test.npy", test)
+    write_json(d / "classes.json", classes)
+    cv = {"name": name, "metric": "accuracy", "cv": 0.5, "fold_scores": [0.5] * K,
+          "folds_hash": "f0", "train_hash": "t0", "test_hash": "s0", "n_train": len(oof),
+          "n_test": len(test), "kind": "linear", "seconds": 1.0}
+    cv.update(cv_over)
+    write_json(d / "cv.json", cv)
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# the estimator protocol, for every registered blender
+
+
+@pytest.mark.parametrize("name", sorted(BLENDERS))
+def test_estimator_protocol(name):
+    y, _, X = synth(n=120, M=3, C=3)
+    est = create_blender(name)
+    params = est.get_params()
+    before = set(vars(est))
+    assert before == set(params), "__init__ must only store its arguments"
+    c = clone(est)
+    assert c.get_params() == params
+    with pytest.raises(NotFittedError):
+        check_is_fitted(c)
+    assert c.fit(X, y) is c
+    added = set(vars(c)) - before
+    assert added and all(a.endswith("_") for a in added), added
+    assert c.get_params() == params, "fit must not change the constructor arguments"
+    p = c.predict_proba(X)
+    assert p.shape == (120, 3)
+    assert (p >= 0).all() and np.allclose(p.sum(1), 1.0)
+    assert np.array_equal(c.predict(X), p.argmax(1))
+    # A clone of a fitted blender is a fresh, unfitted one.
+    with pytest.raises(NotFittedError):
+        check_is_fitted(clone(c))
+
+
+@pytest.mark.parametrize("name", sorted(BLENDERS))
+def test_blenders_beat_chance_and_check_shapes(name):
+    y, _, X = synth(n=300, M=3, C=3)
+    est = create_blender(name).fit(X, y)
+    assert score("accuracy", y, est.predict_proba(X)) > 0.6
+    with pytest.raises(CompError, match="members"):
+        est.predict_proba(X[:, :2])
+    with pytest.raises(CompError, match="rows, members, classes"):
+        est.predict_proba(X[:, 0])
+
+
+def test_create_blender_errors_name_the_problem():
+    with pytest.raises(CompError, match="unknown .*known: .*hill"):
+        create_blender("nope")
+    with pytest.raises(CompError, match="unknown parameter 'n_iters'"):
+        create_blender("hill", n_iters=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# weights and hill climbing
+
+
+@pytest.mark.parametrize("metric", ["logloss", "accuracy", "auc"])
+def test_weights_on_the_simplex_and_no_worse_than_best_member(metric):
+    y, _, X = synth(n=400, M=4, C=2, seed=1)
+    X = np.concatenate([X, np.full((400, 1, 2), 0.5)], axis=1)  # a useless uniform member
+    w = WeightBlender(metric=metric).fit(X, y).weights_
+    assert w.shape == (5,)
+    assert (w >= 0).all() and w.sum() == pytest.approx(1.0)
+    p = WeightBlender(metric="logloss").fit(X, y).predict_proba(X)
+    best_ll = min(score("logloss", y, X[:, m]) for m in range(5))
+    assert score("logloss", y, p) <= best_ll + 1e-9
+    assert score("logloss", y, p) < score("logloss", y, X.mean(1))
+
+
+def test_weights_ignore_a_useless_member():
+    y, _, X = synth(n=500, M=2, C=3, seed=2, strengths=[2.0, 2.0])
+    rng = np.random.default_rng(0)
+    noise = _softmax(3 * rng.normal(size=(500, 1, 3)))
+    w = WeightBlender().fit(np.concatenate([X, noise], 1), y).weights_
+    assert w[2] < 0.05 and w[:2].min() > 0.3
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "logloss", "auc", "macro_f1"])
+def test_hill_starts_from_best_member_and_never_does_worse(metric):
+    y, _, X = synth(n=300, M=5, C=2, seed=3, strengths=[0.3, 1.0, 2.0, 0.8, 1.5])
+    from comp.metrics import greater_is_better
+
+    sign = 1 if greater_is_better(metric) else -1
+    member = [sign * score(metric, y, X[:, m]) for m in range(5)]
+    best = int(np.argmax(member))
+    start = HillClimbBlender(metric=metric, n_iter=0).fit(X, y)
+    assert start.start_members_ == [best]
+    assert np.array_equal(start.weights_, np.eye(5)[best])
+    hill = HillClimbBlender(metric=metric, n_iter=30).fit(X, y)
+    assert hill.history_[0] == pytest.approx(sign * member[best])
+    assert sign * score(metric, y, hill.predict_proba(X)) >= member[best] - 1e-12
+    assert (hill.weights_ >= 0).all() and hill.weights_.sum() == pytest.approx(1.0)
+    # with replacement: weights are counts / total
+    assert np.allclose(hill.weights_ * hill.counts_.sum(), hill.counts_)
+
+
+def test_hill_start_k_and_bad_start():
+    y, _, X = synth(n=200, M=4, C=2)
+    h = HillClimbBlender(n_iter=0, start=2).fit(X, y)
+    assert h.counts_.sum() == 2 and len(h.start_members_) == 2
+    with pytest.raises(CompError, match="start"):
+        HillClimbBlender(start=9).fit(X, y)
+
+
+@pytest.mark.parametrize("meta", ["lr", "ridge", "hgb"])
+@pytest.mark.parametrize("use_logits", [False, True])
+def test_stack_metas(meta, use_logits):
+    y, folds, X = synth(n=300, M=3, C=3, seed=4)
+    st = StackEnsemble(meta=meta, use_logits=use_logits)
+    oof, s = nested_stack_cv(st, X, y, folds, "accuracy")
+    assert oof.shape == (300, 3) and np.allclose(oof.sum(1), 1.0)
+    assert s > 0.6
+    if meta != "hgb":
+        imp = st.fit(X, y).member_importance()
+        assert imp.shape == (3,) and imp.sum() == pytest.approx(1.0)
+        assert imp.argmax() == 2  # the strongest member matters most
+
+
+def test_stack_fold_missing_a_class_still_gives_all_columns():
+    y, _, X = synth(n=200, M=2, C=3)
+    keep = y != 2
+    p = StackEnsemble().fit(X[keep], y[keep]).predict_proba(X)
+    assert p.shape == (200, 3) and np.allclose(p[:, 2], 0) and np.allclose(p.sum(1), 1)
+
+
+def test_stack_bad_meta():
+    y, _, X = synth(n=50)
+    with pytest.raises(CompError, match="meta='xgb'"):
+        StackEnsemble(meta="xgb").fit(X, y)
+
+
+# ---------------------------------------------------------------------------------------------
+# honest CV: leak detectors
+
+
+class Memorizer(ClassifierMixin, BaseEstimator):
+    """Reads the row id hidden in X[:, 0, 0] and recalls its training label; unseen -> uniform.
+
+    In-sample it is perfect; through an honest fold loop it never sees the rows it predicts,
+    so every prediction must be exactly uniform.
+    """
+
+    def fit(self, X, y):
+        self.n_classes_ = X.shape[2]
+        self.table_ = dict(zip(np.rint(X[:, 0, 0] * 1e6).astype(int).tolist(), y.tolist()))
+        return self
+
+    def predict_proba(self, X):
+        out = np.full((len(X), self.n_classes_), 1.0 / self.n_classes_)
+        for i, key in enumerate(np.rint(X[:, 0, 0] * 1e6).astype(int).tolist()):
+            if key in self.table_:
+                out[i] = np.eye(self.n_classes_)[self.table_[key]]
+        return out
+
+
+def test_nested_cv_never_sees_a_rows_own_label():
+    n, C = 250, 3
+    y, folds, X = synth(n=n, M=2, C=C, seed=5)
+    X[:, 0, 0] = (np.arange(n) + 1) / 1e6  # row ids hidden in the features
+    assert score("accuracy", y, Memorizer().fit(X, y).predict_proba(X)) == 1.0
+    oof, s = nested_stack_cv(Memorizer(), X, y, folds, "accuracy")
+    assert np.allclose(oof, 1.0 / C), "a row's own label reached its prediction"
+    assert s == pytest.approx(np.mean(y == 0))  # argmax of uniform is class 0
+
+
+@pytest.mark.parametrize("name", sorted(BLENDERS))
+def test_nested_oof_of_a_fold_ignores_that_folds_labels(name):
+    """Rewriting every label in fold k must leave fold k's nested predictions unchanged."""
+    y, folds, X = synth(n=200, M=3, C=3, seed=6)
+    kw = {"n_iter": 10} if name == "hill" else {}
+    ref = ensemble_oof(name, X, y, folds, **kw)
+    for k in (0, 3):
+        y2 = y.copy()
+        y2[folds == k] = (y2[folds == k] + 1) % 3
+        got = ensemble_oof(name, X, y2, folds, **kw)
+        assert np.allclose(got[folds == k], ref[folds == k])
+        assert got.shape == ref.shape
+
+
+def ensemble_oof(name, X, y, folds, **kw):
+    from comp.ensemble import Member
+
+    members = [Member(f"m{m}", X[:, m], X[:20, m], ["a", "b", "c"], {}) for m in
+               range(X.shape[1])]
+    return ensemble(members, name, y, folds, "logloss", **kw).oof
+
+
+@pytest.mark.parametrize("method,kw", [("stack", {"C": 100.0}), ("hill", {"n_iter": 40}),
+                                       ("weights", {}), ("stack", {"meta": "hgb"})])
+def test_noise_labels_nested_cv_is_chance_while_in_sample_is_optimistic(method, kw):
+    """Members carry no signal about the labels: honest CV must sit at chance."""
+    rng = np.random.default_rng(7)
+    n, M, C = 400, 20, 2
+    y = rng.integers(0, C, n)
+    folds = np.arange(n) % K
+    X = _softmax(2.0 * rng.normal(size=(n, M, C)))
+    from comp.ensemble import Member
+
+    members = [Member(f"m{m}", X[:, m], X[:10, m], ["0", "1"], {}) for m in range(M)]
+    res = ensemble(members, method, y, folds, "accuracy", **kw)
+    assert isinstance(res, EnsembleResult)
+    assert abs(res.cv - 0.5) < 0.08, res.cv
+    assert res.cv_in_sample > res.cv + 0.03
+    assert res.meta["cv"] == res.cv and res.meta["cv_in_sample"] == res.cv_in_sample
+
+
+def test_ensemble_reports_nested_cv_and_full_fit_test():
+    y, folds, X = synth(n=300, M=3, C=3, seed=8)
+    from comp.ensemble import Member
+
+    XT = X[:40] * 0.5 + 1.0 / 6
+    members = [Member(f"m{m}", X[:, m], XT[:, m], ["a", "b", "c"], {}) for m in range(3)]
+    res = ensemble(members, "weights", y, folds, "logloss")
+    oof, s = nested_stack_cv(WeightBlender(metric="logloss"), X, y, folds, "logloss")
+    assert res.cv == pytest.approx(s) and np.allclose(res.oof, oof)
+    full = WeightBlender(metric="logloss").fit(X, y)
+    assert np.allclose(res.test, full.predict_proba(XT))
+    assert list(res.weights) == ["m0", "m1", "m2"]
+    assert sum(res.weights.values()) == pytest.approx(1.0)
+    assert len(res.meta["fold_weights"]) == K and len(res.meta["fold_scores"]) == K
+    mean = ensemble(members, "mean", y, folds, "accuracy")
+    assert mean.cv == pytest.approx(score("accuracy", y, X.mean(1)))
+    assert mean.cv == mean.cv_in_sample
+    st = ensemble(members, "stack", y, folds, "accuracy", meta="lr")
+    assert st.weights is None and st.meta["meta_model"]["meta"] == "lr"
+
+
+def test_ensemble_input_checks():
+    y, folds, X = synth(n=100, M=2)
+    from comp.ensemble import Member
+
+    members = [Member(f"m{m}", X[:, m], X[:5, m], ["a", "b", "c"], {}) for m in range(2)]
+    with pytest.raises(CompError, match="labels"):
+        ensemble(members, "mean", y[:50], folds, "accuracy")
+    with pytest.raises(CompError, match="fewer than 2 folds"):
+        ensemble(members, "mean", y, np.zeros(100, int), "accuracy")
+
+
+# ---------------------------------------------------------------------------------------------
+# members on disk
+
+
+@pytest.fixture
+def two_members(tmp_path):
+    y, _, X = synth(n=60, M=2, C=2)
+    a = write_member(tmp_path, "a", X[:, 0], X[:10, 0], ["neg", "pos"])
+    b = write_member(tmp_path, "b", X[:, 1], X[:10, 1], ["neg", "pos"])
+    return tmp_path, a, b, X
+
+
+def test_load_members_reads_contract(two_members):
+    _, a, b, X = two_members
+    ms = load_members([a, b])
+    assert [m.name for m in ms] == ["a", "b"]
+    assert ms[0].oof.shape == (60, 2) and ms[1].test.shape == (10, 2)
+    assert np.allclose(ms[1].oof, X[:, 1])
+    assert ms[0].classes == ["neg", "pos"] and ms[0].cv["metric"] == "accuracy"
+
+
+@pytest.mark.parametrize("key", ["folds_hash", "train_hash", "test_hash"])
+def test_load_members_refuses_other_data(two_members, key):
+    root, a, _, X = two_members
+    c = write_member(root, "c", X[:, 1], X[:10, 1], ["neg", "pos"], **{key: "other"})
+    with pytest.raises(CompError) as e:
+        load_members([a, c])
+    msg = str(e.value)
+    assert "\n" not in msg and str(c) in msg and key in msg and "other" in msg
+
+
+def test_load_members_refuses_other_rows_and_classes(two_members):
+    root, a, _, X = two_members
+    c = write_member(root, "c", X[:50, 1], X[:10, 1], ["neg", "pos"])
+    with pytest.raises(CompError, match=r"c: 50 train rows but .*a has 60"):
+        load_members([a, c])
+    d = write_member(root, "d", X[:, 1], X[:9, 1], ["neg", "pos"])
+    with pytest.raises(CompError, match="9 test rows"):
+        load_members([a, d])
+    e = write_member(root, "e", X[:, 1], X[:10, 1], ["pos", "neg"])
+    with pytest.raises(CompError, match=r"e: classes \['pos', 'neg'\] differ"):
+        load_members([a, e])
+
+
+def test_read_member_refuses_broken_files(two_members):
+    root, _, _, X = two_members
+    f = write_member(root, "f", X[:, 1] * 3 - 1, X[:10, 1], ["neg", "pos"])
+    with pytest.raises(CompError, match="oof.npy: row .* (negative|sums to)"):
+        read_member(f)
+    g = write_member(root, "g", X[:, 1], X[:10, 1], ["neg", "pos"], n_train=61)
+    with pytest.raises(CompError, match="n_train=61"):
+        read_member(g)
+    (root / "a" / "test.npy").unlink()
+    with pytest.raises(CompError, match="missing test.npy"):
+        read_member(root / "a")
+    with pytest.raises(CompError, match="already used"):
+        load_members([root / "b", write_member(root / "x", "b", X[:, 1], X[:10, 1],
+                                               ["neg", "pos"])])
+
+
+def test_leaderboard_orders_members_and_ensembles(tmp_path):
+    y, _, X = synth(n=30, M=2, C=2)
+    a = write_member(tmp_path / "runs", "weak", X[:, 0], X[:5, 0], ["0", "1"], cv=0.71,
+                     fold_scores=[0.7, 0.72])
+    b = write_member(tmp_path / "runs", "strong", X[:, 1], X[:5, 1], ["0", "1"], cv=0.83)
+    subs = tmp_path / "subs"
+    write_json(subs / "hill-0.8600.json", {"name": "hill", "method": "hill",
+                                           "metric": "accuracy", "cv": 0.86,
+                                           "cv_in_sample": 0.88, "fold_scores": [0.85, 0.87]})
+    (subs / "junk.json").write_text("[1, 2]")
+    table = leaderboard([a, b], subs)
+    lines = table.splitlines()
+    order = [ln.split()[2] for ln in lines[2:]]
+    assert order == ["hill", "strong", "weak"]
+    assert "0.86000" in table and "0.88000" in table and "0.7100 ± 0.0100" in table
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end through comp.data and comp.submit
+
+
+@pytest.mark.skipif(importlib.util.find_spec("comp.submit") is None,
+                    reason="comp.submit not available")
+def test_run_ensemble_end_to_end(tmp_path):
+    from comp.config import DataConfig
+    from comp.data import folds_hash, load_competition, load_folds
+    from comp.ensemble import run_ensemble
+
+    rng = np.random.default_rng(9)
+    data = tmp_path / "data"
+    data.mkdir()
+    n, nt = 80, 20
+    labels = rng.choice(["neg", "pos"], n)
+    rows = [f"t{i},文本{i}号,{labels[i]}" for i in range(n)]
+    (data / "train.csv").write_text("id,text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    (data / "test.csv").write_text("id,text\n" + "\n".join(f"s{i},测试{i}" for i in range(nt))
+                                   + "\n", encoding="utf-8")
+    (data / "sample_submission.csv").write_text(
+        "id,label\n" + "\n".join(f"s{i},pos" for i in range(nt)) + "\n", encoding="utf-8")
+    cfg = DataConfig(dir=str(data), folds=4)
+    comp = load_competition(cfg)
+    folds = load_folds(comp, cfg)
+    C = len(comp.classes)
+    hashes = {"folds_hash": folds_hash(comp.train_ids, folds), "train_hash": comp.train_hash,
+              "test_hash": comp.test_hash}
+    runs = tmp_path / "runs"
+    dirs = []
+    for m, s in enumerate([1.0, 2.0, 0.3]):
+        oof = _softmax(s * np.eye(C)[comp.labels] + rng.normal(size=(n, C)))
+        test = _softmax(rng.normal(size=(nt, C)))
+        dirs.append(write_member(runs, f"m{m}", oof, test, comp.classes, **hashes))
+    subs = tmp_path / "subs"
+    csv_path = run_ensemble(dirs, "hill", cfg, "", subs, n_iter=5)
+    assert csv_path.exists() and csv_path.suffix == ".csv"
+    lines = csv_path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == nt + 1
+    manifests = [json.loads(p.read_text(encoding="utf-8")) for p in subs.glob("*.json")]
+    man = next(m for m in manifests if m.get("method") == "hill")
+    assert man["metric"] == "accuracy" and set(man["weights"]) == {"m0", "m1", "m2"}
+    assert man["cv_in_sample"] >= man["cv"] - 0.2 and len(man["fold_scores"]) == 4
+    ens = read_member(man["run_dir"])
+    assert ens.oof.shape == (n, C) and ens.cv["folds_hash"] == hashes["folds_hash"]
+    assert "hill" in leaderboard(dirs, subs)
+    stale = write_member(tmp_path / "old", "m9", oof, test, comp.classes,
+                         **{**hashes, "folds_hash": "stale"})
+    with pytest.raises(CompError, match="folds_hash stale does not match"):
+        run_ensemble([stale], "mean", cfg, "", subs)
