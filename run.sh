@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# ./run.sh              the whole pipeline on the embedded competition -> submissions/
+# ./run.sh --quick      a first submission in a few minutes
+# ./run.sh --data DIR   the same pipeline on any competition folder
+# ./run.sh test [ARGS]  install and run the test suite (ARGS go to pytest)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PY=${PYTHON:-python3}
+VENV=.venv
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "run.sh: creating $VENV" >&2
+  "$PY" -m venv "$VENV"
+fi
+
+# Install only when pyproject.toml changed since the last install (a stamp holds its hash).
+stamp="$VENV/.comp-installed"
+want=$(sha1sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "run.sh: installing comp and its dependencies (CPU torch) into $VENV" >&2
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  # torch is pinned in pyproject.toml: the pinned release is the CPU build
+  "$VENV/bin/python" -m pip install -q -e '.[dev]'
+  echo "$want" > "$stamp"
+fi
+
+export TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1
+
+if [ "${1:-}" = "test" ]; then
+  shift
+  exec "$VENV/bin/python" -m pytest "$@"
+fi
+exec "$VENV/bin/comp" run "$@"
