@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -568,14 +567,24 @@ def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.nd
 # end to end: runs/* -> submissions/<name>*.csv + manifest
 
 
-def git_commit() -> str | None:
-    """The current git commit, or None outside a repository."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+def member_data_config(run_dirs: Sequence[str | Path]) -> Any:
+    """The [data] section of the first member's recipe.toml, as a DataConfig."""
+    from comp.config import DataConfig, from_dict, read_toml
+
+    for d in run_dirs:
+        p = Path(d) / "recipe.toml"
+        if p.exists():
+            return from_dict(DataConfig, read_toml(p).get("data", {}), "data")
+    raise CompError(f"{Path(run_dirs[0]) if run_dirs else 'runs'}: no member has a recipe.toml; "
+                    "pass the competition folder")
+
+
+def _out_stem(out: str | Path, name: str | None, method: str) -> Path:
+    """`submissions/` -> submissions/<name or method>; `submissions/blend` is already a stem."""
+    p = Path(out)
+    if str(out).endswith(("/", "\\")) or p.is_dir():
+        return p / (name or method)
+    return p.with_name(name) if name else p
 
 
 def _align_classes(members: list[Member], classes: list[str]) -> list[Member]:
@@ -598,22 +607,29 @@ def run_ensemble(run_dirs: Sequence[str | Path], method: str, data_cfg: Any, met
     Args:
         run_dirs: member directories.
         method: mean | rank | weights | hill | stack.
-        data_cfg: the competition's DataConfig (labels, fold table, sample submission).
+        data_cfg: the competition's DataConfig (labels, fold table, sample submission); None
+            reads the [data] section of the first member's recipe.toml.
         metric: comp.metrics name; "" takes the members' metric from cv.json.
-        out: the submissions directory.
-        **kw: blender parameters; `name` (default: method) names the outputs.
+        out: a submissions directory (`submissions/`, outputs named after the method) or an
+            output stem (`submissions/blend`); the CV is appended to the file names.
+        **kw: blender parameters, plus `name` (overrides the stem's name) and `proba` (also
+            write per-class probability columns).
 
     Returns:
-        Path of the written submission CSV. The ensemble's OOF/test probabilities are also
-        written as a member directory `out/<name>/` (oof.npy, test.npy, classes.json, cv.json)
-        so distillation and pseudo-labelling read them like any member.
+        Path of the written submission CSV; its manifest sits next to it (.json). The ensemble's
+        honest OOF and its test probabilities are also written as a member directory
+        `<stem>/` (oof.npy, test.npy, classes.json, cv.json; paths in the manifest under "oof",
+        "test", "run_dir") so distillation and pseudo-labelling read them like any member.
     """
     from comp.data import folds_hash, load_competition, load_folds
     from comp.submit import write_submission
 
     t0 = time.time()
-    name = str(kw.pop("name", method))
+    stem = _out_stem(out, kw.pop("name", None), method)
+    proba = bool(kw.pop("proba", False))
     members = load_members(run_dirs)
+    if data_cfg is None:
+        data_cfg = member_data_config(run_dirs)
     comp = load_competition(data_cfg)
     folds = np.asarray(load_folds(comp, data_cfg))
     classes = [str(c) for c in comp.classes]
@@ -634,31 +650,27 @@ def run_ensemble(run_dirs: Sequence[str | Path], method: str, data_cfg: Any, met
         raise CompError(f"{m0.path}/cv.json: no metric; pass one")
     log(f"ensemble {method} of {len(members)} members on {metric}")
     res = ensemble(members, method, np.asarray(comp.labels), folds, metric, **kw)
-    out = Path(out)
-    ens_dir = out / name
+    ens_dir = stem
     save_npy(ens_dir / "oof.npy", res.oof)
     save_npy(ens_dir / "test.npy", res.test)
     write_json(ens_dir / "classes.json", classes)
-    cv_json = {"name": name, "metric": metric, "cv": res.cv,
-               "fold_scores": res.meta["fold_scores"], "n_train": n_train, "n_test": n_test,
-               "kind": "ensemble", "seconds": time.time() - t0, "cv_in_sample": res.cv_in_sample,
-               **{k: m0.cv.get(k) for k in HASH_KEYS}}
-    write_json(ens_dir / "cv.json", cv_json)
+    common = {"name": stem.name, "kind": "ensemble", "method": method, "metric": metric,
+              "cv": res.cv, "cv_in_sample": res.cv_in_sample,
+              "fold_scores": res.meta["fold_scores"], "n_train": n_train, "n_test": n_test,
+              **want}
+    write_json(ens_dir / "cv.json", {**common, "seconds": time.time() - t0})
     manifest = {
-        "name": name, "kind": "ensemble", "method": method, "metric": metric,
-        "cv": res.cv, "cv_in_sample": res.cv_in_sample, "fold_scores": res.meta["fold_scores"],
+        **common,
         "members": [str(m.path) for m in members],
         "member_names": [m.name for m in members],
         "member_cv": res.meta["member_cv"], "weights": res.weights,
         "fold_weights": res.meta.get("fold_weights"), "meta_model": res.meta.get("meta_model"),
         "params": res.meta["params"], "classes": classes, "run_dir": str(ens_dir),
         "oof": str(ens_dir / "oof.npy"), "test": str(ens_dir / "test.npy"),
-        "data_dir": str(data_cfg.dir), "commit": git_commit(),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": time.time() - t0,
-        **{k: m0.cv.get(k) for k in HASH_KEYS},
+        "seconds": time.time() - t0,
     }
-    path = write_submission(comp, res.test, classes, out / name, manifest)
-    log(f"ensemble {name}: cv {res.cv:.5f} (in-sample {res.cv_in_sample:.5f}) -> {path}")
+    path = write_submission(comp, res.test, classes, stem, manifest, proba=proba)
+    log(f"ensemble {stem.name}: cv {res.cv:.5f} (in-sample {res.cv_in_sample:.5f}) -> {path}")
     return Path(path)
 
 

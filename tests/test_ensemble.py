@@ -406,8 +406,10 @@ def test_run_ensemble_end_to_end(tmp_path):
         test = _softmax(rng.normal(size=(nt, C)))
         dirs.append(write_member(runs, f"m{m}", oof, test, comp.classes, **hashes))
     subs = tmp_path / "subs"
+    subs.mkdir()
     csv_path = run_ensemble(dirs, "hill", cfg, "", subs, n_iter=5)
     assert csv_path.exists() and csv_path.suffix == ".csv"
+    assert csv_path.parent == subs and csv_path.name.startswith("hill_cv")
     lines = csv_path.read_text(encoding="utf-8").splitlines()
     assert len(lines) == nt + 1
     manifests = [json.loads(p.read_text(encoding="utf-8")) for p in subs.glob("*.json")]
@@ -417,6 +419,13 @@ def test_run_ensemble_end_to_end(tmp_path):
     ens = read_member(man["run_dir"])
     assert ens.oof.shape == (n, C) and ens.cv["folds_hash"] == hashes["folds_hash"]
     assert "hill" in leaderboard(dirs, subs)
+    # an output stem, and the data config read from a member's recipe.toml
+    (dirs[0] / "recipe.toml").write_text(f'[data]\ndir = "{data.as_posix()}"\nfolds = 4\n',
+                                         encoding="utf-8")
+    blend = run_ensemble(dirs, "stack", None, "logloss", subs / "blend", proba=True)
+    assert blend.name.startswith("blend_cv") and blend.parent == subs
+    assert "p_neg" in blend.read_text(encoding="utf-8").splitlines()[0]
+    assert read_member(subs / "blend").cv["metric"] == "logloss"
     stale = write_member(tmp_path / "old", "m9", oof, test, comp.classes,
                          **{**hashes, "folds_hash": "stale"})
     with pytest.raises(CompError, match="folds_hash stale does not match"):
