@@ -26,7 +26,7 @@ __all__ = [
     "char_mask",
 ]
 
-# Upper bound on elements of the (rows, T, n_chars) coverage mask built at once; keeps memory
+# Upper bound on elements of the (rows, T, widest span) scatter built at once; keeps memory
 # flat for large eval batches while staying vectorised.
 _CHUNK_ELEMS = 1 << 22
 
@@ -142,20 +142,29 @@ def char_to_token_index(offsets: np.ndarray | Tensor, n_chars: int, text_lens: S
         return out
     start, end = off[..., 0], off[..., 1]  # (B, T)
     valid = (start >= 0) & (end > start)
-    lens = torch.as_tensor(list(text_lens), dtype=torch.long, device=device)
-    pos = torch.arange(n_chars, device=device)  # (N,)
+    width = torch.where(valid, end - start, torch.zeros_like(start)).clamp(max=n_chars)  # (B, T)
+    w = int(width.max())
+    if w == 0:
+        return out
+    lens = torch.as_tensor(list(text_lens), dtype=torch.long, device=device).clamp(max=n_chars)
     tok = torch.arange(t, device=device)
-    # torch.max returns one maximum; distinct positive ranks make the preferred token win
-    rank = ((t - tok) if prefer == "first" else (tok + 1)).to(torch.int32)  # (T,)
-    rows = max(1, _CHUNK_ELEMS // (t * n_chars))
+    # every token scatters its preference key onto the chars it covers and each char keeps the
+    # smallest key: O(B * T * widest span) instead of a (B, T, N) coverage mask
+    key = tok if prefer == "first" else t - 1 - tok  # (T,)
+    k = torch.arange(w, device=device)  # (W,)
+    rows = max(1, _CHUNK_ELEMS // (t * w))
     for lo in range(0, b, rows):
         hi = min(b, lo + rows)
-        s, e, v = start[lo:hi, :, None], end[lo:hi, :, None], valid[lo:hi, :, None]
-        cover = v & (s <= pos) & (pos < e)  # (b', T, N)
-        score = cover.to(torch.int32) * rank[None, :, None]  # (b', T, N)
-        best, idx = score.max(dim=1)  # (b', N)
-        inside = pos[None, :] < lens[lo:hi, None]  # (b', N)
-        out[lo:hi] = torch.where((best > 0) & inside, idx, torch.full_like(idx, -1))
+        pos = start[lo:hi, :, None] + k  # (b', T, W)
+        ok = (k < width[lo:hi, :, None]) & (pos < lens[lo:hi, None, None])  # (b', T, W)
+        pos = torch.where(ok, pos, torch.full_like(pos, n_chars))  # misses go to a spare column
+        best = torch.full((hi - lo, n_chars + 1), t, dtype=torch.long, device=device)
+        keys = key[None, :, None].expand_as(pos)  # (b', T, W)
+        best.scatter_reduce_(1, pos.reshape(hi - lo, -1), keys.reshape(hi - lo, -1), "amin")
+        best = best[:, :n_chars]  # (b', N)
+        found = best < t
+        idx = best if prefer == "first" else t - 1 - best
+        out[lo:hi] = torch.where(found, idx, torch.full_like(idx, -1))
     return out
 
 
@@ -197,12 +206,13 @@ def gather_to_grid(states: Tensor, index: Tensor) -> Tensor:
         raise ValueError(f"states (B, T, H) and index (B, N) disagree: "
                          f"{tuple(states.shape)} vs {tuple(index.shape)}")
     index = index.to(states.device)
-    h = states.shape[-1]
+    b, t, h = states.shape
     found = index >= 0  # (B, N)
-    if states.shape[1] == 0:
-        return states.new_zeros(index.shape[0], index.shape[1], h)
-    idx = index.clamp(min=0).unsqueeze(-1).expand(-1, -1, h)  # (B, N, H)
-    grid = torch.gather(states, 1, idx)  # (B, N, H)
+    if t == 0:
+        return states.new_zeros(b, index.shape[1], h)
+    # one index_select over the flattened batch: about twice as fast as gather, with backward
+    flat = (index.clamp(min=0) + torch.arange(b, device=index.device)[:, None] * t).reshape(-1)
+    grid = states.reshape(b * t, h).index_select(0, flat).reshape(b, -1, h)  # (B, N, H)
     # where, not multiply: a NaN/inf in an unused token state must not leak into empty cells
     return torch.where(found.unsqueeze(-1), grid, torch.zeros((), dtype=grid.dtype,
                                                                device=grid.device))

@@ -148,7 +148,7 @@ def test_char_to_token_index_edge_shapes():
 
 @st.composite
 def _tokenised(draw):
-    """A random text length with a random tokenisation: gaps, multi-char pieces, specials."""
+    """A random text length and tokenisation: gaps, multi-char pieces, overlaps, specials."""
     n = draw(st.integers(0, 30))
     spans, pos = [], 0
     while pos < n:
@@ -160,6 +160,10 @@ def _tokenised(draw):
         pos += width
     keep = draw(st.integers(0, len(spans)))  # tokenizer max_len truncation
     spans = spans[:keep]
+    # overlapping extras: byte-level pieces of one char, Metaspace prefixes, spans past the end
+    for _ in range(draw(st.integers(0, 3))):
+        s = draw(st.integers(0, n + 2))
+        spans.insert(draw(st.integers(0, len(spans))), (s, s + draw(st.integers(0, 5))))
     left_pad = draw(st.integers(0, 3))
     tokens = [(0, 0)] * left_pad + [(-1, -1)] + spans + [(0, 0)]
     return n, tokens
@@ -174,15 +178,16 @@ def test_round_trip_every_char_maps_to_a_token_containing_it(batch, n_chars):
         offsets[i, :len(toks)] = toks
     lens = [n for n, _ in batch]
     idx = char_to_token_index(offsets, n_chars, lens).numpy()
+    last = char_to_token_index(offsets, n_chars, lens, prefer="last").numpy()
     assert idx.shape == (len(batch), n_chars)
     for i, (n, toks) in enumerate(batch):
         for c in range(n_chars):
             k = idx[i, c]
             covering = [j for j, (s, e) in enumerate(toks) if s <= c < e and s < e]
             if c >= n or not covering:
-                assert k == -1
+                assert k == -1 and last[i, c] == -1
             else:
-                assert k == covering[0]
+                assert k == covering[0] and last[i, c] == covering[-1]
                 s, e = offsets[i, k]
                 assert s <= c < e
 
@@ -193,8 +198,10 @@ def test_chunked_path_matches_single_pass(monkeypatch):
     offsets = np.stack([starts, starts + rng.integers(0, 4, size=(9, 12))], axis=-1)
     lens = rng.integers(0, 45, size=9).tolist()
     whole = char_to_token_index(offsets, 40, lens)
-    monkeypatch.setattr(align, "_CHUNK_ELEMS", 12 * 40 * 2)  # two rows per chunk
+    last = char_to_token_index(offsets, 40, lens, prefer="last")
+    monkeypatch.setattr(align, "_CHUNK_ELEMS", 1)  # one row per chunk
     assert torch.equal(char_to_token_index(offsets, 40, lens), whole)
+    assert torch.equal(char_to_token_index(offsets, 40, lens, prefer="last"), last)
 
 
 # ---------------------------------------------------------------------------------------------
