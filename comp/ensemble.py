@@ -678,8 +678,9 @@ def run_ensemble(run_dirs: Sequence[str | Path], method: str, data_cfg: Any, met
 # leaderboard
 
 
-def _rows(run_dirs: Sequence[str | Path], submissions_dir: str | Path | None
-          ) -> list[dict[str, Any]]:
+def leaderboard_rows(run_dirs: Sequence[str | Path], submissions_dir: str | Path | None
+                     ) -> list[dict[str, Any]]:
+    """Leaderboard rows: members from cv.json, ensembles from submission manifests."""
     rows = []
     for d in run_dirs:
         p = Path(d) / "cv.json"
@@ -722,7 +723,7 @@ def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def leaderboard(run_dirs: Sequence[str | Path], submissions_dir: str | Path | None) -> str:
     """A terminal table of members (cv.json) and ensembles (submission manifests) by CV."""
-    rows = sort_rows(_rows(run_dirs, submissions_dir))
+    rows = sort_rows(leaderboard_rows(run_dirs, submissions_dir))
     if not rows:
         return "no members or submissions found"
     header = ["#", "kind", "name", "metric", "cv", "folds mean ± std", "in-sample"]
