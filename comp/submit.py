@@ -78,12 +78,12 @@ def write_submission(comp: Competition, test_proba: np.ndarray, classes: list[st
             row += [f"{p:.6f}" for p in test_proba[by_id[i]]]
         w.writerow(row)
     stem = submission_stem(out_stem, manifest.get("cv"))
-    csv_path = stem.with_suffix(".csv")
+    csv_path = stem.with_name(stem.name + ".csv")
     write_text(csv_path, buf.getvalue())
     full = {**manifest, "csv": str(csv_path), "n_rows": len(order),
             "commit": git_commit(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "data_dir": str(comp.dir)}
-    write_json(stem.with_suffix(".json"), full)
+    write_json(stem.with_name(stem.name + ".json"), full)
     return csv_path
 
 

@@ -1,0 +1,53 @@
+import csv
+
+import numpy as np
+import pytest
+
+from comp.config import DataConfig
+from comp.data import load_competition
+from comp.submit import score_submission, write_submission
+from comp.utils import CompError, read_json
+
+
+def test_submission_follows_sample_order_and_columns(small_comp, tmp_path):
+    comp = load_competition(DataConfig(dir=str(small_comp)))
+    # reorder the sample and rename its columns: the submission must follow it
+    rows = list(csv.reader(open(small_comp / "sample_submission.csv", encoding="utf-8")))[1:]
+    rows.reverse()
+    with open(small_comp / "sample_submission.csv", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "sentiment"])
+        w.writerows(rows)
+    comp = load_competition(DataConfig(dir=str(small_comp)))
+    proba = np.random.default_rng(0).random((100, 2))
+    path = write_submission(comp, proba, comp.classes, tmp_path / "sub" / "mean",
+                            {"cv": 0.81234, "method": "mean"}, proba=True)
+    assert path.name == "mean_cv0.8123.csv"
+    out = list(csv.reader(open(path, encoding="utf-8")))
+    assert out[0] == ["id", "sentiment", "p_neg", "p_pos"]
+    assert [r[0] for r in out[1:]] == [r[0] for r in rows]
+    by_id = dict(zip(comp.test_ids, proba.argmax(1)))
+    assert all(r[1] == comp.classes[by_id[r[0]]] for r in out[1:])
+    man = read_json(path.with_suffix(".json"))
+    assert man["method"] == "mean" and man["n_rows"] == 100 and "commit" in man
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_wrong_shape_or_classes_refused(small_comp, tmp_path):
+    comp = load_competition(DataConfig(dir=str(small_comp)))
+    with pytest.raises(CompError, match="shape"):
+        write_submission(comp, np.zeros((5, 2)), comp.classes, tmp_path / "x", {})
+    with pytest.raises(CompError, match="classes"):
+        write_submission(comp, np.zeros((100, 2)), ["a", "b"], tmp_path / "x", {})
+
+
+def test_score_against_answers(small_comp, tmp_path):
+    comp = load_competition(DataConfig(dir=str(small_comp)))
+    answers = dict(csv.reader(open(small_comp / "answers.csv", encoding="utf-8")))
+    truth = np.array([comp.classes.index(answers[i]) for i in comp.test_ids])
+    proba = np.eye(2)[truth]
+    proba[:10] = proba[:10, ::-1]  # ten wrong
+    path = write_submission(comp, proba, comp.classes, tmp_path / "s", {"cv": 0.5})
+    s = score_submission(path, small_comp / "answers.csv")
+    assert s["accuracy"] == pytest.approx(0.9) and s["n"] == 100
+    assert 0 < s["macro_f1"] <= 1
