@@ -521,8 +521,9 @@ def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.nd
         method: a registered blender: mean | rank | weights | hill | stack.
         y: (n_train,) class indices in the members' class order.
         folds: (n_train,) the shared fold table.
-        metric: comp.metrics name; weights/hill optimise it unless `metric` is in kw.
-        **kw: blender parameters (e.g. n_iter=100, meta="hgb", C=0.5).
+        metric: comp.metrics name, the one every reported score uses.
+        **kw: blender parameters (e.g. n_iter=100, meta="hgb", C=0.5); `objective` is the
+            metric weights/hill optimise (default: `metric`; "logloss" is smoother).
 
     Returns:
         EnsembleResult. For blenders that learn from labels, `oof` and `cv` come from models
@@ -533,8 +534,9 @@ def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.nd
     y, folds = np.asarray(y, dtype=np.int64), np.asarray(folds)
     _check_cv_inputs(X, y, folds)
     params = dict(kw)
+    objective = params.pop("objective", None)
     if "metric" in BLENDERS.get(method, _Blender)().get_params():
-        params.setdefault("metric", metric)
+        params["metric"] = objective or metric
     est = create_blender(method, **params)
     full = clone(est).fit(X, y)
     test = full.predict_proba(XT)

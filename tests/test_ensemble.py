@@ -279,6 +279,9 @@ def test_ensemble_reports_nested_cv_and_full_fit_test():
     mean = ensemble(members, "mean", y, folds, "accuracy")
     assert mean.cv == pytest.approx(score("accuracy", y, X.mean(1)))
     assert mean.cv == mean.cv_in_sample
+    hill = ensemble(members, "hill", y, folds, "accuracy", objective="logloss", n_iter=5)
+    assert hill.meta["params"]["metric"] == "logloss" and hill.meta["metric"] == "accuracy"
+    assert ensemble(members, "hill", y, folds, "auc", n_iter=2).meta["params"]["metric"] == "auc"
     st = ensemble(members, "stack", y, folds, "accuracy", meta="lr")
     assert st.weights is None and st.meta["meta_model"]["meta"] == "lr"
 
