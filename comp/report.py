@@ -186,15 +186,20 @@ def _correlation(members: list[Member]) -> str:
     M = len(members)
     fig = _figure(0.55 * M + 2.5, 0.5 * M + 1.5)
     ax = fig.add_subplot()
-    im = ax.imshow(corr, vmin=min(0.0, corr.min()), vmax=1.0, cmap="viridis")
+    off = corr[~np.eye(M, dtype=bool)]
+    # Members of one competition are usually 0.9+ correlated: stretch the scale to show it.
+    lo = float(np.floor(min(off.min(), 0.99) * 20) / 20)
+    mid = (lo + 1.0) / 2
+    im = ax.imshow(corr, vmin=lo, vmax=1.0, cmap="viridis")
     names = [m.name for m in members]
     ax.set_xticks(range(M), names, rotation=60, ha="right")
     ax.set_yticks(range(M), names)
     if M <= 16:
+        nd = 3 if lo >= 0.9 else 2
         for i in range(M):
             for j in range(M):
-                ax.text(j, i, f"{corr[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if corr[i, j] < 0.75 else "black")
+                ax.text(j, i, f"{corr[i, j]:.{nd}f}", ha="center", va="center", fontsize=7,
+                        color="white" if corr[i, j] < mid else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
     what = "P(positive class)" if C == 2 else "all class probabilities"
     ax.set_title(f"OOF correlation of {what}")
