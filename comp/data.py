@@ -248,19 +248,30 @@ def _text_columns(table: Table, cfg: DataConfig) -> list[str]:
     return [c for c in cols if c in table.columns]
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def _texts(table: Table, cols: list[str], sep: str, warnings: list[str]) -> list[str]:
-    out, empty = [], 0
+    out, empty, controlled = [], 0, 0
     for row in table.rows:
         parts = [_clean(row.get(c)) for c in cols]
         text = sep.join(p for p in parts if p)
+        if _CONTROL.search(text):  # invisible to readers, noise to tokenizers
+            text = _CONTROL.sub("", text)
+            controlled += 1
         if not text:
             empty += 1
         out.append(text)
+    if controlled:
+        _warn(warnings, f"{table.path}: removed control characters from {controlled} text(s)")
     if empty:
-        msg = f"{table.path}: {empty} empty or NaN text(s) kept as empty strings"
-        warnings.append(msg)
-        log(f"warning: {msg}")
+        _warn(warnings, f"{table.path}: {empty} empty or NaN text(s) kept as empty strings")
     return out
+
+
+def _warn(warnings: list[str], msg: str) -> None:
+    warnings.append(msg)
+    log(f"warning: {msg}")
 
 
 _NAN = {"", "nan", "NaN", "NAN", "null", "None", "NULL"}

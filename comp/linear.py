@@ -116,6 +116,11 @@ def train_linear(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
             Xtr = sp.vstack([Xtr, vec.transform(ctx.extra.texts)]).tocsr()
             ytr = np.concatenate([ytr, ctx.extra.targets.argmax(1)])
             w = np.concatenate([w, ctx.extra.weights])
+        if len(np.unique(ytr)) < 2:  # tiny or heavily duplicated data: nothing to separate
+            log(f"warning: {recipe.name} fold {ctx.fold}: one class in the training part; "
+                "predicting its prior")
+            p = np.bincount(ytr, minlength=comp.n_classes) / len(ytr)
+            return np.tile(p, (len(ctx.val_idx), 1)), np.tile(p, (X_test.shape[0], 1))
         model = make_model(cfg, comp.n_classes, recipe.train.seed)
         model.fit(Xtr, ytr, sample_weight=w)
         return (full_proba(model, X[ctx.val_idx], comp.n_classes),
