@@ -114,6 +114,7 @@ class TrainConfig:
     eval_batch_size: int = 128
     lr_head: float = 2e-3
     lr_backbone: float = 5e-5
+    lr_head_unfrozen: float = 5e-4  # head LR in phase 2; 0 = keep lr_head
     layer_decay: float = 0.95
     weight_decay: float = 0.01
     schedule: str = "linear"  # constant | linear | cosine
@@ -131,6 +132,7 @@ class TrainConfig:
     adv_steps: int = 3
     ema: float = 0.0  # decay; 0 = off
     cache_frozen: bool = True
+    cache_dtype: str = "float32"  # float32 | float16 | bfloat16: storage of cached features
     bucket: bool = True
     seed: int = 42
     pseudo: str = ""  # pseudo-label file joined to training parts only
@@ -149,6 +151,10 @@ class TrainConfig:
         _check(0.0 <= self.ema < 1.0, "train.ema", "must be in [0, 1)")
         _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "must be in [0, 1)")
         _check(self.accum >= 1, "train.accum", "must be >= 1")
+        _check(self.cache_dtype in ("float32", "float16", "bfloat16"), "train.cache_dtype",
+               "must be float32, float16 or bfloat16")
+        _check(self.amp in ("auto", "off", "bf16", "fp16"), "train.amp",
+               "must be auto, off, bf16 or fp16")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,405 @@
+"""The fusion network: backbones and word vectors on one character grid -> head -> classifier.
+
+    text ─┬─ backbone_i: encode -> token states (B, Ti, Hi) -> align -> (B, N, Hi) ─┐
+          ├─ vectors_j: ids per character -> (B, N, Dj) ────────────────────────┤ concat (B, N, D)
+          │                                                                      └ head -> (B, P)
+          └─ backbone_i CLS (B, Hi) ─────────────────────── concat with pooled -> logits (B, C)
+
+A batch is a plain dict made by `FusionModel.prepare(texts)`: tokenization, character indices
+and vector ids, CPU work without parameters. The forward splits in two so the frozen phase can
+skip the backbones: `features(batch)` runs backbones and vectors up to the grid, `top(grid,
+mask, cls)` runs head and classifier. Frozen backbones in eval mode are a fixed function of the
+text, so `FeatureCache` stores their grid features and CLS vectors once per distinct grid text
+and hands them back as `batch["cached"]`, which `features` uses in place of the backbones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from comp.align import char_to_token_index, gather_to_grid, truncate, windows
+from comp.config import ModelConfig, Recipe
+from comp.heads import Classifier, create_head
+from comp.utils import CompError, log, progress
+
+__all__ = ["FusionModel", "FeatureCache", "build_fusion", "grid_texts", "to_device"]
+
+
+def grid_texts(text: str, cfg: ModelConfig) -> list[str]:
+    """The text(s) a model sees for one input: one truncated text, or sliding windows.
+
+    Args:
+        text: the full text.
+        cfg: model config (max_chars, truncation, head_frac, window_stride).
+
+    Returns:
+        `[truncate(text)]`, or every window when `cfg.truncation == "window"`.
+    """
+    if cfg.truncation == "window":
+        return windows(text, cfg.max_chars, cfg.window_stride)
+    return [truncate(text, cfg.max_chars, cfg.head_frac, cfg.truncation)]
+
+
+def grid_len(text: str) -> int:
+    """Grid positions a text occupies; an empty text still gets one (empty) position."""
+    return max(1, len(text))
+
+
+def to_device(obj, device: torch.device | str):
+    """Move every tensor in a nested dict/list/tuple to `device`."""
+    if isinstance(obj, Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+class FusionModel(nn.Module):
+    """Backbones + vectors -> character grid -> head -> (pooled ⊕ CLS vectors) -> logits.
+
+    Args:
+        cfg: the model section of a recipe; `cfg.backbones[i].max_len` caps backbone i's tokens.
+        n_classes: number of classes C.
+        backbones: loaded backbones (comp.backbones.Backbone), one per `cfg.backbones` entry.
+        vectors: vector layers (comp.vectors.GridVectors), one per `cfg.vectors` entry.
+    """
+
+    def __init__(self, cfg: ModelConfig, n_classes: int, backbones: Sequence[nn.Module] = (),
+                 vectors: Sequence[nn.Module] = ()) -> None:
+        super().__init__()
+        if len(backbones) != len(cfg.backbones):
+            raise ValueError(f"{len(backbones)} backbones for {len(cfg.backbones)} configured")
+        if not backbones and not vectors:
+            raise CompError("recipe key 'model': no [[model.backbones]] and no model.vectors; "
+                            "the head needs at least one feature source")
+        self.cfg = cfg
+        self.n_classes = n_classes
+        self.backbones = nn.ModuleList(backbones)
+        self.vectors = nn.ModuleList(vectors)
+        self.max_lens = [_usable_max_len(b, bc.max_len) for b, bc in zip(backbones, cfg.backbones)]
+        self.backbone_dim = sum(int(b.hidden_size) for b in backbones)
+        self.vector_dim = sum(int(v.dim) for v in vectors)
+        self.head = create_head(cfg.head, self.backbone_dim + self.vector_dim, cfg.hidden,
+                                cfg.channels, cfg.kernel_sizes, cfg.pooling, cfg.dropout)
+        self.cls_dims = [int(b.hidden_size) for b in backbones]
+        self.classifier = Classifier(self.head.out_dim, self.cls_dims, n_classes, cfg.cls_skip,
+                                     cfg.dropout, cfg.msd)
+        self.frozen = False
+
+    # -- phases ---------------------------------------------------------------------------
+
+    def freeze_backbones(self, frozen: bool = True) -> None:
+        """Freeze (no gradients, eval mode: fixed outputs) or unfreeze every backbone."""
+        self.frozen = frozen
+        for p in self.backbones.parameters():
+            p.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> FusionModel:
+        """Like nn.Module.train, but frozen backbones stay in eval mode (no dropout)."""
+        super().train(mode)
+        if self.frozen:
+            self.backbones.eval()
+        return self
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters outside the backbones: head, classifier, tuned vectors."""
+        ids = {id(p) for p in self.backbones.parameters()}
+        return [p for p in self.parameters() if id(p) not in ids and p.requires_grad]
+
+    def adversarial_modules(self) -> list[nn.Module]:
+        """Modules whose outputs FGM/PGD perturb: the backbones' input embeddings, or the
+        vector layers when there are no backbones."""
+        if len(self.backbones):
+            return [b.input_embeddings() for b in self.backbones]
+        return list(self.vectors)
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def vector_ids(self, texts: Sequence[str], chunk: int = 2048) -> list[Tensor]:
+        """Vector ids of grid texts at full width: one (n, max_chars) LongTensor per vector kind.
+
+        Pure and cacheable: a batch slices its rows and its first N columns.
+        """
+        out: list[list[Tensor]] = [[] for _ in self.vectors]
+        texts = list(texts)
+        for lo in range(0, len(texts), chunk):
+            part = texts[lo:lo + chunk]
+            for j, v in enumerate(self.vectors):
+                out[j].append(v.ids(part, self.cfg.max_chars).long())
+        return [torch.cat(x) if x else torch.zeros(0, self.cfg.max_chars, dtype=torch.long)
+                for x in out]
+
+    def prepare(self, texts: Sequence[str], vec_ids: Sequence[Tensor] | None = None,
+                backbones: bool = True, pad_to: int | None = None) -> dict:
+        """Turn grid texts into a batch dict (CPU tensors).
+
+        Args:
+            texts: B grid texts (already truncated or windowed, see `grid_texts`).
+            vec_ids: precomputed rows of `vector_ids` for these texts, (B, >= N) each.
+            backbones: tokenize for the backbones; False when cached features replace them.
+            pad_to: grid length N; default the longest text in the batch.
+
+        Returns:
+            {'lens': (B,), 'mask': (B, N) bool, 'vec': [(B, N)], and with backbones
+            'bb': [{'inputs': tokenizer tensors, 'index': (B, N) token per character}]}.
+        """
+        texts = list(texts)
+        lens = [grid_len(t) for t in texts]
+        n = max(lens) if pad_to is None else pad_to
+        mask = torch.arange(n)[None, :] < torch.tensor(lens)[:, None]  # (B, N)
+        batch: dict = {"lens": torch.tensor(lens), "mask": mask}
+        if vec_ids is None:
+            batch["vec"] = [v.ids(texts, n).long() for v in self.vectors]
+        else:
+            batch["vec"] = [_fit_width(ids, n) for ids in vec_ids]
+        if backbones:
+            true_lens = [len(t) for t in texts]
+            batch["bb"] = []
+            for b, max_len in zip(self.backbones, self.max_lens):
+                enc = b.encode(texts, max_len)
+                prefer = "last" if b.kind == "xlnet" else "first"
+                index = char_to_token_index(enc["offsets"], n, true_lens, prefer=prefer)
+                batch["bb"].append({"inputs": enc["inputs"], "index": index})  # index (B, N)
+        return batch
+
+    # -- forward --------------------------------------------------------------------------
+
+    def backbone_features(self, batch: dict) -> tuple[Tensor | None, list[Tensor]]:
+        """Backbones' states on the grid (B, N, ΣHi) and their CLS vectors [(B, Hi)].
+
+        Uses `batch["cached"]` (from FeatureCache.lookup) when present.
+        """
+        if "cached" in batch:
+            return batch["cached"]
+        if not len(self.backbones):
+            return None, []
+        grids, cls = [], []
+        for b, enc in zip(self.backbones, batch["bb"]):
+            states, c = b(enc["inputs"])  # (B, T, H), (B, H)
+            grids.append(gather_to_grid(states, enc["index"]))  # (B, N, H)
+            cls.append(c)
+        return torch.cat(grids, dim=-1), cls  # (B, N, ΣH)
+
+    def vector_features(self, batch: dict) -> Tensor | None:
+        """Vectors on the grid (B, N, ΣDj), or None without vectors."""
+        if not len(self.vectors):
+            return None
+        return torch.cat([v(ids) for v, ids in zip(self.vectors, batch["vec"])], dim=-1)
+
+    def features(self, batch: dict) -> tuple[Tensor, list[Tensor]]:
+        """Everything below the head: grid features (B, N, D) and CLS vectors [(B, Hi)]."""
+        grid_b, cls = self.backbone_features(batch)
+        grid_v = self.vector_features(batch)
+        parts = [g for g in (grid_b, grid_v) if g is not None]
+        grid = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)  # (B, N, D)
+        return grid, cls
+
+    def top(self, grid: Tensor, mask: Tensor, cls: Sequence[Tensor]) -> Tensor:
+        """Head and classifier: (B, N, D) grid + (B, N) mask + [(B, Hi)] CLS -> (B, C) logits."""
+        pooled = self.head(grid.float(), mask)  # (B, P)
+        return self.classifier(pooled, [c.float() for c in cls])
+
+    def forward(self, batch: dict) -> Tensor:
+        """A prepared batch -> (B, C) logits."""
+        grid, cls = self.features(batch)
+        return self.top(grid, batch["mask"], cls)
+
+
+def _usable_max_len(backbone: nn.Module, max_len: int) -> int:
+    """The recipe's max_len, capped by the model's position table (when it has one)."""
+    cfg = getattr(getattr(backbone, "model", None), "config", None)
+    limit = getattr(cfg, "max_position_embeddings", None)
+    if isinstance(limit, int) and limit > 0 and max_len > limit:
+        return limit
+    return max_len
+
+
+def _fit_width(ids: Tensor, n: int) -> Tensor:
+    """Cut or right-pad (with 0) a (B, W) id matrix to width n."""
+    if ids.shape[1] >= n:
+        return ids[:, :n]
+    return torch.nn.functional.pad(ids, (0, n - ids.shape[1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# phase-1 feature cache
+
+
+class FeatureCache:
+    """Frozen backbones' grid features and CLS vectors, once per distinct grid text.
+
+    Rows of different lengths are stored back to back: `flat` holds (Σ len_i, ΣH) grid
+    features, `starts[i]` where text i begins, `cls` (n, ΣHi) the CLS vectors. Only valid while
+    the backbones keep the weights it was built with (the frozen phase).
+
+    Args:
+        cls_dims: width of each backbone's CLS vector (to split `cls` back into a list).
+        dtype: storage dtype; float16 halves memory at ~1e-3 relative error.
+    """
+
+    def __init__(self, cls_dims: Sequence[int], dtype: torch.dtype = torch.float32) -> None:
+        self.cls_dims = list(cls_dims)
+        self.dtype = dtype
+        self.row: dict[str, int] = {}
+        self._parts: list[tuple[Tensor, Tensor, Tensor]] = []  # (flat, lens, cls) chunks
+        self.flat = torch.zeros(0, sum(self.cls_dims), dtype=dtype)
+        self.starts = torch.zeros(0, dtype=torch.long)
+        self.lens = torch.zeros(0, dtype=torch.long)
+        self.cls = torch.zeros(0, sum(self.cls_dims), dtype=dtype)
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def __contains__(self, text: str) -> bool:
+        return text in self.row
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the cached tensors."""
+        return sum(t.numel() * t.element_size() for t in (self.flat, self.cls))
+
+    @torch.no_grad()
+    def ensure(self, model: FusionModel, texts: Sequence[str], batch_size: int = 128,
+               desc: str = "caching frozen features") -> None:
+        """Compute and store features for the grid texts not cached yet.
+
+        Under torch.distributed each rank computes a share and all ranks receive the whole.
+        """
+        new = sorted({t for t in texts if t not in self.row}, key=lambda t: (len(t), t))
+        if not new:
+            return
+        rank, world = _dist()
+        mine = new[rank::world]  # sorted by length, so every rank gets a similar load
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        flats, lens, clss = [], [], []
+        for lo in progress(range(0, len(mine), batch_size), desc=desc,
+                           total=-(-len(mine) // batch_size)):
+            chunk = mine[lo:lo + batch_size]
+            batch = to_device(model.prepare(chunk, vec_ids=[]), device)
+            grid, cls = model.backbone_features(batch)  # (B, N, ΣH), [(B, Hi)]
+            grid = grid.float().cpu()
+            for i, t in enumerate(chunk):
+                flats.append(grid[i, :grid_len(t)].to(self.dtype))
+            lens.extend(grid_len(t) for t in chunk)
+            clss.append(torch.cat(cls, dim=-1).float().cpu().to(self.dtype))
+        model.train(was_training)
+        part = (torch.cat(flats) if flats else self.flat[:0], torch.tensor(lens, dtype=torch.long),
+                torch.cat(clss) if clss else self.cls[:0])
+        if world > 1:
+            import torch.distributed as dist
+
+            got: list = [None] * world
+            dist.all_gather_object(got, (mine, part))
+        else:
+            got = [(mine, part)]
+        for texts_r, (flat_r, lens_r, cls_r) in got:
+            for t in texts_r:
+                self.row[t] = len(self.row)
+            self._parts.append((flat_r, lens_r, cls_r))
+        self._merge()
+
+    def _merge(self) -> None:
+        flats, lens, clss = zip(*self._parts)
+        self.flat = torch.cat(flats)
+        self.lens = torch.cat(lens)
+        self.cls = torch.cat(clss)
+        self.starts = torch.cumsum(self.lens, 0) - self.lens
+        self._parts = [(self.flat, self.lens, self.cls)]
+
+    def lookup(self, texts: Sequence[str], n_chars: int | None = None
+               ) -> tuple[Tensor, list[Tensor]]:
+        """Cached (B, N, ΣH) grid features and [(B, Hi)] CLS vectors for these grid texts."""
+        try:
+            rows = torch.tensor([self.row[t] for t in texts], dtype=torch.long)
+        except KeyError as e:
+            raise KeyError(f"text not in the feature cache: {str(e)[:40]}") from None
+        lens = self.lens[rows]  # (B,)
+        n = int(lens.max()) if n_chars is None else n_chars
+        pos = torch.arange(n)  # (N,)
+        valid = pos[None, :] < lens[:, None]  # (B, N)
+        flat_idx = (self.starts[rows][:, None] + pos[None, :]).clamp(max=len(self.flat) - 1)
+        grid = self.flat[flat_idx].float()  # (B, N, ΣH)
+        grid = grid.masked_fill(~valid.unsqueeze(-1), 0.0)
+        cls = self.cls[rows].float()  # (B, ΣHi)
+        return grid, list(torch.split(cls, self.cls_dims, dim=-1))
+
+
+def _dist() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside torch.distributed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+# ---------------------------------------------------------------------------------------------
+# building from a recipe
+
+
+def build_fusion(recipe: Recipe, n_classes: int) -> FusionModel:
+    """Load the recipe's backbones and vectors and assemble a FusionModel (head freshly seeded).
+
+    Args:
+        recipe: a fusion (or student) recipe; paths are local dirs, hub ids, or `.kv` files.
+        n_classes: number of classes.
+
+    Returns:
+        The model on CPU, in train mode, backbones unfrozen.
+    """
+    from comp.backbones import load_backbone
+
+    cfg = recipe.model
+    backbones = []
+    for i, bc in enumerate(cfg.backbones):
+        b = load_backbone(bc.kind, bc.path)
+        limit = _usable_max_len(b, bc.max_len)
+        if limit < bc.max_len:
+            log(f"model.backbones[{i}] ({bc.kind}): max_len {bc.max_len} capped at the model's "
+                f"{limit} positions")
+        if b.kind != "xlnet" and limit < cfg.max_chars + 2:
+            log(f"model.backbones[{i}] ({bc.kind}): {limit} tokens may not cover "
+                f"model.max_chars={cfg.max_chars} characters; uncovered characters get zero "
+                "features from this backbone")
+        backbones.append(b)
+    vectors = [_load_grid_vectors(cfg, kind) for kind in cfg.vectors]
+    model = FusionModel(cfg, n_classes, backbones, vectors)
+    model.train()
+    return model
+
+
+def _load_grid_vectors(cfg: ModelConfig, kind: str) -> nn.Module:
+    from comp.vectors import GridVectors, load_vectors
+
+    path = Path(cfg.vectors_dir) / f"w2v-{kind}.kv"
+    if not path.exists():
+        raise CompError(f"{path}: vectors not found (model.vectors has '{kind}'); build them "
+                        f"with `comp vectors <data dir> --kind {kind}` or set model.vectors_dir")
+    return GridVectors(load_vectors(path), kind, cfg.vectors_trainable)
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Parameter counts: total, backbones, rest (for logs and reports)."""
+    total = sum(p.numel() for p in model.parameters())
+    bb = sum(p.numel() for p in getattr(model, "backbones", nn.ModuleList()).parameters())
+    return {"total": total, "backbones": bb, "head": total - bb}
+
+
+def describe(model: FusionModel) -> str:
+    """One line: what feeds the grid and how wide it is."""
+    parts = [f"{b.kind}({b.hidden_size})" for b in model.backbones]
+    parts += [f"{k}-vectors({v.dim})" for k, v in zip(model.cfg.vectors, model.vectors)]
+    n = count_parameters(model)
+    return (f"{' + '.join(parts)} -> grid {model.backbone_dim + model.vector_dim} -> "
+            f"{model.cfg.head} -> {model.classifier.in_dim} -> {model.n_classes} "
+            f"({n['total'] / 1e6:.2f}M params, {n['head'] / 1e6:.2f}M outside backbones)")
+

@@ -1,0 +1,417 @@
+"""Training a fusion member: one fit loop, read top to bottom, and the k-fold runner around it.
+
+    train_fusion(recipe)                          k folds via comp.member.run_member
+      fit_fold(ctx)                               one fold: rows, model, cache, fit, predict
+        fit(model, train, val, val_y, cfg)        phase 1 (backbones frozen) -> phase 2 (unfrozen)
+        predict(model, rows)                      length-sorted batches, window averaging
+
+Phase 1 trains the head (and tuned vectors) on frozen backbones. Frozen backbones in eval mode
+are a fixed function of the text, so their grid features are computed once per member for every
+distinct text (comp.fusion.FeatureCache) and phase 1 runs the head alone. Phase 2 restores the
+best phase-1 weights, unfreezes, and gives each backbone layer lr * decay^(depth from the top).
+Early stopping watches the fold's validation metric in each phase; the best weights (EMA ones
+when EMA is on) are kept in fold_dir/model.pt and restored at the end.
+
+Under `torchrun --nproc_per_node N -m comp train ...` every rank trains on its shard of the fold's
+training rows, gradients are averaged with all_reduce (gloo on CPU, nccl on GPU), evaluation is
+split across ranks and gathered, and rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from comp.config import Recipe, TrainConfig
+from comp.fusion import FeatureCache, FusionModel, build_fusion, describe, to_device
+from comp.losses import create_loss
+from comp.member import ExtraRows, FoldContext, run_member
+from comp.metrics import is_better, score
+from comp.train_parts import (
+    EMA,
+    Adversary,
+    Rows,
+    all_reduce_grads,
+    amp_setup,
+    dist_info,
+    eval_batches,
+    init_distributed,
+    make_rows,
+    param_groups,
+    schedule_lambda,
+    shard_rows,
+    train_batches,
+)
+from comp.utils import CompError, atomic_path, log, progress, seed_everything
+
+__all__ = ["FitResult", "fit", "predict", "train_fusion", "make_batch", "FusionData"]
+
+
+@dataclass
+class FitResult:
+    """What `fit` leaves behind (the model itself holds the best weights)."""
+
+    best_score: float
+    best_epoch: int  # 1-based over both phases
+    best_phase: int  # 1 = frozen backbones, 2 = unfrozen
+    val_proba: np.ndarray  # (n_val_sources, C) at the best epoch
+    history: list[dict] = field(default_factory=list)
+    train_rows: int = 0  # training rows this rank saw per epoch
+
+
+def make_batch(model: FusionModel, rows: Rows, idx: np.ndarray, cache: FeatureCache | None,
+               device: torch.device, pad_to: int | None = None) -> dict:
+    """Rows `idx` as a model batch on `device`, with cached backbone features when given."""
+    texts = [rows.texts[i] for i in idx]
+    vec = [v[idx] for v in rows.vec_ids] if rows.vec_ids is not None else None
+    use_cache = cache is not None and len(model.backbones) > 0
+    batch = model.prepare(texts, vec_ids=vec, backbones=not use_cache, pad_to=pad_to)
+    if use_cache:
+        batch["cached"] = cache.lookup(texts, batch["mask"].shape[1])  # (B, N, ΣH), [(B, Hi)]
+    batch["targets"] = torch.from_numpy(rows.targets[idx])  # (B, C)
+    batch["weights"] = torch.from_numpy(rows.weights[idx])  # (B,)
+    return to_device(batch, device)
+
+
+@torch.no_grad()
+def predict(model: FusionModel, rows: Rows, batch_size: int = 128,
+            cache: FeatureCache | None = None, bucket: bool = True, amp: str = "off",
+            desc: str = "predict") -> np.ndarray:
+    """Class probabilities per source text: (rows.n_source, C), windows averaged.
+
+    Batches are cut from rows sorted by length (little padding); under torch.distributed each
+    rank predicts every world-th batch and the pieces are gathered on every rank.
+    """
+    rank, world = dist_info()
+    device = next(model.parameters()).device
+    autocast, _ = amp_setup(amp, device)
+    was_training = model.training
+    model.eval()
+    proba = np.zeros((len(rows), model.n_classes), dtype=np.float32)
+    mine = eval_batches(rows.lengths, batch_size, bucket)[rank::world]
+    for idx in progress(mine, desc=desc):
+        with autocast():
+            logits = model(make_batch(model, rows, idx, cache, device))  # (B, C)
+        proba[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+    if world > 1:
+        import torch.distributed as dist
+
+        got: list = [None] * world
+        mine_idx = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
+        dist.all_gather_object(got, (mine_idx, proba[mine_idx]))
+        for idx, p in got:
+            proba[idx] = p
+    model.train(was_training)
+    return rows.average(proba)
+
+
+def fit(model: FusionModel, train: Rows, val: Rows, val_y: np.ndarray, cfg: TrainConfig, *,
+        metric: str = "accuracy", loss_fn: nn.Module | None = None,
+        cache: FeatureCache | None = None, ckpt: Path | None = None,
+        report: Callable[[int, float], None] | None = None,
+        on_batch: Callable[[list[str]], None] | None = None, seed: int | None = None,
+        name: str = "fit") -> FitResult:
+    """Train `model` on `train`, early-stopping on `val`; leaves the best weights loaded.
+
+    Args:
+        model: a FusionModel on its device (any model with the same interface works).
+        train: training rows (this rank's shard under torch.distributed).
+        val: validation rows; `val_y` (val.n_source,) holds their int labels.
+        cfg: the train section (phases, LRs, schedule, clipping, accumulation, AMP, patience,
+            FGM/PGD, EMA).
+        metric: the validation metric (comp.metrics) early stopping and `report` use.
+        loss_fn: default `create_loss(cfg.loss, ...)` with class counts from `train`.
+        cache: frozen-backbone features covering train and val texts; phase 1 then skips the
+            backbones entirely.
+        ckpt: where the best weights go (written atomically by rank 0).
+        report: `report(epoch, score)` after every epoch; may raise optuna.TrialPruned.
+        on_batch: called with each training batch's texts (diagnostics and tests).
+        seed: shuffling seed; default cfg.seed.
+
+    Returns:
+        A FitResult with the best score/epoch/phase, the validation probabilities there, and
+        one history entry per epoch.
+    """
+    rank, world = dist_info()
+    device = next(model.parameters()).device
+    seed = cfg.seed if seed is None else seed
+    if cfg.epochs_frozen + cfg.epochs_unfrozen == 0:
+        raise CompError("recipe keys 'train.epochs_frozen' + 'train.epochs_unfrozen': "
+                        "need at least one epoch")
+    if loss_fn is None:
+        counts = np.bincount(train.targets.argmax(1), minlength=model.n_classes)
+        loss_fn = create_loss(cfg.loss, model.n_classes, class_counts=counts,
+                              label_smoothing=cfg.label_smoothing,
+                              class_weights=cfg.class_weights, focal_gamma=cfg.focal_gamma)
+    loss_fn = loss_fn.to(device)
+    autocast, scaler = amp_setup(cfg.amp, device)
+    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
+    best = FitResult(best_score=float("nan"), best_epoch=0, best_phase=0,
+                     val_proba=np.zeros((val.n_source, model.n_classes)), train_rows=len(train))
+    best_state: dict | None = None
+    epoch = 0
+
+    for phase, n_epochs in ((1, cfg.epochs_frozen), (2, cfg.epochs_unfrozen)):
+        if n_epochs == 0:
+            continue
+        if phase == 2 and best_state is not None:
+            model.load_state_dict(best_state)  # phase 2 starts from the best head, not the last
+            if ema is not None:
+                ema.reset(model)
+        model.freeze_backbones(phase == 1 and len(model.backbones) > 0)
+        phase_cache = cache if phase == 1 else None
+        opt = torch.optim.AdamW(param_groups(model, cfg, phase))
+        batches_per_epoch = len(train_batches(train.lengths, cfg.batch_size, None, False))
+        steps_per_epoch = -(-batches_per_epoch // cfg.accum)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, schedule_lambda(cfg.schedule, cfg.warmup, steps_per_epoch * n_epochs))
+        # frozen backbones are attacked in no phase: phase 1 must not depend on whether their
+        # features come from the cache; a vectors-only model is attacked throughout
+        attack = cfg.adv != "none" and (phase == 2 or not len(model.backbones))
+        adversary = (Adversary(model.adversarial_modules(), cfg.adv, cfg.adv_eps, cfg.adv_steps)
+                     if attack else None)
+        params = [p for g in opt.param_groups for p in g["params"]]
+        stale = 0  # epochs without improvement in this phase
+
+        for _ in range(n_epochs):
+            epoch += 1
+            t0 = time.time()
+            model.train()
+            rng = np.random.default_rng([seed, epoch])
+            batches = train_batches(train.lengths, cfg.batch_size, rng, cfg.bucket)
+            bar = progress(batches, desc=f"{name} p{phase} ep{epoch}")
+            loss_sum, loss_n = 0.0, 0
+            for i, idx in enumerate(bar):
+                if on_batch is not None:
+                    on_batch([train.texts[j] for j in idx])
+                batch = make_batch(model, train, idx, phase_cache, device)
+
+                def batch_loss(batch: dict = batch) -> torch.Tensor:
+                    with autocast():
+                        logits = model(batch)  # (B, C)
+                    return loss_fn(logits, batch["targets"], batch["weights"]) / cfg.accum
+
+                def backward(loss: torch.Tensor) -> None:
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
+
+                if adversary is not None:
+                    with adversary.recording():
+                        loss = batch_loss()
+                        backward(loss)
+                    adversary.attack(batch_loss, backward, params)
+                else:
+                    loss = batch_loss()
+                    backward(loss)
+                loss_sum += float(loss.detach()) * cfg.accum
+                loss_n += 1
+
+                if (i + 1) % cfg.accum == 0 or i + 1 == len(batches):
+                    if world > 1:
+                        all_reduce_grads(params, world)
+                    if scaler is not None:
+                        scaler.unscale_(opt)
+                    if cfg.clip > 0:
+                        torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+                    if scaler is not None:
+                        scaler.step(opt)
+                        scaler.update()
+                    else:
+                        opt.step()
+                    sched.step()
+                    opt.zero_grad(set_to_none=True)
+                    if ema is not None:
+                        ema.update(model)
+                if i % 10 == 0:
+                    bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}")
+
+            with ema.applied(model) if ema is not None else contextlib.nullcontext():
+                val_proba = predict(model, val, cfg.eval_batch_size, phase_cache, cfg.bucket,
+                                    cfg.amp, desc=f"{name} eval")
+                s = score(metric, val_y, val_proba)
+                improved = best.best_epoch == 0 or is_better(metric, s, best.best_score)
+                if improved:
+                    best.best_score, best.best_epoch, best.best_phase = s, epoch, phase
+                    best.val_proba = val_proba
+                    best_state = copy.deepcopy(model.state_dict())
+                    if ckpt is not None and rank == 0:
+                        with atomic_path(ckpt) as tmp:
+                            torch.save(best_state, tmp)
+            stale = 0 if improved else stale + 1
+            entry = {"epoch": epoch, "phase": phase, "loss": loss_sum / max(1, loss_n),
+                     metric: s, "seconds": round(time.time() - t0, 2)}
+            best.history.append(entry)
+            if rank == 0:
+                log(f"{name} epoch {epoch} (phase {phase}): loss={entry['loss']:.4f} "
+                    f"{metric}={s:.4f}{' *' if improved else ''} ({entry['seconds']:.0f}s)")
+            _report(report, epoch, s, world)
+            if cfg.patience and stale >= cfg.patience:
+                break
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.freeze_backbones(False)
+    return best
+
+
+def _report(report: Callable[[int, float], None] | None, epoch: int, value: float,
+            world: int) -> None:
+    """Call `report` (rank 0); a pruning exception stops every rank, then re-raises on rank 0."""
+    if world == 1:
+        if report is not None:
+            report(epoch, value)
+        return
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    err: BaseException | None = None
+    if rank == 0 and report is not None:
+        try:
+            report(epoch, value)
+        except BaseException as e:  # noqa: BLE001 - re-raised below after telling the others
+            err = e
+    flag = [err is not None]
+    dist.broadcast_object_list(flag, src=0)
+    if err is not None:
+        raise err
+    if flag[0]:
+        raise CompError(f"training stopped by rank 0 at epoch {epoch}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the k-fold member
+
+
+class FusionData:
+    """Rows shared by every fold of a member: grid texts, vector ids, the frozen-feature cache.
+
+    Built lazily, so a rerun whose folds are all done loads nothing.
+    """
+
+    def __init__(self, recipe: Recipe, comp) -> None:
+        self.recipe = recipe
+        self.comp = comp
+        self.rows: Rows | None = None
+        self.test: Rows | None = None
+        self.cache: FeatureCache | None = None
+
+    def ensure_rows(self, model: FusionModel) -> None:
+        """Grid texts and vector ids of every train and test text (once per member)."""
+        if self.rows is not None:
+            return
+        cfg, comp = self.recipe.model, self.comp
+        y = np.eye(comp.n_classes, dtype=np.float32)[comp.labels]
+        self.rows = make_rows(comp.train_texts, cfg, y)
+        self.test = make_rows(comp.test_texts, cfg, np.zeros((len(comp.test_texts),
+                                                              comp.n_classes), np.float32))
+        for r in (self.rows, self.test):
+            r.vec_ids = model.vector_ids(r.texts)
+
+    def ensure_cache(self, model: FusionModel, texts: Sequence[str]) -> FeatureCache | None:
+        """The frozen-feature cache, extended to cover `texts`; None when not used."""
+        cfg = self.recipe.train
+        if not (cfg.cache_frozen and cfg.epochs_frozen > 0 and len(model.backbones)):
+            return None
+        if self.cache is None:
+            dtype = {"float32": torch.float32, "float16": torch.float16,
+                     "bfloat16": torch.bfloat16}[cfg.cache_dtype]
+            self.cache = FeatureCache(model.cls_dims, dtype)
+        model.freeze_backbones(True)
+        self.cache.ensure(model, texts, cfg.eval_batch_size,
+                          desc=f"{self.recipe.name}: caching frozen backbone features")
+        return self.cache
+
+
+def fit_fold(ctx: FoldContext, data: FusionData) -> tuple[np.ndarray, np.ndarray]:
+    """One fold: build the model, fit on the training part (+ extra rows), predict val/test."""
+    recipe, comp, cfg = ctx.recipe, ctx.comp, ctx.recipe.train
+    rank, world = dist_info()
+    name = f"{recipe.name} fold {ctx.fold}"
+    seed_everything(cfg.seed + ctx.fold)
+    model = build_fusion(recipe, comp.n_classes)
+    device = _device()
+    model.to(device)
+    if world > 1:  # identical starting weights on every rank
+        import torch.distributed as dist
+
+        for t in model.state_dict().values():
+            dist.broadcast(t, src=0)
+    if ctx.fold == 0 or data.rows is None:
+        log(f"{name}: {describe(model)}")
+    data.ensure_rows(model)
+    train = data.rows.take(ctx.train_idx)
+    if len(ctx.extra):
+        extra = make_rows(ctx.extra.texts, recipe.model, ctx.extra.targets.astype(np.float32),
+                          ctx.extra.weights.astype(np.float32))
+        extra.vec_ids = model.vector_ids(extra.texts)
+        train = train.concat(extra)
+    val = data.rows.take(ctx.val_idx)
+    cache = data.ensure_cache(model, data.rows.texts + data.test.texts + train.texts)
+    if world > 1:
+        train = shard_rows(train, rank, world, seed=cfg.seed + ctx.fold)
+    counts = np.bincount(comp.labels[ctx.train_idx], minlength=comp.n_classes)
+    loss_fn = create_loss(cfg.loss, comp.n_classes, class_counts=counts,
+                          label_smoothing=cfg.label_smoothing, class_weights=cfg.class_weights,
+                          focal_gamma=cfg.focal_gamma)
+    result = fit(model, train, val, comp.labels[ctx.val_idx], cfg, metric=recipe.metric,
+                 loss_fn=loss_fn, cache=cache, ckpt=ctx.dir / "model.pt", report=ctx.report,
+                 seed=cfg.seed + 1000 * ctx.fold, name=name)
+    # weights from phase 1 still have the original backbones, so the cache stays valid
+    test_cache = cache if result.best_phase == 1 else None
+    test_proba = predict(model, data.test, cfg.eval_batch_size, test_cache, cfg.bucket, cfg.amp,
+                         desc=f"{name} test")
+    return result.val_proba, test_proba
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        _, world = dist_info()
+        import os
+
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) if world > 1 else 0)
+    return torch.device("cpu")
+
+
+def train_fusion(recipe: Recipe, folds_to_run: list[int] | None = None, force: bool = False,
+                 report: Callable[[int, float], None] | None = None,
+                 extra: ExtraRows | None = None) -> dict | None:
+    """Run (or resume) a fusion member over the shared folds; returns cv.json's dict when done.
+
+    Under torchrun (WORLD_SIZE > 1) rank 0 drives comp.member.run_member and tells the other
+    ranks which fold to train; they train their shards and write nothing.
+    """
+    from comp.data import load_competition
+
+    comp = load_competition(recipe.data)
+    data = FusionData(recipe, comp)
+    rank, world = init_distributed()
+    if world == 1:
+        return run_member(recipe, lambda ctx: fit_fold(ctx, data), folds_to_run, force, extra,
+                          report, comp)
+    import torch.distributed as dist
+
+    if rank == 0:
+        def lead(ctx: FoldContext) -> tuple[np.ndarray, np.ndarray]:
+            dist.broadcast_object_list([(ctx.fold, ctx.train_idx, ctx.val_idx, ctx.extra)], 0)
+            return fit_fold(ctx, data)
+
+        try:
+            return run_member(recipe, lead, folds_to_run, force, extra, report, comp)
+        finally:
+            dist.broadcast_object_list([None], 0)  # release the other ranks
+    while True:
+        msg: list = [None]
+        dist.broadcast_object_list(msg, 0)
+        if msg[0] is None:
+            return None
+        fold, train_idx, val_idx, fold_extra = msg[0]
+        ctx = FoldContext(fold, train_idx, val_idx, Path(recipe.run_dir) / f"fold{fold}", comp,
+                          recipe, fold_extra)
+        fit_fold(ctx, data)

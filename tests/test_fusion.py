@@ -1,0 +1,200 @@
+"""FusionModel: every head x every backbone kind, vectors, CLS skip, freezing, feature cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comp.backbones import backbone_kinds, load_backbone
+from comp.config import BackboneConfig, ModelConfig, PretrainConfig, Recipe
+from comp.fusion import FeatureCache, FusionModel, build_fusion, grid_texts
+from comp.heads import head_names
+from comp.utils import CompError
+
+TEXTS = ["这个酒店很好，服务周到。", "房间太小了，不推荐", "价格便宜 but 质量差!", "总之，不错。",
+         "很差劲的体验，再也不来了", "非常满意😀", "",
+         "前台态度冷漠，早餐也很一般，下次不会再住。"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    """One tiny pretrained dir per registered backbone kind (1 layer, hidden 32, one step)."""
+    from comp.pretrain import run_pretrain
+
+    root = tmp_path_factory.mktemp("backbones")
+    dirs = {}
+    for kind in backbone_kinds():
+        cfg = PretrainConfig(kind=kind, out=str(root / kind), hidden=32, layers=1, heads=2,
+                             intermediate=64, vocab_size=200, steps=0, max_len=64, batch_size=4,
+                             max_positions=64)
+        dirs[kind] = str(run_pretrain(cfg, TEXTS * 8))
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def kv_path(tmp_path_factory):
+    from comp.vectors import train_vectors
+
+    root = tmp_path_factory.mktemp("vectors")
+    for kind in ("char", "word"):
+        train_vectors(TEXTS * 8, kind, root / f"w2v-{kind}.kv", dim=8, epochs=1, min_count=1)
+    return root
+
+
+def make_model(tiny_dirs, kinds=("bert",), head="bilstm", cls_skip=True, max_chars=24,
+               n_classes=3, seed=0) -> FusionModel:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(backbones=tuple(BackboneConfig(k, tiny_dirs[k], 64) for k in kinds),
+                      head=head, hidden=8, channels=4, kernel_sizes=(2, 3), cls_skip=cls_skip,
+                      max_chars=max_chars)
+    return FusionModel(cfg, n_classes, [load_backbone(k, tiny_dirs[k]) for k in kinds])
+
+
+def grid(texts, cfg):
+    return [g for t in texts for g in grid_texts(t, cfg)]
+
+
+@pytest.mark.parametrize("kind", backbone_kinds())
+@pytest.mark.parametrize("head", head_names())
+def test_every_head_and_backbone_gives_logits(tiny_dirs, kind, head):
+    model = make_model(tiny_dirs, (kind,), head)
+    model.eval()
+    texts = grid(TEXTS, model.cfg)
+    logits = model(model.prepare(texts))
+    assert logits.shape == (len(TEXTS), 3)
+    assert torch.isfinite(logits).all()
+
+
+def test_all_backbones_and_vectors_share_one_grid(tiny_dirs, kv_path):
+    kinds = backbone_kinds()
+    cfg = ModelConfig(backbones=tuple(BackboneConfig(k, tiny_dirs[k], 64) for k in kinds),
+                      vectors=("char", "word"), vectors_dir=str(kv_path), head="bilstm_cnn",
+                      hidden=8, channels=4, max_chars=24)
+    model = build_fusion(Recipe(kind="fusion", model=cfg), 2)
+    batch = model.prepare(grid(TEXTS, cfg))
+    g, cls = model.features(batch)
+    n = max(len(t) for t in grid(TEXTS, cfg))
+    assert g.shape == (len(TEXTS), n, 32 * len(kinds) + 16)
+    assert [c.shape for c in cls] == [(len(TEXTS), 32)] * len(kinds)
+    assert model.classifier.in_dim == model.head.out_dim + 32 * len(kinds)
+    # grid cells past a text's end carry nothing from any backbone
+    empty = TEXTS.index("")
+    assert torch.all(g[empty] == 0)
+    assert model(batch).shape == (len(TEXTS), 2)
+
+
+def test_vectors_only_model(kv_path):
+    cfg = ModelConfig(vectors=("char",), vectors_dir=str(kv_path), head="cnn", channels=4,
+                      max_chars=16)
+    model = build_fusion(Recipe(kind="fusion", model=cfg), 2)
+    assert not len(model.backbones)
+    assert model.classifier.in_dim == model.head.out_dim  # nothing to skip
+    out = model(model.prepare(grid(TEXTS, cfg)))
+    assert out.shape == (len(TEXTS), 2)
+
+
+def test_missing_vectors_file_names_it(tmp_path):
+    cfg = ModelConfig(vectors=("bigram",), vectors_dir=str(tmp_path))
+    with pytest.raises(CompError, match="w2v-bigram.kv"):
+        build_fusion(Recipe(kind="fusion", model=cfg), 2)
+
+
+def test_no_feature_source_is_an_error():
+    with pytest.raises(CompError, match="model"):
+        FusionModel(ModelConfig(), 2)
+
+
+def test_cls_skip_changes_classifier_width(tiny_dirs):
+    on = make_model(tiny_dirs, ("bert", "xlnet"), cls_skip=True)
+    off = make_model(tiny_dirs, ("bert", "xlnet"), cls_skip=False)
+    assert on.classifier.in_dim == off.classifier.in_dim + 64
+    assert on.classifier.fc.in_features == on.classifier.in_dim
+    off.eval()
+    assert off(off.prepare(TEXTS[:3])).shape == (3, 3)
+
+
+def _grads(model, texts):
+    model.zero_grad(set_to_none=True)
+    model(model.prepare(texts)).sum().backward()
+    bb = [p.grad for p in model.backbones.parameters()]
+    head = [p.grad for p in model.head_parameters()]
+    return bb, head
+
+
+def test_gradients_reach_only_head_when_frozen(tiny_dirs):
+    model = make_model(tiny_dirs, ("bert",))
+    model.freeze_backbones(True)
+    model.train()
+    assert not model.backbones[0].training  # frozen backbones stay in eval mode
+    bb, head = _grads(model, TEXTS[:4])
+    assert all(g is None for g in bb)
+    assert head and all(g is not None for g in head)
+    model.freeze_backbones(False)
+    assert model.backbones[0].training
+    bb, head = _grads(model, TEXTS[:4])
+    emb = model.backbones[0].input_embeddings().weight
+    assert emb.grad is not None and emb.grad.abs().sum() > 0
+    assert sum(g is not None and g.abs().sum() > 0 for g in bb) > len(bb) // 2
+
+
+def test_cache_lookup_matches_live_features(tiny_dirs):
+    model = make_model(tiny_dirs, ("bert", "wobert", "xlnet"), max_chars=12)
+    model.freeze_backbones(True)
+    texts = grid(TEXTS, model.cfg)
+    cache = FeatureCache(model.cls_dims)
+    cache.ensure(model, texts[:5], batch_size=2)
+    cache.ensure(model, texts, batch_size=3)  # extends with the missing ones only
+    assert len(cache) == len(set(texts))
+    with torch.no_grad():
+        live, live_cls = model.backbone_features(model.prepare(texts))
+    cached, cached_cls = cache.lookup(texts)
+    assert cached.shape == live.shape
+    torch.testing.assert_close(cached, live, atol=1e-5, rtol=1e-4)
+    for a, b in zip(cached_cls, live_cls):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # a cached batch gives the model the same logits as a live one
+    model.eval()
+    batch = model.prepare(texts, backbones=False)
+    batch["cached"] = cache.lookup(texts, batch["mask"].shape[1])
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), model(model.prepare(texts)), atol=1e-5,
+                                   rtol=1e-4)
+
+
+def test_half_precision_cache_is_close(tiny_dirs):
+    model = make_model(tiny_dirs, ("bert",), max_chars=12)
+    model.freeze_backbones(True)
+    full, half = FeatureCache(model.cls_dims), FeatureCache(model.cls_dims, torch.float16)
+    full.ensure(model, TEXTS)
+    half.ensure(model, TEXTS)
+    assert half.nbytes * 2 == full.nbytes
+    torch.testing.assert_close(half.lookup(TEXTS)[0], full.lookup(TEXTS)[0], atol=2e-2,
+                               rtol=1e-2)
+
+
+def test_grid_texts_truncates_or_windows():
+    long = "".join(chr(0x4E00 + i) for i in range(50))
+    head_tail = ModelConfig(max_chars=10)
+    assert grid_texts(long, head_tail) == [long[:5] + long[-5:]]
+    win = ModelConfig(max_chars=20, truncation="window", window_stride=10)
+    parts = grid_texts(long, win)
+    assert len(parts) == 4 and all(len(p) == 20 for p in parts)
+    assert parts[0] == long[:20] and parts[-1] == long[-20:]
+    assert grid_texts("短", win) == ["短"]
+
+
+def test_prepare_pads_to_fixed_width(tiny_dirs):
+    model = make_model(tiny_dirs, ("bert",), max_chars=24)
+    b = model.prepare(TEXTS[:3], pad_to=24)
+    assert b["mask"].shape == (3, 24)
+    assert b["mask"].sum(1).tolist() == [len(t) for t in TEXTS[:3]]
+    assert b["bb"][0]["index"].shape == (3, 24)
+
+
+def test_seeded_heads_are_identical(tiny_dirs):
+    a = make_model(tiny_dirs, ("albert",), seed=3)
+    b = make_model(tiny_dirs, ("albert",), seed=3)
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), n
+    c = make_model(tiny_dirs, ("albert",), seed=4)
+    assert not torch.equal(a.classifier.fc.weight, c.classifier.fc.weight)

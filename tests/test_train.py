@@ -1,0 +1,445 @@
+"""The fit loop and the fusion member: phases, cache, determinism, resume, windows, extra rows,
+schedules, LR groups, FGM/PGD, EMA, accumulation, and two-process torch.distributed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import comp.train as train_mod
+from comp.config import (
+    BackboneConfig,
+    DataConfig,
+    ModelConfig,
+    PretrainConfig,
+    Recipe,
+    TrainConfig,
+)
+from comp.fusion import FeatureCache, build_fusion, grid_texts
+from comp.member import ExtraRows
+from comp.train import fit, predict, train_fusion
+from comp.train_parts import (
+    EMA,
+    Adversary,
+    Rows,
+    eval_batches,
+    make_rows,
+    param_groups,
+    schedule_lambda,
+    shard_rows,
+    train_batches,
+)
+
+POS = ["很好", "满意", "不错", "推荐", "干净", "舒服", "喜欢"]
+NEG = ["太差", "失望", "很吵", "很脏", "难吃", "后悔", "糟糕"]
+FILL = ["房间", "酒店", "服务", "早餐", "前台", "位置", "价格", "这次", "总之", "环境"]
+
+
+def synth(n: int, seed: int) -> tuple[list[str], list[str]]:
+    """Short reviews whose label follows their sentiment words (a learnable toy task)."""
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for _ in range(n):
+        y = int(rng.integers(2))
+        words = POS if y else NEG
+        parts = [f"{rng.choice(FILL)}{rng.choice(words)}" for _ in range(rng.integers(1, 8))]
+        texts.append("，".join(parts) + "。")
+        labels.append("pos" if y else "neg")
+    return texts, labels
+
+
+def write_comp(d: Path, n_train: int = 48, n_test: int = 12) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    texts, labels = synth(n_train + n_test, 0)
+    with open(d / "train.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text", "label"])
+        w.writerows((f"r{i}", texts[i], labels[i]) for i in range(n_train))
+    with open(d / "test.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text"])
+        w.writerows((f"t{i}", texts[n_train + i]) for i in range(n_test))
+    return d
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory) -> str:
+    from comp.pretrain import run_pretrain
+
+    out = tmp_path_factory.mktemp("bb") / "bert"
+    texts, _ = synth(64, 1)
+    cfg = PretrainConfig(kind="bert", out=str(out), hidden=32, layers=2, heads=2, intermediate=64,
+                         vocab_size=120, steps=0, max_len=64, batch_size=4, max_positions=64)
+    return str(run_pretrain(cfg, texts))
+
+
+@pytest.fixture(scope="module")
+def comp_dir(tmp_path_factory) -> Path:
+    return write_comp(tmp_path_factory.mktemp("comp") / "toy")
+
+
+def recipe_for(bert_dir: str, comp_dir: Path, runs: Path, **train) -> Recipe:
+    model = ModelConfig(backbones=(BackboneConfig("bert", bert_dir, 64),), hidden=8,
+                        max_chars=32, dropout=0.1)
+    tc = dict(epochs_frozen=1, epochs_unfrozen=1, batch_size=8, eval_batch_size=16,
+              lr_head=5e-3, lr_backbone=1e-3)
+    tc.update(train)
+    return Recipe(name="toy_fusion", kind="fusion", runs_dir=str(runs),
+                  data=DataConfig(dir=str(comp_dir), folds=3), model=model,
+                  train=TrainConfig(**tc))
+
+
+def toy_rows(model, n: int = 24, seed: int = 3) -> tuple[Rows, np.ndarray]:
+    texts, labels = synth(n, seed)
+    y = np.array([lab == "pos" for lab in labels], dtype=np.int64)
+    rows = make_rows(texts, model.cfg, np.eye(2, dtype=np.float32)[y])
+    rows.vec_ids = model.vector_ids(rows.texts)
+    return rows, y
+
+
+# ---------------------------------------------------------------------------------------------
+# the member
+
+
+def test_member_end_to_end_writes_files_and_resumes(bert_dir, comp_dir, tmp_path, monkeypatch):
+    recipe = recipe_for(bert_dir, comp_dir, tmp_path / "runs")
+    cv = train_fusion(recipe)
+    run = tmp_path / "runs" / "toy_fusion"
+    assert cv is not None and cv["kind"] == "fusion" and 0.0 <= cv["cv"] <= 1.0
+    oof, test = np.load(run / "oof.npy"), np.load(run / "test.npy")
+    assert oof.shape == (48, 2) and test.shape == (12, 2)
+    np.testing.assert_allclose(oof.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(test.sum(1), 1.0, atol=1e-5)
+    for f in range(3):
+        state = torch.load(run / f"fold{f}" / "model.pt")
+        assert any(k.startswith("classifier.") for k in state)
+
+    def boom(*a, **k):
+        raise AssertionError("a finished fold was retrained")
+
+    monkeypatch.setattr(train_mod, "fit", boom)
+    again = train_fusion(recipe)
+    assert again["cv"] == cv["cv"]
+
+
+def test_same_seed_gives_identical_oof(bert_dir, comp_dir, tmp_path):
+    outs = []
+    for name in ("a", "b"):
+        recipe = recipe_for(bert_dir, comp_dir, tmp_path / name, adv="fgm", ema=0.5)
+        train_fusion(recipe)
+        outs.append(np.load(tmp_path / name / "toy_fusion" / "oof.npy"))
+    assert np.array_equal(outs[0], outs[1])
+    other = recipe_for(bert_dir, comp_dir, tmp_path / "c", adv="fgm", ema=0.5, seed=7)
+    train_fusion(other, folds_to_run=[0])
+    a = np.load(tmp_path / "a" / "toy_fusion" / "fold0" / "val_proba.npy")
+    c = np.load(tmp_path / "c" / "toy_fusion" / "fold0" / "val_proba.npy")
+    assert not np.array_equal(a, c)
+
+
+def test_extra_rows_join_training_parts_only(bert_dir, comp_dir, tmp_path, monkeypatch):
+    from comp.data import load_competition
+
+    recipe = recipe_for(bert_dir, comp_dir, tmp_path / "runs", epochs_unfrozen=0)
+    comp = load_competition(recipe.data)
+    new_texts, _ = synth(6, 99)
+    extra_texts = new_texts + comp.train_texts[:4]  # some duplicate labelled rows
+    extra = ExtraRows(extra_texts, np.full((len(extra_texts), 2), 0.5, np.float32),
+                      np.full(len(extra_texts), 0.5, np.float32), "test")
+    seen: list[tuple[set[str], set[str]]] = []
+    real_fit = train_mod.fit
+
+    def recording_fit(model, train, val, *a, **k):
+        texts: set[str] = set()
+        k["on_batch"] = texts.update
+        out = real_fit(model, train, val, *a, **k)
+        seen.append((texts, set(val.texts)))
+        return out
+
+    monkeypatch.setattr(train_mod, "fit", recording_fit)
+    train_fusion(recipe, extra=extra)
+    assert len(seen) == 3
+    for texts, val_texts in seen:
+        assert not texts & val_texts
+        novel = {g for t in new_texts for g in grid_texts(t, recipe.model)}
+        assert novel <= texts  # novel extra rows reach every fold
+
+
+
+# ---------------------------------------------------------------------------------------------
+# the fit loop
+
+
+def _model(recipe: Recipe, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_fusion(recipe, 2)
+
+
+def test_cached_phase1_equals_recomputed(bert_dir, comp_dir, tmp_path):
+    recipe = recipe_for(bert_dir, comp_dir, tmp_path, epochs_frozen=1, epochs_unfrozen=0,
+                        adv="fgm")
+    states = []
+    for use_cache in (True, False):
+        model = _model(recipe)
+        before = {k: v.clone() for k, v in model.backbones.state_dict().items()}
+        rows, y = toy_rows(model)
+        train, val = rows.take(np.arange(16)), rows.take(np.arange(16, 24))
+        cache = None
+        if use_cache:
+            cache = FeatureCache(model.cls_dims)
+            model.freeze_backbones(True)
+            cache.ensure(model, rows.texts)
+        res = fit(model, train, val, y[16:], recipe.train, cache=cache)
+        after = model.backbones.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)  # bit-identical
+        states.append((model.state_dict(), res.val_proba))
+    (a, pa), (b, pb) = states
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(pa, pb, atol=1e-5)
+
+
+def test_phase2_trains_backbone_with_layer_decay(bert_dir, comp_dir, tmp_path):
+    recipe = recipe_for(bert_dir, comp_dir, tmp_path, epochs_frozen=0, epochs_unfrozen=1,
+                        layer_decay=0.5, lr_backbone=1e-2, lr_head_unfrozen=0.0)
+    model = _model(recipe)
+    groups = param_groups(model, recipe.train, phase=2)
+    lrs = {g["tag"]: g["lr"] for g in groups}
+    # embeddings, 2 layers, pooler: the top group at lr_backbone, each step down halves it
+    assert lrs["bert.3"] == pytest.approx(1e-2)
+    assert lrs["bert.0"] == pytest.approx(1e-2 * 0.5 ** 3)
+    assert lrs["head"] == recipe.train.lr_head
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == sum(1 for p in model.parameters())
+    assert not any(p.ndim <= 1 and g["weight_decay"] for g in groups for p in g["params"])
+    assert {g["tag"] for g in param_groups(model, recipe.train, phase=1)} == {"head"}
+    before = model.backbones[0].input_embeddings().weight.detach().clone()
+    rows, y = toy_rows(model)
+    fit(model, rows.take(np.arange(16)), rows.take(np.arange(16, 24)), y[16:], recipe.train)
+    assert not torch.equal(before, model.backbones[0].input_embeddings().weight)
+
+
+def test_early_stopping_keeps_best_checkpoint(bert_dir, comp_dir, tmp_path):
+    recipe = recipe_for(bert_dir, comp_dir, tmp_path, epochs_frozen=4, epochs_unfrozen=3,
+                        patience=1, lr_head=0.0, lr_head_unfrozen=0.0, lr_backbone=0.0)
+    model = _model(recipe)
+    rows, y = toy_rows(model)
+    calls: list[tuple[int, float]] = []
+    res = fit(model, rows.take(np.arange(16)), rows.take(np.arange(16, 24)), y[16:],
+              recipe.train, ckpt=tmp_path / "m.pt", report=lambda s, v: calls.append((s, v)))
+    # nothing can improve at LR 0: one extra epoch per phase, then stop
+    assert [h["phase"] for h in res.history] == [1, 1, 2]
+    assert res.best_epoch == 1 and [s for s, _ in calls] == [1, 2, 3]
+    saved = torch.load(tmp_path / "m.pt")
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+
+
+def test_report_can_stop_training(bert_dir, comp_dir, tmp_path):
+    recipe = recipe_for(bert_dir, comp_dir, tmp_path, epochs_frozen=3, epochs_unfrozen=0)
+    model = _model(recipe)
+    rows, y = toy_rows(model)
+
+    class Pruned(Exception):
+        pass
+
+    def prune(step, value):
+        if step == 2:
+            raise Pruned
+
+    with pytest.raises(Pruned):
+        fit(model, rows.take(np.arange(16)), rows.take(np.arange(16, 24)), y[16:],
+            recipe.train, report=prune)
+
+
+def test_grad_accumulation_matches_bigger_batch(bert_dir, comp_dir, tmp_path):
+    base = recipe_for(bert_dir, comp_dir, tmp_path, epochs_frozen=1, epochs_unfrozen=0,
+                      bucket=False, warmup=0.0, schedule="constant")
+    base = replace(base, model=replace(base.model, dropout=0.0))
+    states = []
+    for bs, accum in ((8, 1), (4, 2)):
+        model = _model(base)
+        rows, y = toy_rows(model)
+        cfg = replace(base.train, batch_size=bs, accum=accum)
+        fit(model, rows.take(np.arange(16)), rows.take(np.arange(16, 24)), y[16:], cfg)
+        states.append(model.state_dict())
+    for k in states[0]:
+        torch.testing.assert_close(states[0][k], states[1][k], atol=1e-5, rtol=1e-4)
+
+
+def test_window_mode_averages_per_text(bert_dir, comp_dir, tmp_path):
+    recipe = recipe_for(bert_dir, comp_dir, tmp_path)
+    recipe = replace(recipe, model=replace(recipe.model, max_chars=12, truncation="window",
+                                           window_stride=6))
+    model = _model(recipe)
+    model.eval()
+    texts, _ = synth(5, 4)
+    texts[0] = "短评"
+    rows = make_rows(texts, recipe.model, np.zeros((5, 2), np.float32))
+    assert len(rows) > len(texts) and rows.source.tolist() == sorted(rows.source.tolist())
+    got = predict(model, rows, batch_size=3)
+    assert got.shape == (5, 2)
+    for i, t in enumerate(texts):
+        wins = grid_texts(t, recipe.model)
+        with torch.no_grad():
+            p = torch.softmax(model(model.prepare(wins)), -1).mean(0).numpy()
+        np.testing.assert_allclose(got[i], p, atol=1e-5)
+
+
+def test_ema_evaluates_averaged_weights():
+    lin = torch.nn.Linear(2, 1)
+    ema = EMA(lin, decay=0.5)
+    start = lin.weight.detach().clone()
+    with torch.no_grad():
+        lin.weight.add_(1.0)
+    ema.update(lin)  # warm-up decay min(0.5, 2/11)
+    d = 2 / 11
+    expect = start * d + (start + 1.0) * (1 - d)
+    with ema.applied(lin):
+        torch.testing.assert_close(lin.weight, expect)
+    torch.testing.assert_close(lin.weight, start + 1.0)  # restored afterwards
+
+
+@pytest.mark.parametrize("kind", ["fgm", "pgd"])
+def test_adversary_adds_gradients_of_a_bounded_perturbation(kind):
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(10, 4)
+    head = torch.nn.Linear(4, 1)
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+
+    def loss_fn():
+        return head(torch.tanh(emb(ids))).pow(2).mean()
+
+    clean = torch.autograd.grad(loss_fn(), [head.weight])[0]
+    adv = Adversary([emb], kind, eps=0.5, steps=3)
+    norms = []
+    real_step = adv._step
+
+    def spy(grads, size):
+        ok = real_step(grads, size)
+        norms.extend(float(r.norm()) for r in adv.delta.values())
+        return ok
+
+    adv._step = spy
+    with adv.recording():
+        loss_fn().backward()
+    adv.attack(loss_fn, lambda loss: loss.backward(), [emb.weight, head.weight])
+    assert norms and max(norms) <= 0.5 + 1e-5
+    assert not torch.allclose(head.weight.grad, clean)  # clean + adversarial
+    adv.remove()
+    head.weight.grad = None
+    loss_fn().backward()  # hooks gone: plain gradients again
+    torch.testing.assert_close(head.weight.grad, clean)
+
+
+# ---------------------------------------------------------------------------------------------
+# parts
+
+
+def test_schedules():
+    lin = schedule_lambda("linear", 0.1, 100)
+    assert lin(0) == pytest.approx(0.1) and lin(9) == pytest.approx(1.0)
+    assert lin(55) == pytest.approx(0.5, abs=0.02) and lin(100) == 0.0
+    cos = schedule_lambda("cosine", 0.0, 100)
+    assert cos(0) == 1.0 and cos(50) == pytest.approx(0.5) and cos(100) == pytest.approx(0.0)
+    const = schedule_lambda("constant", 0.2, 10)
+    assert const(0) == pytest.approx(0.5) and const(9) == 1.0
+
+
+def test_bucketed_batches_cover_rows_once_with_less_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 200, size=1000)
+    bucketed = train_batches(lengths, 16, np.random.default_rng(1), bucket=True)
+    plain = train_batches(lengths, 16, np.random.default_rng(1), bucket=False)
+    for batches in (bucketed, plain):
+        assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+
+    def padded(bs):
+        return sum(len(b) * lengths[b].max() for b in bs)
+
+    assert padded(bucketed) < 0.7 * padded(plain)
+    again = train_batches(lengths, 16, np.random.default_rng(2), bucket=True)
+    assert [b.tolist() for b in again] != [b.tolist() for b in bucketed]
+    ev = eval_batches(lengths, 64)
+    flat = np.concatenate(ev)
+    assert np.all(np.diff(lengths[flat]) >= 0)
+
+
+def test_rows_take_concat_average_and_shard():
+    cfg = ModelConfig(max_chars=4, truncation="window", window_stride=2)
+    rows = make_rows(["abcdefgh", "xy", "1234567"], cfg, np.eye(3, dtype=np.float32))
+    assert rows.source.tolist() == [0, 0, 0, 1, 2, 2, 2]
+    sub = rows.take(np.array([2, 1]))
+    assert sub.n_source == 2 and sub.source.tolist() == [1, 0, 0, 0]
+    assert sub.texts[0] == "xy"
+    both = sub.concat(rows.take(np.array([0])))
+    assert both.n_source == 3 and both.source.max() == 2
+    p = np.arange(len(rows) * 2, dtype=np.float32).reshape(-1, 2)
+    avg = rows.average(p)
+    np.testing.assert_allclose(avg[1], p[3])
+    np.testing.assert_allclose(avg[0], p[:3].mean(0))
+    shards = [shard_rows(rows, r, 2, seed=0) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 4
+    assert set(shards[0].texts) | set(shards[1].texts) == set(rows.texts)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.distributed
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_child(rank: int, world: int, port: int, recipe: Recipe, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), COMP_QUIET="1",
+                      GLOO_SOCKET_IFNAME="lo")
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    import comp.train as tm
+
+    record: list[dict] = []
+    real_fit = tm.fit
+
+    def spy(model, train, *a, **k):
+        res = real_fit(model, train, *a, **k)
+        record.append({"rows": res.train_rows,
+                       "sum": float(sum(p.double().sum() for p in model.state_dict().values()))})
+        return res
+
+    tm.fit = spy
+    try:
+        cv = tm.train_fusion(recipe)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"cv": cv, "folds": record}))
+
+
+def test_two_process_ddp_trains_shards_and_rank0_writes(bert_dir, comp_dir, tmp_path):
+    import torch.multiprocessing as mp
+
+    small = write_comp(tmp_path / "toy2", n_train=24, n_test=6)
+    recipe = recipe_for(bert_dir, small, tmp_path / "runs", epochs_unfrozen=1)
+    recipe = replace(recipe, data=replace(recipe.data, folds=2))
+    mp.spawn(_ddp_child, args=(2, _free_port(), recipe, str(tmp_path)), nprocs=2, join=True)
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert r0["cv"] is not None and r1["cv"] is None
+    assert len(r0["folds"]) == len(r1["folds"]) == 2
+    for a, b in zip(r0["folds"], r1["folds"]):
+        assert a["sum"] == b["sum"]  # averaged gradients keep the ranks in lockstep
+        assert a["rows"] == b["rows"] == 6  # half of a fold's 12 training rows each
+    run = tmp_path / "runs" / "toy_fusion"
+    assert np.load(run / "oof.npy").shape == (24, 2)
+    assert np.load(run / "test.npy").shape == (6, 2)
