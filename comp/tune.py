@@ -40,7 +40,8 @@ from comp.config import Recipe, deep_merge, dumps_toml, parse_override_value, se
 from comp.metrics import greater_is_better
 from comp.utils import CompError, log, read_json, write_text
 
-__all__ = ["suggest", "check_space", "run_tune", "default_storage", "trial_overrides"]
+__all__ = ["suggest", "check_space", "run_tune", "default_storage", "open_storage",
+           "trial_overrides"]
 
 SPACE_TYPES = ("float", "int", "categorical")
 _FIELDS = {"float": {"low", "high", "log", "step"}, "int": {"low", "high", "log", "step"},
@@ -196,6 +197,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     """
     import sqlalchemy.exc
 
+    url = _pick_driver(url)
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     engine: dict[str, Any] = {"pool_pre_ping": True}
@@ -214,9 +216,24 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                 sqlalchemy.exc.ProgrammingError) as e:
             last = e
             time.sleep(0.3 + random.random() * (attempt + 1))
-        except (sqlalchemy.exc.ArgumentError, ImportError, ValueError) as e:
+        except ImportError as e:
+            raise CompError(f"--storage {_redact(url)}: {_first_line(e)} (PostgreSQL: pip "
+                            "install psycopg2-binary)") from None
+        except (sqlalchemy.exc.ArgumentError, ValueError) as e:
             raise CompError(f"--storage {_redact(url)}: {_first_line(e)}") from None
     raise CompError(f"--storage {_redact(url)}: cannot open: {_first_line(last)}")
+
+
+def _pick_driver(url: str) -> str:
+    """postgresql:// means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only it is installed."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres"):
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
+            return f"postgresql+psycopg2://{rest}"
+        return f"postgresql://{rest}"
+    return url
 
 
 def _first_line(e: BaseException | None) -> str:
