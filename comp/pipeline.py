@@ -1,21 +1,33 @@
 """`comp run` / `./run.sh`: the whole pipeline on one competition, every stage resumable.
 
-data -> folds -> TF-IDF members -> ensembles -> submissions/ -> score (when answers exist).
+data -> folds -> pretrain tiny backbones -> vectors -> TF-IDF members -> fusion members ->
+a short Optuna pass -> ensembles (hill, stack) -> a pseudo-label round -> report -> score.
 Each stage skips what is already on disk, so a rerun after a finished run retrains nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
-from comp.config import load_recipe
-from comp.utils import CompError, log, read_json
+from comp.config import Recipe, load_recipe
+from comp.utils import CompError, log, read_json, write_text
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
+BACKBONES = ["bert", "roberta_wwm", "wobert", "xlnet", "albert"]
+VECTORS = ["char", "word", "bigram"]
 LINEAR = ["tfidf_char_svc", "tfidf_char_lr", "tfidf_word_lr", "tfidf_word_svc", "tfidf_nblr"]
-LINEAR_QUICK = ["tfidf_char_svc", "tfidf_word_lr"]
+FUSION = [f"fusion_{k}_bilstm" for k in BACKBONES] + ["fusion_all", "textcnn_vectors"]
+TUNE_RECIPE, TUNE_TRIALS = "tfidf_char_svc", 12
+PSEUDO_RECIPES = ["tfidf_char_svc", "textcnn_vectors"]
+
+QUICK_LINEAR = ["tfidf_char_svc", "tfidf_word_lr", "tfidf_nblr"]
+QUICK_FUSION = ["textcnn_vectors"]
+
+STAGES = ("data", "pretrain", "vectors", "linear", "fusion", "tune", "ensemble", "pseudo",
+          "report", "score")
 
 
 class Layout:
@@ -31,8 +43,17 @@ class Layout:
         self.reports = Path("reports") / name if name else Path("reports")
 
 
-def _overrides(layout: Layout) -> list[str]:
-    return [f"data.dir={layout.data}", f"runs_dir={layout.runs}"]
+def member_recipe(layout: Layout, name: str, extra: list[str] | None = None) -> Recipe:
+    """A recipe from recipes/ pointed at this competition's data, runs and models."""
+    recipe = load_recipe(RECIPES / f"{name}.toml",
+                         [f"data.dir={layout.data}", f"runs_dir={layout.runs}", *(extra or [])])
+    if recipe.kind == "linear":
+        return recipe
+    model = recipe.model
+    backbones = tuple(dataclasses.replace(b, path=str(layout.models / Path(b.path).name))
+                      if b.path.startswith("models/") else b for b in model.backbones)
+    model = dataclasses.replace(model, backbones=backbones, vectors_dir=str(layout.models))
+    return dataclasses.replace(recipe, model=model)
 
 
 def stage_data(layout: Layout) -> None:
@@ -52,43 +73,109 @@ def stage_data(layout: Layout) -> None:
         f"{comp.n_classes} classes")
 
 
-def stage_members(layout: Layout, names: list[str]) -> list[Path]:
+def stage_pretrain(layout: Layout, kinds: list[str]) -> None:
+    """Tokenizer + in-task MLM for each tiny backbone (skipped when its card is complete)."""
+    from comp.pretrain import run_pretrain
+
+    for kind in kinds:
+        recipe = load_recipe(RECIPES / "pretrain" / f"{kind}_tiny.toml",
+                             [f"pretrain.out={layout.models / f'{kind}_tiny'}",
+                              f"pretrain.corpus=['{layout.data}']"])
+        t0 = time.time()
+        run_pretrain(recipe.pretrain)
+        log(f"pretrain {kind}: {layout.models / f'{kind}_tiny'} ({time.time() - t0:.0f}s)")
+
+
+def stage_vectors(layout: Layout, kinds: list[str]) -> None:
+    """gensim word2vec for char / word / bigram (skipped when the file exists)."""
+    from comp.config import DataConfig
+    from comp.data import load_competition
+    from comp.vectors import train_vectors
+
+    comp = load_competition(DataConfig(dir=str(layout.data)))
+    for kind in kinds:
+        train_vectors(comp.train_texts + comp.test_texts, kind,
+                      layout.models / f"w2v-{kind}.kv")
+
+
+def stage_members(layout: Layout, names: list[str], extra: list[str] | None = None,
+                  suffix: str = "") -> list[Path]:
     """Train (or resume) members by recipe name; returns their run dirs."""
     from comp.cli import train_recipe
     from comp.member import member_done
 
     dirs = []
     for name in names:
-        recipe = load_recipe(RECIPES / f"{name}.toml", _overrides(layout))
+        recipe = member_recipe(layout, name, [*(extra or []), f"name={name}{suffix}"])
         if member_done(recipe.run_dir):
             cv = read_json(recipe.run_dir / "cv.json")
-            log(f"member {name}: done (OOF {cv['metric']}={cv['cv']:.4f}), skipped")
+            log(f"member {recipe.name}: done (OOF {cv['metric']}={cv['cv']:.4f}), skipped")
         else:
-            log(f"member {name}: training")
+            log(f"member {recipe.name}: training")
             train_recipe(recipe)
         dirs.append(recipe.run_dir)
     return dirs
 
 
-def stage_ensembles(layout: Layout, runs: list[Path], methods: list[str]) -> list[Path]:
+def stage_tune(layout: Layout, name: str, trials: int) -> Path | None:
+    """A short Optuna pass on one recipe, then the tuned member; returns its run dir."""
+    from comp.cli import train_recipe
+    from comp.config import read_toml
+    from comp.member import member_done
+    from comp.tune import run_tune
+
+    tuned_name = f"{name}_tuned"
+    overlay = layout.runs / "tuned" / f"{name}.toml"
+    probe = member_recipe(layout, name, [f"name={tuned_name}"])
+    if member_done(probe.run_dir):
+        log(f"member {tuned_name}: done, skipped")
+        return probe.run_dir
+    if not overlay.exists():
+        recipe = member_recipe(layout, name)
+        run_tune(recipe, trials=trials, storage=f"sqlite:///{layout.runs}/optuna.db",
+                 overlay_dir=overlay.parent)
+    if not overlay.exists():
+        log(f"tune {name}: no trial completed; no tuned member")
+        return None
+    from comp.cli import _flatten
+
+    recipe = member_recipe(layout, name, [*_flatten(read_toml(overlay)), f"name={tuned_name}"])
+    train_recipe(recipe)
+    return recipe.run_dir
+
+
+def stage_ensembles(layout: Layout, runs: list[Path], methods: list[str],
+                    prefix: str = "") -> list[Path]:
     """One submission per method; returns the CSV paths (existing ones are reused)."""
     from comp.config import DataConfig
     from comp.ensemble import run_ensemble
 
     out = []
     for method in methods:
-        existing = _latest(layout.submissions, method)
+        stem = f"{prefix}{method}"
+        existing = _latest(layout.submissions, stem)
         if existing is not None and _same_members(existing, runs):
-            log(f"ensemble {method}: {existing} exists, skipped")
+            log(f"ensemble {stem}: {existing} exists, skipped")
             out.append(existing)
             continue
         out.append(run_ensemble([str(r) for r in runs], method, DataConfig(dir=str(layout.data)),
-                                "accuracy", layout.submissions / method))
+                                "accuracy", layout.submissions / stem))
     return out
 
 
-def _latest(folder: Path, method: str) -> Path | None:
-    hits = sorted(folder.glob(f"{method}_cv*.csv"), key=lambda p: p.stat().st_mtime)
+def stage_pseudo(layout: Layout, best: Path, names: list[str], threshold: float = 0.95
+                 ) -> list[Path]:
+    """One pseudo-label round: confident test rows of the best ensemble retrain some members."""
+    from comp.pseudo import make_pseudo
+
+    pseudo = layout.submissions / "pseudo.csv"
+    if not pseudo.exists():
+        make_pseudo(best.with_suffix(".json"), threshold=threshold, per_class=True, out=pseudo)
+    return stage_members(layout, names, [f"train.pseudo={pseudo}"], suffix="_pl")
+
+
+def _latest(folder: Path, stem: str) -> Path | None:
+    hits = sorted(folder.glob(f"{stem}_cv*.csv"), key=lambda p: p.stat().st_mtime)
     return hits[-1] if hits else None
 
 
@@ -96,9 +183,8 @@ def _same_members(csv_path: Path, runs: list[Path]) -> bool:
     man = csv_path.with_suffix(".json")
     if not man.exists():
         return False
-    members = read_json(man).get("members", [])
-    names = sorted(m["name"] if isinstance(m, dict) else Path(m).name for m in members)
-    return names == sorted(r.name for r in runs)
+    names = read_json(man).get("member_names") or []
+    return sorted(names) == sorted(r.name for r in runs)
 
 
 def best_submission(paths: list[Path]) -> Path:
@@ -116,33 +202,87 @@ def run_pipeline(data: str | None = None, quick: bool = False,
     Args:
         data: a competition folder; None builds and uses the embedded sentiment one.
         quick: fewer, cheaper members for a first submission in minutes.
-        stages: comma-separated subset (data, linear, ensemble, score).
+        stages: comma-separated subset of STAGES.
 
     Returns:
         The best submission CSV.
     """
     t0 = time.time()
     layout = Layout(data)
-    want = set(stages.split(",")) if stages else None
+    want = set(stages.split(",")) if stages else set(STAGES)
+    unknown = want - set(STAGES)
+    if unknown:
+        raise CompError(f"--stages: unknown stage '{sorted(unknown)[0]}' "
+                        f"(known: {', '.join(STAGES)})")
+    timings: dict[str, float] = {}
 
-    def on(stage: str) -> bool:
-        return want is None or stage in want
+    def timed(stage: str, fn, *args):
+        if stage not in want:
+            return None
+        t = time.time()
+        out = fn(*args)
+        timings[stage] = timings.get(stage, 0.0) + time.time() - t
+        return out
 
-    if on("data"):
-        stage_data(layout)
-    runs = stage_members(layout, LINEAR_QUICK if quick else LINEAR) if on("linear") else []
+    timed("data", stage_data, layout)
+    if not quick:
+        timed("pretrain", stage_pretrain, layout, BACKBONES)
+    timed("vectors", stage_vectors, layout, VECTORS)
+    runs = timed("linear", stage_members, layout, QUICK_LINEAR if quick else LINEAR) or []
+    runs += timed("fusion", stage_members, layout, QUICK_FUSION if quick else FUSION) or []
+    if not quick:
+        tuned = timed("tune", stage_tune, layout, TUNE_RECIPE, TUNE_TRIALS)
+        runs += [tuned] if tuned else []
     if not runs:
         raise CompError("run: no members selected")
-    subs = stage_ensembles(layout, runs, ["mean"] if quick else ["mean", "hill", "stack"])
+    methods = ["hill"] if quick else ["hill", "stack"]
+    subs = timed("ensemble", stage_ensembles, layout, runs, methods) or []
+    pl_runs: list[Path] = []
+    if not quick and "pseudo" in want and subs:
+        pl_runs = timed("pseudo", stage_pseudo, layout, best_submission(subs), PSEUDO_RECIPES)
+        subs += timed("ensemble", stage_ensembles, layout, runs + pl_runs, methods, "pl_") or []
+    if not subs:
+        raise CompError("run: no submission made (the ensemble stage was skipped)")
     best = best_submission(subs)
+    if "report" in want:
+        from comp.config import DataConfig
+        from comp.report import build_report
+
+        timed("report", build_report, runs + pl_runs, layout.submissions,
+              layout.reports / "index.html", DataConfig(dir=str(layout.data)))
     answers = layout.data / "answers.csv"
-    if answers.exists() and on("score"):
+    line = f"submission={best}"
+    if answers.exists() and "score" in want:
         from comp.submit import score_submission
 
         s = score_submission(best, answers)
-        print(f"hidden_accuracy={s['accuracy']:.4f} hidden_macro_f1={s['macro_f1']:.4f} "
-              f"submission={best}")
-    else:
-        print(f"submission={best}")
+        line = (f"hidden_accuracy={s['accuracy']:.4f} hidden_macro_f1={s['macro_f1']:.4f} "
+                f"submission={best}")
+    write_results(layout, runs, subs, best, line, time.time() - t0, timings)
     log(f"run: finished in {time.time() - t0:.0f}s")
+    print(line)
     return best
+
+
+def write_results(layout: Layout, runs: list[Path], subs: list[Path], best: Path, line: str,
+                  seconds: float, timings: dict[str, float]) -> Path:
+    """reports/results.md: member CVs, ensemble CVs, hidden score, wall time (from this run)."""
+    rows = ["| member | kind | OOF CV | fold spread | seconds |", "|---|---|---|---|---|"]
+    for r in runs:
+        cv = read_json(r / "cv.json")
+        folds = cv.get("fold_scores", [])
+        spread = f"{min(folds):.4f}–{max(folds):.4f}" if folds else ""
+        rows.append(f"| {r.name} | {cv.get('kind', '')} | {cv['cv']:.4f} | {spread} | "
+                    f"{cv.get('seconds', 0):.0f} |")
+    rows += ["", "| submission | method | nested CV | members |", "|---|---|---|---|"]
+    for s in subs:
+        man = read_json(s.with_suffix(".json"))
+        rows.append(f"| {s.name} | {man.get('method', '')} | {man.get('cv', float('nan')):.4f} | "
+                    f"{len(man.get('member_names', []))} |")
+    stage_txt = ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
+    text = "\n".join([f"# Results: {layout.data}", "", *rows, "",
+                      f"best: `{best}`", "", f"`{line}`", "",
+                      f"wall time {seconds / 60:.1f} min ({stage_txt})", ""])
+    out = layout.reports / "results.md"
+    write_text(out, text)
+    return out
