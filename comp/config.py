@@ -165,10 +165,14 @@ class DistillConfig:
     alpha: float = 0.5  # weight of the hard-label CE
     temperature: float = 2.0
     loss: str = "kl"  # kl | mse
+    use_test: bool = False  # test texts join training parts as unlabelled rows (teacher only)
+    test_weight: float = 1.0  # loss weight of those rows
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.alpha <= 1.0, "distill.alpha", "must be in [0, 1]")
         _check(self.temperature > 0, "distill.temperature", "must be > 0")
+        _check(self.loss in ("kl", "mse"), "distill.loss", "must be kl or mse")
+        _check(self.test_weight >= 0, "distill.test_weight", "must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,400 @@
+"""Distilled students: member files, the KD loss, alpha = 1 as plain training, the fold leak
+guard (validation rows never taught, never seen), and refusing a teacher from another
+competition or fold table."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import comp.distill as distill
+from comp.config import DataConfig, Recipe, load_recipe
+from comp.data import folds_hash, load_competition, load_folds, normalize_text
+from comp.distill import DistillLoss, load_teacher, pack_targets, train_student
+from comp.fusion import grid_texts
+from comp.losses import create_loss, loss_names
+from comp.utils import CompError
+from comp.vectors import train_vectors
+
+K = 3
+
+
+@pytest.fixture(scope="module")
+def vec_dir(tmp_path_factory) -> Path:
+    """Tiny char and word vectors trained on the small competition's texts."""
+    from conftest import make_small_competition
+
+    root = tmp_path_factory.mktemp("vec")
+    comp = load_competition(DataConfig(dir=str(make_small_competition(root / "c"))))
+    texts = comp.train_texts + comp.test_texts
+    for kind in ("char", "word"):
+        train_vectors(texts, kind, root / f"w2v-{kind}.kv", dim=16, epochs=1, min_count=1)
+    return root
+
+
+def student(comp_dir: Path, vec_dir: Path, runs: Path, **sections) -> Recipe:
+    """A tiny TextCNN student recipe; `sections` deep-merge over it (e.g. distill={...})."""
+    base = {
+        "name": "stu", "kind": "student", "runs_dir": str(runs),
+        "data": {"dir": str(comp_dir), "folds": K},
+        "model": {"vectors": ["char"], "vectors_dir": str(vec_dir), "head": "cnn",
+                  "channels": 16, "kernel_sizes": [2, 3], "hidden": 16, "max_chars": 48,
+                  "dropout": 0.1},
+        "train": {"epochs_frozen": 1, "epochs_unfrozen": 0, "batch_size": 32,
+                  "lr_head": 3e-3, "patience": 0},
+        "distill": {"alpha": 0.5, "temperature": 2.0},
+    }
+    for key, value in sections.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return load_recipe(None, base=base)
+
+
+def comp_and_folds(comp_dir: Path):
+    cfg = DataConfig(dir=str(comp_dir), folds=K)
+    comp = load_competition(cfg)
+    return comp, load_folds(comp, cfg)
+
+
+def honest_proba(labels: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
+    """Probabilities that lean toward the labels, with some confident mistakes."""
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.ones(n_classes), size=len(labels))
+    p[np.arange(len(labels)), labels] += 1.5
+    flip = rng.random(len(labels)) < 0.15
+    p[flip] = p[flip][:, ::-1]
+    return p / p.sum(1, keepdims=True)
+
+
+def write_teacher(comp_dir: Path, out: Path, oof: np.ndarray | None = None,
+                  test: np.ndarray | None = None, **manifest) -> Path:
+    """A teacher manifest in `comp ensemble`'s format with arrays `oof` / `test`."""
+    comp, folds = comp_and_folds(comp_dir)
+    if oof is None:
+        oof = honest_proba(comp.labels, comp.n_classes, 0)
+    if test is None:
+        test = honest_proba(np.zeros(len(comp.test_ids), int), comp.n_classes, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "oof.npy", oof.astype(np.float32))
+    np.save(out / "test.npy", test.astype(np.float32))
+    man = {"name": "teacher", "kind": "ensemble", "cv": 0.9, "classes": comp.classes,
+           "n_train": len(comp.train_ids), "n_test": len(comp.test_ids),
+           "folds_hash": folds_hash(comp.train_ids, folds), "train_hash": comp.train_hash,
+           "test_hash": comp.test_hash, "oof": str(out / "oof.npy"),
+           "test": str(out / "test.npy"), "data_dir": str(comp_dir), **manifest}
+    path = out / "teacher.json"
+    path.write_text(json.dumps(man), encoding="utf-8")
+    return path
+
+
+def fold_proba(recipe: Recipe, fold: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    d = recipe.run_dir / f"fold{fold}"
+    return np.load(d / "val_proba.npy"), np.load(d / "test_proba.npy")
+
+
+# ---------------------------------------------------------------------------------------------
+# member files
+
+
+def test_student_writes_member_files_and_resumes(small_comp, vec_dir, tmp_path):
+    teacher = write_teacher(small_comp, tmp_path / "t")
+    r = student(small_comp, vec_dir, tmp_path / "runs",
+                model={"vectors": ["char", "word"]},
+                distill={"teacher": str(teacher), "use_test": True, "test_weight": 0.5})
+    cv = train_student(r)
+    comp, _ = comp_and_folds(small_comp)
+    d = r.run_dir
+    oof, test = np.load(d / "oof.npy"), np.load(d / "test.npy")
+    assert oof.shape == (len(comp.train_ids), comp.n_classes)
+    assert test.shape == (len(comp.test_ids), comp.n_classes)
+    assert np.allclose(oof.sum(1), 1, atol=1e-5) and np.allclose(test.sum(1), 1, atol=1e-5)
+    assert json.loads((d / "classes.json").read_text()) == comp.classes
+    assert cv["kind"] == "student" and len(cv["fold_scores"]) == K
+    assert cv["extra_rows"] == len(comp.test_ids)  # teacher-labelled test rows joined
+    assert cv["cv"] > 0.5  # 1 epoch on 270 rows, but a TextCNN should beat a coin
+    for f in range(K):
+        assert (d / f"fold{f}" / "model.pt").exists()
+    mtime = (d / "fold0" / "done.json").stat().st_mtime_ns
+    assert train_student(r)["cv"] == cv["cv"]  # resumes: nothing retrained
+    assert (d / "fold0" / "done.json").stat().st_mtime_ns == mtime
+
+    from comp.ensemble import read_member
+
+    assert read_member(d).oof.shape == oof.shape  # joins ensembles like any member
+
+
+def test_trained_fold_serves_raw_texts(small_comp, vec_dir, tmp_path):
+    r = student(small_comp, vec_dir, tmp_path / "runs",
+                distill={"teacher": str(write_teacher(small_comp, tmp_path / "t"))})
+    train_student(r, folds_to_run=[0])
+    comp, _ = comp_and_folds(small_comp)
+    model = distill.load_student(r.run_dir, 0, comp.n_classes)
+    proba = distill.predict_texts(model, comp.test_texts, r.model, batch_size=64)
+    assert np.allclose(proba, fold_proba(r)[1], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# the loss
+
+
+@pytest.mark.parametrize("name", loss_names())
+def test_alpha_one_is_the_hard_label_loss(name):
+    torch.manual_seed(0)
+    c = 3
+    logits = torch.randn(10, c, requires_grad=True)
+    y = torch.randint(0, c, (10,))
+    labelled = torch.arange(10) < 7  # the last rows are unlabelled (teacher-only) rows
+    hard = torch.nn.functional.one_hot(y, c).float() * labelled[:, None]
+    soft = torch.softmax(torch.randn(10, c), -1)
+    w = torch.rand(10) + 0.5
+    counts = np.array([3, 4, 3])
+    kd = DistillLoss(create_loss(name, c, class_counts=counts), alpha=1.0, temperature=3.0)
+    got = kd(logits, torch.cat([hard, soft], 1), w)
+    want = create_loss(name, c, class_counts=counts)(logits[:7], y[:7], w[:7])
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["kl", "mse"])
+def test_kd_loss_matches_hand_computation(kind):
+    alpha, tau = 0.3, 2.0
+    s = np.array([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3], [-1.0, 3.0, 0.0]])  # student logits
+    t = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]])  # teacher probabilities
+    hard = np.array([[1, 0, 0], [0, 0, 1], [0, 0, 0]], float)  # the last row is unlabelled
+    w = np.array([1.0, 2.0, 0.5])
+
+    def log_softmax(z):
+        z = z - z.max(1, keepdims=True)
+        return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+    ce = -(hard * log_softmax(s)).sum(1)
+    hard_term = (w[:2] * ce[:2]).sum() / w[:2].sum()
+    if kind == "kl":
+        log_p, log_q = log_softmax(np.log(t) / tau), log_softmax(s / tau)
+        rows = tau**2 * (np.exp(log_p) * (log_p - log_q)).sum(1)
+    else:
+        sc = s - s.mean(1, keepdims=True)
+        tc = np.log(t) - np.log(t).mean(1, keepdims=True)
+        rows = ((sc - tc) ** 2).mean(1)
+    want = alpha * hard_term + (1 - alpha) * (w * rows).sum() / w.sum()
+    loss = DistillLoss(create_loss("ce", 3), alpha=alpha, temperature=tau, kind=kind)
+    got = loss(torch.tensor(s), torch.from_numpy(pack_targets(hard, t)), torch.tensor(w))
+    assert got.item() == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["kl", "mse"])
+def test_kd_term_vanishes_when_student_equals_teacher_up_to_a_shift(kind):
+    t = torch.softmax(torch.randn(6, 4), -1)
+    logits = torch.log(t) + torch.randn(6, 1)  # a per-row shift changes no probability
+    loss = DistillLoss(create_loss("ce", 4), alpha=0.0, temperature=3.0, kind=kind)
+    target = torch.cat([torch.zeros(6, 4), t], 1)
+    assert loss(logits, target).item() == pytest.approx(0.0, abs=1e-5)
+    assert loss(logits + torch.randn(6, 4), target).item() > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# alpha = 1: a plain fusion member
+
+
+def test_alpha_one_student_equals_plain_fusion_member(small_comp, vec_dir, tmp_path):
+    from comp.config import set_key
+    from comp.train import train_fusion
+
+    r = student(small_comp, vec_dir, tmp_path / "a",
+                distill={"teacher": str(write_teacher(small_comp, tmp_path / "t")),
+                         "alpha": 1.0, "use_test": True})
+    train_student(r, folds_to_run=[0])
+    plain = set_key(set_key(r, "kind", "fusion"), "runs_dir", str(tmp_path / "b"))
+    train_fusion(plain, folds_to_run=[0])
+    for a, b in zip(fold_proba(r), fold_proba(plain)):
+        assert np.allclose(a, b, atol=1e-6)
+    # and a teacher at alpha < 1 does change the student
+    taught = set_key(set_key(r, "distill.alpha", 0.2), "runs_dir", str(tmp_path / "c"))
+    train_student(taught, folds_to_run=[0])
+    assert not np.allclose(fold_proba(taught)[0], fold_proba(r)[0], atol=1e-4)
+
+
+def test_alpha_one_needs_no_teacher_but_alpha_below_one_does(small_comp, vec_dir, tmp_path):
+    r = student(small_comp, vec_dir, tmp_path / "runs", distill={"alpha": 1.0})
+    train_student(r, folds_to_run=[0])
+    assert (r.run_dir / "fold0" / "done.json").exists()
+    with pytest.raises(CompError, match="distill.teacher"):
+        train_student(student(small_comp, vec_dir, tmp_path / "runs2"), folds_to_run=[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# leaks
+
+
+def _append_test_rows(comp_dir: Path, texts: list[str]) -> None:
+    """Add test rows (ids x0, x1...) to test.csv and sample_submission.csv."""
+    for name, row in (("test.csv", lambda i, t: [f"x{i}", t]),
+                      ("sample_submission.csv", lambda i, t: [f"x{i}", "pos"])):
+        with open(comp_dir / name, "a", encoding="utf-8", newline="") as f:
+            w = csv.writer(f)
+            for i, t in enumerate(texts):
+                w.writerow(row(i, t))
+
+
+def _spy_on_fit(monkeypatch) -> dict:
+    """Record what the fit loop is given: its training rows, validation rows, every batch's
+    texts and targets."""
+    seen: dict = {"batch_texts": [], "batch_targets": []}
+    real_fit = distill.fit
+
+    class Recorder(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, logits, target, weight=None):
+            seen["batch_targets"].append(target.detach().cpu().numpy().copy())
+            return self.inner(logits, target, weight)
+
+    def spy(model, train, val, val_y, cfg, **kw):
+        seen["train_texts"] = list(train.texts)
+        seen["train_targets"] = train.targets.copy()
+        seen["train_weights"] = train.weights.copy()
+        seen["val_targets"] = val.targets.copy()
+        kw["loss_fn"] = Recorder(kw["loss_fn"])
+        kw["on_batch"] = seen["batch_texts"].extend
+        return real_fit(model, train, val, val_y, cfg, **kw)
+
+    monkeypatch.setattr(distill, "fit", spy)
+    return seen
+
+
+def test_no_validation_row_is_taught_or_seen(small_comp, vec_dir, tmp_path, monkeypatch):
+    comp, folds = comp_and_folds(small_comp)
+    val_idx, train_idx = np.flatnonzero(folds == 0), np.flatnonzero(folds != 0)
+    planted = [comp.train_texts[i] for i in val_idx[:4]]
+    _append_test_rows(small_comp, planted)  # test rows duplicating validation texts
+    comp = load_competition(DataConfig(dir=str(small_comp), folds=K))
+    oof = honest_proba(comp.labels, comp.n_classes, 0)
+    sentinel = np.array([0.0123, 0.9877])
+    oof[val_idx] = sentinel  # a value no training target may ever carry
+    test = honest_proba(np.zeros(len(comp.test_ids), int), comp.n_classes, 1)
+    teacher = write_teacher(small_comp, tmp_path / "t", oof=oof, test=test)
+    r = student(small_comp, vec_dir, tmp_path / "runs",
+                distill={"teacher": str(teacher), "use_test": True, "test_weight": 0.7})
+    seen = _spy_on_fit(monkeypatch)
+    train_student(r, folds_to_run=[0])
+
+    # the training rows: the fold's labelled rows taught by the teacher's OOF at those rows,
+    # then the test rows minus those duplicating a validation text
+    val_keys = {normalize_text(comp.train_texts[i]) for i in val_idx}
+    keep = [j for j, t in enumerate(comp.test_texts) if normalize_text(t) not in val_keys]
+    assert len(keep) == len(comp.test_texts) - len(planted)
+    eye = np.eye(comp.n_classes)
+    want = np.concatenate([pack_targets(eye[comp.labels[train_idx]], oof[train_idx]),
+                           pack_targets(np.zeros((len(keep), 2)), test[keep])])
+    assert np.allclose(seen["train_targets"], want, atol=1e-6)
+    assert np.allclose(seen["train_weights"][len(train_idx):], 0.7)
+    grid = [grid_texts(comp.train_texts[i], r.model)[0] for i in train_idx]
+    assert seen["train_texts"][:len(train_idx)] == grid
+    assert not np.any(seen["val_targets"])  # validation rows reach the fit without targets
+
+    # what the batches actually carried (grid texts: truncated as the model sees them)
+    val_grid = {normalize_text(grid_texts(comp.train_texts[i], r.model)[0]) for i in val_idx}
+    assert not val_grid & {normalize_text(t) for t in seen["batch_texts"]}
+    assert sorted(seen["batch_texts"]) == sorted(seen["train_texts"])  # one epoch, every row
+    got = np.concatenate(seen["batch_targets"])
+    assert got.shape == want.shape
+    assert not np.isclose(got[:, 2:], sentinel).all(1).any()
+    assert np.allclose(np.sort(got, 0), np.sort(want.astype(np.float32), 0), atol=1e-6)
+
+
+def test_teacher_values_at_validation_rows_do_not_matter(small_comp, vec_dir, tmp_path):
+    """A teacher whose OOF leaks labels at validation rows trains the same student as one
+    that is wrong there: those values are never read. Training rows do matter."""
+    comp, folds = comp_and_folds(small_comp)
+    val_idx, train_idx = np.flatnonzero(folds == 0), np.flatnonzero(folds != 0)
+    eye = np.eye(comp.n_classes)
+    base = honest_proba(comp.labels, comp.n_classes, 0)
+    leaky, wrong, other = base.copy(), base.copy(), base.copy()
+    leaky[val_idx] = eye[comp.labels[val_idx]]  # in-sample: the labels themselves
+    wrong[val_idx] = eye[1 - comp.labels[val_idx]]
+    other[train_idx[:60]] = other[train_idx[:60], ::-1]
+    out = {}
+    for name, oof in (("leaky", leaky), ("wrong", wrong), ("other", other)):
+        t = write_teacher(small_comp, tmp_path / name, oof=oof)
+        r = student(small_comp, vec_dir, tmp_path / f"runs_{name}",
+                    distill={"teacher": str(t), "alpha": 0.2})
+        train_student(r, folds_to_run=[0])
+        out[name] = fold_proba(r)
+    assert np.array_equal(out["leaky"][0], out["wrong"][0])
+    assert np.array_equal(out["leaky"][1], out["wrong"][1])
+    assert not np.allclose(out["leaky"][0], out["other"][0], atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# refusing a teacher that does not belong here
+
+
+@pytest.mark.parametrize("bad", ["n_train", "classes", "folds_hash", "train_hash", "shape",
+                                 "no_oof_key", "missing", "nan"])
+def test_mismatched_teacher_is_refused(bad, small_comp, vec_dir, tmp_path):
+    comp, _ = comp_and_folds(small_comp)
+    n, c = len(comp.train_ids), comp.n_classes
+    oof = honest_proba(comp.labels, c, 0)
+    kw: dict = {}
+    if bad == "n_train":
+        kw["n_train"] = n + 1
+    elif bad == "classes":
+        kw["classes"] = ["neg", "neutral"]
+    elif bad in ("folds_hash", "train_hash"):
+        kw[bad] = "0123456789abcdef"
+    elif bad == "shape":
+        oof = oof[:-1]
+    elif bad == "nan":
+        oof[3, 0] = np.nan
+    path = write_teacher(small_comp, tmp_path / "t", oof=oof, **kw)
+    if bad == "no_oof_key":
+        man = json.loads(path.read_text())
+        del man["oof"]
+        path.write_text(json.dumps(man))
+    if bad == "missing":
+        path = tmp_path / "nope.json"
+    r = student(small_comp, vec_dir, tmp_path / "runs", distill={"teacher": str(path)})
+    with pytest.raises(CompError) as e:
+        train_student(r)
+    msg = str(e.value)
+    assert "\n" not in msg and ("nope.json" in msg or "teacher" in msg)
+    assert not (r.run_dir / "fold0").exists()  # refused before any training
+
+
+def test_classes_in_another_order_are_realigned(small_comp, tmp_path):
+    comp, folds = comp_and_folds(small_comp)
+    oof = honest_proba(comp.labels, comp.n_classes, 0)
+    path = write_teacher(small_comp, tmp_path / "t", oof=oof[:, ::-1],
+                         classes=comp.classes[::-1])
+    t = load_teacher(path, comp, folds)
+    assert np.allclose(t.oof, oof, atol=1e-6)
+
+
+def test_a_real_ensemble_teaches_a_student(small_comp, vec_dir, tmp_path):
+    """The manifest `comp ensemble` writes (over a TF-IDF member) is a usable teacher."""
+    from comp.cli import train_recipe
+    from comp.ensemble import run_ensemble
+
+    lin = load_recipe("recipes/tfidf_char_lr.toml",
+                      [f"data.dir={small_comp}", f"data.folds={K}", f"runs_dir={tmp_path}/runs"])
+    train_recipe(lin)
+    csv_path = run_ensemble([lin.run_dir], "mean", DataConfig(dir=str(small_comp), folds=K),
+                            "accuracy", tmp_path / "subs" / "mean")
+    r = student(small_comp, vec_dir, tmp_path / "runs",
+                distill={"teacher": str(csv_path.with_suffix(".json")), "use_test": True})
+    cv = train_student(r, folds_to_run=[0])
+    assert cv is None  # one fold of three: member files wait for the rest
+    val, test = fold_proba(r)
+    assert val.shape == ((load_folds(*_comp_cfg(small_comp)) == 0).sum(), 2)
+    assert test.shape == (100, 2)
+
+
+def _comp_cfg(comp_dir: Path):
+    cfg = DataConfig(dir=str(comp_dir), folds=K)
+    return load_competition(cfg), cfg
