@@ -26,7 +26,7 @@ from comp.config import ModelConfig, Recipe
 from comp.heads import Classifier, create_head
 from comp.utils import CompError, log, progress
 
-__all__ = ["FusionModel", "FeatureCache", "build_fusion", "grid_texts", "to_device"]
+__all__ = ["FusionModel", "FeatureCache", "TokenMemo", "build_fusion", "grid_texts", "to_device"]
 
 
 def grid_texts(text: str, cfg: ModelConfig) -> list[str]:
@@ -91,6 +91,8 @@ class FusionModel(nn.Module):
         self.classifier = Classifier(self.head.out_dim, self.cls_dims, n_classes, cfg.cls_skip,
                                      cfg.dropout, cfg.msd)
         self.frozen = False
+        # tokens are a pure function of (backbone, text); a trainer shares one memo across folds
+        self.tokens = TokenMemo()
 
     # -- phases ---------------------------------------------------------------------------
 
@@ -162,8 +164,8 @@ class FusionModel(nn.Module):
         if backbones:
             true_lens = [len(t) for t in texts]
             batch["bb"] = []
-            for b, max_len in zip(self.backbones, self.max_lens):
-                enc = b.encode(texts, max_len)
+            for j, (b, max_len) in enumerate(zip(self.backbones, self.max_lens)):
+                enc = self.tokens.encode(j, b, texts, max_len)
                 prefer = "last" if b.kind == "xlnet" else "first"
                 index = char_to_token_index(enc["offsets"], n, true_lens, prefer=prefer)
                 batch["bb"].append({"inputs": enc["inputs"], "index": index})  # index (B, N)
@@ -210,6 +212,53 @@ class FusionModel(nn.Module):
         """A prepared batch -> (B, C) logits."""
         grid, cls = self.features(batch)
         return self.top(grid, batch["mask"], cls)
+
+
+class TokenMemo:
+    """Each backbone's tokens for every grid text it has seen; batches are re-padded from it.
+
+    Tokenizing (and cleaning offsets) costs about as much as a tiny backbone's forward pass, and
+    phase 2 and every evaluation would repeat it for the same texts each epoch and fold. Rows
+    are stored without padding and padded per batch exactly as the tokenizer would (its pad id,
+    pad token type and padding side), so `encode` returns what `Backbone.encode` returns.
+    """
+
+    def __init__(self, chunk: int = 256) -> None:
+        self.chunk = chunk
+        self.rows: dict[tuple[int, int], dict[str, tuple[dict[str, Tensor], Tensor]]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.rows.values())
+
+    def encode(self, j: int, backbone: nn.Module, texts: Sequence[str], max_len: int) -> dict:
+        """`backbone.encode(texts, max_len)` for backbone number j, tokenizing new texts only."""
+        tok = getattr(backbone, "tokenizer", None)
+        if tok is None or tok.pad_token_id is None:
+            return backbone.encode(list(texts), max_len)
+        memo = self.rows.setdefault((j, max_len), {})
+        new = sorted({t for t in texts if t not in memo}, key=len)
+        for lo in range(0, len(new), self.chunk):
+            part = new[lo:lo + self.chunk]
+            enc = backbone.encode(part, max_len)
+            keep = enc["inputs"]["attention_mask"].bool()  # (b, T)
+            for i, t in enumerate(part):
+                m = keep[i]
+                memo[t] = ({k: v[i][m].to(torch.int32) for k, v in enc["inputs"].items()},
+                           enc["offsets"][i][m].to(torch.int32))
+        rows = [memo[t] for t in texts]
+        n = max(len(off) for _, off in rows)
+        left = getattr(tok, "padding_side", "right") == "left"
+        fill = {"input_ids": tok.pad_token_id, "attention_mask": 0,
+                "token_type_ids": getattr(tok, "pad_token_type_id", 0)}
+        inputs = {k: torch.full((len(rows), n), fill.get(k, 0), dtype=torch.long)
+                  for k in rows[0][0]}
+        offsets = torch.full((len(rows), n, 2), -1, dtype=torch.long)
+        for i, (r, off) in enumerate(rows):
+            sl = slice(n - len(off), n) if left else slice(0, len(off))
+            for k, v in r.items():
+                inputs[k][i, sl] = v
+            offsets[i, sl] = off
+        return {"inputs": inputs, "offsets": offsets}
 
 
 def _usable_max_len(backbone: nn.Module, max_len: int) -> int:

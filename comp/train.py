@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from comp.config import Recipe, TrainConfig
-from comp.fusion import FeatureCache, FusionModel, build_fusion, describe, to_device
+from comp.fusion import FeatureCache, FusionModel, TokenMemo, build_fusion, describe, to_device
 from comp.losses import create_loss
 from comp.member import ExtraRows, FoldContext, run_member
 from comp.metrics import is_better, score
@@ -301,6 +301,7 @@ class FusionData:
         self.rows: Rows | None = None
         self.test: Rows | None = None
         self.cache: FeatureCache | None = None
+        self.tokens = TokenMemo()
 
     def ensure_rows(self, model: FusionModel) -> None:
         """Grid texts and vector ids of every train and test text (once per member)."""
@@ -336,6 +337,7 @@ def fit_fold(ctx: FoldContext, data: FusionData) -> tuple[np.ndarray, np.ndarray
     name = f"{recipe.name} fold {ctx.fold}"
     seed_everything(cfg.seed + ctx.fold)
     model = build_fusion(recipe, comp.n_classes)
+    model.tokens = data.tokens  # every fold tokenizes the same texts: once per member
     device = _device()
     model.to(device)
     if world > 1:  # identical starting weights on every rank

@@ -7,7 +7,7 @@ import torch
 
 from comp.backbones import backbone_kinds, load_backbone
 from comp.config import BackboneConfig, ModelConfig, PretrainConfig, Recipe
-from comp.fusion import FeatureCache, FusionModel, build_fusion, grid_texts
+from comp.fusion import FeatureCache, FusionModel, TokenMemo, build_fusion, grid_texts
 from comp.heads import head_names
 from comp.utils import CompError
 
@@ -198,3 +198,18 @@ def test_seeded_heads_are_identical(tiny_dirs):
         assert torch.equal(p, q), n
     c = make_model(tiny_dirs, ("albert",), seed=4)
     assert not torch.equal(a.classifier.fc.weight, c.classifier.fc.weight)
+
+
+@pytest.mark.parametrize("kind", backbone_kinds())
+def test_token_memo_repads_like_the_tokenizer(tiny_dirs, kind):
+    b = load_backbone(kind, tiny_dirs[kind])
+    memo = TokenMemo(chunk=3)
+    memo.encode(0, b, TEXTS[2:], 64)  # other batch shapes first
+    for texts in (TEXTS, TEXTS[:2], [TEXTS[-1], TEXTS[0]]):
+        want = b.encode(texts, 64)
+        got = memo.encode(0, b, texts, 64)
+        assert set(got["inputs"]) == set(want["inputs"])
+        for k, v in want["inputs"].items():
+            assert torch.equal(got["inputs"][k], v), k
+        assert torch.equal(got["offsets"], want["offsets"])
+    assert len(memo) == len(set(TEXTS))
