@@ -239,7 +239,8 @@ class CNNHead(Head):
         x = self.drop(x.masked_fill(~mask.unsqueeze(-1), 0.0)).transpose(1, 2)  # (B, D, N)
         maps = [F.relu(conv(F.pad(x, (0, k - 1))))  # (B, channels, N)
                 for conv, k in zip(self.convs, self.kernel_sizes)]
-        feats = torch.cat(maps, dim=1).transpose(1, 2)  # (B, N, channels * n_kernels)
+        # contiguous: masked pooling over a transposed view runs as slow as the convolutions
+        feats = torch.cat(maps, dim=1).transpose(1, 2).contiguous()  # (B, N, ch * n_kernels)
         return self.pool(feats, mask)
 
 
