@@ -188,6 +188,8 @@ class PretrainConfig:
     layers: int = 2
     heads: int = 2
     intermediate: int = 512
+    embedding_size: int = 0  # ALBERT's factorised embedding size; 0 = min(hidden, 128)
+    max_positions: int = 512  # position table size (fine-tuning may use longer inputs)
     max_len: int = 128
     steps: int = 300
     batch_size: int = 32
