@@ -485,13 +485,16 @@ def run_tune(recipe: Recipe, trials: int = 20, timeout: float | None = None,
         f"{_redact(storage)}: {before} trial(s) so far, {trials} more here "
         f"(pid {os.getpid()}); trials in {tune_dir}")
     objective = make_objective(recipe, n_folds, tune_dir)
+    overlay_path = Path(overlay_dir) / f"{recipe.name}.toml"
     try:
         # networks leave reference cycles (hooks, optimizer state) that a collection frees
         # between trials; TF-IDF trials don't need the extra pause
         st.optimize(objective, n_trials=trials, timeout=timeout, catch=(Exception,),
                     callbacks=[_print_trial], gc_after_trial=recipe.kind != "linear")
-    finally:
-        overlay = write_overlay(st, recipe, Path(overlay_dir) / f"{recipe.name}.toml", n_folds)
+    except KeyboardInterrupt:
+        write_overlay(st, recipe, overlay_path, n_folds)  # keep what finished trials found
+        raise
+    overlay = write_overlay(st, recipe, overlay_path, n_folds)
     saved = save_plots(st, tune_dir) if plots else []
     counts: dict[str, int] = {}
     for t in st.get_trials(deepcopy=False):

@@ -124,6 +124,7 @@ def _fake_trainer(values_by_trial, calls):
             for epoch, v in enumerate(vals, 1):
                 report(epoch, v)
             write_json(recipe.run_dir / f"fold{k}" / "done.json", {"score": vals[-1]})
+            (recipe.run_dir / f"fold{k}" / "model.pt").write_bytes(b"weights")
         return None
 
     return train_recipe
@@ -141,6 +142,9 @@ def test_failing_trial_is_recorded_and_study_goes_on(tmp_path, monkeypatch):
     assert trials[1].state == optuna.trial.TrialState.FAIL
     assert "exploded in trial 1" in trials[1].user_attrs["error"]
     assert trials[2].state == optuna.trial.TrialState.COMPLETE and trials[2].value == 0.6
+    tune_dir = tmp_path / "runs" / "tune" / "tiny"
+    assert (tune_dir / "trial_2" / "tiny-t2" / "fold0" / "done.json").exists()
+    assert not list(tune_dir.rglob("*.pt"))  # trial weights are not kept
 
 
 @pytest.mark.parametrize("pruner", ["median", "hyperband"])
