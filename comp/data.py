@@ -453,9 +453,11 @@ def load_folds(comp: Competition, cfg: DataConfig) -> np.ndarray:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["id", "fold"])
     w.writerows(zip(comp.train_ids, folds.tolist()))
-    write_text(path, buf.getvalue())
     sizes = np.bincount(folds, minlength=cfg.folds).tolist()
+    # settings first: a process racing us sees either no table or a table with its settings
+    # (two racers write identical files, the split being a function of data and settings)
     write_json(meta_path, {**want, "sizes": sizes, "hash": folds_hash(comp.train_ids, folds)})
+    write_text(path, buf.getvalue())
     log(f"folds: wrote {path} (k={cfg.folds}, seed={cfg.fold_seed}, sizes {sizes})")
     return folds
 
