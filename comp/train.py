@@ -232,6 +232,7 @@ def fit(model: FusionModel, train: Rows, val: Rows, val_y: np.ndarray, cfg: Trai
                 if i % 10 == 0:
                     bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}")
 
+            train_seconds = time.time() - t0
             with ema.applied(model) if ema is not None else contextlib.nullcontext():
                 val_proba = predict(model, val, cfg.eval_batch_size, phase_cache, cfg.bucket,
                                     cfg.amp, desc=f"{name} eval")
@@ -246,7 +247,8 @@ def fit(model: FusionModel, train: Rows, val: Rows, val_y: np.ndarray, cfg: Trai
                             torch.save(best_state, tmp)
             stale = 0 if improved else stale + 1
             entry = {"epoch": epoch, "phase": phase, "loss": loss_sum / max(1, loss_n),
-                     metric: s, "seconds": round(time.time() - t0, 2)}
+                     metric: s, "seconds": round(time.time() - t0, 2),
+                     "train_seconds": round(train_seconds, 2)}
             best.history.append(entry)
             if rank == 0:
                 log(f"{name} epoch {epoch} (phase {phase}): loss={entry['loss']:.4f} "
@@ -345,8 +347,8 @@ def fit_fold(ctx: FoldContext, data: FusionData) -> tuple[np.ndarray, np.ndarray
 
         for t in model.state_dict().values():
             dist.broadcast(t, src=0)
-    if ctx.fold == 0 or data.rows is None:
-        log(f"{name}: {describe(model)}")
+    if rank == 0 and data.rows is None:
+        log(f"{name}: {describe(model)}" + (f"; {world} ranks" if world > 1 else ""))
     data.ensure_rows(model)
     train = data.rows.take(ctx.train_idx)
     if len(ctx.extra):
