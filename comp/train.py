@@ -7,7 +7,8 @@
 
 Phase 1 trains the head (and tuned vectors) on frozen backbones. Frozen backbones in eval mode
 are a fixed function of the text, so their grid features are computed once per member for every
-distinct text (comp.fusion.FeatureCache) and phase 1 runs the head alone. Phase 2 restores the
+distinct text (comp.fusion.FeatureCache) and phase 1 runs the head alone; tokens are likewise
+memoised once per member (comp.fusion.TokenMemo) for phase 2 and evaluation. Phase 2 restores the
 best phase-1 weights, unfreezes, and gives each backbone layer lr * decay^(depth from the top).
 Early stopping watches the fold's validation metric in each phase; the best weights (EMA ones
 when EMA is on) are kept in fold_dir/model.pt and restored at the end.
