@@ -30,6 +30,7 @@ from comp.train_parts import (
     EMA,
     Adversary,
     Rows,
+    amp_setup,
     eval_batches,
     make_rows,
     param_groups,
@@ -37,6 +38,7 @@ from comp.train_parts import (
     shard_rows,
     train_batches,
 )
+from comp.utils import CompError
 
 POS = ["很好", "满意", "不错", "推荐", "干净", "舒服", "喜欢"]
 NEG = ["太差", "失望", "很吵", "很脏", "难吃", "后悔", "糟糕"]
@@ -340,6 +342,18 @@ def test_adversary_adds_gradients_of_a_bounded_perturbation(kind):
 
 # ---------------------------------------------------------------------------------------------
 # parts
+
+
+def test_no_epochs_is_an_error_and_cpu_runs_without_amp(bert_dir, comp_dir, tmp_path):
+    recipe = recipe_for(bert_dir, comp_dir, tmp_path, epochs_frozen=0, epochs_unfrozen=0)
+    model = _model(recipe)
+    rows, y = toy_rows(model, n=4)
+    with pytest.raises(CompError, match="epochs"):
+        fit(model, rows, rows, y, recipe.train)
+    autocast, scaler = amp_setup("fp16", torch.device("cpu"))
+    assert scaler is None
+    with autocast():
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
 
 
 def test_schedules():
