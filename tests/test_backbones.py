@@ -206,6 +206,17 @@ def test_align_tokens_matches_fast_offsets(built):
         assert spans == [tuple(x) for x in off[real].tolist()], text
 
 
+@pytest.mark.parametrize("kind", ["bert", "xlnet"])
+def test_tokenizers_without_offsets_are_aligned(built, kind, monkeypatch):
+    bb, _ = built[kind]
+    texts = PROBES + ["龘好Hello,世界"]
+    fast = bb.encode(texts, 64)
+    monkeypatch.setattr(type(bb.tokenizer), "is_fast", property(lambda self: False))
+    slow = bb.encode(texts, 64)
+    assert torch.equal(slow["inputs"]["input_ids"], fast["inputs"]["input_ids"])
+    assert torch.equal(slow["offsets"], fast["offsets"])
+
+
 def test_vocab_coverage_and_warning(built):
     bb, _ = built["bert"]
     assert vocab_coverage(bb, CORPUS) == pytest.approx(1.0)
