@@ -13,7 +13,7 @@ taken from --runs. For every blender the table shows
 and, at the end, how well nested and in-sample CV rank the methods by their hidden score
 (Spearman). Nothing here is asserted; read the numbers.
 
-  .venv/bin/python bench/ensemble.py                    # linear members + a char-vector biLSTM
+  .venv/bin/python bench/ensemble.py                    # linear members + a char-vector CNN
   .venv/bin/python bench/ensemble.py --no-neural        # linear members only (~2 min)
   .venv/bin/python bench/ensemble.py --runs runs/a runs/b --metric accuracy
 """
@@ -21,6 +21,7 @@ and, at the end, how well nested and in-sample CV rank the methods by their hidd
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -73,7 +74,7 @@ def train_members(data: Path, work: Path, neural: bool, epochs: int) -> list[Pat
 
 
 def neural_recipe(data: Path, work: Path, epochs: int):
-    """A small biLSTM over skip-gram character vectors (the vectors are trained once)."""
+    """A small TextCNN over skip-gram character vectors (the vectors are trained once)."""
     from comp.vectors import train_vectors
 
     models = work / "models"
@@ -81,10 +82,10 @@ def neural_recipe(data: Path, work: Path, epochs: int):
     if not kv.exists():
         comp = load_competition(DataConfig(dir=str(data)))
         train_vectors(comp.train_texts + comp.test_texts, "char", kv, dim=100)
-    base = {"name": "bilstm_charvec", "kind": "fusion", "runs_dir": str(work / "runs"),
+    base = {"name": "textcnn_charvec", "kind": "fusion", "runs_dir": str(work / "runs"),
             "data": {"dir": str(data)},
-            "model": {"vectors": ["char"], "vectors_dir": str(models), "head": "bilstm",
-                      "hidden": 96, "max_chars": 128},
+            "model": {"vectors": ["char"], "vectors_dir": str(models), "head": "cnn",
+                      "channels": 96, "kernel_sizes": [2, 3, 4], "max_chars": 128},
             "train": {"epochs_frozen": epochs, "epochs_unfrozen": 0, "batch_size": 64,
                       "lr_head": 3e-3, "patience": 0}}
     return load_recipe(None, base=base)
@@ -156,12 +157,19 @@ def main() -> None:
               f"{sec:>7.1f}  {w}")
         rows.append((res.cv, res.cv_in_sample, h))
     if keep and len(rows) > 2:
-        nested, insample, hid = map(list, zip(*rows))
-        print(f"\nSpearman with hidden over {len(rows)} methods: nested CV "
-              f"{spearman(nested, hid):+.2f}, in-sample CV {spearman(insample, hid):+.2f}")
-        gap_n = np.mean(np.abs(np.array(nested) - np.array(hid)))
-        gap_i = np.mean(np.abs(np.array(insample) - np.array(hid)))
-        print(f"mean |CV - hidden|: nested {gap_n:.4f}, in-sample {gap_i:.4f}")
+        nested, insample, hid = (np.array(c) for c in zip(*rows))
+        # Binomial standard errors: differences smaller than these are noise, not signal.
+        se_h = math.sqrt(hid.mean() * (1 - hid.mean()) / len(keep))
+        se_cv = math.sqrt(nested.mean() * (1 - nested.mean()) / len(y))
+        print(f"\nstandard error of one accuracy: hidden {se_h:.4f} ({len(keep)} rows), "
+              f"CV {se_cv:.4f} ({len(y)} rows)")
+        print(f"Spearman with hidden over {len(rows)} methods: nested CV "
+              f"{spearman(list(nested), list(hid)):+.2f}, in-sample CV "
+              f"{spearman(list(insample), list(hid)):+.2f}")
+        print(f"mean hidden - CV (test uses all folds' models): nested "
+              f"{np.mean(hid - nested):+.4f}, in-sample {np.mean(hid - insample):+.4f}; "
+              f"spread of (hidden - CV) across methods: nested {np.std(hid - nested):.4f}, "
+              f"in-sample {np.std(hid - insample):.4f}")
 
 
 if __name__ == "__main__":
