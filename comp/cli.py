@@ -147,21 +147,13 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     from comp.config import DataConfig
     from comp.ensemble import run_ensemble
 
-    runs = [r for r in args.runs if Path(r).is_dir()]
-    data = args.data or _data_dir_of(runs)
-    path = run_ensemble(runs, args.method, DataConfig(dir=data), args.metric, args.out,
-                        proba=args.proba)
+    runs = [r for r in args.runs if Path(r).is_dir() and (Path(r) / "cv.json").exists()]
+    if not runs:
+        raise CompError("ensemble: none of the given paths is a finished member (no cv.json)")
+    # without --data the members' own [data] table (columns, format) describes the competition
+    data = DataConfig(dir=args.data) if args.data else None
+    path = run_ensemble(runs, args.method, data, args.metric, args.out, proba=args.proba)
     print(f"saved {path}")
-
-
-def _data_dir_of(runs: list[str]) -> str:
-    from comp.config import read_toml
-
-    for r in runs:
-        p = Path(r) / "recipe.toml"
-        if p.exists():
-            return read_toml(p).get("data", {}).get("dir", "data/sentiment")
-    raise CompError("ensemble: no member with a recipe.toml among the given run dirs")
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
@@ -281,8 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("runs", nargs="+", help="member run dirs (runs/*)")
     sp.add_argument("--method", default="hill",
                     choices=["mean", "rank", "weights", "hill", "stack"])
-    sp.add_argument("--metric", default="accuracy",
-                    choices=["accuracy", "macro_f1", "logloss", "auc"])
+    sp.add_argument("--metric", default="", choices=["", "accuracy", "macro_f1", "logloss", "auc"],
+                    help="default: the members' own metric")
     sp.add_argument("--out", default="submissions/blend", help="output stem; CV is appended")
     sp.add_argument("--data", default=None, help="competition folder (default: the members')")
     sp.add_argument("--proba", action="store_true", help="also write probability columns")
