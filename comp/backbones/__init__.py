@@ -8,13 +8,16 @@ returns character offsets into the original text for every token so any tokenize
 character grid (see comp/align.py).
 
 Modules: registry (kinds), model (Backbone, loading), wordseg (jieba tokenizer for WoBERT),
-offsets (offset cleaning and alignment), build (tiny tokenizers and models for `comp pretrain`).
+offsets (offset cleaning and alignment), spiece (spiece.model files without protobuf), build
+(tiny tokenizers and models for `comp pretrain`).
 """
 
 from comp.backbones.model import (
     Backbone,
+    check_vocab_coverage,
     create_backbone,
     load_backbone,
+    load_tokenizer,
     quiet_transformers,
     vocab_coverage,
 )
@@ -35,9 +38,11 @@ __all__ = [
     "backbone_kinds",
     "backbone_spec",
     "basic_spans",
+    "check_vocab_coverage",
     "create_backbone",
     "jieba_spans",
     "load_backbone",
+    "load_tokenizer",
     "quiet_transformers",
     "register_backbone",
     "save_tokenizer",

@@ -14,7 +14,12 @@ from torch import Tensor, nn
 from transformers import AutoModel, AutoTokenizer
 
 from comp.backbones.offsets import align_tokens, clean_offsets
-from comp.backbones.registry import TOKENIZER_FILES, BackboneSpec, backbone_spec
+from comp.backbones.registry import (
+    TOKENIZER_FILES,
+    BackboneSpec,
+    backbone_kinds,
+    backbone_spec,
+)
 from comp.backbones.wordseg import save_tokenizer
 from comp.utils import CompError, log
 
@@ -150,16 +155,132 @@ def _check_local_dir(p: Path, spec: BackboneSpec) -> None:
 
 
 def _check_model_type(where: str, model_type: str, spec: BackboneSpec) -> None:
-    if model_type not in spec.model_types:
+    if model_type in spec.model_types:
+        return
+    fits = [k for k in backbone_kinds() if model_type in backbone_spec(k).model_types]
+    if fits:
         raise CompError(f"{where}: model_type '{model_type}' does not fit backbone kind "
-                        f"'{spec.kind}' (expects {' or '.join(spec.model_types)})")
+                        f"'{spec.kind}' (expects {' or '.join(spec.model_types)}); "
+                        f"use kind = \"{fits[0]}\"")
+    raise CompError(f"{where}: model_type '{model_type}' has no backbone kind in the registry "
+                    f"(kinds: {', '.join(backbone_kinds())}); register one with "
+                    "@register_backbone in comp/backbones/registry.py")
+
+
+def _checkpoint_file(path: str, name: str, local: bool) -> str | None:
+    """A file of a local dir or hub repo (from the cache, or fetched when online), or None."""
+    if local:
+        f = Path(path) / name
+        return str(f) if f.exists() else None
+    from transformers.utils import cached_file
+
+    try:
+        return cached_file(path, name, _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False)
+    except (OSError, ValueError):
+        return None
+
+
+def _vocab_problem(tok: Any, n_embeddings: int) -> str:
+    """Why a tokenizer cannot feed a model with `n_embeddings` rows ('' when it can)."""
+    n = int(tok.vocab_size)
+    if n > n_embeddings:
+        return f"{n} tokens but the model embeds only {n_embeddings} (ids would overflow)"
+    if n < n_embeddings // 2:
+        return f"{n} tokens for the model's {n_embeddings} embeddings (wrong vocabulary files)"
+    return ""
+
+
+def _fallback_tokenizer(spec: BackboneSpec, path: str, local: bool, model_type: str
+                        ) -> tuple[Any, str] | None:
+    """The tokenizer a checkpoint's own files imply when AutoTokenizer gets it wrong.
+
+    A sentencepiece `spiece.model` is read without protobuf (hfl/chinese-xlnet-base); a
+    WordPiece `vocab.txt` is a BertTokenizer (Chinese ALBERTs, WoBERT's own tokenizer class).
+    """
+    from transformers import AlbertTokenizer, BertTokenizer, XLNetTokenizer
+
+    from comp.backbones.spiece import spiece_tokenizer
+
+    sp_cls = {"xlnet": XLNetTokenizer, "albert": AlbertTokenizer}.get(model_type)
+    spm = _checkpoint_file(path, "spiece.model", local) if sp_cls else None
+    if spm is not None:
+        return spiece_tokenizer(sp_cls, spm), "spiece.model"
+    if _checkpoint_file(path, "vocab.txt", local) is not None:
+        cls = spec.tokenizer_cls if isinstance(spec.tokenizer_cls, type) and issubclass(
+            spec.tokenizer_cls, BertTokenizer) else BertTokenizer
+        return cls.from_pretrained(path), "vocab.txt"
+    return None
+
+
+def _saved_tokenizer_class(path: str, local: bool) -> str:
+    """`tokenizer_class` named by the checkpoint's tokenizer_config.json ('' when none)."""
+    f = _checkpoint_file(path, "tokenizer_config.json", local)
+    if f is None:
+        return ""
+    try:
+        return str(json.loads(Path(f).read_text(encoding="utf-8")).get("tokenizer_class") or "")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return ""
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def load_tokenizer(spec: BackboneSpec, path: str, model: nn.Module, where: str,
+                   local: bool = True) -> Any:
+    """The kind's tokenizer for a checkpoint, checked against the model's embedding table.
+
+    `from_pretrained(path)` with the kind's tokenizer class (AutoTokenizer by default) first.
+    When that fails or gives a vocabulary that cannot belong to the model (an ALBERT with a
+    BERT vocab.txt and no spiece.model comes back as a near-empty AlbertTokenizer), the
+    checkpoint's own vocabulary file decides (see `_fallback_tokenizer`), with a log line.
+
+    Raises:
+        CompError: no tokenizer that fits the model can be built from the checkpoint.
+    """
+    n_emb = int(model.get_input_embeddings().num_embeddings)
+    model_type = str(model.config.model_type)
+    tok_cls = spec.tokenizer_cls or AutoTokenizer
+    try:
+        tok, error = tok_cls.from_pretrained(path), None
+        problem = _vocab_problem(tok, n_emb)
+    except (OSError, ValueError, KeyError, ImportError, TypeError) as e:
+        tok, error, problem = None, e, _first_line(e)
+    if not problem:
+        return tok
+    found = _fallback_tokenizer(spec, path, local, model_type)
+    if found is not None and _vocab_problem(found[0], n_emb):
+        raise CompError(f"{where}: the tokenizer from {found[1]} has "
+                        f"{_vocab_problem(found[0], n_emb)}")
+    if found is not None:
+        alt, file = found
+        from transformers.utils import is_protobuf_available
+
+        if error is None:
+            why = f"{tok_cls.__name__} gave {problem}"
+        elif file == "spiece.model" and not is_protobuf_available():
+            why = "transformers converts spiece.model only with the protobuf package"
+        else:
+            why = f"{tok_cls.__name__} failed ({problem[:120]})"
+        hint = ""
+        if _saved_tokenizer_class(path, local).startswith("WoBert") and spec.kind != "wobert":
+            hint = "; its words need jieba: use kind = \"wobert\""
+        log(f"backbone {spec.kind} from {where}: {why}; using {type(alt).__name__} built from "
+            f"{file} ({alt.vocab_size} tokens){hint}")
+        return alt
+    if error is not None:
+        raise error
+    raise CompError(f"{where}: tokenizer {type(tok).__name__} has {problem}")
 
 
 def load_backbone(kind: str, path: str | Path) -> Backbone:
     """Load a backbone of a registered kind from a local save_pretrained dir or a hub id.
 
-    Both go through `from_pretrained(path)`: AutoTokenizer (or the kind's tokenizer class) and
-    AutoModel. The model comes back in eval mode.
+    Both go through `from_pretrained(path)`: AutoModel, then AutoTokenizer (or the kind's
+    tokenizer class) checked against the model's vocabulary, with the checkpoint's own
+    vocabulary files as the fallback (see `load_tokenizer`). The model comes back in eval mode.
 
     Args:
         kind: a registered kind (see `backbone_kinds()`).
@@ -173,21 +294,21 @@ def load_backbone(kind: str, path: str | Path) -> Backbone:
     local = p.exists()
     if local:
         _check_local_dir(p, spec)
-    tok_cls = spec.tokenizer_cls or AutoTokenizer
     where = str(p) if local else f"'{path}'"
     try:
         with quiet_transformers():
-            tokenizer = tok_cls.from_pretrained(str(path))
             model, info = AutoModel.from_pretrained(str(path), output_loading_info=True)
-    except (OSError, ValueError, KeyError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if not local:
+                _check_model_type(where, model.config.model_type, spec)
+            tokenizer = load_tokenizer(spec, str(path), model, where, local)
+    except (OSError, ValueError, KeyError, ImportError) as e:
         hint = "" if local else " (not a local dir, and the model hub is not reachable offline?)"
-        raise CompError(f"{where}: cannot load backbone '{kind}'{hint}: {msg}") from None
-    if not local:
-        _check_model_type(where, model.config.model_type, spec)
+        raise CompError(f"{where}: cannot load backbone '{kind}'{hint}: {_first_line(e)}"
+                        ) from None
     # pretraining heads left over in the checkpoint are expected; weights that are missing and
-    # therefore random are worth a line
-    missing = list(info.get("missing_keys", []))
+    # therefore random are worth a line. The pooler is not among them: forward reads the
+    # hidden states only, and MLM-only checkpoints (Chinese ALBERTs) ship none.
+    missing = [k for k in info.get("missing_keys", []) if not k.startswith("pooler.")]
     if missing:
         log(f"backbone {kind} from {where}: {len(missing)} weights not in the checkpoint were "
             f"initialised randomly ({', '.join(sorted(missing)[:4])}...)")
@@ -221,6 +342,38 @@ def vocab_coverage(backbone: Backbone, texts: list[str], warn_below: float = 0.9
     cov = 1.0 - unknown / total if total else 1.0
     if cov < warn_below:
         warnings.warn(f"backbone '{backbone.kind}': vocabulary covers {cov:.1%} of the text's "
-                      f"characters (< {warn_below:.0%}); its tokens will be mostly unknown",
-                      UserWarning, stacklevel=2)
+                      f"characters (< {warn_below:.0%}); the rest reach the model as unknown "
+                      "tokens", UserWarning, stacklevel=2)
+    return cov
+
+
+def check_vocab_coverage(backbone: Backbone, texts: list[str], where: str,
+                         fail_below: float = 0.5, warn_below: float = 0.95,
+                         sample: int = 2000) -> float:
+    """Log a backbone's vocabulary coverage of a competition; fail when it misses most of it.
+
+    A checkpoint whose vocabulary misses most characters (an English vocab.txt on Chinese text,
+    tokenizer files of another model) trains without error but learns from unknown tokens, so
+    it is stopped before training. Between `fail_below` and `warn_below` it warns.
+
+    Args:
+        backbone: the loaded backbone.
+        texts: the competition's texts; an evenly spaced `sample` of them is tokenized.
+        where: names the backbone in messages, e.g. "model.backbones[0] (hfl/...)".
+
+    Returns:
+        The coverage in [0, 1].
+
+    Raises:
+        CompError: coverage below `fail_below`.
+    """
+    texts = list(texts)
+    step = max(1, len(texts) // sample) if sample > 0 else 1
+    picked = [t for t in texts[::step] if t and not t.isspace()]
+    cov = vocab_coverage(backbone, picked, warn_below=warn_below) if picked else 1.0
+    log(f"{where}: vocabulary covers {cov:.1%} of the text's characters")
+    if cov < fail_below:
+        raise CompError(f"{where}: vocabulary covers only {cov:.1%} of the competition's "
+                        f"characters (< {fail_below:.0%}); the checkpoint's tokenizer does not "
+                        "fit this text (another language, or another model's vocabulary files)")
     return cov
