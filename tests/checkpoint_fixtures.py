@@ -7,6 +7,7 @@ tokenizer files and settings, and weights saved as the repo's pretraining class 
 (hidden 32, one layer) and the vocabularies cut down to the characters of the test corpus.
 
     hfl/chinese-roberta-wwm-ext    BERT, WordPiece vocab.txt, pytorch_model.bin / model.safetensors
+    hfl/chinese-bert-wwm-ext       the same with .bin, .safetensors and tokenizer.json together
     hfl/chinese-xlnet-base         XLNet, spiece.model only (no tokenizer.json)
     junnyu/wobert_chinese_plus_base BERT, word+char vocab.txt for jieba, WoBertTokenizer config
     voidful/albert_chinese_tiny    ALBERT weights, BERT vocab.txt, no spiece.model
@@ -82,13 +83,18 @@ def write_lines(path: Path, lines: list[str]) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def save_weights(model: torch.nn.Module, d: Path, formats: tuple[str, ...]) -> None:
+def save_weights(model: torch.nn.Module, d: Path, formats: tuple[str, ...],
+                 legacy_buffers: str = "") -> None:
     """The model's state dict as pytorch_model.bin and/or model.safetensors.
 
     The safetensors file drops tied copies (the LM decoder shares the word embeddings), as the
     hub's conversion does; the .bin keeps every key, as torch.save of old checkpoints did.
+    `legacy_buffers` names a prefix ("albert") whose `embeddings.position_ids` buffer the .bin
+    keeps, as checkpoints saved by transformers 2.x-4.30 do (today's models drop it on load).
     """
-    state = model.state_dict()
+    state = dict(model.state_dict())
+    if legacy_buffers:
+        state[f"{legacy_buffers}.embeddings.position_ids"] = torch.arange(TINY["positions"])[None]
     if "bin" in formats:
         torch.save(state, d / "pytorch_model.bin")
     if "safetensors" in formats:
@@ -128,13 +134,42 @@ def _bert_weights(cfg: dict) -> torch.nn.Module:
     return tf.BertForPreTraining(tf.BertConfig(**keep))
 
 
-def write_hfl_bert(d: Path, formats: tuple[str, ...] = ("bin",)) -> Path:
-    """hfl/chinese-roberta-wwm-ext (and chinese-bert-wwm-ext): a BERT with a char vocab.txt."""
+def write_bert_tokenizer_json(path: Path, vocab: list[str]) -> None:
+    """tokenizer.json as transformers' BertConverter writes it for a Chinese vocab.txt."""
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
+
+    ids = {t: i for i, t in enumerate(vocab)}
+    tk = Tokenizer(models.WordPiece(ids, unk_token="[UNK]", max_input_chars_per_word=100))
+    tk.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                               strip_accents=None, lowercase=True)
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])])
+    tk.decoder = decoders.WordPiece(prefix="##")
+    tk.add_special_tokens([AddedToken(t, normalized=False) for t in BERT_SPECIAL_MAP.values()])
+    tk.save(str(path))
+
+
+def write_hfl_bert(d: Path, formats: tuple[str, ...] = ("bin",),
+                   tokenizer_json: bool = False) -> Path:
+    """hfl/chinese-roberta-wwm-ext (and chinese-bert-wwm-ext): a BERT with a char vocab.txt;
+    newer revisions of the repos add tokenizer.json and model.safetensors."""
     d.mkdir(parents=True, exist_ok=True)
     vocab = bert_vocab()
     cfg = _bert_config(len(vocab))
     write_json(d / "config.json", cfg)
     write_lines(d / "vocab.txt", vocab)
+    if tokenizer_json:
+        write_bert_tokenizer_json(d / "tokenizer.json", vocab)
     write_json(d / "tokenizer_config.json", {"init_inputs": []})
     write_json(d / "special_tokens_map.json", BERT_SPECIAL_MAP)
     write_json(d / "added_tokens.json", {})
@@ -154,7 +189,7 @@ def write_wobert(d: Path) -> Path:
                {"do_lower_case": True, "tokenizer_class": "WoBertTokenizer",
                 "model_max_length": 512})
     write_json(d / "special_tokens_map.json", BERT_SPECIAL_MAP)
-    save_weights(_bert_weights(cfg), d, ("bin",))
+    save_weights(_bert_weights(cfg), d, ("bin",), legacy_buffers="bert")
     return d
 
 
@@ -180,7 +215,8 @@ def write_albert_zh(d: Path) -> Path:
     write_lines(d / "vocab.txt", vocab)
     keep = {k: v for k, v in cfg.items() if k not in ("architectures", "model_type")}
     torch.manual_seed(0)
-    save_weights(tf.AlbertForMaskedLM(tf.AlbertConfig(**keep)), d, ("bin",))
+    save_weights(tf.AlbertForMaskedLM(tf.AlbertConfig(**keep)), d, ("bin",),
+                 legacy_buffers="albert")
     return d
 
 
@@ -245,9 +281,9 @@ LAYOUTS = {
         Layout("roberta_wwm_safetensors", "hfl/chinese-roberta-wwm-ext", "roberta_wwm",
                "as above with model.safetensors instead of pytorch_model.bin",
                lambda d: write_hfl_bert(d, ("safetensors",))),
-        Layout("bert_wwm_both", "hfl/chinese-bert-wwm-ext", "bert",
-               "as above with both pytorch_model.bin and model.safetensors",
-               lambda d: write_hfl_bert(d, ("bin", "safetensors"))),
+        Layout("bert_wwm_full", "hfl/chinese-bert-wwm-ext", "bert",
+               "as above with pytorch_model.bin, model.safetensors and tokenizer.json",
+               lambda d: write_hfl_bert(d, ("bin", "safetensors"), tokenizer_json=True)),
         Layout("xlnet", "hfl/chinese-xlnet-base", "xlnet",
                "config.json (xlnet, XLNetLMHeadModel), spiece.model, pytorch_model.bin",
                write_hfl_xlnet),

@@ -1,11 +1,11 @@
 """Published Chinese checkpoint layouts load through the recipe path and train a fold.
 
-Each layout of tests/checkpoint_fixtures.py (hfl RoBERTa-wwm-ext / BERT-wwm-ext with .bin and
-.safetensors weights, hfl XLNet with only spiece.model, WoBERT with a jieba word vocabulary and
-its own tokenizer class, a Chinese ALBERT with a BERT vocab.txt) is loaded both as a local dir
-and by its hub id from an offline hub cache, must give character offsets, the checkpoint's own
-weights and the tokenization of the repo's reference tokenizer, and trains one fold of a
-fusion member. Layouts that cannot work fail with one-line CompErrors.
+Each layout of tests/checkpoint_fixtures.py (hfl RoBERTa-wwm-ext / BERT-wwm-ext with .bin,
+.safetensors and tokenizer.json, hfl XLNet with only spiece.model, WoBERT with a jieba word
+vocabulary and its own tokenizer class, a Chinese ALBERT with a BERT vocab.txt) is loaded both
+as a local dir and by its hub id from an offline hub cache. It must give character offsets, the
+checkpoint's own weights and the tokens of the repo's reference tokenizer, and train one fold
+of a fusion member. Layouts that cannot work fail with one-line CompErrors.
 """
 
 from __future__ import annotations
@@ -93,10 +93,10 @@ def copy_dir(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> Path:
 
 def test_layouts_have_the_published_files(checkpoints):
     files = {name: {f.name for f in d.iterdir()} for name, d in checkpoints.items()}
-    assert not any("tokenizer.json" in f for f in files.values())
     assert {"vocab.txt", "pytorch_model.bin"} <= files["roberta_wwm_bin"]
+    assert "tokenizer.json" not in files["roberta_wwm_bin"]
     assert "pytorch_model.bin" not in files["roberta_wwm_safetensors"]
-    assert {"pytorch_model.bin", "model.safetensors"} <= files["bert_wwm_both"]
+    assert {"pytorch_model.bin", "model.safetensors", "tokenizer.json"} <= files["bert_wwm_full"]
     assert files["xlnet"] == {"config.json", "spiece.model", "pytorch_model.bin"}
     assert files["albert_zh"] == {"config.json", "vocab.txt", "pytorch_model.bin"}
     cfg = json.loads((checkpoints["albert_zh"] / "config.json").read_text())
@@ -272,7 +272,7 @@ def test_recipe_line_trains_one_fold(checkpoints, hub, small_comp, tmp_path, nam
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_weights_without_tokenizer_files_is_a_comp_error(checkpoints, tmp_path, name):
     d = copy_dir(checkpoints[name], tmp_path / name,
-                 skip=("vocab.txt", "spiece.model", "tokenizer_config.json",
+                 skip=("vocab.txt", "spiece.model", "tokenizer.json", "tokenizer_config.json",
                        "special_tokens_map.json", "added_tokens.json"))
     with pytest.raises(CompError, match="no tokenizer files") as e:
         load_backbone(LAYOUTS[name].kind, str(d))
