@@ -226,6 +226,20 @@ def test_albert_with_bert_vocab_logs_the_tokenizer_it_used(checkpoints, capsys):
     assert type(bb.tokenizer).__name__ == "BertTokenizer"
 
 
+@pytest.mark.parametrize("name", ["xlnet", "albert_zh", "wobert"])
+def test_loaded_checkpoint_saves_a_dir_that_reloads_the_same(checkpoints, tmp_path, capsys, name):
+    lay = LAYOUTS[name]
+    bb = load_backbone(lay.kind, str(checkpoints[name]))
+    bb.save_pretrained(tmp_path / "saved")
+    capsys.readouterr()
+    again = load_backbone(lay.kind, str(tmp_path / "saved"))
+    assert "using" not in capsys.readouterr().err  # the saved dir needs no fallback
+    assert type(again.tokenizer) is type(bb.tokenizer)
+    a, b = bb.encode(PROBES, 64), again.encode(PROBES, 64)
+    assert torch.equal(a["inputs"]["input_ids"], b["inputs"]["input_ids"])
+    assert torch.equal(a["offsets"], b["offsets"])
+
+
 # ---------------------------------------------------------------------------------------------
 # training one fold from the recipe line
 
