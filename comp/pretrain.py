@@ -340,8 +340,10 @@ def run_pretrain(cfg: PretrainConfig, texts: list[str] | None = None) -> Path:
     seed_everything(cfg.seed)
     lm = build_model(cfg.kind, tokenizer, cfg)
     if cfg.init_vectors:
-        from comp.vectors import load_vectors
+        from comp.vectors import load_vectors, train_vectors
 
+        # the same file `comp vectors` writes; built here from the corpus when it is missing
+        train_vectors(texts, "char", cfg.init_vectors)
         n = init_from_vectors(lm, tokenizer, load_vectors(cfg.init_vectors))
         log(f"pretrain: {n}/{len(tokenizer)} token embeddings from {cfg.init_vectors}")
     rng = np.random.default_rng(cfg.seed)

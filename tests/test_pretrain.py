@@ -132,7 +132,9 @@ def test_a_complete_card_for_the_same_config_skips_the_run(tmp_path):
 
 @pytest.mark.parametrize("kind", ["roberta_wwm", "wobert"])
 def test_every_kind_pretrains_and_loads(tmp_path, kind):
-    out = run_pretrain(tiny(kind, tmp_path, steps=3), texts=CORPUS)
+    kv = tmp_path / "w2v-char.kv"
+    out = run_pretrain(tiny(kind, tmp_path, steps=3, init_vectors=str(kv)), texts=CORPUS)
+    assert kv.exists()  # missing init vectors are trained from the corpus
     bb = load_backbone(kind, str(out))
     assert bb.kind == kind and bb.hidden_size == 32
 
