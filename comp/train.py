@@ -311,6 +311,11 @@ class FusionData:
         if self.rows is not None:
             return
         cfg, comp = self.recipe.model, self.comp
+        from comp.backbones import check_vocab_coverage
+
+        # a vocabulary missing most characters trains on [UNK]s: stop before the first fold
+        for i, (bc, b) in enumerate(zip(cfg.backbones, model.backbones)):
+            check_vocab_coverage(b, comp.train_texts, f"model.backbones[{i}] ({bc.path})")
         y = np.eye(comp.n_classes, dtype=np.float32)[comp.labels]
         self.rows = make_rows(comp.train_texts, cfg, y)
         self.test = make_rows(comp.test_texts, cfg, np.zeros((len(comp.test_texts),
