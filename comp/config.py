@@ -7,13 +7,12 @@ describes one member; `Recipe.to_toml()` writes the resolved recipe next to the 
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from comp.utils import CompError
 
