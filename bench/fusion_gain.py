@@ -12,7 +12,7 @@ recipes/pretrain/<kind>_tiny.toml when present (else PretrainConfig defaults); m
     single_oof=<acc> fusion_oof=<acc>
 
     .venv/bin/python bench/fusion_gain.py [--rows 3000] [--folds 2] [--epochs-frozen 2]
-                                          [--epochs-unfrozen 1]
+                                          [--epochs-unfrozen 1] [--threads N]
 """
 
 from __future__ import annotations
@@ -111,7 +111,12 @@ def main() -> None:
     ap.add_argument("--epochs-frozen", type=int, default=2)
     ap.add_argument("--epochs-unfrozen", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     os.chdir(ROOT)
     ensure_models()
     folds = list(range(args.folds))

@@ -256,3 +256,9 @@ def test_unknown_kind_and_unreachable_hub_id_are_comp_errors(tmp_path):
         load_backbone("bert", "no-such-user/no-such-model")
     with pytest.raises(CompError, match="no config.json"):
         load_backbone("bert", str(tmp_path))
+
+
+@pytest.mark.parametrize("kind", backbone_kinds())
+def test_tokenizer_training_is_deterministic(kind):
+    a = train_tokenizer(kind, CORPUS, TINY.vocab_size).get_vocab()
+    assert a == train_tokenizer(kind, CORPUS, TINY.vocab_size).get_vocab()

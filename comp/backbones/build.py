@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from tokenizers import normalizers, pre_tokenizers
 from torch import nn
 from transformers import BertTokenizer, XLNetTokenizer
 
@@ -35,15 +35,36 @@ UNIGRAM_SAMPLE = 5000  # texts the Unigram (XLNet) vocabulary is learnt from
 
 
 def _wordpiece_vocab(texts: list[str], vocab_size: int) -> dict[str, int]:
-    tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    # every CJK character becomes its own pre-token, so Chinese is covered character by character
-    tk.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                               strip_accents=None, lowercase=True)
-    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS,
-                                        show_progress=False)
-    tk.train_from_iterator(texts, trainer)
-    return tk.get_vocab()
+    """A character WordPiece vocabulary, as the Chinese BERTs have, counted deterministically.
+
+    Every character of the corpus (each CJK character is its own pre-token after BERT's
+    normalizer), "##" forms of characters seen inside words, then the most frequent multi-char
+    words (Latin words, numbers) up to `vocab_size`. WordPiece's longest match spells any other
+    word from characters. Counting instead of `tokenizers`' WordPieceTrainer: its merges break
+    ties in hash order, so the same corpus gave different vocabularies in different processes.
+    """
+    norm = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                      strip_accents=None, lowercase=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    first: Counter[str] = Counter()
+    inner: Counter[str] = Counter()
+    words: Counter[str] = Counter()
+    for t in texts:
+        for w, _ in pre.pre_tokenize_str(norm.normalize_str(t)):
+            first[w[0]] += 1
+            inner.update(w[1:])
+            if len(w) > 1:
+                words[w] += 1
+
+    def ranked(c: Counter[str]) -> list[str]:
+        return [k for k, _ in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+    vocab = list(BERT_SPECIALS)
+    vocab += [c for c in ranked(first + inner) if c not in BERT_SPECIALS]
+    vocab += ["##" + c for c in ranked(inner)]
+    budget = max(0, vocab_size - len(vocab))
+    vocab += [w for w in ranked(words)[:budget] if words[w] >= 2]
+    return {t: i for i, t in enumerate(dict.fromkeys(vocab))}
 
 
 def _jieba_words(texts: list[str], budget: int) -> list[str]:
