@@ -127,9 +127,12 @@ def hf_rows_per_s(path: str, recipe, comp, idx) -> float:
         DataCollatorWithPadding,
         get_linear_schedule_with_warmup,
     )
+    from transformers.utils import logging as hf_logging
 
     from comp.align import truncate
 
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=comp.n_classes)
