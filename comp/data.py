@@ -283,14 +283,20 @@ def _clean(v: str | None) -> str:
     return v.strip()
 
 
+def _non_empty(table: Table, col: str, problem: str) -> list[str]:
+    """A column's cleaned values; an empty or NaN cell is an error naming its row."""
+    out = []
+    for row, n in zip(table.rows, table.row_numbers):
+        v = _clean(row.get(col))
+        if not v:
+            raise CompError(f"{table.path}: row {n}: column '{col}'{problem}")
+        out.append(v)
+    return out
+
+
 def _ids(table: Table, id_col: str, prefix: str, required: bool) -> list[str]:
     if id_col in table.columns:
-        ids = []
-        for row, n in zip(table.rows, table.row_numbers):
-            v = _clean(row.get(id_col))
-            if not v:
-                raise CompError(f"{table.path}: row {n}: column '{id_col}' is empty")
-            ids.append(v)
+        ids = _non_empty(table, id_col, " is empty")
     elif required:
         raise CompError(f"{table.path}: missing id column '{id_col}' "
                         f"(columns: {', '.join(table.columns)})")
@@ -339,12 +345,7 @@ def load_competition(cfg: DataConfig) -> Competition:
     if label_col not in train.columns:
         raise CompError(f"{train_path}: missing label column '{label_col}' "
                         f"(columns: {', '.join(train.columns)})")
-    raw_labels = []
-    for row, n in zip(train.rows, train.row_numbers):
-        v = _clean(row.get(label_col))
-        if not v:
-            raise CompError(f"{train_path}: row {n}: column '{label_col}': empty or NaN label")
-        raw_labels.append(v)
+    raw_labels = _non_empty(train, label_col, ": empty or NaN label")
     classes = class_order(raw_labels)
     if len(classes) < 2:
         raise CompError(f"{train_path}: column '{label_col}': only one class ({classes[0]!r})")
