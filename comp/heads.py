@@ -19,7 +19,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from comp.utils import CompError
 
@@ -34,6 +33,7 @@ __all__ = [
     "create_pool",
     "masked_max",
     "masked_mean",
+    "reverse_index",
 ]
 
 _HEADS: dict[str, Callable[[int, Any], Head]] = {}
@@ -188,29 +188,49 @@ class Head(nn.Module):
 
 
 class BiLSTMHead(Head):
-    """A bidirectional LSTM over the grid, then masked pooling of its outputs."""
+    """A bidirectional LSTM over the grid, then masked pooling of its outputs.
+
+    The forward direction runs on the padded rows as they are (padding comes after the text and
+    cannot reach it), and the backward direction runs on each row's text reversed in place by
+    its length. Outputs equal a packed-sequence biLSTM on every text position, with a backward
+    pass several times faster on CPU than packing.
+    """
 
     def __init__(self, in_dim: int, hidden: int, pooling: str, dropout: float) -> None:
         super().__init__()
         self.drop = nn.Dropout(dropout)
-        self.lstm = nn.LSTM(in_dim, hidden, batch_first=True, bidirectional=True)
+        self.fwd = nn.LSTM(in_dim, hidden, batch_first=True)
+        self.bwd = nn.LSTM(in_dim, hidden, batch_first=True)
         self.pool = create_pool(pooling, 2 * hidden)
         self.out_dim = self.pool.out_dim
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """Run the LSTM on each row's text only (packed), then pool."""
-        b, n, _ = x.shape
+        """Run both directions on each row's text only, then pool."""
+        b, n, d = x.shape
         if n == 0:
             return x.new_zeros(b, self.out_dim)
         x = self.drop(x.masked_fill(~mask.unsqueeze(-1), 0.0))
-        # length = last unmasked position + 1 (the grid mask is a prefix); empty rows run one
-        # step that pooling then masks out, since packing refuses zero lengths
-        pos = torch.arange(1, n + 1, device=mask.device)
-        lengths = (mask.long() * pos).max(dim=1).values.clamp(min=1)  # (B,)
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.lstm(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=n)  # (B, N, 2*hidden)
-        return self.pool(out, mask)
+        idx = reverse_index(mask)  # (B, N)
+        fw, _ = self.fwd(x)  # (B, N, hidden)
+        bw, _ = self.bwd(x.gather(1, idx.unsqueeze(-1).expand(b, n, d)))
+        bw = bw.gather(1, idx.unsqueeze(-1).expand_as(bw))  # back to text order
+        return self.pool(torch.cat([fw, bw], dim=-1), mask)  # (B, N, 2*hidden) -> pooled
+
+
+def reverse_index(mask: Tensor) -> Tensor:
+    """Gather index that reverses each row's text and keeps the padding after it in place.
+
+    Args:
+        mask: (B, N) bool; a row's text runs up to its last True position.
+
+    Returns:
+        (B, N) long; `x.gather(1, idx)` reverses each row's text, and applying it twice is the
+        identity.
+    """
+    b, n = mask.shape
+    pos = torch.arange(n, device=mask.device).expand(b, n)  # (B, N)
+    lengths = (mask.long() * (pos + 1)).max(dim=1, keepdim=True).values  # (B, 1)
+    return torch.where(pos < lengths, lengths - 1 - pos, pos)
 
 
 class CNNHead(Head):

@@ -189,3 +189,38 @@ def test_msd_averages_several_masks():
     err_msd = (clf(pooled, []) - eval_logits).pow(2).mean()
     err_one = (single(pooled, []) - eval_logits).pow(2).mean()
     assert err_msd < err_one
+
+
+def test_reverse_index_reverses_each_text_and_is_an_involution():
+    from comp.heads import reverse_index
+
+    _, mask = _batch()
+    idx = reverse_index(mask)
+    assert idx[0].tolist() == list(range(8, -1, -1))
+    assert idx[1].tolist() == [4, 3, 2, 1, 0, 5, 6, 7, 8]
+    assert idx[2].tolist() == list(range(N)) and idx[3].tolist() == list(range(N))
+    assert torch.equal(idx.gather(1, idx), torch.arange(N).expand(B, N))
+
+
+def test_bilstm_equals_a_packed_bidirectional_lstm_on_text_positions():
+    """Reversing rows in place gives the packed biLSTM's outputs, values and gradients."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    head = _head("bilstm", "maxmean").eval()
+    ref = torch.nn.LSTM(D, 5, batch_first=True, bidirectional=True)
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(ref, f"{name}_l0").copy_(getattr(head.fwd, f"{name}_l0"))
+            getattr(ref, f"{name}_l0_reverse").copy_(getattr(head.bwd, f"{name}_l0"))
+    x, mask = _batch(3)
+    x = x.masked_fill(~mask.unsqueeze(-1), 0.0)  # the head zeroes padding too
+    lens = torch.tensor(LENS).clamp(min=1)
+    out, _ = ref(pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False))
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=N)
+    want = head.pool(out, mask)
+    got = head(x, mask)
+    assert torch.allclose(got, want, atol=1e-6)
+    want.sum().backward()
+    got.sum().backward()
+    assert torch.allclose(head.bwd.weight_hh_l0.grad, ref.weight_hh_l0_reverse.grad, atol=1e-5)
+    assert torch.allclose(head.fwd.weight_ih_l0.grad, ref.weight_ih_l0.grad, atol=1e-5)
