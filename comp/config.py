@@ -36,7 +36,10 @@ class DataConfig:
     text_sep: str = "。"  # joins several text columns (title + content)
     folds: int = 5
     fold_seed: int = 42
-    extra: str = ""  # optional file of extra unlabelled texts (one per line or a test-like file)
+    # optional unlabelled texts: a test-like CSV/TSV/JSONL (same text columns) or a .txt with
+    # one text per line; relative to dir. Members predict them after the test texts, for
+    # pseudo-labelling and distillation; they never enter the folds or the recipe fingerprint.
+    extra: str = ""
 
     def __post_init__(self) -> None:
         _check(self.folds >= 2, "data.folds", "must be >= 2")
@@ -88,6 +91,7 @@ class ModelConfig:
     channels: int = 128
     pooling: str = "maxmean"  # maxmean | attention
     dropout: float = 0.2
+    input_dropout: str = "spatial"  # head input: spatial (channels per text) | element
     cls_skip: bool = True
     msd: int = 0  # multi-sample dropout passes; 0 = off
     max_chars: int = 256  # character grid length after truncation
@@ -97,6 +101,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+        _check(self.input_dropout in ("spatial", "element"), "model.input_dropout",
+               "must be spatial or element")
         _check(0.0 <= self.head_frac <= 1.0, "model.head_frac", "must be in [0, 1]")
         _check(self.truncation in ("head", "head_tail", "window"), "model.truncation",
                "must be head, head_tail or window")

@@ -2,6 +2,11 @@
 
 Every error names the file, the row and the column. Row numbers count the header as row 1, as a
 spreadsheet shows them; JSON lines count from 1.
+
+An optional file of unlabelled texts (`data.extra`) is read with the test file's text columns.
+Members predict those texts after the test texts (`Competition.predict_texts`), so an
+ensemble's confident predictions on them can become pseudo-labels or distillation targets. They
+never enter the fold table or the train/test fingerprints.
 """
 
 from __future__ import annotations
@@ -198,11 +203,24 @@ class Competition:
     sub_id_col: str = "id"
     sub_label_col: str = "label"
     warnings: list[str] = field(default_factory=list)
+    unlabelled_path: Path | None = None  # data.extra, resolved; None when not configured
+    unlabelled_ids: list[str] = field(default_factory=list)
+    unlabelled_texts: list[str] = field(default_factory=list)
 
     @property
     def n_classes(self) -> int:
         """Number of classes."""
         return len(self.classes)
+
+    @property
+    def predict_texts(self) -> list[str]:
+        """What members predict: the test texts, then the unlabelled texts."""
+        return self.test_texts + self.unlabelled_texts
+
+    @property
+    def unlabelled_hash(self) -> str | None:
+        """Fingerprint of the unlabelled texts; None when there are none."""
+        return sha1_of(self.unlabelled_texts) if self.unlabelled_texts else None
 
     @property
     def train_hash(self) -> str:
@@ -251,7 +269,8 @@ def _text_columns(table: Table, cfg: DataConfig) -> list[str]:
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-def _texts(table: Table, cols: list[str], sep: str, warnings: list[str]) -> list[str]:
+def _texts(table: Table, cols: list[str], sep: str, warnings: list[str],
+           empty_fate: str = "kept as empty strings") -> list[str]:
     out, empty, controlled = [], 0, 0
     for row in table.rows:
         parts = [_clean(row.get(c)) for c in cols]
@@ -265,7 +284,7 @@ def _texts(table: Table, cols: list[str], sep: str, warnings: list[str]) -> list
     if controlled:
         _warn(warnings, f"{table.path}: removed control characters from {controlled} text(s)")
     if empty:
-        _warn(warnings, f"{table.path}: {empty} empty or NaN text(s) kept as empty strings")
+        _warn(warnings, f"{table.path}: {empty} empty or NaN text(s) {empty_fate}")
     return out
 
 
@@ -372,19 +391,65 @@ def load_competition(cfg: DataConfig) -> Competition:
             else:
                 what = f"{len(extra)} test id(s) absent from the sample, e.g. '{extra[0]}'"
             raise CompError(f"{sample_path}: column '{sub_id}': {what}")
-    return Competition(d, train_path, test_path, sample_path, train_ids, train_texts, labels,
+    comp = Competition(d, train_path, test_path, sample_path, train_ids, train_texts, labels,
                        classes, test_ids, test_texts, sub_id, sub_label, warnings)
+    if cfg.extra:
+        comp.unlabelled_path = unlabelled_file(cfg)
+        comp.unlabelled_ids, comp.unlabelled_texts = read_unlabelled(comp.unlabelled_path, cfg,
+                                                                     warnings)
+    return comp
 
 
-def read_extra_texts(path: str | Path, cfg: DataConfig) -> list[str]:
-    """Extra unlabelled texts: a table with the text column(s), or plain lines."""
-    p = Path(path)
-    if p.suffix.lower() in (".txt", ""):
-        raw = p.read_bytes()
-        text, _ = detect_encoding(raw, p)
-        return [t.strip() for t in text.splitlines() if t.strip()]
-    table = read_table(p, cfg.format, cfg.encoding)
-    return [t for t in _texts(table, _text_columns(table, cfg), cfg.text_sep, []) if t]
+def unlabelled_file(cfg: DataConfig) -> Path:
+    """Where `data.extra` points: absolute, else inside the competition dir (else as given)."""
+    p = Path(cfg.extra)
+    if p.is_absolute():
+        candidates = [p]
+    else:
+        candidates = [Path(cfg.dir) / p, p]  # a path relative to the working dir also works
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise CompError(f"{candidates[0]}: unlabelled file not found (recipe key 'data.extra')")
+
+
+def read_unlabelled(path: str | Path, cfg: DataConfig,
+                    warnings: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """Read a file of unlabelled texts: CSV/TSV/JSON lines with the test file's text column(s),
+    or a .txt file holding one text per line.
+
+    Args:
+        path: the file.
+        cfg: the data section (format, encoding, text columns, id column, separator).
+        warnings: collects the one-line warnings (empty texts, control characters).
+
+    Returns:
+        (ids, texts): ids from the id column when the file has one, else `unlabelled-<k>`;
+        empty texts are skipped (and counted in a warning), so ids may have gaps.
+    """
+    path = Path(path)
+    warnings = warnings if warnings is not None else []
+    if path.suffix.lower() == ".txt":
+        if not path.exists():
+            raise CompError(f"{path}: file not found")
+        text, enc = detect_encoding(path.read_bytes(), path, cfg.encoding)
+        lines = text.splitlines()
+        table = Table(path, ["text"], [{"text": t} for t in lines],
+                      list(range(1, len(lines) + 1)), enc)
+        cols = ["text"]
+    else:
+        table = read_table(path, cfg.format, cfg.encoding)
+        cols = _text_columns(table, cfg)
+    if not table.rows:
+        raise CompError(f"{path}: no data rows (header only)")
+    ids = _ids(table, cfg.id_col, "unlabelled-", required=False)
+    # an empty text has nothing to predict or learn from: skipped, unlike test rows
+    texts = _texts(table, cols, cfg.text_sep, warnings, empty_fate="skipped")
+    keep = [k for k, t in enumerate(texts) if t]
+    if not keep:
+        raise CompError(f"{path}: every text is empty (columns: {', '.join(cols)})")
+    log(f"unlabelled: {len(keep)} texts from {path}")
+    return [ids[k] for k in keep], [texts[k] for k in keep]
 
 
 # ---------------------------------------------------------------------------------------------

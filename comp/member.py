@@ -3,6 +3,13 @@
 A member turns a Competition and the shared fold table into runs/<name>/:
   fold{k}/val_proba.npy, fold{k}/test_proba.npy, fold{k}/done.json   (one per fold, resumable)
   oof.npy (n_train, C), test.npy (n_test, C), classes.json, cv.json, recipe.toml
+  fold{k}/unlabelled_proba.npy, unlabelled.npy (n_unlabelled, C)     (when data.extra is set)
+
+A fold predicts `ctx.predict_texts`: the test texts, then the unlabelled texts of `data.extra`.
+The runner splits that (n_test + n_unlabelled, C) block into test and unlabelled probabilities,
+both fold-averaged. A member kind that predicts the test texts only ((n_test, C)) still works;
+it just writes no unlabelled.npy. The unlabelled file is not part of the recipe fingerprint: a
+done fold records the unlabelled texts it was asked to predict, and is refitted when they change.
 
 Extra training rows (pseudo-labels, distillation targets for unlabelled text) join each fold's
 training part only. Any extra row whose normalized text equals a validation row's text is dropped
@@ -67,16 +74,27 @@ class FoldContext:
         """Texts of the fold's validation part."""
         return [self.comp.train_texts[i] for i in self.val_idx]
 
+    @property
+    def predict_texts(self) -> list[str]:
+        """Texts the fold predicts besides validation: the test texts, then the unlabelled."""
+        return self.comp.predict_texts
 
-# (val_proba (n_val, C), test_proba (n_test, C))
+
+# (val_proba (n_val, C), predict_proba (n_test + n_unlabelled, C) for ctx.predict_texts;
+#  (n_test, C) from a member kind that predicts the test texts only)
 FitFold = Callable[[FoldContext], tuple[np.ndarray, np.ndarray]]
 
 
 def recipe_fingerprint(recipe: Recipe) -> str:
-    """What makes two runs of a member interchangeable: the recipe minus its search space."""
+    """What makes two runs of a member interchangeable: the recipe minus its search space.
+
+    `data.extra` is left out: which unlabelled texts a fold predicted is recorded in its done
+    marker instead, so adding them never invalidates a run's identity.
+    """
     d = recipe.to_dict()
     d.pop("tune", None)
     d.pop("runs_dir", None)
+    d["data"]["extra"] = ""
     from comp.config import dumps_toml
 
     return sha1_of([dumps_toml(d)])
@@ -99,7 +117,8 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
 
     Args:
         recipe: the resolved recipe (recipe.name names runs/<name>).
-        fit_fold: trains on ctx.train_idx (+ ctx.extra), returns (val_proba, test_proba).
+        fit_fold: trains on ctx.train_idx (+ ctx.extra), returns (val_proba, predict_proba),
+            the latter for ctx.predict_texts (or for the test texts only).
         folds_to_run: a subset of folds (a cluster fans folds out); None = all.
         force: retrain folds even if done.
         extra: rows joining training parts only (pseudo-labels, teacher targets).
@@ -122,17 +141,23 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "recipe.toml", recipe.to_toml())
 
+    unl_hash = comp.unlabelled_hash
+    told = False
     for f in wanted:
         fdir = run_dir / f"fold{f}"
         done = fdir / "done.json"
         if done.exists() and not force:
             meta = read_json(done)
-            if meta.get("recipe") == fingerprint:
+            if meta.get("recipe") != fingerprint:
+                raise CompError(f"{fdir}: made by a different recipe; rerun with --force or "
+                                "give the member a new name")
+            if meta.get("unlabelled_hash") == unl_hash:
                 log(f"{recipe.name} fold {f}: done ({meta['metric']}={meta['score']:.4f}), "
                     "skipped")
                 continue
-            raise CompError(f"{fdir}: made by a different recipe; rerun with --force or give "
-                            "the member a new name")
+            # the model is not kept, so predicting other unlabelled texts means refitting
+            log(f"{recipe.name} fold {f}: done, but for other unlabelled texts (data.extra); "
+                "refitting")
         if fdir.exists():
             shutil.rmtree(fdir)  # an interrupted fold restarts cleanly
         fdir.mkdir(parents=True)
@@ -146,16 +171,23 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
         ctx = FoldContext(f, train_idx, val_idx, fdir, comp, recipe, fold_extra,
                           report or (lambda step, value: None))
         t0 = time.time()
-        val_proba, test_proba = fit_fold(ctx)
+        val_proba, pred_proba = fit_fold(ctx)
         _check_shape(val_proba, (len(val_idx), comp.n_classes), "validation")
-        _check_shape(test_proba, (len(comp.test_ids), comp.n_classes), "test")
+        test_proba, unl_proba = split_predictions(pred_proba, comp)
+        if unl_hash is not None and unl_proba is None and not told:
+            log(f"{recipe.name}: this member kind predicts the test texts only; "
+                "no unlabelled.npy")
+            told = True
         s = score(recipe.metric, comp.labels[val_idx], val_proba)
         save_npy(fdir / "val_proba.npy", val_proba.astype(np.float32))
         save_npy(fdir / "test_proba.npy", test_proba.astype(np.float32))
+        if unl_proba is not None:
+            save_npy(fdir / "unlabelled_proba.npy", unl_proba.astype(np.float32))
         write_json(done, {"fold": f, "metric": recipe.metric, "score": s,
                           "seconds": round(time.time() - t0, 2), "recipe": fingerprint,
                           "n_train": len(train_idx), "n_val": len(val_idx),
-                          "n_extra": len(fold_extra)})
+                          "n_extra": len(fold_extra), "unlabelled_hash": unl_hash,
+                          "unlabelled_predicted": unl_proba is not None})
         log(f"{recipe.name} fold {f}: {recipe.metric}={s:.4f} ({time.time() - t0:.0f}s)")
     return assemble(recipe, comp, folds)
 
@@ -177,6 +209,14 @@ def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray) -> dict | Non
     for f in range(k):
         oof[folds == f] = np.load(run_dir / f"fold{f}" / "val_proba.npy")
         test += np.load(run_dir / f"fold{f}" / "test_proba.npy") / k
+    # unlabelled predictions only when every fold made them for the current texts
+    unl = None
+    if comp.unlabelled_hash is not None and all(
+            m.get("unlabelled_hash") == comp.unlabelled_hash and m.get("unlabelled_predicted")
+            for m in metas):
+        unl = np.zeros((len(comp.unlabelled_texts), comp.n_classes), dtype=np.float64)
+        for f in range(k):
+            unl += np.load(run_dir / f"fold{f}" / "unlabelled_proba.npy") / k
     cv = {
         "name": recipe.name,
         "kind": recipe.kind,
@@ -191,6 +231,11 @@ def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray) -> dict | Non
         "seconds": round(sum(m["seconds"] for m in metas), 2),
         "extra_rows": max(m.get("n_extra", 0) for m in metas),
     }
+    if unl is not None:
+        cv.update(n_unlabelled=len(unl), unlabelled_hash=comp.unlabelled_hash)
+        save_npy(run_dir / "unlabelled.npy", unl.astype(np.float32))
+    elif (run_dir / "unlabelled.npy").exists():
+        (run_dir / "unlabelled.npy").unlink()  # from other unlabelled texts: never mix
     save_npy(run_dir / "oof.npy", oof)
     save_npy(run_dir / "test.npy", test.astype(np.float32))
     write_json(run_dir / "classes.json", comp.classes)
@@ -198,6 +243,24 @@ def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray) -> dict | Non
     folds_txt = " ".join(f"{s:.4f}" for s in cv["fold_scores"])
     log(f"{recipe.name}: OOF {recipe.metric}={cv['cv']:.4f} (folds {folds_txt})")
     return cv
+
+
+def split_predictions(pred: np.ndarray, comp: Competition
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+    """A fold's (n_test + n_unlabelled, C) predictions -> (test (n_test, C), unlabelled or None).
+
+    (n_test, C) is accepted too (a member kind that predicts the test texts only).
+    """
+    n_test, n_unl, c = len(comp.test_ids), len(comp.unlabelled_texts), comp.n_classes
+    if n_unl and getattr(pred, "shape", None) == (n_test + n_unl, c):
+        _check_shape(pred, (n_test + n_unl, c), "test + unlabelled")
+        return pred[:n_test], pred[n_test:]
+    if n_unl and getattr(pred, "shape", None) != (n_test, c):
+        raise CompError(f"member returned test probabilities of shape {pred.shape}, expected "
+                        f"({n_test + n_unl}, {c}) for the test then unlabelled texts "
+                        f"(or ({n_test}, {c}) for the test texts only)")
+    _check_shape(pred, (n_test, c), "test")
+    return pred, None
 
 
 def _check_shape(a: np.ndarray, shape: tuple[int, int], what: str) -> None:

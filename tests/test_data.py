@@ -150,3 +150,109 @@ def test_fold_table_is_reused_and_never_silently_replaced(small_comp):
     assert (a == b).all()
     with pytest.raises(CompError, match="other settings"):
         load_folds(comp, DataConfig(dir=str(small_comp), folds=3))
+
+
+# ---------------------------------------------------------------------------------------------
+# unlabelled texts (data.extra)
+
+
+def _unl_comp(tmp_path):
+    return _comp(tmp_path, [("a", "好", "pos"), ("b", "坏", "neg")], [("c", "一般")])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "txt"])
+def test_unlabelled_file_in_every_format(tmp_path, fmt):
+    import dataclasses
+
+    cfg = _unl_comp(tmp_path)
+    texts = ["还行吧", "", "非常满意", "nan", "  差评  "]
+    name = f"more.{fmt}"
+    if fmt in ("csv", "tsv"):
+        _write(tmp_path / name, ["id", "text"], [(f"u{i}", t) for i, t in enumerate(texts)],
+               delimiter="\t" if fmt == "tsv" else ",")
+    elif fmt == "jsonl":
+        (tmp_path / name).write_text("\n".join(json.dumps({"id": f"u{i}", "text": t},
+                                                          ensure_ascii=False)
+                                               for i, t in enumerate(texts)), encoding="utf-8")
+    else:
+        (tmp_path / name).write_text("\n".join(texts), encoding="gb18030")
+    comp = load_competition(dataclasses.replace(cfg, extra=name))
+    assert comp.unlabelled_texts == ["还行吧", "非常满意", "差评"]
+    if fmt != "txt":
+        assert comp.unlabelled_ids == ["u0", "u2", "u4"]
+    assert len(set(comp.unlabelled_ids)) == 3
+    assert comp.predict_texts == ["一般", "还行吧", "非常满意", "差评"]
+    assert comp.unlabelled_path == tmp_path / name and comp.unlabelled_hash
+    assert any("2 empty or NaN text(s) skipped" in w for w in comp.warnings)
+    assert comp.test_texts == ["一般"] and len(comp.train_texts) == 2
+
+
+def test_unlabelled_file_uses_the_test_text_columns(tmp_path):
+    import dataclasses
+
+    _write(tmp_path / "train.csv", ["title", "body", "label"], [("a", "b", "x"), ("c", "d", "y")])
+    _write(tmp_path / "test.csv", ["id", "title", "body"], [("t", "e", "f")])
+    _write(tmp_path / "u.csv", ["title", "body"], [("标题", "正文"), ("", "只有正文")])
+    cfg = DataConfig(dir=str(tmp_path), text_cols=("title", "body"), text_sep="|", extra="u.csv")
+    comp = load_competition(cfg)
+    assert comp.unlabelled_texts == ["标题|正文", "只有正文"]
+    assert comp.unlabelled_ids == ["unlabelled-0", "unlabelled-1"]
+    assert load_competition(dataclasses.replace(cfg, extra="")).unlabelled_texts == []
+
+
+@pytest.mark.parametrize("case, pattern", [
+    ("missing", r"nope\.csv: unlabelled file not found \(recipe key 'data\.extra'\)"),
+    ("column", r"u\.csv: missing text column 'text' \(columns: id, body\)"),
+    ("dup_id", r"u\.csv: row 3: column 'id': duplicate id 'k' \(first at row 2\)"),
+    ("json", r"u\.jsonl: line 2: invalid JSON"),
+    ("cells", r"u\.csv: row 3: 3 cells for 2 columns"),
+    ("empty", r"u\.csv: every text is empty"),
+    ("header_only", r"u\.csv: no data rows"),
+])
+def test_bad_unlabelled_file_is_one_line_naming_file_row_column(tmp_path, case, pattern):
+    import dataclasses
+
+    cfg = _unl_comp(tmp_path)
+    name = "u.csv"
+    if case == "missing":
+        name = "nope.csv"
+    elif case == "column":
+        _write(tmp_path / name, ["id", "body"], [("k", "文本")])
+    elif case == "dup_id":
+        _write(tmp_path / name, ["id", "text"], [("k", "一"), ("k", "二")])
+    elif case == "json":
+        name = "u.jsonl"
+        (tmp_path / name).write_text('{"text": "好"}\n{"text": 坏}\n', encoding="utf-8")
+    elif case == "cells":
+        (tmp_path / name).write_text("id,text\na,好\nb,坏,多\n", encoding="utf-8")
+    elif case == "empty":
+        _write(tmp_path / name, ["id", "text"], [("a", ""), ("b", "NaN")])
+    else:
+        (tmp_path / name).write_text("id,text\n", encoding="utf-8")
+    with pytest.raises(CompError, match=pattern) as e:
+        load_competition(dataclasses.replace(cfg, extra=name))
+    assert "\n" not in str(e.value)
+
+
+def test_unset_unlabelled_changes_neither_folds_nor_fingerprints(small_comp):
+    """A recipe without data.extra fingerprints exactly as before the option existed, and
+    setting it moves neither the fold table nor the recipe fingerprint."""
+    from comp.config import dumps_toml, load_recipe
+    from comp.member import recipe_fingerprint
+    from comp.utils import sha1_of
+
+    _write(small_comp / "unlabelled.csv", ["id", "text"], [("u0", "好评如潮"), ("u1", "太差了")])
+    base = [f"data.dir={small_comp}", "data.folds=3", "name=m"]
+    plain = load_recipe(None, base)
+    d = plain.to_dict()
+    d.pop("tune")
+    d.pop("runs_dir")
+    assert recipe_fingerprint(plain) == sha1_of([dumps_toml(d)])
+    with_unl = load_recipe(None, base + ["data.extra=unlabelled.csv"])
+    assert recipe_fingerprint(with_unl) == recipe_fingerprint(plain)
+    a, b = load_competition(plain.data), load_competition(with_unl.data)
+    assert (a.train_hash, a.test_hash) == (b.train_hash, b.test_hash)
+    assert b.unlabelled_texts == ["好评如潮", "太差了"] and not a.unlabelled_texts
+    folds = load_folds(a, plain.data)
+    assert np.array_equal(load_folds(b, with_unl.data), folds)
+    assert json.loads((small_comp / "folds.json").read_text())["train_hash"] == a.train_hash

@@ -1,3 +1,6 @@
+import csv
+import json
+
 import numpy as np
 import pytest
 
@@ -78,3 +81,91 @@ def test_extra_for_fold_counts_dropped_rows():
     extra = ExtraRows(["a", "B ", "c"], np.zeros((3, 2)), np.ones(3))
     kept, dropped = extra_for_fold(extra, ["b", "x"])
     assert kept.texts == ["a", "c"] and dropped == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# unlabelled texts (data.extra)
+
+
+def _with_unlabelled(small_comp, tmp_path, texts, name="m"):
+    with open(small_comp / "unlabelled.csv", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text"])
+        w.writerows((f"u{i}", t) for i, t in enumerate(texts))
+    return load_recipe(None, [f"data.dir={small_comp}", "data.folds=3", f"name={name}",
+                              f"runs_dir={tmp_path / 'runs'}", "data.extra=unlabelled.csv"])
+
+
+def _predicting_fit(calls):
+    """A member kind that predicts ctx.predict_texts: a per-fold constant, so averages show."""
+    def fit(ctx):
+        calls.append(ctx.fold)
+        n = len(ctx.predict_texts)
+        assert ctx.predict_texts[:len(ctx.comp.test_texts)] == ctx.comp.test_texts
+        p = np.tile([0.1 * (ctx.fold + 1), 1 - 0.1 * (ctx.fold + 1)], (n, 1))
+        return np.full((len(ctx.val_idx), 2), 0.5), p
+    return fit
+
+
+def test_members_write_fold_averaged_unlabelled_predictions(small_comp, tmp_path):
+    texts = ["第一条额外文本", "第二条", "第三条评论"]
+    r = _with_unlabelled(small_comp, tmp_path, texts)
+    calls = []
+    cv = run_member(r, _predicting_fit(calls))
+    d = r.run_dir
+    unl, test = np.load(d / "unlabelled.npy"), np.load(d / "test.npy")
+    assert unl.shape == (3, 2) and test.shape == (100, 2)
+    assert np.allclose(unl[:, 0], 0.2) and np.allclose(test[:, 0], 0.2)  # mean of .1 .2 .3
+    assert np.load(d / "fold1" / "unlabelled_proba.npy").shape == (3, 2)
+    assert cv["n_unlabelled"] == 3 and cv["n_test"] == 100
+    assert cv["unlabelled_hash"] == load_competition(r.data).unlabelled_hash
+    run_member(r, _predicting_fit(calls))
+    assert calls == [0, 1, 2]  # resumed: done folds predicted these very texts
+
+    from comp.ensemble import read_member
+
+    assert read_member(d).unlabelled.shape == (3, 2)
+
+
+def test_changed_unlabelled_texts_refit_folds_and_old_runs_still_load(small_comp, tmp_path):
+    plain = _recipe(small_comp, tmp_path)
+    calls = []
+    run_member(plain, _predicting_fit(calls))  # made before any unlabelled file
+    d = plain.run_dir
+    for f in range(3):  # done markers of a run older than the option
+        meta = read_json(d / f"fold{f}" / "done.json")
+        meta.pop("unlabelled_hash")
+        meta.pop("unlabelled_predicted")
+        (d / f"fold{f}" / "done.json").write_text(json.dumps(meta))
+    run_member(plain, _predicting_fit(calls))
+    assert calls == [0, 1, 2] and not (d / "unlabelled.npy").exists()
+
+    from comp.ensemble import read_member
+
+    assert read_member(d).unlabelled is None
+    r = _with_unlabelled(small_comp, tmp_path, ["甲", "乙"])  # same name and recipe
+    run_member(r, _predicting_fit(calls))
+    assert calls == [0, 1, 2] * 2 and np.load(d / "unlabelled.npy").shape == (2, 2)
+    r = _with_unlabelled(small_comp, tmp_path, ["甲", "乙", "丙"])  # the file grew
+    run_member(r, _predicting_fit(calls))
+    assert calls == [0, 1, 2] * 3 and np.load(d / "unlabelled.npy").shape == (3, 2)
+
+
+def test_member_kind_predicting_test_only_writes_no_unlabelled(small_comp, tmp_path):
+    r = _with_unlabelled(small_comp, tmp_path, ["甲", "乙"])
+    calls = []
+    cv = run_member(r, _prior_fit(calls))  # returns (n_test, C)
+    assert cv is not None and "n_unlabelled" not in cv
+    assert not (r.run_dir / "unlabelled.npy").exists()
+    assert np.load(r.run_dir / "test.npy").shape == (100, 2)
+    run_member(r, _prior_fit(calls))
+    assert calls == [0, 1, 2]  # not refitted again and again
+
+
+def test_wrong_prediction_rows_name_both_shapes(small_comp, tmp_path):
+    r = _with_unlabelled(small_comp, tmp_path, ["甲", "乙"])
+
+    def fit(ctx):
+        return np.full((len(ctx.val_idx), 2), 0.5), np.full((101, 2), 0.5)
+    with pytest.raises(CompError, match=r"\(101, 2\), expected \(102, 2\).*\(100, 2\)"):
+        run_member(r, fit, folds_to_run=[0])
