@@ -4,6 +4,10 @@ A member is a directory holding oof.npy (n_train, C), test.npy (n_test, C), clas
 cv.json. Blenders and stackers follow the scikit-learn estimator protocol and take a 3-D X of
 probabilities (n_rows, n_members, C), so `clone` plus one fold loop gives every method the same
 honest CV: the model that predicts fold k has only seen the other folds' OOF rows and labels.
+
+A member may also hold unlabelled.npy (n_unlabelled, C): its predictions on `data.extra`. When
+every member has them for the same texts, the full-fit blender predicts them exactly as it
+predicts the test rows; otherwise the ensemble leaves them out and says why.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class Member:
     classes: list[str]
     cv: dict[str, Any]
     path: Path | None = None
+    unlabelled: np.ndarray | None = None  # (n_unlabelled, C) when the member predicted them
 
 
 def read_member(run_dir: str | Path) -> Member:
@@ -60,11 +65,14 @@ def read_member(run_dir: str | Path) -> Member:
     classes = [str(c) for c in read_json(d / "classes.json")]
     oof = _check_proba(np.load(d / "oof.npy"), d / "oof.npy", len(classes))
     test = _check_proba(np.load(d / "test.npy"), d / "test.npy", len(classes))
-    for key, arr in (("n_train", oof), ("n_test", test)):
-        if key in cv and int(cv[key]) != arr.shape[0]:
+    unl = None
+    if (d / "unlabelled.npy").exists():
+        unl = _check_proba(np.load(d / "unlabelled.npy"), d / "unlabelled.npy", len(classes))
+    for key, arr in (("n_train", oof), ("n_test", test), ("n_unlabelled", unl)):
+        if arr is not None and key in cv and int(cv[key]) != arr.shape[0]:
             raise CompError(f"{d}: cv.json {key}={cv[key]} but the array has {arr.shape[0]} rows")
     return Member(name=str(cv.get("name") or d.name), oof=oof, test=test, classes=classes,
-                  cv=cv, path=d)
+                  cv=cv, path=d, unlabelled=unl)
 
 
 def _check_proba(a: np.ndarray, where: Path, n_classes: int) -> np.ndarray:
@@ -125,6 +133,27 @@ def stack_members(members: Sequence[Member]) -> tuple[np.ndarray, np.ndarray]:
     """The blenders' inputs: (n_train, M, C) OOF and (n_test, M, C) test probabilities."""
     return (np.stack([m.oof for m in members], axis=1),
             np.stack([m.test for m in members], axis=1))
+
+
+def stack_unlabelled(members: Sequence[Member]) -> tuple[np.ndarray | None, str]:
+    """(n_unlabelled, M, C) unlabelled probabilities, or (None, why) when they cannot blend.
+
+    They blend only when every member predicted the same unlabelled texts.
+    """
+    have = [m for m in members if m.unlabelled is not None]
+    if not have:
+        return None, "no member predicted unlabelled texts"
+    lacking = [m.name for m in members if m.unlabelled is None]
+    if lacking:
+        return None, (f"member {lacking[0]} has no unlabelled.npy"
+                      + (f" (and {len(lacking) - 1} more)" if len(lacking) > 1 else ""))
+    ref = have[0]
+    for m in have[1:]:
+        if (m.unlabelled.shape != ref.unlabelled.shape
+                or m.cv.get("unlabelled_hash") != ref.cv.get("unlabelled_hash")):
+            return None, (f"members {ref.name} and {m.name} predicted different unlabelled "
+                          "texts")
+    return np.stack([m.unlabelled for m in members], axis=1), ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,6 +552,7 @@ class EnsembleResult:
     weights: dict[str, float] | None
     meta: dict[str, Any] = field(default_factory=dict)
     cv_in_sample: float = math.nan
+    unlabelled: np.ndarray | None = None  # (n_unlabelled, C), blended like test
 
 
 def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.ndarray,
@@ -541,7 +571,8 @@ def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.nd
     Returns:
         EnsembleResult. For blenders that learn from labels, `oof` and `cv` come from models
         fitted on the other folds (nested); `cv_in_sample` is the optimistic full-fit score and
-        `test` uses the model fitted on all OOF rows.
+        `test` uses the model fitted on all OOF rows, and so does `unlabelled` when every
+        member predicted the same unlabelled texts (else None; meta["unlabelled"] says why).
     """
     X, XT = stack_members(members)
     y, folds = np.asarray(y, dtype=np.int64), np.asarray(folds)
@@ -553,6 +584,8 @@ def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.nd
     est = create_blender(method, **params)
     full = clone(est).fit(X, y)
     test = full.predict_proba(XT)
+    XU, why = stack_unlabelled(members)
+    unlabelled = full.predict_proba(XU) if XU is not None else None
     in_sample = full.predict_proba(X)
     cv_in = _score(metric, y, in_sample)
     names = [m.name for m in members]
@@ -574,8 +607,9 @@ def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.nd
                               "member_importance": (dict(zip(names, map(float, imp)))
                                                     if imp is not None else None)}
     meta["cv"], meta["cv_in_sample"] = cv, cv_in
+    meta["unlabelled"] = why or "blended"
     return EnsembleResult(oof=oof, test=test, cv=cv, weights=weights, meta=meta,
-                          cv_in_sample=cv_in)
+                          cv_in_sample=cv_in, unlabelled=unlabelled)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -592,6 +626,19 @@ def member_data_config(run_dirs: Sequence[str | Path]) -> Any:
             return from_dict(DataConfig, read_toml(p).get("data", {}), "data")
     raise CompError(f"{Path(run_dirs[0]) if run_dirs else 'runs'}: no member has a recipe.toml; "
                     "pass the competition folder")
+
+
+def _data_table(run_dirs: Sequence[str | Path], data_cfg: Any) -> dict[str, Any]:
+    """The [data] table that names the members' unlabelled file (theirs, else data_cfg's)."""
+    import dataclasses
+
+    try:
+        cfg = member_data_config(run_dirs)
+    except CompError:
+        cfg = data_cfg
+    if not cfg.extra and data_cfg.extra:
+        cfg = data_cfg
+    return dataclasses.asdict(cfg)
 
 
 def _out_stem(out: str | Path, name: str | None, method: str) -> Path:
@@ -611,7 +658,8 @@ def _align_classes(members: list[Member], classes: list[str]) -> list[Member]:
         raise CompError(f"{members[0].path}: classes {have} differ from the competition's "
                         f"{classes}")
     idx = [have.index(c) for c in classes]
-    return [Member(m.name, m.oof[:, idx], m.test[:, idx], list(classes), m.cv, m.path)
+    return [Member(m.name, m.oof[:, idx], m.test[:, idx], list(classes), m.cv, m.path,
+                   m.unlabelled[:, idx] if m.unlabelled is not None else None)
             for m in members]
 
 
@@ -635,6 +683,9 @@ def run_ensemble(run_dirs: Sequence[str | Path], method: str, data_cfg: Any, met
         honest OOF and its test probabilities are also written as a member directory
         `<stem>/` (oof.npy, test.npy, classes.json, cv.json; paths in the manifest under "oof",
         "test", "run_dir") so distillation and pseudo-labelling read them like any member.
+        When every member predicted the same unlabelled texts, their blend is written too
+        (unlabelled.npy, manifest "unlabelled"), with the members' [data] table under "data"
+        so readers can find those texts.
     """
     from comp.data import folds_hash, load_competition, load_folds
     from comp.submit import write_submission
@@ -673,7 +724,18 @@ def run_ensemble(run_dirs: Sequence[str | Path], method: str, data_cfg: Any, met
               "cv": res.cv, "cv_in_sample": res.cv_in_sample,
               "fold_scores": res.meta["fold_scores"], "n_train": n_train, "n_test": n_test,
               **want}
-    write_json(ens_dir / "cv.json", {**common, "seconds": time.time() - t0})
+    unl: dict[str, Any] = {}
+    if res.unlabelled is not None:
+        save_npy(ens_dir / "unlabelled.npy", res.unlabelled)
+        unl = {"n_unlabelled": len(res.unlabelled),
+               "unlabelled_hash": m0.cv.get("unlabelled_hash")}
+        log(f"ensemble {stem.name}: blended {len(res.unlabelled)} unlabelled rows")
+    else:
+        if (ens_dir / "unlabelled.npy").exists():
+            (ens_dir / "unlabelled.npy").unlink()  # an earlier blend of other members
+        if any(m.unlabelled is not None for m in members):
+            log(f"ensemble {stem.name}: no unlabelled predictions ({res.meta['unlabelled']})")
+    write_json(ens_dir / "cv.json", {**common, **unl, "seconds": time.time() - t0})
     manifest = {
         **common,
         "members": [str(m.path) for m in members],
@@ -684,6 +746,9 @@ def run_ensemble(run_dirs: Sequence[str | Path], method: str, data_cfg: Any, met
         "oof": str(ens_dir / "oof.npy"), "test": str(ens_dir / "test.npy"),
         "seconds": time.time() - t0,
     }
+    if unl:
+        manifest.update(unl, unlabelled=str(ens_dir / "unlabelled.npy"),
+                        data=_data_table(run_dirs, data_cfg))
     path = write_submission(comp, res.test, classes, stem, manifest, proba=proba)
     log(f"ensemble {stem.name}: cv {res.cv:.5f} (in-sample {res.cv_in_sample:.5f}) -> {path}")
     return Path(path)

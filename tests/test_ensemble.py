@@ -433,3 +433,85 @@ def test_run_ensemble_end_to_end(tmp_path):
                          **{**hashes, "folds_hash": "stale"})
     with pytest.raises(CompError, match="folds_hash stale does not match"):
         run_ensemble([stale], "mean", cfg, "", subs)
+
+
+# ---------------------------------------------------------------------------------------------
+# unlabelled predictions
+
+
+def _with_unlabelled(members, XU, hashes=None):
+    from comp.ensemble import Member
+
+    return [Member(m.name, m.oof, m.test, m.classes,
+                   {**m.cv, "unlabelled_hash": (hashes or {}).get(m.name, "u0")}, m.path,
+                   XU[:, j] if XU is not None else None) for j, m in enumerate(members)]
+
+
+def _members(X, XT):
+    from comp.ensemble import Member
+
+    return [Member(f"m{j}", X[:, j], XT[:, j], ["a", "b", "c"], {}) for j in range(X.shape[1])]
+
+
+@pytest.mark.parametrize("name", sorted(BLENDERS))
+def test_unlabelled_rows_are_blended_exactly_like_test_rows(name):
+    y, folds, X = synth(n=150, M=3, C=3)
+    XT = X[:40]
+    members = _with_unlabelled(_members(X, XT), XT[::-1].copy())  # the test rows, reversed
+    res = ensemble(members, name, y, folds, "accuracy")
+    assert res.unlabelled is not None and res.unlabelled.shape == (40, 3)
+    assert np.allclose(res.unlabelled, res.test[::-1], atol=1e-9)
+    assert res.meta["unlabelled"] == "blended"
+
+
+def test_unlabelled_left_out_when_a_member_lacks_them_or_saw_other_texts():
+    y, folds, X = synth(n=120, M=2, C=3)
+    XT = X[:20]
+    members = _members(X, XT)
+    some = _with_unlabelled(members, XT.copy())
+    some[1].unlabelled = None
+    res = ensemble(some, "mean", y, folds, "accuracy")
+    assert res.unlabelled is None and "m1 has no unlabelled.npy" in res.meta["unlabelled"]
+    other = _with_unlabelled(members, XT.copy(), hashes={"m0": "u0", "m1": "u1"})
+    res = ensemble(other, "mean", y, folds, "accuracy")
+    assert res.unlabelled is None and "different unlabelled texts" in res.meta["unlabelled"]
+    assert ensemble(members, "mean", y, folds, "accuracy").unlabelled is None
+
+
+def test_run_ensemble_manifest_carries_unlabelled(small_comp, tmp_path, capsys):
+    from comp.config import load_recipe
+    from comp.ensemble import run_ensemble
+    from comp.member import run_member
+
+    (small_comp / "more.txt").write_text("好极了\n糟透了\n还可以\n", encoding="utf-8")
+    rng = np.random.default_rng(0)
+
+    def fit(ctx):
+        n = len(ctx.predict_texts)
+        return (_softmax(rng.normal(size=(len(ctx.val_idx), 2))),
+                _softmax(rng.normal(size=(n, 2))))
+
+    dirs = []
+    for name in ("a", "b"):
+        r = load_recipe(None, [f"data.dir={small_comp}", "data.folds=3", f"name={name}",
+                               f"runs_dir={tmp_path / 'runs'}", "data.extra=more.txt"])
+        run_member(r, fit)
+        dirs.append(r.run_dir)
+    csv_path = run_ensemble(dirs, "hill", None, "accuracy", tmp_path / "subs" / "hill",
+                            n_iter=5)
+    man = json.loads(csv_path.with_suffix(".json").read_text(encoding="utf-8"))
+    u = np.load(man["unlabelled"])
+    assert u.shape == (3, 2) and man["n_unlabelled"] == 3
+    w = man["weights"]
+    want = sum(w[n] * np.load(d / "unlabelled.npy") for n, d in zip(("a", "b"), dirs))
+    assert np.allclose(u, want / sum(w.values()), atol=1e-5)  # the test rows' weights
+    assert man["data"]["extra"] == "more.txt" and man["data"]["dir"] == str(small_comp)
+    assert read_member(man["run_dir"]).unlabelled.shape == (3, 2)
+    # a member without them: the blend leaves them out and says so
+    (dirs[1] / "unlabelled.npy").unlink()
+    capsys.readouterr()
+    csv_path = run_ensemble(dirs, "hill", None, "accuracy", tmp_path / "subs" / "hill",
+                            n_iter=5)
+    man = json.loads(csv_path.with_suffix(".json").read_text(encoding="utf-8"))
+    assert "unlabelled" not in man and not (Path(man["run_dir"]) / "unlabelled.npy").exists()
+    assert "b has no unlabelled.npy" in capsys.readouterr().err
