@@ -260,12 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=42, help="TPE sampler seed")
     sp.set_defaults(func=cmd_tune)
 
-    sp = sub.add_parser("pseudo", help="pseudo-labels from an ensemble's test probabilities")
+    sp = sub.add_parser("pseudo", help="pseudo-labels from an ensemble's test and unlabelled "
+                        "(data.extra) probabilities")
     sp.add_argument("--from", dest="manifest", required=True, help="submission manifest .json")
     sp.add_argument("--threshold", type=float, help="keep rows with confidence >= P")
     sp.add_argument("--top-frac", type=float, help="keep the most confident fraction F")
     sp.add_argument("--per-class", action="store_true", help="apply the cut within each class")
-    sp.add_argument("--extra", help="extra unlabelled texts to label as well")
+    sp.add_argument("--extra", help="the unlabelled file the members predicted (data.extra), "
+                    "when the manifest does not lead to it")
     sp.add_argument("--out", default=None, help="output CSV (default next to the manifest)")
     sp.set_defaults(func=cmd_pseudo)
 

@@ -1,20 +1,24 @@
-"""Pseudo-labels: confident test rows of an ensemble become extra training rows.
+"""Pseudo-labels: confident test and unlabelled rows of an ensemble become extra training rows.
 
-The file (id, text, label, confidence, p_<class>...) is referenced by a recipe's `train.pseudo`;
-the k-fold runner adds its rows to each fold's training part only, and drops any row whose text
-duplicates one of that fold's validation texts.
+The rows come from the ensemble's test probabilities and, when its members predicted the
+competition's unlabelled texts (`data.extra`), from its unlabelled probabilities too; one
+confidence cut ranks both together. The file (id, text, label, confidence, p_<class>...,
+source) is referenced by a recipe's `train.pseudo`; the k-fold runner adds its rows to each
+fold's training part only, and drops any row whose text duplicates one of that fold's
+validation texts.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from pathlib import Path
 
 import numpy as np
 
-from comp.config import DataConfig
-from comp.data import load_competition, read_table
+from comp.config import DataConfig, from_dict
+from comp.data import Competition, load_competition, normalize_text, read_table
 from comp.member import ExtraRows
 from comp.utils import CompError, log, read_json, write_text
 
@@ -58,20 +62,19 @@ def select_confident(proba: np.ndarray, threshold: float | None = None,
 def make_pseudo(manifest: str | Path, threshold: float | None = None,
                 top_frac: float | None = None, per_class: bool = False,
                 out: str | Path | None = None, extra: str | None = None) -> Path:
-    """Write a pseudo-label file from a submission manifest's test probabilities.
+    """Write a pseudo-label file from a submission manifest's test and unlabelled probabilities.
 
     Args:
         manifest: a submission .json written by `comp ensemble`.
-        threshold, top_frac, per_class: see select_confident.
+        threshold, top_frac, per_class: see select_confident (applied to test and unlabelled
+            rows together).
         out: output CSV; default `<manifest stem>.pseudo.csv`.
-        extra: not supported yet for labelling (members predict the test file only).
+        extra: the unlabelled file the members predicted, when the manifest's [data] table
+            does not lead to it (e.g. it moved); its texts must be the ones the members saw.
 
     Returns:
         The CSV path.
     """
-    if extra:
-        raise CompError("pseudo: --extra needs members that predict extra texts; not supported "
-                        "yet — append the texts to a copy of the competition's test file instead")
     man_path = Path(manifest)
     if not man_path.exists():
         raise CompError(f"{man_path}: manifest not found")
@@ -79,25 +82,89 @@ def make_pseudo(manifest: str | Path, threshold: float | None = None,
     for key in ("test", "classes", "data_dir"):
         if key not in man:
             raise CompError(f"{man_path}: not an ensemble manifest (no '{key}')")
-    comp = load_competition(DataConfig(dir=man["data_dir"]))
+    cfg = _data_config(man, man_path)
+    if extra:
+        cfg = dataclasses.replace(cfg, extra=str(Path(extra).resolve()))
+    elif not man.get("unlabelled"):
+        cfg = dataclasses.replace(cfg, extra="")  # nothing to label there: do not read it
+    comp = load_competition(cfg)
+    classes = man["classes"]
     proba = np.load(man["test"])
-    if proba.shape != (len(comp.test_ids), len(man["classes"])):
+    if proba.shape != (len(comp.test_ids), len(classes)):
         raise CompError(f"{man['test']}: shape {proba.shape} does not match the competition's "
                         f"test file ({len(comp.test_ids)} rows)")
+    ids, texts = list(comp.test_ids), list(comp.test_texts)
+    source = ["test"] * len(ids)
+    unl = _unlabelled_proba(man, man_path, comp, len(classes), required=bool(extra))
+    if unl is not None:
+        proba = np.concatenate([proba, unl])  # (n_test + n_unlabelled, C)
+        ids += comp.unlabelled_ids
+        texts += comp.unlabelled_texts
+        source += ["unlabelled"] * len(unl)
     keep = select_confident(proba, threshold, top_frac, per_class)
-    classes = man["classes"]
+    # one row per text: a text in both files (or twice) would count double in training
+    seen: set[str] = set()
+    dup = 0
+    for i in np.flatnonzero(keep):
+        key = normalize_text(texts[i])
+        if key in seen:
+            keep[i] = False
+            dup += 1
+        seen.add(key)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["id", "text", "label", "confidence", *[f"p_{c}" for c in classes]])
+    w.writerow(["id", "text", "label", "confidence", *[f"p_{c}" for c in classes], "source"])
     for i in np.flatnonzero(keep):
-        w.writerow([comp.test_ids[i], comp.test_texts[i], classes[int(proba[i].argmax())],
-                    f"{proba[i].max():.6f}", *[f"{p:.6f}" for p in proba[i]]])
+        w.writerow([ids[i], texts[i], classes[int(proba[i].argmax())],
+                    f"{proba[i].max():.6f}", *[f"{p:.6f}" for p in proba[i]], source[i]])
     out_path = Path(out) if out else man_path.with_name(man_path.stem + ".pseudo.csv")
     write_text(out_path, buf.getvalue())
     counts = np.bincount(proba[keep].argmax(1), minlength=len(classes)).tolist()
-    log(f"pseudo: {int(keep.sum())}/{len(keep)} test rows kept "
-        f"(per class {dict(zip(classes, counts))}) -> {out_path}")
+    n_test = len(comp.test_ids)
+    kept_unl = int(keep[n_test:].sum())
+    what = f"{int(keep[:n_test].sum())}/{n_test} test rows"
+    if unl is not None:
+        what += f" + {kept_unl}/{len(unl)} unlabelled rows"
+    log(f"pseudo: {what} kept (per class {dict(zip(classes, counts))}"
+        + (f"; {dup} duplicate text(s) dropped" if dup else "") + f") -> {out_path}")
     return out_path
+
+
+def _data_config(man: dict, man_path: Path) -> DataConfig:
+    """The members' [data] table recorded in the manifest, else the competition dir alone."""
+    if isinstance(man.get("data"), dict):
+        try:
+            return from_dict(DataConfig, man["data"], "data")
+        except CompError as e:
+            raise CompError(f"{man_path}: 'data': {e}") from None
+    return DataConfig(dir=man["data_dir"])
+
+
+def _unlabelled_proba(man: dict, man_path: Path, comp: Competition, n_classes: int,
+                      required: bool) -> np.ndarray | None:
+    """The ensemble's (n_unlabelled, C) probabilities, checked against the texts; None if none."""
+    if not man.get("unlabelled"):
+        if required:
+            raise CompError(f"{man_path}: the ensemble has no unlabelled predictions (a member "
+                            "lacks unlabelled.npy); set data.extra in the members' recipes and "
+                            "retrain them")
+        return None
+    f = Path(man["unlabelled"])
+    if not f.exists():
+        raise CompError(f"{man_path}: unlabelled probabilities {f} not found")
+    if not comp.unlabelled_texts:
+        log(f"pseudo: {man_path} has unlabelled predictions but its [data] table names no "
+            "unlabelled file; pass --extra FILE to label them")
+        return None
+    u = np.load(f)
+    if u.shape != (len(comp.unlabelled_texts), n_classes):
+        raise CompError(f"{f}: shape {u.shape} but {comp.unlabelled_path} has "
+                        f"{len(comp.unlabelled_texts)} texts; retrain the members on this file")
+    want = man.get("unlabelled_hash")
+    if want is not None and want != comp.unlabelled_hash:
+        raise CompError(f"{comp.unlabelled_path}: not the unlabelled texts the members predicted "
+                        f"({man_path} unlabelled_hash {want}); retrain the members on this file")
+    return u
 
 
 def read_pseudo(path: str | Path, classes: list[str], soft: bool = False,

@@ -1,3 +1,5 @@
+import csv
+
 import numpy as np
 import pytest
 
@@ -57,3 +59,135 @@ def test_pseudo_round_never_lets_validation_rows_see_their_labels(small_comp, tm
     run_member(r, fit)
     planted_per_fold = np.bincount(folds[:6], minlength=3)
     assert [seen[f] for f in range(3)] == [56 - planted_per_fold[f] for f in range(3)]
+
+
+# ---------------------------------------------------------------------------------------------
+# unlabelled texts (data.extra)
+
+
+def _write_unlabelled(comp_dir, texts, name="unlabelled.csv"):
+    with open(comp_dir / name, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text"])
+        w.writerows((f"u{i}", t) for i, t in enumerate(texts))
+
+
+def _base(small_comp, tmp_path):
+    return [f"data.dir={small_comp}", "data.folds=3", f"runs_dir={tmp_path / 'runs'}",
+            "data.extra=unlabelled.csv"]
+
+
+def _memorising_fit(ctx):
+    """A member that knows the labels of its training part by heart and nothing else."""
+    comp = ctx.comp
+    known = {normalize_text(comp.train_texts[i]): comp.labels[i] for i in ctx.train_idx}
+
+    def proba(texts):
+        out = np.full((len(texts), 2), 0.5)
+        for j, t in enumerate(texts):
+            if normalize_text(t) in known:
+                out[j] = 0.01
+                out[j, known[normalize_text(t)]] = 0.99
+        return out
+
+    return proba(ctx.val_texts), proba(ctx.predict_texts)
+
+
+def _keyword_fit(ctx):
+    """Confident only on texts holding 好 (pos) or 差 (neg)."""
+    def proba(texts):
+        out = np.full((len(texts), 2), 0.5)
+        for j, t in enumerate(texts):
+            if "好" in t:
+                out[j] = [0.02, 0.98]
+            elif "差" in t:
+                out[j] = [0.97, 0.03]
+        return out
+    return proba(ctx.val_texts), proba(ctx.predict_texts)
+
+
+def _ensemble(small_comp, tmp_path, fit, names=("a", "b")):
+    dirs = []
+    for name in names:
+        r = load_recipe(None, _base(small_comp, tmp_path) + [f"name={name}"])
+        run_member(r, fit)
+        dirs.append(r.run_dir)
+    csv_path = run_ensemble(dirs, "mean", None, "accuracy", tmp_path / "subs" / "mean")
+    return csv_path.with_suffix(".json")
+
+
+def test_pseudo_labels_confident_unlabelled_rows(small_comp, tmp_path):
+    comp = load_competition(DataConfig(dir=str(small_comp)))
+    test_conf = sum(("好" in t or "差" in t) for t in comp.test_texts)
+    texts = ["服务真好", "房间太差", "一般般吧", "早餐很好吃", "", "中规中矩"]
+    _write_unlabelled(small_comp, texts)
+    manifest = _ensemble(small_comp, tmp_path, _keyword_fit)
+    pseudo = make_pseudo(manifest, threshold=0.95)
+    rows = list(csv.DictReader(open(pseudo, encoding="utf-8")))
+    unl = [r for r in rows if r["source"] == "unlabelled"]
+    assert [(r["id"], r["text"], r["label"]) for r in unl] == \
+        [("u0", "服务真好", "pos"), ("u1", "房间太差", "neg"), ("u3", "早餐很好吃", "pos")]
+    assert sum(r["source"] == "test" for r in rows) == test_conf
+    assert len(read_pseudo(pseudo, comp.classes)) == len(rows)
+    # --extra points at the same texts elsewhere; other texts are refused
+    moved = tmp_path / "moved.csv"
+    moved.write_bytes((small_comp / "unlabelled.csv").read_bytes())
+    (small_comp / "unlabelled.csv").unlink()
+    with pytest.raises(CompError, match=r"unlabelled\.csv: unlabelled file not found"):
+        make_pseudo(manifest, threshold=0.95)
+    again = make_pseudo(manifest, threshold=0.95, extra=str(moved), out=tmp_path / "p2.csv")
+    assert again.read_text(encoding="utf-8") == pseudo.read_text(encoding="utf-8")
+    _write_unlabelled(tmp_path, ["别的", "文本", "五条", "不一样", "呢"], "other.csv")
+    with pytest.raises(CompError, match="not the unlabelled texts the members predicted"):
+        make_pseudo(manifest, threshold=0.95, extra=str(tmp_path / "other.csv"))
+    _write_unlabelled(tmp_path, ["多", "了", "一", "条", "文", "本"], "longer.csv")
+    with pytest.raises(CompError, match=r"shape \(5, 2\) but .*longer\.csv has 6 texts"):
+        make_pseudo(manifest, threshold=0.95, extra=str(tmp_path / "longer.csv"))
+
+
+def test_extra_flag_needs_an_ensemble_that_predicted_unlabelled_texts(small_comp, tmp_path):
+    runs = tmp_path / "runs"
+    r = load_recipe(None, [f"data.dir={small_comp}", "data.folds=3", f"runs_dir={runs}",
+                           "name=plain"])
+    run_member(r, _keyword_fit)
+    csv_path = run_ensemble([r.run_dir], "mean", None, "accuracy", tmp_path / "subs" / "m")
+    _write_unlabelled(tmp_path, ["好"], "u.csv")
+    with pytest.raises(CompError, match="no unlabelled predictions"):
+        make_pseudo(csv_path.with_suffix(".json"), threshold=0.9, extra=str(tmp_path / "u.csv"))
+    assert make_pseudo(csv_path.with_suffix(".json"), threshold=0.9).exists()
+
+
+def test_validation_texts_in_the_unlabelled_file_never_train_their_own_fold(small_comp,
+                                                                           tmp_path):
+    """The unlabelled file holds copies of train texts. The ensemble's members memorised the
+    labels of their training parts, so its confident pseudo-labels on those copies carry true
+    labels; each copy must stay out of the fold where its original is a validation row."""
+    cfg = DataConfig(dir=str(small_comp), folds=3)
+    comp = load_competition(cfg)
+    planted = list(range(0, 60, 2))
+    fresh = [f"全新的文本{i}" for i in range(5)]
+    _write_unlabelled(small_comp, [comp.train_texts[i] for i in planted] + fresh)
+    manifest = _ensemble(small_comp, tmp_path, _memorising_fit)
+    pseudo = make_pseudo(manifest, threshold=0.8)
+    rows = list(csv.DictReader(open(pseudo, encoding="utf-8")))
+    from_unl = {r["text"]: r["label"] for r in rows if r["source"] == "unlabelled"}
+    assert len(from_unl) == len(planted)  # every copy labelled, with its true label
+    assert all(from_unl[comp.train_texts[i]] == comp.classes[comp.labels[i]] for i in planted)
+
+    folds = load_folds(comp, cfg)
+    seen = {}
+
+    def spy(ctx):
+        val = {normalize_text(t) for t in ctx.val_texts}
+        assert not val & {normalize_text(t) for t in ctx.extra.texts}
+        assert not val & {normalize_text(t) for t in ctx.train_texts}
+        seen[ctx.fold] = {normalize_text(t) for t in ctx.extra.texts}
+        return np.full((len(ctx.val_idx), 2), 0.5), np.full((len(ctx.predict_texts), 2), 0.5)
+
+    r = load_recipe(None, _base(small_comp, tmp_path) + ["name=pl", f"train.pseudo={pseudo}"])
+    run_member(r, spy)
+    for f in range(3):
+        own = {normalize_text(comp.train_texts[i]) for i in planted if folds[i] == f}
+        others = {normalize_text(comp.train_texts[i]) for i in planted if folds[i] != f}
+        assert own and not own & seen[f]
+        assert others <= seen[f]  # copies of other folds' rows do train this fold
