@@ -2,14 +2,18 @@
 
     train_student(recipe)                     k folds on the shared fold table (comp.member)
       load_teacher(manifest, comp, folds)     the ensemble's OOF (n_train, C) + test (n_test, C)
+                                              (+ unlabelled (n_unlabelled, C) when it has them)
       fit_student_fold(ctx, data, teacher)    rows with packed targets -> comp.train.fit
 
 The teacher is an ensemble's probabilities: OOF probabilities for train rows, so a row's target
 comes from teacher models that never saw that row's label, and test probabilities for the test
 texts, which join training parts as unlabelled rows when `distill.use_test` is on (the runner
-drops any of them that duplicates a validation text). A fold's training targets are read from
-the teacher's OOF at that fold's training rows only; validation rows reach the fit loop with
-empty targets and are scored against their true labels.
+drops any of them that duplicates a validation text). With `data.extra` set and a teacher whose
+members predicted those texts, the teacher's unlabelled probabilities join the same way, after
+the test rows, with the same weight (`distill.test_weight`). A fold's training targets are read
+from the teacher's OOF at that fold's training rows only; validation rows reach the fit loop
+with empty targets and are scored against their true labels. A student predicts the unlabelled
+texts too, so it can itself join an ensemble that teaches or pseudo-labels.
 
 Each training row carries a packed (2C,) target: [one-hot label | teacher probabilities]; an
 unlabelled row has a zero label half, which gives it zero weight in the hard-label loss. The
@@ -44,11 +48,11 @@ from comp.fusion import FusionModel, build_fusion, describe
 from comp.losses import ClassificationLoss, create_loss
 from comp.member import ExtraRows, FoldContext, run_member
 from comp.train import FusionData, fit, predict
-from comp.train_parts import make_rows
+from comp.train_parts import Rows, make_rows
 from comp.utils import CompError, log, read_json, seed_everything
 
 __all__ = ["Teacher", "DistillLoss", "load_teacher", "teacher_logits", "pack_targets",
-           "fit_student_fold", "train_student", "predict_texts",
+           "UnlabelledRows", "fit_student_fold", "train_student", "predict_texts",
            "load_student"]
 
 PROBA_FLOOR = 1e-6  # log(0) has no logit; ensembles of calibrated models do reach ~0
@@ -66,6 +70,7 @@ class Teacher:
     test: np.ndarray  # (n_test, C)
     path: Path
     info: dict
+    unlabelled: np.ndarray | None = None  # (n_unlabelled, C) on comp.unlabelled_texts
 
 
 def _resolve(p: str, base: Path) -> Path:
@@ -84,12 +89,14 @@ def load_teacher(path: str | Path, comp: Competition, folds: np.ndarray) -> Teac
 
     Args:
         path: a submission manifest (.json from `comp ensemble`, keys "oof", "test",
-            "classes") or a member run directory (oof.npy, test.npy, classes.json, cv.json).
+            "classes", optional "unlabelled") or a member run directory (oof.npy, test.npy,
+            classes.json, cv.json, optional unlabelled.npy).
         comp: the student's competition.
         folds: the student's fold table (n_train,).
 
     Returns:
-        The Teacher, columns reordered to comp.classes, rows renormalised.
+        The Teacher, columns reordered to comp.classes, rows renormalised. Its unlabelled
+        probabilities are kept only when they are for comp.unlabelled_texts.
 
     Raises:
         CompError: one line naming the file and what does not match.
@@ -104,6 +111,8 @@ def load_teacher(path: str | Path, comp: Competition, folds: np.ndarray) -> Teac
         info = dict(read_json(p / "cv.json"))
         info.update(classes=read_json(p / "classes.json"), oof=str(p / "oof.npy"),
                     test=str(p / "test.npy"))
+        if (p / "unlabelled.npy").exists():
+            info["unlabelled"] = str(p / "unlabelled.npy")
         base = p
     else:
         try:
@@ -130,7 +139,10 @@ def load_teacher(path: str | Path, comp: Competition, folds: np.ndarray) -> Teac
                             f"({value}); rebuild the ensemble on this competition and fold table")
     order = [classes.index(c) for c in comp.classes]
     arrays = []
-    for key, n in (("oof", want["n_train"]), ("test", want["n_test"])):
+    keys = [("oof", want["n_train"]), ("test", want["n_test"])]
+    if _teacher_unlabelled(info, p, comp):
+        keys.append(("unlabelled", len(comp.unlabelled_texts)))
+    for key, n in keys:
         f = _resolve(str(info[key]), base)
         if not f.exists():
             raise CompError(f"{p}: teacher '{key}' file {f} not found")
@@ -142,7 +154,27 @@ def load_teacher(path: str | Path, comp: Competition, folds: np.ndarray) -> Teac
             raise CompError(f"{f}: teacher {key} probabilities are not finite and >= 0")
         a = a[:, order].astype(np.float64)
         arrays.append(a / np.maximum(a.sum(1, keepdims=True), 1e-12))
-    return Teacher(arrays[0], arrays[1], p, info)
+    return Teacher(arrays[0], arrays[1], p, info, arrays[2] if len(arrays) > 2 else None)
+
+
+def _teacher_unlabelled(info: dict, p: Path, comp: Competition) -> bool:
+    """Whether the teacher's unlabelled probabilities are for the student's unlabelled texts."""
+    has = bool(info.get("unlabelled"))
+    if not has:
+        if comp.unlabelled_texts:
+            log(f"{p}: the teacher has no unlabelled predictions (a member lacks "
+                "unlabelled.npy); the student learns from its test rows only")
+        return False
+    if not comp.unlabelled_texts:
+        log(f"{p}: the teacher predicted {info.get('n_unlabelled', '?')} unlabelled texts; set "
+            "data.extra to that file in the student's recipe to learn from them")
+        return False
+    got = info.get("unlabelled_hash")
+    if got is not None and got != comp.unlabelled_hash:
+        raise CompError(f"{p}: teacher unlabelled_hash {got} does not match "
+                        f"{comp.unlabelled_path} ({comp.unlabelled_hash}); the teacher's "
+                        "members predicted other unlabelled texts")
+    return True
 
 
 def teacher_logits(proba: Tensor, floor: float = PROBA_FLOOR) -> Tensor:
@@ -224,12 +256,33 @@ class DistillLoss(nn.Module):
 # the k-fold member
 
 
-def fit_student_fold(ctx: FoldContext, data: FusionData, teacher: Teacher | None
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """One fold: training rows with packed targets (+ teacher-only test rows), fit, predict.
+class UnlabelledRows:
+    """The unlabelled texts as model rows, built once per member (every fold predicts them)."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        self.texts = list(texts)
+        self.rows: Rows | None = None
+
+    def ensure(self, model: FusionModel, cfg: ModelConfig) -> Rows | None:
+        """The rows (vector ids included); None when there are no unlabelled texts."""
+        if self.rows is None and self.texts:
+            rows = make_rows(self.texts, cfg,
+                             np.zeros((len(self.texts), model.n_classes), np.float32))
+            rows.vec_ids = model.vector_ids(rows.texts)
+            self.rows = rows
+        return self.rows
+
+
+def fit_student_fold(ctx: FoldContext, data: FusionData, teacher: Teacher | None,
+                     unlabelled: UnlabelledRows | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One fold: training rows with packed targets (+ teacher-only rows), fit, predict.
 
     Mirrors comp.train.fit_fold (same seeds and order), so alpha = 1 reproduces a plain fusion
     member exactly. The teacher's OOF is indexed by ctx.train_idx only.
+
+    Returns:
+        (val_proba (n_val, C), predict_proba (n_test [+ n_unlabelled], C)): the unlabelled
+        texts are predicted after the test texts when `unlabelled` holds any.
     """
     recipe, comp, cfg, dcfg = ctx.recipe, ctx.comp, ctx.recipe.train, ctx.recipe.distill
     name = f"{recipe.name} fold {ctx.fold}"
@@ -252,7 +305,9 @@ def fit_student_fold(ctx: FoldContext, data: FusionData, teacher: Teacher | None
         train = train.concat(extra)
     val = data.rows.take(ctx.val_idx)
     val.targets = np.zeros((len(val), 2 * c), np.float32)  # fit never holds validation targets
-    cache = data.ensure_cache(model, data.rows.texts + data.test.texts + train.texts)
+    unl = unlabelled.ensure(model, recipe.model) if unlabelled is not None else None
+    cache = data.ensure_cache(model, data.rows.texts + data.test.texts + train.texts
+                              + (unl.texts if unl is not None else []))
     counts = np.bincount(comp.labels[ctx.train_idx], minlength=c)
     hard_loss = create_loss(cfg.loss, c, class_counts=counts,
                             label_smoothing=cfg.label_smoothing, class_weights=cfg.class_weights,
@@ -265,6 +320,10 @@ def fit_student_fold(ctx: FoldContext, data: FusionData, teacher: Teacher | None
     test_cache = cache if result.best_phase == 1 else None
     test_proba = predict(model, data.test, cfg.eval_batch_size, test_cache, cfg.bucket, cfg.amp,
                          desc=f"{name} test")
+    if unl is not None:
+        unl_proba = predict(model, unl, cfg.eval_batch_size, test_cache, cfg.bucket, cfg.amp,
+                            desc=f"{name} unlabelled")
+        test_proba = np.concatenate([test_proba, unl_proba])  # (n_test + n_unlabelled, C)
     return result.val_proba, test_proba
 
 
@@ -278,7 +337,9 @@ def train_student(recipe: Recipe, folds_to_run: list[int] | None = None, force: 
 
     Args:
         recipe: a student recipe: [model] (vectors and/or backbones), [train], [distill] with
-            `teacher` (a submission manifest or member dir), alpha, temperature, loss, use_test.
+            `teacher` (a submission manifest or member dir), alpha, temperature, loss, use_test
+            (teacher-labelled test rows, and unlabelled rows of `data.extra` when the teacher
+            predicted them, join the training parts).
         folds_to_run: a subset of folds; None = all.
         force: retrain finished folds.
         report: `report(epoch, score)` after every epoch (Optuna pruning).
@@ -306,11 +367,18 @@ def train_student(recipe: Recipe, folds_to_run: list[int] | None = None, force: 
                         "(a .json from `comp ensemble`) or set distill.alpha = 1")
     extra = ExtraRows(targets=np.zeros((0, comp.n_classes)))
     if teacher is not None and dcfg.use_test and dcfg.alpha < 1:
-        extra = ExtraRows(list(comp.test_texts), teacher.test.copy(),
-                          np.full(len(comp.test_texts), dcfg.test_weight), source="teacher")
+        texts, targets = list(comp.test_texts), teacher.test
+        if teacher.unlabelled is not None:
+            texts += comp.unlabelled_texts
+            targets = np.concatenate([targets, teacher.unlabelled])  # (n_test + n_unl, C)
+            log(f"{recipe.name}: {len(comp.test_texts)} test + {len(comp.unlabelled_texts)} "
+                "unlabelled teacher rows join the training parts")
+        extra = ExtraRows(texts, targets.copy(), np.full(len(texts), dcfg.test_weight),
+                          source="teacher")
     data = FusionData(recipe, comp)
-    return run_member(recipe, lambda ctx: fit_student_fold(ctx, data, teacher), folds_to_run,
-                      force, extra, report, comp)
+    unlabelled = UnlabelledRows(comp.unlabelled_texts)
+    return run_member(recipe, lambda ctx: fit_student_fold(ctx, data, teacher, unlabelled),
+                      folds_to_run, force, extra, report, comp)
 
 
 # ---------------------------------------------------------------------------------------------

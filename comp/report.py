@@ -3,6 +3,9 @@
 Everything is read from files other steps already wrote: runs/<member>/{cv,classes}.json and
 oof.npy, submissions/*.json manifests and *.csv, runs/tune/**/*.png, data_dir/answers.csv. A
 section whose inputs are missing is skipped with a note, so the report works at every stage.
+
+A pseudo-label round shows up as members named `<base>_pl` (retrained with pseudo-labels) and
+ensembles that include them; the report pairs each with what it had before the round.
 """
 
 from __future__ import annotations
@@ -416,6 +419,87 @@ def _member_hidden(rows: list[dict[str, Any]], comp: Any, answers: Path) -> dict
     return out
 
 
+PL_SUFFIX = "_pl"
+
+
+def _delta(before: Any, after: Any) -> str:
+    if not isinstance(before, (int, float)) or not isinstance(after, (int, float)):
+        return "-"
+    return f"{after - before:+.4f}"
+
+
+def _ensemble_pairs(ens: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(before, after) manifests: an ensemble with `_pl` members and the same method's ensemble
+    of the members it had before the round (the `_pl` ones removed or swapped for their base)."""
+    pairs = []
+    for after in ens:
+        names = list(after.get("member_names") or [])
+        pl = [n for n in names if n.endswith(PL_SUFFIX)]
+        if not pl:
+            continue
+        without = sorted(n for n in names if not n.endswith(PL_SUFFIX))
+        swapped = sorted({n[: -len(PL_SUFFIX)] if n.endswith(PL_SUFFIX) else n for n in names})
+        for before in ens:
+            b_names = sorted(before.get("member_names") or [])
+            if (before is not after and before.get("method") == after.get("method")
+                    and not any(n.endswith(PL_SUFFIX) for n in b_names)
+                    and b_names in (without, swapped)):
+                pairs.append((before, after))
+                break
+    return pairs
+
+
+def _pseudo_section(rows: list[dict[str, Any]], ens: list[dict[str, Any]],
+                    hidden: dict[str, dict]) -> str:
+    """Each `_pl` member next to its base member, each ensemble with them next to its base
+    ensemble: CV and (when answers exist) hidden accuracy before and after the round."""
+    members = {str(r["name"]): r for r in rows if "manifest" not in r}
+    parts = []
+    body = []
+    for name, after in sorted(members.items()):
+        base = members.get(name[: -len(PL_SUFFIX)]) if name.endswith(PL_SUFFIX) else None
+        if base is None:
+            continue
+        hb, ha = hidden.get(base["source"], {}), hidden.get(after["source"], {})
+        n_rows = _pseudo_rows(Path(after["source"]))
+        body.append([_esc(base["name"]), _esc(name), _fmt(base["cv"]), _fmt(after["cv"]),
+                     _delta(base["cv"], after["cv"]), _fmt(hb.get("accuracy")),
+                     _fmt(ha.get("accuracy")), _delta(hb.get("accuracy"), ha.get("accuracy")),
+                     str(n_rows) if n_rows is not None else "-"])
+    if body:
+        parts.append("<p>Members retrained with pseudo-labels (rows joined every fold's "
+                     "training part, minus those duplicating a validation text):</p>"
+                     + _table(["member", "with pseudo-labels", "CV before", "CV after", "Δ CV",
+                               "hidden acc before", "hidden acc after", "Δ hidden",
+                               "pseudo rows"], body, left=2))
+    body = []
+    for before, after in _ensemble_pairs(ens):
+        hb = hidden.get(str(before.get("csv", "")), {})
+        ha = hidden.get(str(after.get("csv", "")), {})
+        body.append([_esc(before.get("method")), _esc(before.get("name")),
+                     _esc(after.get("name")), _fmt(before.get("cv")), _fmt(after.get("cv")),
+                     _delta(before.get("cv"), after.get("cv")), _fmt(hb.get("accuracy")),
+                     _fmt(ha.get("accuracy")), _delta(hb.get("accuracy"), ha.get("accuracy"))])
+    if body:
+        parts.append("<p>Ensembles before the round and with the pseudo-labelled members:</p>"
+                     + _table(["method", "before", "after", "CV before", "CV after", "Δ CV",
+                               "hidden acc before", "hidden acc after", "Δ hidden"], body,
+                              left=3))
+    if not parts:
+        return ""
+    return "\n".join(parts) + _note(
+        "CV after the round can flatter it: the pseudo-labels came from models that saw every "
+        "fold's labels. Where answers exist, the hidden score is the fair comparison.")
+
+
+def _pseudo_rows(run_dir: Path) -> int | None:
+    """Pseudo rows a `_pl` member trained with (the largest fold's count), from cv.json."""
+    try:
+        return int(read_json(run_dir / "cv.json").get("extra_rows"))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 # ---------------------------------------------------------------------------------------------
 # the page
 
@@ -511,6 +595,9 @@ def _sections(rows: list[dict[str, Any]], ens: list[dict[str, Any]], run_dirs: l
         sec.append(("Hidden score (answers.csv)",
                     _table(["submission", "accuracy", "macro F1", "rows"], body)
                     + _note("Scored against held-out answers: look, but do not select on it.")))
+    pseudo = _pseudo_section(rows, ens, hidden)
+    if pseudo:
+        sec.append(("Pseudo-label round", pseudo))
     curves = _curves(run_dirs)
     if curves:
         sec.append(("Learning curves (epochs.json)", curves))

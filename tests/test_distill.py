@@ -398,3 +398,55 @@ def test_a_real_ensemble_teaches_a_student(small_comp, vec_dir, tmp_path):
 def _comp_cfg(comp_dir: Path):
     cfg = DataConfig(dir=str(comp_dir), folds=K)
     return load_competition(cfg), cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# unlabelled texts (data.extra)
+
+
+def test_teacher_unlabelled_rows_teach_the_student(small_comp, vec_dir, tmp_path, monkeypatch):
+    unl_texts = ["物流很快包装很好", "质量太差了", "还行吧", "客服态度不错"]
+    with open(small_comp / "unlabelled.csv", "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([["text"], *[[t] for t in unl_texts]])
+    cfg = DataConfig(dir=str(small_comp), folds=K, extra="unlabelled.csv")
+    comp = load_competition(cfg)
+    unl = honest_proba(np.array([1, 0, 1, 1]), comp.n_classes, 2)
+    out = tmp_path / "t"
+    out.mkdir()
+    np.save(out / "unlabelled.npy", unl.astype(np.float32))
+    teacher = write_teacher(small_comp, out, unlabelled=str(out / "unlabelled.npy"),
+                            unlabelled_hash=comp.unlabelled_hash, n_unlabelled=4)
+    test = np.load(out / "test.npy").astype(np.float64)
+    r = student(small_comp, vec_dir, tmp_path / "runs", data={"extra": "unlabelled.csv"},
+                distill={"teacher": str(teacher), "use_test": True, "test_weight": 0.5})
+    seen = _spy_on_fit(monkeypatch)
+    train_student(r, folds_to_run=[0])
+    folds = load_folds(comp, cfg)
+    n_tr = int((folds != 0).sum())
+    grid = [grid_texts(t, r.model)[0] for t in unl_texts]
+    assert seen["train_texts"][-4:] == grid  # after the test rows
+    assert len(seen["train_texts"]) == n_tr + len(comp.test_texts) + 4
+    got = seen["train_targets"][n_tr:]  # teacher rows: empty label half, teacher half
+    assert not got[:, :2].any()
+    assert np.allclose(got[:, 2:], np.concatenate([test / test.sum(1, keepdims=True),
+                                                   unl / unl.sum(1, keepdims=True)]),
+                       atol=1e-6)
+    assert np.allclose(seen["train_weights"][n_tr:], 0.5)
+    # and the student predicts the unlabelled texts after the test texts
+    assert np.load(r.run_dir / "fold0" / "unlabelled_proba.npy").shape == (4, comp.n_classes)
+    assert fold_proba(r)[1].shape == (len(comp.test_ids), comp.n_classes)
+
+    # a teacher that predicted other unlabelled texts is refused before any training
+    bad = write_teacher(small_comp, tmp_path / "bad", unlabelled=str(out / "unlabelled.npy"),
+                        unlabelled_hash="0123456789abcdef")
+    r2 = student(small_comp, vec_dir, tmp_path / "runs2", data={"extra": "unlabelled.csv"},
+                 distill={"teacher": str(bad), "use_test": True})
+    with pytest.raises(CompError, match="unlabelled_hash 0123456789abcdef does not match"):
+        train_student(r2)
+    # a student without data.extra learns from the test rows only
+    r3 = student(small_comp, vec_dir, tmp_path / "runs3",
+                 distill={"teacher": str(teacher), "use_test": True})
+    assert load_teacher(teacher, *comp_and_folds(small_comp)).unlabelled is None
+    train_student(r3, folds_to_run=[0])
+    assert len(seen["train_texts"]) == n_tr + len(comp.test_texts)
+    assert not (r3.run_dir / "fold0" / "unlabelled_proba.npy").exists()

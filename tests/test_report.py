@@ -177,3 +177,53 @@ def test_report_notes_members_it_cannot_compare(project, tmp_path):
 def test_epoch_logs_of_several_shapes(log):
     series = _series(json.loads(json.dumps(log)))
     assert series == {"0": {"loss": [0.5, 0.4]}}
+
+
+def test_report_shows_the_pseudo_label_round(project):
+    """A `_pl` member beside its base member and an ensemble with it beside the one without:
+    CV and hidden accuracy before and after."""
+    import shutil
+
+    from comp.data import read_answers
+    from comp.ensemble import run_ensemble
+    from comp.utils import read_json
+
+    base = project["dirs"][1]
+    pl = project["runs"] / "member1_pl"
+    shutil.copytree(base, pl)
+    classes = read_json(base / "classes.json")
+    ans = read_answers(project["tmp"] / "data" / "answers.csv")
+    truth = [classes.index(ans[f"s{i}"]) for i in range(len(ans))]
+    save_npy(pl / "test.npy", np.eye(len(classes))[truth] * 0.9 + 0.1 / len(classes))
+    cv = read_json(base / "cv.json")
+    write_json(pl / "cv.json", {**cv, "name": "member1_pl", "cv": cv["cv"] + 0.05,
+                                "extra_rows": 17})
+    subs = project["tmp"] / "submissions"
+    subs.mkdir()
+    run_ensemble(project["dirs"], "hill", project["cfg"], "accuracy", subs / "hill", n_iter=5)
+    run_ensemble(project["dirs"] + [pl], "hill", project["cfg"], "accuracy", subs / "pl_hill",
+                 n_iter=5)
+    out = build_report(project["dirs"] + [pl], subs, project["tmp"] / "r.html", project["cfg"])
+    page = parse(out)
+    assert "Pseudo-label round" in page.h2
+    i = len(page.cells) - 1 - page.cells[::-1].index("member1_pl")  # the section's table
+    assert page.cells[i - 1] == "member1"
+    before, after, delta = (float(x) for x in page.cells[i + 1: i + 4])
+    assert before == pytest.approx(cv["cv"], abs=1e-4)
+    assert after == pytest.approx(cv["cv"] + 0.05, abs=1e-4)
+    assert delta == pytest.approx(0.05, abs=2e-4)
+    hidden_before, hidden_after = float(page.cells[i + 4]), float(page.cells[i + 5])
+    assert hidden_after == 1.0 and hidden_before < 1.0
+    assert page.cells[i + 7] == "17"  # pseudo rows it trained with
+    mans = {read_json(p)["name"]: read_json(p) for p in subs.glob("*.json")}
+    j = len(page.cells) - 1 - page.cells[::-1].index("pl_hill")
+    assert page.cells[j - 1] == "hill" and page.cells[j - 2] == "hill"  # method, before
+    assert float(page.cells[j + 1]) == pytest.approx(mans["hill"]["cv"], abs=1e-4)
+    assert float(page.cells[j + 2]) == pytest.approx(mans["pl_hill"]["cv"], abs=1e-4)
+    assert 0.0 <= float(page.cells[j + 4]) <= 1.0 and 0.0 <= float(page.cells[j + 5]) <= 1.0
+
+
+def test_report_without_pl_members_has_no_pseudo_section(project, tmp_path):
+    page = parse(build_report(project["dirs"], tmp_path / "none", tmp_path / "r.html",
+                              project["cfg"]))
+    assert "Pseudo-label round" not in page.h2 and "Leaderboard" in page.h2
