@@ -3,6 +3,11 @@
 data -> folds -> pretrain tiny backbones -> vectors -> TF-IDF members -> fusion members ->
 a short Optuna pass -> ensembles (hill, stack) -> a pseudo-label round -> report -> score.
 Each stage skips what is already on disk, so a rerun after a finished run retrains nothing.
+
+A competition folder holding `unlabelled.{csv,tsv,jsonl,json,txt}` gets it as every member's
+`data.extra`: members predict those texts too and the pseudo-label round labels its confident
+rows along with the test rows. Put it there before the first run (finished members are not
+retrained to predict it).
 """
 
 from __future__ import annotations
@@ -42,11 +47,22 @@ class Layout:
         self.submissions = Path("submissions") / name if name else Path("submissions")
         self.reports = Path("reports") / name if name else Path("reports")
 
+    @property
+    def unlabelled(self) -> str:
+        """File name of the competition's unlabelled texts, or "" when it has none."""
+        for ext in (".csv", ".tsv", ".jsonl", ".json", ".txt"):
+            if (self.data / f"unlabelled{ext}").is_file():
+                return f"unlabelled{ext}"
+        return ""
+
 
 def member_recipe(layout: Layout, name: str, extra: list[str] | None = None) -> Recipe:
-    """A recipe from recipes/ pointed at this competition's data, runs and models."""
+    """A recipe from recipes/ pointed at this competition's data, runs, models and unlabelled
+    texts."""
+    unl = [f"data.extra={layout.unlabelled}"] if layout.unlabelled else []
     recipe = load_recipe(RECIPES / f"{name}.toml",
-                         [f"data.dir={layout.data}", f"runs_dir={layout.runs}", *(extra or [])])
+                         [f"data.dir={layout.data}", f"runs_dir={layout.runs}", *unl,
+                          *(extra or [])])
     if recipe.kind == "linear":
         return recipe
     model = recipe.model
@@ -165,7 +181,8 @@ def stage_ensembles(layout: Layout, runs: list[Path], methods: list[str],
 
 def stage_pseudo(layout: Layout, best: Path, names: list[str], threshold: float = 0.95
                  ) -> list[Path]:
-    """One pseudo-label round: confident test rows of the best ensemble retrain some members."""
+    """One pseudo-label round: confident test (and unlabelled) rows of the best ensemble
+    retrain some members as `<name>_pl`; returns their run dirs."""
     from comp.pseudo import make_pseudo
 
     pseudo = layout.submissions / "pseudo.csv"

