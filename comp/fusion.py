@@ -86,7 +86,8 @@ class FusionModel(nn.Module):
         self.backbone_dim = sum(int(b.hidden_size) for b in backbones)
         self.vector_dim = sum(int(v.dim) for v in vectors)
         self.head = create_head(cfg.head, self.backbone_dim + self.vector_dim, cfg.hidden,
-                                cfg.channels, cfg.kernel_sizes, cfg.pooling, cfg.dropout)
+                                cfg.channels, cfg.kernel_sizes, cfg.pooling, cfg.dropout,
+                                cfg.input_dropout)
         self.cls_dims = [int(b.hidden_size) for b in backbones]
         self.classifier = Classifier(self.head.out_dim, self.cls_dims, n_classes, cfg.cls_skip,
                                      cfg.dropout, cfg.msd)

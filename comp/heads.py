@@ -38,6 +38,7 @@ __all__ = [
 
 _HEADS: dict[str, Callable[[int, Any], Head]] = {}
 _POOLS = ("maxmean", "attention")
+_DROPOUTS = ("spatial", "element")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class HeadConfig:
     kernel_sizes: tuple[int, ...] = (2, 3, 4)
     pooling: str = "maxmean"  # maxmean | attention
     dropout: float = 0.2
+    input_dropout: str = "spatial"  # spatial (whole channels per text) | element
 
 
 def register_head(fn: Callable[[int, Any], Head]) -> Callable[[int, Any], Head]:
@@ -69,7 +71,7 @@ def pool_names() -> list[str]:
 
 def create_head(name: str, in_dim: int, hidden: int = 128, channels: int = 128,
                 kernel_sizes: Sequence[int] = (2, 3, 4), pooling: str = "maxmean",
-                dropout: float = 0.2) -> Head:
+                dropout: float = 0.2, input_dropout: str = "spatial") -> Head:
     """Build a registered head.
 
     Args:
@@ -79,7 +81,9 @@ def create_head(name: str, in_dim: int, hidden: int = 128, channels: int = 128,
         channels: CNN filters per kernel size.
         kernel_sizes: CNN kernel widths in characters.
         pooling: "maxmean" (masked max and mean, concatenated) or "attention".
-        dropout: dropout on the head's input features.
+        dropout: dropout rate on the head's input features.
+        input_dropout: "spatial" drops whole feature channels per text, "element" single
+            values.
 
     Returns:
         The head; `head.out_dim` is the width of its pooled output.
@@ -90,7 +94,7 @@ def create_head(name: str, in_dim: int, hidden: int = 128, channels: int = 128,
     if in_dim <= 0:
         raise ValueError(f"head input width must be > 0, got {in_dim}")
     cfg = HeadConfig(hidden=hidden, channels=channels, kernel_sizes=tuple(kernel_sizes),
-                     pooling=pooling, dropout=dropout)
+                     pooling=pooling, dropout=dropout, input_dropout=input_dropout)
     return _HEADS[name](in_dim, cfg)
 
 
@@ -177,13 +181,48 @@ def create_pool(name: str, dim: int) -> nn.Module:
 # heads
 
 
+class InputDropout(nn.Module):
+    """Dropout on the head's (B, N, D) input: whole feature channels per text ("spatial", the
+    SpatialDropout1D of Kaggle text models: one (B, 1, D) mask, cheap on wide grids) or single
+    elements ("element", nn.Dropout)."""
+
+    def __init__(self, p: float, kind: str = "spatial") -> None:
+        super().__init__()
+        if kind not in _DROPOUTS:
+            raise CompError(f"recipe key 'model.input_dropout': unknown kind '{kind}' "
+                            f"(known: {', '.join(_DROPOUTS)})")
+        self.p = float(p)
+        self.kind = kind
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Scale kept channels/elements by 1/(1-p) in training; identity in eval."""
+        if not self.training or self.p == 0.0:
+            return x
+        if self.kind == "element":
+            return F.dropout(x, self.p, True)
+        keep = F.dropout(x.new_ones(x.shape[0], 1, x.shape[2]), self.p, True)  # (B, 1, D)
+        return x * keep
+
+
 class Head(nn.Module):
-    """Base class: (B, N, D) grid features + (B, N) mask -> (B, out_dim) pooled vector."""
+    """Base class: (B, N, D) grid features + (B, N) mask -> (B, out_dim) pooled vector.
+
+    `forward` zeroes the padding and applies input dropout once, then `encode` does the rest;
+    a composite head prepares its input once and hands it to every part's `encode`.
+    """
 
     out_dim: int
+    drop: nn.Module
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # pragma: no cover - abstract
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """Encode and pool."""
+        b, n, _ = x.shape
+        if n == 0:
+            return x.new_zeros(b, self.out_dim)
+        return self.encode(self.drop(x.masked_fill(~mask.unsqueeze(-1), 0.0)), mask)
+
+    def encode(self, x: Tensor, mask: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Pooled vector of an input whose padding is zero: (B, N, D) -> (B, out_dim)."""
         raise NotImplementedError
 
 
@@ -196,20 +235,18 @@ class BiLSTMHead(Head):
     pass several times faster on CPU than packing.
     """
 
-    def __init__(self, in_dim: int, hidden: int, pooling: str, dropout: float) -> None:
+    def __init__(self, in_dim: int, hidden: int, pooling: str, dropout: float,
+                 input_dropout: str = "spatial") -> None:
         super().__init__()
-        self.drop = nn.Dropout(dropout)
+        self.drop = InputDropout(dropout, input_dropout)
         self.fwd = nn.LSTM(in_dim, hidden, batch_first=True)
         self.bwd = nn.LSTM(in_dim, hidden, batch_first=True)
         self.pool = create_pool(pooling, 2 * hidden)
         self.out_dim = self.pool.out_dim
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def encode(self, x: Tensor, mask: Tensor) -> Tensor:
         """Run both directions on each row's text only, then pool."""
         b, n, d = x.shape
-        if n == 0:
-            return x.new_zeros(b, self.out_dim)
-        x = self.drop(x.masked_fill(~mask.unsqueeze(-1), 0.0))
         idx = reverse_index(mask)  # (B, N)
         fw, _ = self.fwd(x)  # (B, N, hidden)
         bw, _ = self.bwd(x.gather(1, idx.unsqueeze(-1).expand(b, n, d)))
@@ -237,27 +274,25 @@ class CNNHead(Head):
     """TextCNN: one Conv1d per kernel size, ReLU, masked pooling over positions."""
 
     def __init__(self, in_dim: int, channels: int, kernel_sizes: Sequence[int], pooling: str,
-                 dropout: float) -> None:
+                 dropout: float, input_dropout: str = "spatial") -> None:
         super().__init__()
         if not kernel_sizes or min(kernel_sizes) < 1:
             raise CompError(f"recipe key 'model.kernel_sizes': need sizes >= 1, "
                             f"got {list(kernel_sizes)}")
         self.kernel_sizes = tuple(int(k) for k in kernel_sizes)
-        self.drop = nn.Dropout(dropout)
+        self.drop = InputDropout(dropout, input_dropout)
         self.convs = nn.ModuleList(nn.Conv1d(in_dim, channels, k) for k in self.kernel_sizes)
         self.pool = create_pool(pooling, channels * len(self.kernel_sizes))
         self.out_dim = self.pool.out_dim
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def encode(self, x: Tensor, mask: Tensor) -> Tensor:
         """Convolve windows starting at every position, pool those starting inside the text."""
-        b, n, _ = x.shape
-        if n == 0:
-            return x.new_zeros(b, self.out_dim)
+        n = x.shape[1]
         # zeroed padding makes a window that runs past the text end see the same zeros whatever
         # the grid held there; right padding gives every start position an output, so texts
-        # shorter than a kernel still produce features
-        x = self.drop(x.masked_fill(~mask.unsqueeze(-1), 0.0)).transpose(1, 2)  # (B, D, N)
-        maps = [F.relu(conv(F.pad(x, (0, k - 1))))  # (B, channels, N)
+        # shorter than a kernel still produce features. One pad serves every kernel size.
+        x = F.pad(x.transpose(1, 2), (0, max(self.kernel_sizes) - 1))  # (B, D, N + kmax - 1)
+        maps = [F.relu(conv(x[:, :, :n + k - 1]))  # (B, channels, N)
                 for conv, k in zip(self.convs, self.kernel_sizes)]
         # contiguous: masked pooling over a transposed view runs as slow as the convolutions
         feats = torch.cat(maps, dim=1).transpose(1, 2).contiguous()  # (B, N, ch * n_kernels)
@@ -269,25 +304,29 @@ class BiLSTMCNNHead(Head):
 
     def __init__(self, in_dim: int, cfg: Any) -> None:
         super().__init__()
-        self.lstm = BiLSTMHead(in_dim, cfg.hidden, cfg.pooling, cfg.dropout)
-        self.cnn = CNNHead(in_dim, cfg.channels, cfg.kernel_sizes, cfg.pooling, cfg.dropout)
+        kind = getattr(cfg, "input_dropout", "spatial")
+        self.drop = InputDropout(cfg.dropout, kind)  # one mask for both parts
+        self.lstm = BiLSTMHead(in_dim, cfg.hidden, cfg.pooling, 0.0, kind)
+        self.cnn = CNNHead(in_dim, cfg.channels, cfg.kernel_sizes, cfg.pooling, 0.0, kind)
         self.out_dim = self.lstm.out_dim + self.cnn.out_dim
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def encode(self, x: Tensor, mask: Tensor) -> Tensor:
         """Concatenate both pooled vectors."""
-        return torch.cat([self.lstm(x, mask), self.cnn(x, mask)], dim=-1)
+        return torch.cat([self.lstm.encode(x, mask), self.cnn.encode(x, mask)], dim=-1)
 
 
 @register_head
 def bilstm(in_dim: int, cfg: Any) -> Head:
     """Bidirectional LSTM (cfg.hidden units per direction) + pooling."""
-    return BiLSTMHead(in_dim, cfg.hidden, cfg.pooling, cfg.dropout)
+    return BiLSTMHead(in_dim, cfg.hidden, cfg.pooling, cfg.dropout,
+                      getattr(cfg, "input_dropout", "spatial"))
 
 
 @register_head
 def cnn(in_dim: int, cfg: Any) -> Head:
     """Multi-kernel TextCNN (cfg.channels per size in cfg.kernel_sizes) + pooling."""
-    return CNNHead(in_dim, cfg.channels, cfg.kernel_sizes, cfg.pooling, cfg.dropout)
+    return CNNHead(in_dim, cfg.channels, cfg.kernel_sizes, cfg.pooling, cfg.dropout,
+                   getattr(cfg, "input_dropout", "spatial"))
 
 
 @register_head

@@ -224,3 +224,30 @@ def test_bilstm_equals_a_packed_bidirectional_lstm_on_text_positions():
     got.sum().backward()
     assert torch.allclose(head.bwd.weight_hh_l0.grad, ref.weight_hh_l0_reverse.grad, atol=1e-5)
     assert torch.allclose(head.fwd.weight_ih_l0.grad, ref.weight_ih_l0.grad, atol=1e-5)
+
+
+def test_spatial_input_dropout_drops_whole_channels_per_text():
+    from comp.heads import InputDropout
+
+    torch.manual_seed(0)
+    drop = InputDropout(0.5, "spatial").train()
+    x = torch.ones(8, 7, 16)
+    out = drop(x)
+    # every channel of a text is either all zero or all scaled by 1 / (1 - p)
+    col = out[:, 0:1, :]
+    assert torch.equal(out, col.expand_as(out))
+    assert set(out.unique().tolist()) == {0.0, 2.0}
+    elem = InputDropout(0.5, "element").train()(x)
+    assert not torch.equal(elem, elem[:, 0:1, :].expand_as(elem))  # elements drop one by one
+    assert torch.equal(drop.eval()(x), x)
+    with pytest.raises(CompError, match="model.input_dropout"):
+        InputDropout(0.1, "gaussian")
+
+
+def test_bilstm_cnn_applies_one_input_dropout_for_both_parts():
+    head = create_head("bilstm_cnn", D, hidden=5, channels=4, kernel_sizes=(2, 3), dropout=0.3)
+    assert head.drop.p == 0.3 and head.lstm.drop.p == 0.0 and head.cnn.drop.p == 0.0
+    x, mask = _batch()
+    head.eval()
+    want = torch.cat([head.lstm(x, mask), head.cnn(x, mask)], dim=-1)
+    assert torch.allclose(head(x, mask), want)
