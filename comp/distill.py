@@ -305,7 +305,10 @@ def fit_student_fold(ctx: FoldContext, data: FusionData, teacher: Teacher | None
         train = train.concat(extra)
     val = data.rows.take(ctx.val_idx)
     val.targets = np.zeros((len(val), 2 * c), np.float32)  # fit never holds validation targets
-    unl = unlabelled.ensure(model, recipe.model) if unlabelled is not None else None
+    unl = None
+    if unlabelled is not None and data.test.n_source == len(comp.test_texts):
+        # only while FusionData's prediction rows stop at the test texts
+        unl = unlabelled.ensure(model, recipe.model)
     cache = data.ensure_cache(model, data.rows.texts + data.test.texts + train.texts
                               + (unl.texts if unl is not None else []))
     counts = np.bincount(comp.labels[ctx.train_idx], minlength=c)
