@@ -11,11 +11,14 @@ taken from --runs. For every blender the table shows
   d_best    hidden minus the best single member's hidden accuracy
 
 and, at the end, how well nested and in-sample CV rank the methods by their hidden score
-(Spearman). Nothing here is asserted; read the numbers.
+(Spearman). Nothing here is asserted; read the numbers. Ends with one line for the defaults
+(hill, stack with a logistic-regression meta-model) against the best member by CV:
+    best_member_oof=… ens_oof=… best_member_hidden=… ens_hidden=… stack_cv=… stack_hidden=…
 
   .venv/bin/python bench/ensemble.py                    # linear members + a char-vector CNN
   .venv/bin/python bench/ensemble.py --no-neural        # linear members only (~2 min)
   .venv/bin/python bench/ensemble.py --runs runs/a runs/b --metric accuracy
+  .venv/bin/python bench/ensemble.py --add runs/fusion_bert_bilstm   # plus a fusion member
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ METHODS = [
     ("stack", {"meta": "ridge"}),
     ("stack", {"meta": "hgb"}),
 ]
+HEADLINE_ENS = ("hill", {})
+HEADLINE_STACK = ("stack", {"meta": "lr"})
 
 
 def train_members(data: Path, work: Path, neural: bool, epochs: int) -> list[Path]:
@@ -104,6 +109,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT / "data" / "sentiment"))
     ap.add_argument("--work", default="/tmp/comp-bench-ensemble")
     ap.add_argument("--runs", nargs="*", help="use these member dirs instead of training")
+    ap.add_argument("--add", nargs="*", default=[],
+                    help="finished member dirs to add to the trained ones (e.g. runs/fusion_*)")
     ap.add_argument("--metric", default="accuracy")
     ap.add_argument("--no-neural", action="store_true")
     ap.add_argument("--epochs", type=int, default=3, help="neural member epochs")
@@ -121,7 +128,7 @@ def main() -> None:
     comp = load_competition(cfg)
     folds = load_folds(comp, cfg)
     y = comp.labels
-    members = load_members(runs)
+    members = load_members([*runs, *(Path(r) for r in args.add)])
     answers = read_answers(data / "answers.csv") if (data / "answers.csv").exists() else {}
     keep = [k for k, i in enumerate(comp.test_ids) if i in answers]
     truth = np.array([comp.classes.index(answers[comp.test_ids[k]]) for k in keep])
@@ -144,6 +151,7 @@ def main() -> None:
     print(f"{'method':<30}{'nested':>8}{'in-samp':>9}{'optim.':>8}{'hidden':>8}{'d_best':>8}"
           f"{'sec':>7}  weights")
     rows = []
+    headline: dict[str, tuple[float, float]] = {}
     for method, kw in METHODS:
         t0 = time.time()
         res = ensemble(members, method, y, folds, args.metric, **kw)
@@ -156,6 +164,8 @@ def main() -> None:
               f"{res.cv_in_sample - res.cv:>+8.4f}{h:>8.4f}{h - best_hidden:>+8.4f}"
               f"{sec:>7.1f}  {w}")
         rows.append((res.cv, res.cv_in_sample, h))
+        if (method, kw) in (HEADLINE_ENS, HEADLINE_STACK):
+            headline[method] = (res.cv, h)
     if keep and len(rows) > 2:
         nested, insample, hid = (np.array(c) for c in zip(*rows))
         # Binomial standard errors: differences smaller than these are noise, not signal.
@@ -170,6 +180,13 @@ def main() -> None:
               f"{np.mean(hid - nested):+.4f}, in-sample {np.mean(hid - insample):+.4f}; "
               f"spread of (hidden - CV) across methods: nested {np.std(hid - nested):.4f}, "
               f"in-sample {np.std(hid - insample):.4f}")
+
+    best_cv = score(args.metric, y, best.oof)
+    print(f"\n(best member = best by CV, {best.name}; ens = {HEADLINE_ENS[0]}, stack = "
+          f"{HEADLINE_STACK[0]} {HEADLINE_STACK[1]['meta']}, the defaults; CVs nested)")
+    print(f"best_member_oof={best_cv:.4f} ens_oof={headline['hill'][0]:.4f} "
+          f"best_member_hidden={best_hidden:.4f} ens_hidden={headline['hill'][1]:.4f} "
+          f"stack_cv={headline['stack'][0]:.4f} stack_hidden={headline['stack'][1]:.4f}")
 
 
 if __name__ == "__main__":
