@@ -368,3 +368,40 @@ def test_vocabulary_missing_most_characters_is_a_comp_error(checkpoints, tmp_pat
     with pytest.warns(UserWarning, match=r"covers \d+\.\d% of the text's characters \(< 95%\)"):
         cov = check_vocab_coverage(load_backbone("bert", str(part)), texts, "b")
     assert 0.5 < cov < 0.95
+
+
+# ---------------------------------------------------------------------------------------------
+# recipes/gpu: the same members named with the real hub checkpoints
+
+GPU_RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes" / "gpu").glob("*.toml"))
+GPU_LAYOUT = {"bert": "bert_wwm_full", "roberta_wwm": "roberta_wwm_bin", "wobert": "wobert",
+              "xlnet": "xlnet", "albert": "albert_zh"}
+
+
+def test_gpu_recipes_cover_every_backbone_kind_and_the_full_fusion():
+    from comp.backbones import backbone_kinds
+
+    names = {p.stem for p in GPU_RECIPES}
+    assert names == {f"fusion_{k}_bilstm" for k in backbone_kinds()} | {"fusion_all"}
+
+
+@pytest.mark.parametrize("path", GPU_RECIPES, ids=lambda p: p.stem)
+def test_gpu_recipe_builds_through_the_hub_path(checkpoints, hub, small_comp, tmp_path, path):
+    """Each hub id in a GPU recipe resolves (from an offline cache holding that repo's layout,
+    tiny weights) through the same loader users hit, and the model gives logits."""
+    from comp.data import load_competition
+    from comp.fusion import build_fusion, to_device
+
+    recipe = load_recipe(path, [f"data.dir={json.dumps(str(small_comp))}", "model.vectors=[]",
+                                "model.hidden=8", "model.channels=4"])
+    bbs = recipe.model.backbones
+    assert all("/" in b.path and not Path(b.path).exists() for b in bbs)  # hub ids, not dirs
+    assert recipe.train.lr_backbone <= 5e-5  # base-size learning rate
+    for b in bbs:
+        hub(checkpoints[GPU_LAYOUT[b.kind]], b.path)
+    comp = load_competition(recipe.data)
+    model = build_fusion(recipe, comp.n_classes).eval()
+    batch = to_device(model.prepare(list(comp.train_texts[:3])), torch.device("cpu"))
+    with torch.no_grad():
+        logits = model(batch)
+    assert logits.shape == (3, comp.n_classes) and torch.isfinite(logits).all()
