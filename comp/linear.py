@@ -101,11 +101,11 @@ def train_linear(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
     comp = load_competition(recipe.data)
     cfg = recipe.linear
     log(f"{recipe.name}: TF-IDF {cfg.features} features on {len(comp.train_texts)} + "
-        f"{len(comp.test_texts)} texts")
+        f"{len(comp.predict_texts)} texts")
     vec = make_vectorizer(cfg)
-    vec.fit(comp.train_texts + comp.test_texts)
+    vec.fit(comp.train_texts + comp.predict_texts)
     X = vec.transform(comp.train_texts).tocsr()
-    X_test = vec.transform(comp.test_texts).tocsr()
+    X_test = vec.transform(comp.predict_texts).tocsr()  # test rows, then unlabelled rows
     log(f"{recipe.name}: {X.shape[1]} features")
 
     def fit_fold(ctx: FoldContext) -> tuple[np.ndarray, np.ndarray]:

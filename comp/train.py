@@ -318,8 +318,8 @@ class FusionData:
             check_vocab_coverage(b, comp.train_texts, f"model.backbones[{i}] ({bc.path})")
         y = np.eye(comp.n_classes, dtype=np.float32)[comp.labels]
         self.rows = make_rows(comp.train_texts, cfg, y)
-        self.test = make_rows(comp.test_texts, cfg, np.zeros((len(comp.test_texts),
-                                                              comp.n_classes), np.float32))
+        self.test = make_rows(comp.predict_texts, cfg, np.zeros((len(comp.predict_texts),
+                                                                 comp.n_classes), np.float32))
         for r in (self.rows, self.test):
             r.vec_ids = model.vector_ids(r.texts)
 

@@ -79,6 +79,17 @@ def test_char_ids_truncate_to_the_grid():
     assert ids.tolist() == [[k["好"], k["差"], k["好"]], [0, 0, 0]]
 
 
+def test_char_ids_match_a_lookup_per_character():
+    """The batched code-point table gives exactly the per-character dict lookups: unknown and
+    non-BMP characters, keys longer than one character, empty texts, truncation."""
+    kv = make_kv(["好", "差", "a", "😀", "[UNK]", "很"])
+    grid = GridVectors(kv, "char")
+    texts = ["好a差😀很", "", "zz好", "ü很很很很很很很很", "😀😀"]
+    want = [[grid.key_to_id.get(c, 0) for c in t[:6]] + [0] * (6 - len(t[:6])) for t in texts]
+    assert grid.ids(texts, 6).tolist() == want
+    assert grid.ids([], 6).shape == (0, 6)
+
+
 def test_padding_row_is_zero_and_trainability():
     kv = make_kv(["好", "差"])
     frozen = GridVectors(kv, "char")
