@@ -51,7 +51,15 @@ from comp.train_parts import (
     shard_rows,
     train_batches,
 )
-from comp.utils import CompError, atomic_path, log, progress, seed_everything
+from comp.utils import (
+    CompError,
+    atomic_path,
+    log,
+    progress,
+    read_json,
+    seed_everything,
+    write_json,
+)
 
 __all__ = ["FitResult", "fit", "predict", "train_fusion", "make_batch", "FusionData"]
 
@@ -373,11 +381,25 @@ def fit_fold(ctx: FoldContext, data: FusionData) -> tuple[np.ndarray, np.ndarray
     result = fit(model, train, val, comp.labels[ctx.val_idx], cfg, metric=recipe.metric,
                  loss_fn=loss_fn, cache=cache, ckpt=ctx.dir / "model.pt", report=ctx.report,
                  seed=cfg.seed + 1000 * ctx.fold, name=name)
+    if rank == 0:  # learning curves for the report
+        write_json(ctx.dir / "epochs.json", [{"fold": ctx.fold, **h} for h in result.history])
     # weights from phase 1 still have the original backbones, so the cache stays valid
     test_cache = cache if result.best_phase == 1 else None
     test_proba = predict(model, data.test, cfg.eval_batch_size, test_cache, cfg.bucket, cfg.amp,
                          desc=f"{name} test")
     return result.val_proba, test_proba
+
+
+def collect_epochs(run_dir: str | Path, cv: dict | None) -> dict | None:
+    """Join the folds' epochs.json into the member's (one record per fold and epoch) once the
+    member is done; returns `cv` unchanged."""
+    if cv is not None:
+        recs = []
+        for p in sorted(Path(run_dir).glob("fold*/epochs.json")):
+            recs.extend(read_json(p))
+        if recs:
+            write_json(Path(run_dir) / "epochs.json", recs)
+    return cv
 
 
 def _device() -> torch.device:
@@ -403,8 +425,8 @@ def train_fusion(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
     data = FusionData(recipe, comp)
     rank, world = init_distributed()
     if world == 1:
-        return run_member(recipe, lambda ctx: fit_fold(ctx, data), folds_to_run, force, extra,
-                          report, comp)
+        return collect_epochs(recipe.run_dir, run_member(
+            recipe, lambda ctx: fit_fold(ctx, data), folds_to_run, force, extra, report, comp))
     import torch.distributed as dist
 
     if rank == 0:
@@ -413,7 +435,8 @@ def train_fusion(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
             return fit_fold(ctx, data)
 
         try:
-            return run_member(recipe, lead, folds_to_run, force, extra, report, comp)
+            return collect_epochs(recipe.run_dir, run_member(recipe, lead, folds_to_run, force,
+                                                             extra, report, comp))
         finally:
             dist.broadcast_object_list([None], 0)  # release the other ranks
     while True:

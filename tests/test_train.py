@@ -123,6 +123,10 @@ def test_member_end_to_end_writes_files_and_resumes(bert_dir, comp_dir, tmp_path
     for f in range(3):
         state = torch.load(run / f"fold{f}" / "model.pt")
         assert any(k.startswith("classifier.") for k in state)
+    curves = json.loads((run / "epochs.json").read_text())  # the report's learning curves
+    n_epochs = recipe.train.epochs_frozen + recipe.train.epochs_unfrozen
+    assert sorted({r["fold"] for r in curves}) == [0, 1, 2]
+    assert all(1 <= r["epoch"] <= n_epochs and "accuracy" in r and "loss" in r for r in curves)
 
     def boom(*a, **k):
         raise AssertionError("a finished fold was retrained")
