@@ -1,4 +1,4 @@
-"""Blenders, stacking and honest nested CV on synthetic OOF probabilities."""
+"""Blenders (comp.blend), stacking and honest nested CV (comp.ensemble) on synthetic OOF."""
 
 from __future__ import annotations
 
@@ -12,13 +12,16 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
-from comp.ensemble import (
+from comp.blend import (
     BLENDERS,
-    EnsembleResult,
     HillClimbBlender,
     StackEnsemble,
     WeightBlender,
+    blender_params,
     create_blender,
+)
+from comp.ensemble import (
+    EnsembleResult,
     ensemble,
     leaderboard,
     load_members,
@@ -71,6 +74,7 @@ def test_estimator_protocol(name):
     y, _, X = synth(n=120, M=3, C=3)
     est = create_blender(name)
     params = est.get_params()
+    assert blender_params(name) == params
     before = set(vars(est))
     assert before == set(params), "__init__ must only store its arguments"
     c = clone(est)
@@ -106,6 +110,7 @@ def test_create_blender_errors_name_the_problem():
         create_blender("nope")
     with pytest.raises(CompError, match="unknown parameter 'n_iters'"):
         create_blender("hill", n_iters=3)
+    assert blender_params("nope") == {}
 
 
 # ---------------------------------------------------------------------------------------------
