@@ -99,21 +99,21 @@ class _Blender(ClassifierMixin, BaseEstimator):
         return self.predict_proba(X).argmax(1)
 
 
-def _weighted(X: np.ndarray, w: np.ndarray) -> np.ndarray:
-    return np.einsum("nmc,m->nc", X, w)  # (n, C)
-
-
-@register_blender("mean")
-class MeanBlender(_Blender):
-    """Plain average of the members' probabilities."""
+class _EqualWeights(_Blender):
+    """A blender with nothing to learn: every member weighs the same."""
 
     needs_labels = False
 
-    def fit(self, X: Any, y: Any = None) -> MeanBlender:
-        """Record the shapes; an average has nothing to learn."""
+    def fit(self, X: Any, y: Any = None) -> _EqualWeights:
+        """Record the shapes and equal weights_; labels are ignored."""
         X = self._validate(X, fitting=True)
         self.weights_ = np.full(self.n_members_, 1.0 / self.n_members_)
         return self
+
+
+@register_blender("mean")
+class MeanBlender(_EqualWeights):
+    """Plain average of the members' probabilities."""
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """(n, C) mean of the members."""
@@ -121,21 +121,13 @@ class MeanBlender(_Blender):
 
 
 @register_blender("rank")
-class RankBlender(_Blender):
+class RankBlender(_EqualWeights):
     """Average of per-class ranks scaled to [0, 1], rows renormalised.
 
     Ranks are taken within the rows passed to `predict_proba`, which makes members with very
     different calibration comparable (useful for AUC); the output is a score, not a calibrated
     probability.
     """
-
-    needs_labels = False
-
-    def fit(self, X: Any, y: Any = None) -> RankBlender:
-        """Record the shapes; ranks have nothing to learn."""
-        X = self._validate(X, fitting=True)
-        self.weights_ = np.full(self.n_members_, 1.0 / self.n_members_)
-        return self
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """(n, C) mean rank per class, each row summing to 1."""
@@ -148,6 +140,10 @@ class RankBlender(_Blender):
         p = r.mean(1)  # (n, C)
         s = p.sum(1, keepdims=True)
         return np.where(s > 0, p / np.where(s > 0, s, 1.0), 1.0 / self.n_classes_)
+
+
+def _weighted(X: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return np.einsum("nmc,m->nc", X, w)  # (n, C)
 
 
 @register_blender("weights")
