@@ -18,6 +18,7 @@ import math
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,12 @@ class Table:
     def column(self, name: str) -> list[str | None]:
         """All values of one column (None where the row lacks it)."""
         return [r.get(name) for r in self.rows]
+
+    def require(self, names: Iterable[str], why: str = "") -> None:
+        """Raise CompError naming the file and the first of `names` it has no column for."""
+        for name in names:
+            if name not in self.columns:
+                raise CompError(f"{self.path}: missing column '{name}'{why}")
 
 
 def detect_encoding(raw: bytes, path: Path, encoding: str = "auto") -> tuple[str, str]:
@@ -602,9 +609,7 @@ def _write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:
 def read_answers(path: str | Path) -> dict[str, str]:
     """answers.csv (id, label) as a dict."""
     t = read_table(path)
-    for col in ("id", "label"):
-        if col not in t.columns:
-            raise CompError(f"{path}: missing column '{col}'")
+    t.require(("id", "label"))
     return dict(zip(t.column("id"), t.column("label")))
 
 

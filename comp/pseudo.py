@@ -181,15 +181,12 @@ def read_pseudo(path: str | Path, classes: list[str], soft: bool = False,
         ExtraRows with (m, C) targets.
     """
     table = read_table(path)
-    for col in ("text", "label"):
-        if col not in table.columns:
-            raise CompError(f"{path}: missing column '{col}'")
+    table.require(("text", "label"))
     index = {c: i for i, c in enumerate(classes)}
     texts, targets = [], []
     pcols = [f"p_{c}" for c in classes]
-    if soft and not all(c in table.columns for c in pcols):
-        missing = next(c for c in pcols if c not in table.columns)
-        raise CompError(f"{path}: missing column '{missing}' needed for soft pseudo-labels")
+    if soft:
+        table.require(pcols, " needed for soft pseudo-labels")
     for row, n in zip(table.rows, table.row_numbers):
         label = (row.get("label") or "").strip()
         if label not in index:

@@ -12,6 +12,7 @@ from comp.data import (
     load_folds,
     make_folds,
     normalize_text,
+    read_answers,
     read_table,
 )
 from comp.utils import CompError
@@ -49,6 +50,18 @@ def test_reader_keeps_emoji_fullwidth_and_quoted_newlines(tmp_path):
     vals = ["好评😀\n第二行", "ＡＢＣ，全角", 'say "hi", ok']
     _write(tmp_path / "a.csv", ["id", "text"], [(i, v) for i, v in enumerate(vals)])
     assert read_table(tmp_path / "a.csv").column("text") == vals
+
+
+def test_required_columns_name_the_file_and_the_first_missing_one(tmp_path):
+    _write(tmp_path / "answers.csv", ["id", "text"], [("a", "x")])
+    t = read_table(tmp_path / "answers.csv")
+    t.require(["text", "id"])
+    with pytest.raises(CompError, match=r"answers\.csv: missing column 'label' \(why\)$"):
+        t.require(["id", "label", "other"], " (why)")
+    with pytest.raises(CompError, match=r"answers\.csv: missing column 'label'$"):
+        read_answers(tmp_path / "answers.csv")
+    _write(tmp_path / "answers.csv", ["id", "label"], [("a", "pos")])
+    assert read_answers(tmp_path / "answers.csv") == {"a": "pos"}
 
 
 def test_gbk_and_bom_files_are_detected(tmp_path):

@@ -30,6 +30,17 @@ def test_unseen_label_in_pseudo_file_names_row_and_column(tmp_path):
         read_pseudo(f, ["neg", "pos"])
 
 
+def test_pseudo_file_missing_columns_are_named(tmp_path):
+    f = tmp_path / "p.csv"
+    f.write_text("id,text,confidence\n1,好,0.9\n", encoding="utf-8")
+    with pytest.raises(CompError, match=r"p\.csv: missing column 'label'$"):
+        read_pseudo(f, ["neg", "pos"])
+    f.write_text("id,text,label,p_neg\n1,好,pos,0.1\n", encoding="utf-8")
+    with pytest.raises(CompError, match=r"missing column 'p_pos' needed for soft pseudo-labels"):
+        read_pseudo(f, ["neg", "pos"], soft=True)
+    assert len(read_pseudo(f, ["neg", "pos"])) == 1  # hard labels need no p_<class> columns
+
+
 def test_pseudo_round_never_lets_validation_rows_see_their_labels(small_comp, tmp_path):
     runs = tmp_path / "runs"
     base = [f"data.dir={small_comp}", "data.folds=3", f"runs_dir={runs}", "linear.min_df=1"]
