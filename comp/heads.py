@@ -102,36 +102,47 @@ def create_head(name: str, in_dim: int, hidden: int = 128, channels: int = 128,
 # masked pooling
 
 
-def masked_max(x: Tensor, mask: Tensor) -> Tensor:
+def masked_max(x: Tensor, mask: Tensor, channels_first: bool = False,
+               nonnegative: bool = False) -> Tensor:
     """Max over positions where mask is True; zeros for rows without any.
 
     Args:
-        x: (B, N, D) features.
+        x: (B, N, D) features, or (B, D, N) with `channels_first` (a Conv1d's layout, pooled
+            without a transposed copy).
         mask: (B, N) bool.
+        channels_first: x is (B, D, N).
+        nonnegative: the caller guarantees x >= 0 (e.g. after ReLU); padding is then zeroed
+            by one multiply, which can never exceed a real value and leaves empty rows at 0.
 
     Returns:
         (B, D).
     """
-    m = mask.unsqueeze(-1)  # (B, N, 1)
+    m = mask.unsqueeze(1 if channels_first else -1)  # (B, 1, N) or (B, N, 1)
+    dim = -1 if channels_first else 1
+    if nonnegative:
+        return (x * m.to(x.dtype)).amax(dim=dim)
     # a finite floor instead of -inf keeps fp16 and empty rows free of inf/NaN
     filled = x.masked_fill(~m, torch.finfo(x.dtype).min)
-    out = filled.max(dim=1).values  # (B, D)
+    out = filled.max(dim=dim).values  # (B, D)
     return torch.where(mask.any(dim=1, keepdim=True), out, torch.zeros_like(out))
 
 
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+def masked_mean(x: Tensor, mask: Tensor, channels_first: bool = False) -> Tensor:
     """Mean over positions where mask is True; zeros for rows without any.
 
     Args:
-        x: (B, N, D) features.
+        x: (B, N, D) features, or (B, D, N) with `channels_first`.
         mask: (B, N) bool.
+        channels_first: x is (B, D, N).
 
     Returns:
         (B, D).
     """
-    m = mask.unsqueeze(-1)  # (B, N, 1)
-    total = x.masked_fill(~m, 0.0).sum(dim=1)  # (B, D)
-    count = m.sum(dim=1).clamp(min=1).to(x.dtype)  # (B, 1)
+    if channels_first:
+        total = (x * mask.unsqueeze(1).to(x.dtype)).sum(dim=-1)  # (B, D)
+    else:
+        total = x.masked_fill(~mask.unsqueeze(-1), 0.0).sum(dim=1)  # (B, D)
+    count = mask.sum(dim=1, keepdim=True).clamp(min=1).to(x.dtype)  # (B, 1)
     return total / count
 
 
@@ -142,9 +153,18 @@ class MaxMeanPool(nn.Module):
         super().__init__()
         self.out_dim = 2 * dim
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """Pool the unmasked positions."""
-        return torch.cat([masked_max(x, mask), masked_mean(x, mask)], dim=-1)
+    def forward(self, x: Tensor, mask: Tensor, channels_first: bool = False,
+                nonnegative: bool = False) -> Tensor:
+        """Pool the unmasked positions of x, (B, N, D) or (B, D, N) with `channels_first`.
+
+        `nonnegative` (x >= 0, as after ReLU) masks once by a multiply shared by both poolings.
+        """
+        if channels_first and nonnegative:
+            xm = x * mask.unsqueeze(1).to(x.dtype)  # (B, D, N), padding zero
+            count = mask.sum(dim=1, keepdim=True).clamp(min=1).to(x.dtype)  # (B, 1)
+            return torch.cat([xm.amax(dim=-1), xm.sum(dim=-1) / count], dim=-1)  # (B, 2D)
+        return torch.cat([masked_max(x, mask, channels_first, nonnegative),
+                          masked_mean(x, mask, channels_first)], dim=-1)
 
 
 class AttentionPool(nn.Module):
@@ -287,15 +307,21 @@ class CNNHead(Head):
 
     def encode(self, x: Tensor, mask: Tensor) -> Tensor:
         """Convolve windows starting at every position, pool those starting inside the text."""
-        n = x.shape[1]
+        b, n, _ = x.shape
         # zeroed padding makes a window that runs past the text end see the same zeros whatever
         # the grid held there; right padding gives every start position an output, so texts
         # shorter than a kernel still produce features. One pad serves every kernel size.
         x = F.pad(x.transpose(1, 2), (0, max(self.kernel_sizes) - 1))  # (B, D, N + kmax - 1)
-        maps = [F.relu(conv(x[:, :, :n + k - 1]))  # (B, channels, N)
+        # in place: a convolution's backward needs its input, not its output
+        maps = [torch.relu_(conv(x[:, :, :n + k - 1]))  # (B, channels, N)
                 for conv, k in zip(self.convs, self.kernel_sizes)]
-        # contiguous: masked pooling over a transposed view runs as slow as the convolutions
-        feats = torch.cat(maps, dim=1).transpose(1, 2).contiguous()  # (B, N, ch * n_kernels)
+        if isinstance(self.pool, MaxMeanPool):
+            # pooled in the conv layout, map by map: no transposed copy, no concatenated map;
+            # ReLU outputs are >= 0, so one multiply by the mask serves max and mean
+            parts = [self.pool(h, mask, channels_first=True, nonnegative=True).view(b, 2, -1)
+                     for h in maps]  # (B, 2, channels) each: [max | mean]
+            return torch.cat(parts, dim=2).flatten(1)  # (B, 2 * channels * n_kernels)
+        feats = torch.cat(maps, dim=1).transpose(1, 2)  # (B, N, channels * n_kernels)
         return self.pool(feats, mask)
 
 

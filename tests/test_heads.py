@@ -251,3 +251,66 @@ def test_bilstm_cnn_applies_one_input_dropout_for_both_parts():
     head.eval()
     want = torch.cat([head.lstm(x, mask), head.cnn(x, mask)], dim=-1)
     assert torch.allclose(head(x, mask), want)
+
+
+# ---------------------------------------------------------------------------------------------
+# the TextCNN's pooling in the conv layout
+
+
+def _reference_cnn_encode(head, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The CNN head as it was before pooling moved into the conv layout: transpose the
+    concatenated maps to (B, N, C), copy, then masked_fill pooling."""
+    import torch.nn.functional as F
+
+    n = x.shape[1]
+    x = F.pad(x.transpose(1, 2), (0, max(head.kernel_sizes) - 1))
+    maps = [F.relu(conv(x[:, :, :n + k - 1])) for conv, k in zip(head.convs, head.kernel_sizes)]
+    feats = torch.cat(maps, dim=1).transpose(1, 2).contiguous()  # (B, N, C)
+    if not isinstance(head.pool, type(create_pool("maxmean", 1))):
+        return head.pool(feats, mask)
+    m = mask.unsqueeze(-1)
+    mx = feats.masked_fill(~m, torch.finfo(feats.dtype).min).max(dim=1).values
+    mx = torch.where(mask.any(dim=1, keepdim=True), mx, torch.zeros_like(mx))
+    mean = feats.masked_fill(~m, 0.0).sum(dim=1) / m.sum(dim=1).clamp(min=1).to(feats.dtype)
+    return torch.cat([mx, mean], dim=-1)
+
+
+@pytest.mark.parametrize("pooling", pool_names())
+def test_cnn_pooling_in_conv_layout_equals_the_transposed_reference(pooling):
+    torch.manual_seed(1)
+    head = create_head("cnn", D, channels=7, kernel_sizes=(1, 2, 3), pooling=pooling,
+                       dropout=0.0).eval()
+    x, mask = _batch(5)
+    x = x.masked_fill(~mask.unsqueeze(-1), 0.0)  # what Head.forward hands to encode
+    # repeated characters give tied maxima at positive values, as real texts do
+    x[0, 4:8] = x[0, 3]
+    got_x, ref_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got = head.encode(got_x, mask)
+    want = _reference_cnn_encode(head, ref_x, mask)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert (got[3] == 0).all()  # the empty row still pools to zeros
+    # gradients reach the same parameters with the same values
+    weights = torch.randn_like(got)
+    g_new = torch.autograd.grad((got * weights).sum(), [got_x, *head.parameters()])
+    g_ref = torch.autograd.grad((want * weights).sum(), [ref_x, *head.parameters()])
+    for a, b in zip(g_new, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_masked_pooling_layouts_and_nonnegative_shortcut_agree():
+    x, mask = _batch(2)
+    relu = x.relu()
+    cf = relu.transpose(1, 2)  # (B, D, N) view
+    ref_max, ref_mean = masked_max(relu, mask), masked_mean(relu, mask)
+    assert torch.equal(masked_max(cf, mask, channels_first=True), ref_max)
+    assert torch.equal(masked_max(cf, mask, channels_first=True, nonnegative=True), ref_max)
+    assert torch.equal(masked_max(relu, mask, nonnegative=True), ref_max)
+    torch.testing.assert_close(masked_mean(cf, mask, channels_first=True), ref_mean)
+    assert (ref_max[3] == 0).all() and (ref_mean[3] == 0).all()
+    pool = create_pool("maxmean", D)
+    torch.testing.assert_close(pool(cf, mask, channels_first=True, nonnegative=True),
+                               pool(relu, mask))
+    # the shortcut is only valid for x >= 0: a padded row of negatives pools to its padding's 0
+    neg = -relu - 1.0
+    assert (masked_max(neg, mask)[:3] < 0).all()
+    assert (masked_max(neg, mask, nonnegative=True)[1] == 0).all()
