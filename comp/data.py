@@ -29,6 +29,7 @@ from comp.utils import CompError, log, sha1_of, write_json, write_text
 
 TEXT_FALLBACKS = ("text", "sentence", "content", "review", "comment", "query", "title")
 EXTENSIONS = (".csv", ".tsv", ".jsonl", ".json", ".txt")
+HASH_KEYS = ("folds_hash", "train_hash", "test_hash")  # see data_hashes
 csv.field_size_limit(1 << 30)
 
 
@@ -494,6 +495,15 @@ def make_folds(labels: np.ndarray, texts: list[str], k: int, seed: int) -> np.nd
 def folds_hash(ids: list[str], folds: np.ndarray) -> str:
     """Fingerprint of a fold table (members must agree on it)."""
     return sha1_of([*ids, *map(str, folds.tolist())])
+
+
+def data_hashes(comp: Competition, folds: np.ndarray) -> dict[str, str]:
+    """The fingerprints a member records in cv.json: its fold table, train rows and test rows.
+
+    Members can only be ensembled when all three agree (keys: HASH_KEYS).
+    """
+    return {"folds_hash": folds_hash(comp.train_ids, folds), "train_hash": comp.train_hash,
+            "test_hash": comp.test_hash}
 
 
 def load_folds(comp: Competition, cfg: DataConfig) -> np.ndarray:

@@ -25,10 +25,11 @@ import numpy as np
 from sklearn.base import BaseEstimator, clone
 
 from comp.blend import EPS, StackEnsemble, blender_params, create_blender
+from comp.data import HASH_KEYS, data_hashes, load_competition, load_folds
+from comp.member import write_member_files
 from comp.metrics import greater_is_better, score
-from comp.utils import CompError, log, progress, read_json, save_npy, write_json
-
-HASH_KEYS = ("folds_hash", "train_hash", "test_hash")
+from comp.submit import write_submission
+from comp.utils import CompError, log, progress, read_json
 
 # ---------------------------------------------------------------------------------------------
 # members
@@ -347,9 +348,6 @@ def run_ensemble(run_dirs: Sequence[str | Path], method: str, data_cfg: Any, met
         (unlabelled.npy, manifest "unlabelled"), with the members' [data] table under "data"
         so readers can find those texts.
     """
-    from comp.data import folds_hash, load_competition, load_folds
-    from comp.submit import write_submission
-
     t0 = time.time()
     stem = _out_stem(out, kw.pop("name", None), method)
     proba = bool(kw.pop("proba", False))
@@ -365,8 +363,7 @@ def run_ensemble(run_dirs: Sequence[str | Path], method: str, data_cfg: Any, met
     if m0.oof.shape[0] != n_train or m0.test.shape[0] != n_test:
         raise CompError(f"{m0.path}: {m0.oof.shape[0]} train / {m0.test.shape[0]} test rows but "
                         f"{data_cfg.dir} has {n_train} / {n_test}")
-    want = {"folds_hash": folds_hash(comp.train_ids, folds), "train_hash": comp.train_hash,
-            "test_hash": comp.test_hash}
+    want = data_hashes(comp, folds)
     for key, value in want.items():
         if m0.cv.get(key) not in (None, value):
             raise CompError(f"{m0.path}: {key} {m0.cv[key]} does not match {data_cfg.dir} "
@@ -377,25 +374,19 @@ def run_ensemble(run_dirs: Sequence[str | Path], method: str, data_cfg: Any, met
     log(f"ensemble {method} of {len(members)} members on {metric}")
     res = ensemble(members, method, np.asarray(comp.labels), folds, metric, **kw)
     ens_dir = stem
-    save_npy(ens_dir / "oof.npy", res.oof)
-    save_npy(ens_dir / "test.npy", res.test)
-    write_json(ens_dir / "classes.json", classes)
     common = {"name": stem.name, "kind": "ensemble", "method": method, "metric": metric,
               "cv": res.cv, "cv_in_sample": res.cv_in_sample,
               "fold_scores": res.meta["fold_scores"], "n_train": n_train, "n_test": n_test,
               **want}
     unl: dict[str, Any] = {}
     if res.unlabelled is not None:
-        save_npy(ens_dir / "unlabelled.npy", res.unlabelled)
         unl = {"n_unlabelled": len(res.unlabelled),
                "unlabelled_hash": m0.cv.get("unlabelled_hash")}
         log(f"ensemble {stem.name}: blended {len(res.unlabelled)} unlabelled rows")
-    else:
-        if (ens_dir / "unlabelled.npy").exists():
-            (ens_dir / "unlabelled.npy").unlink()  # an earlier blend of other members
-        if any(m.unlabelled is not None for m in members):
-            log(f"ensemble {stem.name}: no unlabelled predictions ({res.meta['unlabelled']})")
-    write_json(ens_dir / "cv.json", {**common, **unl, "seconds": time.time() - t0})
+    elif any(m.unlabelled is not None for m in members):
+        log(f"ensemble {stem.name}: no unlabelled predictions ({res.meta['unlabelled']})")
+    write_member_files(ens_dir, res.oof, res.test, classes,
+                       {**common, **unl, "seconds": time.time() - t0}, res.unlabelled)
     manifest = {
         **common,
         "members": [str(m.path) for m in members],

@@ -23,11 +23,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from comp.config import Recipe
-from comp.data import Competition, folds_hash, load_competition, load_folds, normalize_text
+from comp.data import Competition, data_hashes, load_competition, load_folds, normalize_text
 from comp.metrics import score
 from comp.utils import CompError, log, read_json, save_npy, sha1_of, write_json, write_text
 
@@ -223,9 +224,7 @@ def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray) -> dict | Non
         "metric": recipe.metric,
         "cv": score(recipe.metric, comp.labels, oof),
         "fold_scores": [m["score"] for m in metas],
-        "folds_hash": folds_hash(comp.train_ids, folds),
-        "train_hash": comp.train_hash,
-        "test_hash": comp.test_hash,
+        **data_hashes(comp, folds),
         "n_train": len(comp.train_ids),
         "n_test": len(comp.test_ids),
         "seconds": round(sum(m["seconds"] for m in metas), 2),
@@ -233,16 +232,36 @@ def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray) -> dict | Non
     }
     if unl is not None:
         cv.update(n_unlabelled=len(unl), unlabelled_hash=comp.unlabelled_hash)
-        save_npy(run_dir / "unlabelled.npy", unl.astype(np.float32))
-    elif (run_dir / "unlabelled.npy").exists():
-        (run_dir / "unlabelled.npy").unlink()  # from other unlabelled texts: never mix
-    save_npy(run_dir / "oof.npy", oof)
-    save_npy(run_dir / "test.npy", test.astype(np.float32))
-    write_json(run_dir / "classes.json", comp.classes)
-    write_json(run_dir / "cv.json", cv)
+        unl = unl.astype(np.float32)
+    write_member_files(run_dir, oof, test.astype(np.float32), comp.classes, cv, unl)
     folds_txt = " ".join(f"{s:.4f}" for s in cv["fold_scores"])
     log(f"{recipe.name}: OOF {recipe.metric}={cv['cv']:.4f} (folds {folds_txt})")
     return cv
+
+
+def write_member_files(run_dir: str | Path, oof: np.ndarray, test: np.ndarray, classes: list[str],
+                       cv: dict[str, Any], unlabelled: np.ndarray | None = None) -> None:
+    """Write a member directory: oof.npy, test.npy, classes.json, unlabelled.npy, cv.json.
+
+    Args:
+        run_dir: the member directory (created if needed).
+        oof: (n_train, C) out-of-fold probabilities.
+        test: (n_test, C) test probabilities.
+        classes: the class names of the C columns.
+        cv: the cv.json record (name, metric, cv, fold_scores, data hashes, row counts ...).
+        unlabelled: (n_unlabelled, C) probabilities on data.extra, or None; then an
+            unlabelled.npy left by an earlier run is removed, as it predicted other texts or
+            came from other models and must never be read with these files.
+    """
+    d = Path(run_dir)
+    if unlabelled is not None:
+        save_npy(d / "unlabelled.npy", unlabelled)
+    elif (d / "unlabelled.npy").exists():
+        (d / "unlabelled.npy").unlink()
+    save_npy(d / "oof.npy", oof)
+    save_npy(d / "test.npy", test)
+    write_json(d / "classes.json", classes)
+    write_json(d / "cv.json", cv)
 
 
 def split_predictions(pred: np.ndarray, comp: Competition

@@ -6,7 +6,7 @@ import pytest
 
 from comp.config import load_recipe
 from comp.data import load_competition, normalize_text
-from comp.member import ExtraRows, extra_for_fold, run_member
+from comp.member import ExtraRows, extra_for_fold, run_member, write_member_files
 from comp.utils import CompError, read_json
 
 
@@ -149,6 +149,21 @@ def test_changed_unlabelled_texts_refit_folds_and_old_runs_still_load(small_comp
     r = _with_unlabelled(small_comp, tmp_path, ["甲", "乙", "丙"])  # the file grew
     run_member(r, _predicting_fit(calls))
     assert calls == [0, 1, 2] * 3 and np.load(d / "unlabelled.npy").shape == (3, 2)
+
+
+def test_write_member_files_round_trips_and_drops_a_stale_unlabelled_file(tmp_path):
+    from comp.ensemble import read_member
+
+    rng = np.random.default_rng(0)
+    oof, test, unl = (rng.dirichlet(np.ones(3), n) for n in (6, 4, 2))  # (n, C=3)
+    cv = {"name": "m", "metric": "accuracy", "n_train": 6, "n_test": 4, "n_unlabelled": 2}
+    d = tmp_path / "m"
+    write_member_files(d, oof, test, ["a", "b", "c"], cv, unl)
+    m = read_member(d)
+    assert m.classes == ["a", "b", "c"] and m.cv == cv
+    assert np.allclose(m.oof, oof) and np.allclose(m.test, test) and np.allclose(m.unlabelled, unl)
+    write_member_files(d, oof, test, ["a", "b", "c"], {"name": "m"})
+    assert not (d / "unlabelled.npy").exists() and read_member(d).unlabelled is None
 
 
 def test_member_kind_predicting_test_only_writes_no_unlabelled(small_comp, tmp_path):
