@@ -392,9 +392,8 @@ def _hidden_scores(submissions_dir: Path, answers: Path) -> dict[str, dict]:
 
 def _member_hidden(rows: list[dict[str, Any]], comp: Any, answers: Path) -> dict[str, dict]:
     """Hidden scores of members straight from their test.npy (no CSV needed)."""
-    from sklearn.metrics import f1_score
-
     from comp.data import read_answers
+    from comp.submit import label_scores
 
     ans = read_answers(answers)
     keep = [k for k, i in enumerate(comp.test_ids) if i in ans]
@@ -410,12 +409,7 @@ def _member_hidden(rows: list[dict[str, Any]], comp: Any, answers: Path) -> dict
         classes = [str(c) for c in read_json(d / "classes.json")]
         if test.shape != (len(comp.test_ids), len(classes)):
             continue
-        pred = [classes[j] for j in test[keep].argmax(1)]
-        out[r["source"]] = {
-            "accuracy": float(np.mean([a == b for a, b in zip(truth, pred)])),
-            "macro_f1": float(f1_score(truth, pred, average="macro", labels=sorted(set(truth)),
-                                       zero_division=0)),
-            "n": len(keep)}
+        out[r["source"]] = label_scores(truth, [classes[j] for j in test[keep].argmax(1)])
     return out
 
 

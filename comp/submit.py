@@ -6,6 +6,7 @@ import csv
 import io
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -93,8 +94,6 @@ def score_submission(submission: str | Path, answers: str | Path) -> dict:
     Raises:
         CompError: ids missing on either side, or no label column.
     """
-    from sklearn.metrics import f1_score
-
     ans = read_answers(answers)
     sub = read_table(submission)
     id_col = "id" if "id" in sub.columns else sub.columns[0]
@@ -104,8 +103,18 @@ def score_submission(submission: str | Path, answers: str | Path) -> dict:
     if missing:
         raise CompError(f"{submission}: column '{id_col}': {len(missing)} answer id(s) missing, "
                         f"e.g. '{missing[0]}'")
-    y = [ans[i] for i in ans]
-    p = [pred[i] for i in ans]
-    acc = float(np.mean([a == b for a, b in zip(y, p)]))
-    f1 = float(f1_score(y, p, average="macro", labels=sorted(set(y)), zero_division=0))
-    return {"accuracy": acc, "macro_f1": f1, "n": len(y)}
+    return label_scores([ans[i] for i in ans], [pred[i] for i in ans])
+
+
+def label_scores(truth: Sequence[str], pred: Sequence[str]) -> dict:
+    """Accuracy and macro-F1 of predicted labels, and the row count n.
+
+    Macro-F1 averages over the classes present in `truth`: a class only ever predicted adds
+    no zero to the average.
+    """
+    from sklearn.metrics import f1_score
+
+    acc = float(np.mean([a == b for a, b in zip(truth, pred)]))
+    f1 = float(f1_score(truth, pred, average="macro", labels=sorted(set(truth)),
+                        zero_division=0))
+    return {"accuracy": acc, "macro_f1": f1, "n": len(truth)}

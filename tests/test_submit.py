@@ -5,7 +5,7 @@ import pytest
 
 from comp.config import DataConfig
 from comp.data import load_competition
-from comp.submit import score_submission, write_submission
+from comp.submit import label_scores, score_submission, write_submission
 from comp.utils import CompError, read_json
 
 
@@ -51,3 +51,10 @@ def test_score_against_answers(small_comp, tmp_path):
     s = score_submission(path, small_comp / "answers.csv")
     assert s["accuracy"] == pytest.approx(0.9) and s["n"] == 100
     assert 0 < s["macro_f1"] <= 1
+
+
+def test_label_scores_average_f1_over_the_answer_classes():
+    out = label_scores(["a", "a", "b", "b"], ["a", "c", "b", "b"])
+    assert out["accuracy"] == 0.75 and out["n"] == 4
+    # a: P=1 R=0.5 F1=2/3; b: F1=1; the predicted-only class c is not averaged in
+    assert out["macro_f1"] == pytest.approx((2 / 3 + 1) / 2)
