@@ -262,3 +262,41 @@ def test_unknown_kind_and_unreachable_hub_id_are_comp_errors(tmp_path):
 def test_tokenizer_training_is_deterministic(kind):
     a = train_tokenizer(kind, CORPUS, TINY.vocab_size).get_vocab()
     assert a == train_tokenizer(kind, CORPUS, TINY.vocab_size).get_vocab()
+
+
+def _clean_offsets_reference(texts, offsets, special, mask):
+    """One span at a time, as the definition reads."""
+    off = offsets.clone()
+    dead = special.bool() | ~mask.bool() | (off[..., 1] <= off[..., 0])
+    off[dead] = -1
+    for b, text in enumerate(texts):
+        for t in torch.nonzero(~dead[b]).flatten().tolist():
+            s, e = off[b, t].tolist()
+            while s < e and text[s].isspace():
+                s += 1
+            while e > s and text[e - 1].isspace():
+                e -= 1
+            off[b, t] = torch.tensor([s, e] if e > s else [-1, -1])
+    return off
+
+
+def test_clean_offsets_equals_trimming_span_by_span():
+    import random
+
+    from comp.backbones.offsets import clean_offsets
+
+    rng = random.Random(0)
+    alphabet = list("好差很a b\u3000\t\n😀")
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(40)]
+    T = 14
+    offsets = torch.zeros(len(texts), T, 2, dtype=torch.long)
+    for b, text in enumerate(texts):
+        for t in range(T):
+            s = rng.randint(0, max(len(text), 0))
+            offsets[b, t] = torch.tensor([s, min(len(text), s + rng.randint(0, 3))])
+    special = torch.rand(len(texts), T, generator=torch.Generator().manual_seed(1)) < 0.1
+    mask = torch.rand(len(texts), T, generator=torch.Generator().manual_seed(2)) < 0.9
+    want = _clean_offsets_reference(texts, offsets, special, mask)
+    got = clean_offsets(texts, offsets, special, mask)
+    assert torch.equal(got, want)
+    assert (want == -1).any() and (want[..., 1] > want[..., 0]).any()  # both kinds occur

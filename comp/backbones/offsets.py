@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -72,17 +73,39 @@ def align_tokens(text: str, tokens: list[str], unk: str | None = None) -> list[t
     return spans
 
 
+_SPACE_CPS = np.array([c for c in range(0x3000 + 1) if chr(c).isspace()], dtype=np.int64)
+
+
 def clean_offsets(texts: list[str], offsets: Tensor, special: Tensor, mask: Tensor) -> Tensor:
-    """(-1, -1) for special, pad and empty tokens; spans trimmed of surrounding whitespace."""
+    """(-1, -1) for special, pad and empty tokens; spans trimmed of surrounding whitespace.
+
+    Whitespace is looked up for the whole batch at once; only the few spans that start or end
+    on a space are trimmed one by one.
+    """
     off = offsets.clone()
     dead = (special.bool()) | (~mask.bool()) | (off[..., 1] <= off[..., 0])  # (B, T)
     off[dead] = -1
-    for b, text in enumerate(texts):
-        for t in torch.nonzero(~dead[b]).flatten().tolist():
-            s, e = off[b, t].tolist()
-            while s < e and text[s].isspace():
-                s += 1
-            while e > s and text[e - 1].isspace():
-                e -= 1
-            off[b, t] = torch.tensor([s, e] if e > s else [-1, -1])
+    lens = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+    cps = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+    space = np.isin(cps, _SPACE_CPS)  # (sum of lengths,) every whitespace code point <= U+3000
+    starts = np.cumsum(lens) - lens  # (B,)
+    o = off.numpy()
+    live = ~dead.numpy()
+    bs, ts = np.nonzero(live)
+    if len(bs) == 0:
+        return off
+    s, e = o[bs, ts, 0], o[bs, ts, 1]
+    ok = (s >= 0) & (e <= lens[bs])  # spans past a text's end are left for the slow path
+    first = np.where(ok, starts[bs] + np.clip(s, 0, None), 0)
+    last = np.where(ok, starts[bs] + np.clip(e, 1, None) - 1, 0)
+    edge = ~ok | (space[first] if len(space) else False) | (space[last] if len(space) else False)
+    for b, t in zip(bs[edge].tolist(), ts[edge].tolist()):
+        text = texts[b]
+        s0, e0 = off[b, t].tolist()
+        s0, e0 = max(s0, 0), min(e0, len(text))
+        while s0 < e0 and text[s0].isspace():
+            s0 += 1
+        while e0 > s0 and text[e0 - 1].isspace():
+            e0 -= 1
+        off[b, t] = torch.tensor([s0, e0] if e0 > s0 else [-1, -1])
     return off
