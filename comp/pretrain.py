@@ -189,6 +189,10 @@ def make_batch(items: list[dict], tokenizer: Any, objective: str, mask_prob: flo
         sel = _whole_word_select(word, cand, mask_prob, gen)
     else:
         sel = cand & (torch.rand(b, t, generator=gen) < mask_prob)
+    if not sel.any() and cand.any():  # a short batch may draw no target: its loss would be NaN
+        pos = torch.nonzero(cand)
+        sel = sel.clone()
+        sel[tuple(pos[int(torch.randint(len(pos), (1,), generator=gen))])] = True
     labels = torch.where(sel, ids, torch.full_like(ids, -100))
     r = torch.rand(b, t, generator=gen)
     ids = ids.clone()

@@ -72,6 +72,18 @@ def test_mlm_corruption_follows_bert():
     assert 0.6 < float(masked.sum() / chosen.sum()) < 0.95
 
 
+@pytest.mark.parametrize("objective", ["mlm", "wwm"])
+def test_a_batch_always_has_a_target(objective):
+    """One short text at a low mask rate would draw no target and a NaN loss."""
+    tok = train_tokenizer("bert", CORPUS, 300)
+    enc = _encode_corpus(tok, CORPUS[:1], 8, words=objective == "wwm")
+    for seed in range(20):
+        batch = make_batch(enc, tok, objective, 0.01, torch.Generator().manual_seed(seed))
+        chosen = batch["labels"] != -100
+        assert chosen.sum() >= 1
+        assert not torch.isin(batch["labels"][chosen], torch.tensor(tok.all_special_ids)).any()
+
+
 def test_permutation_lm_masks_are_consistent():
     tok = train_tokenizer("xlnet", CORPUS, 300)
     enc = _encode_corpus(tok, CORPUS[:6], 32, words=False)
