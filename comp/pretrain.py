@@ -301,6 +301,15 @@ def eval_loss(lm: nn.Module, kind: str, tokenizer: Any, texts: list[str], max_le
 # the run
 
 
+# where the model goes and how its corpus was named do not change it (the text is hashed)
+_NOT_IDENTITY = ("out", "corpus")
+
+
+def _identity(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if config is None else {k: v for k, v in config.items()
+                                        if k not in _NOT_IDENTITY}
+
+
 def _card_key(cfg: PretrainConfig, texts: list[str]) -> dict[str, Any]:
     return {"config": dataclasses.asdict(cfg), "corpus_sha1": sha1_of(texts)}
 
@@ -313,8 +322,10 @@ def _complete(out: Path, key: dict[str, Any]) -> bool:
         c = read_json(card)
     except (OSError, ValueError):
         return False
-    have = {"config": c.get("config"), "corpus_sha1": c.get("corpus", {}).get("sha1")}
+    have = {"config": _identity(c.get("config")),
+            "corpus_sha1": c.get("corpus", {}).get("sha1")}
     want = json.loads(json.dumps(key))  # tuples -> lists, as read back from JSON
+    want["config"] = _identity(want["config"])
     return bool(c.get("complete")) and have == want
 
 

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,12 @@ def test_a_complete_card_for_the_same_config_skips_the_run(tmp_path):
     stamp = weights.stat().st_mtime_ns
     assert run_pretrain(cfg, texts=CORPUS) == out
     assert weights.stat().st_mtime_ns == stamp
+    moved = tmp_path / "elsewhere" / "albert"  # a models folder moved or named another way
+    moved.parent.mkdir()
+    out.rename(moved)
+    assert run_pretrain(replace(cfg, out=str(moved), corpus=("other/name",)), texts=CORPUS)
+    assert next(moved.glob("*.safetensors")).stat().st_mtime_ns == stamp
+    moved.rename(out)
     run_pretrain(tiny("albert", tmp_path, steps=4), texts=CORPUS)  # a new config reruns
     assert json.loads((out / "pretrain.json").read_text())["steps"] == 4
     assert not list(tmp_path.glob(".albert.tmp-*"))
