@@ -8,10 +8,21 @@ member (when models/bert_tiny exists) plus TF-IDF members, blended by hill climb
 Printed, for each of teacher / student / plain student:
   hidden   accuracy on answers.csv of its test predictions (the teacher: the ensemble's test
            probabilities; the students: the one fold model that is timed)
-  rows/s   CPU inference over the test texts, best of --repeat runs on --threads threads,
-           including text -> features work. An ensemble teacher counts one model per member
-           (vectorize + predict for TF-IDF members), summed; its test probabilities average k
-           fold models per member, which would cost k times more, so this favours the teacher.
+  rows/s   CPU inference over the test texts, best of --repeat runs on --threads threads (torch,
+           BLAS and the tokenizers' thread pool alike), text to probabilities.
+
+The teacher's test probabilities average k fold models of every member, so producing them costs
+k models per member. Each member is timed as its inputs (text -> features: TF-IDF vectorizing,
+tokenizing, vector ids; shared by its fold models, so counted once) plus one fold model, and
+charged inputs + k * model; members with weight 0 in the blend are not needed and not charged.
+Neural members run at the student's eval batch size or their own, whichever is faster. The
+table shows both the one-model and the k-fold rows/s per member; the speedup on the last line
+is the k-fold teacher's time over the student's (one model: the fold-0 student is what is
+scored).
+
+The students are served as `comp.distill.serving_model` serves them: a TextCNN over gensim
+vectors folded into per-vocabulary lookup tables of its convolutions (equal outputs, tested in
+tests/test_distill.py); the plain model forward of the same weights is printed below it.
 
 Students are trained on --folds (default fold 0) of the shared fold table with the teacher's
 OOF probabilities; pass --folds all to train every fold (the member files then exist too).
@@ -29,6 +40,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -115,25 +127,99 @@ def build_teacher(data: Path, work: Path) -> Path:
     return csv.with_suffix(".json")
 
 
-def member_seconds(run_dir: Path, comp: Competition, repeat: int) -> tuple[str, float]:
-    """(description, seconds) of one model of a member predicting every test text."""
-    recipe = load_recipe(run_dir / "recipe.toml")
-    texts = comp.test_texts
-    if recipe.kind == "linear":
-        from comp.linear import full_proba, make_model, make_vectorizer
+@dataclass
+class Cost:
+    """Inference cost of one member on the test texts, split so shared work is counted once.
 
-        vec = make_vectorizer(recipe.linear)
-        vec.fit(comp.train_texts + comp.test_texts)  # as train_linear does
-        model = make_model(recipe.linear, comp.n_classes, recipe.train.seed)
-        model.fit(vec.transform(comp.train_texts), comp.labels)
-        sec = best_of(lambda: full_proba(model, vec.transform(texts), comp.n_classes), repeat)
-        return f"TF-IDF {recipe.linear.features} {recipe.linear.model}", sec
-    from comp.distill import load_student, predict_texts
+    `feat_sec` turns texts into model inputs (TF-IDF vectorizing, tokenizing, vector ids): a
+    member's k fold models share it. `model_sec` is one fold model on those inputs.
+    """
+
+    name: str
+    what: str
+    k: int  # fold models whose test predictions the member averages
+    feat_sec: float
+    model_sec: float
+    batch_size: int | None = None
+
+    @property
+    def one_sec(self) -> float:
+        """One fold model, text to probabilities."""
+        return self.feat_sec + self.model_sec
+
+    @property
+    def kfold_sec(self) -> float:
+        """What the member's test probabilities cost: shared inputs + k fold models."""
+        return self.feat_sec + self.k * self.model_sec
+
+
+def fold_models(run_dir: Path) -> int:
+    """How many fold models a member's test.npy averages (its cv.json fold scores)."""
+    cv = read_json(run_dir / "cv.json")
+    k = len(cv.get("fold_scores") or [])
+    if k < 1:
+        raise CompError(f"{run_dir}/cv.json: no fold_scores; is the member finished?")
+    return k
+
+
+def linear_cost(run_dir: Path, recipe: Recipe, comp: Competition, repeat: int) -> Cost:
+    """A TF-IDF member: vectorizing once, then one fold-sized model's predict_proba."""
+    from comp.linear import full_proba, make_model, make_vectorizer
+
+    vec = make_vectorizer(recipe.linear)
+    vec.fit(comp.train_texts + comp.test_texts)  # as train_linear does
+    model = make_model(recipe.linear, comp.n_classes, recipe.train.seed)
+    model.fit(vec.transform(comp.train_texts), comp.labels)
+    texts = comp.test_texts
+    feat = best_of(lambda: vec.transform(texts), repeat)
+    X = vec.transform(texts)
+    sec = best_of(lambda: full_proba(model, X, comp.n_classes), repeat)
+    return Cost(run_dir.name, f"TF-IDF {recipe.linear.features} {recipe.linear.model}",
+                fold_models(run_dir), feat, sec)
+
+
+def neural_inputs(model, texts: list[str], cfg):
+    """Rows with vector ids, and every backbone's tokens in a fresh memo (what prediction
+    would otherwise tokenize batch by batch)."""
+    from comp.fusion import TokenMemo
+    from comp.train_parts import make_rows
+
+    rows = make_rows(texts, cfg, np.zeros((len(texts), model.n_classes), np.float32))
+    rows.vec_ids = model.vector_ids(rows.texts)
+    memo = TokenMemo()
+    for j, (b, max_len) in enumerate(zip(model.backbones, model.max_lens)):
+        memo.encode(j, b, rows.texts, max_len)
+    return rows, memo
+
+
+def neural_cost(run_dir: Path, recipe: Recipe, comp: Competition, repeat: int,
+                batch_sizes: list[int]) -> Cost:
+    """A fusion (or student) member: inputs once, then fold 0's model at the fastest of
+    `batch_sizes` (the student's eval batch size and the member's own)."""
+    from comp.distill import load_student
+    from comp.train import predict
 
     model = load_student(run_dir, 0, comp.n_classes, recipe)
-    bs = recipe.train.eval_batch_size
-    sec = best_of(lambda: predict_texts(model, texts, recipe.model, bs), repeat)
-    return f"{recipe.kind} {recipe.model.head}", sec
+    texts = comp.test_texts
+    feat = best_of(lambda: neural_inputs(model, texts, recipe.model), repeat)
+    rows, memo = neural_inputs(model, texts, recipe.model)
+    model.tokens = memo  # the model's own batches now only re-pad memoised tokens
+    best: tuple[float, int] | None = None
+    for bs in sorted(set(batch_sizes)):
+        sec = best_of(lambda bs=bs: predict(model, rows, bs, desc="teacher member"), repeat)
+        if best is None or sec < best[0]:
+            best = (sec, bs)
+    return Cost(run_dir.name, f"{recipe.kind} {recipe.model.head}", fold_models(run_dir), feat,
+                best[0], best[1])
+
+
+def member_cost(run_dir: Path, comp: Competition, repeat: int, student_bs: int) -> Cost:
+    """Inference cost of one teacher member (see Cost)."""
+    recipe = load_recipe(run_dir / "recipe.toml")
+    if recipe.kind == "linear":
+        return linear_cost(run_dir, recipe, comp, repeat)
+    return neural_cost(run_dir, recipe, comp, repeat,
+                       [student_bs, recipe.train.eval_batch_size])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,30 +227,44 @@ def member_seconds(run_dir: Path, comp: Competition, repeat: int) -> tuple[str, 
 
 
 def student_recipe(path: Path, work: Path, data: Path, teacher: Path, plain: bool) -> Recipe:
-    """The student recipe under test, or its plain (labels only) twin."""
+    """The student recipe under test, or its plain (labels only) twin.
+
+    Its run dir is named after the recipe's fingerprint, so a rerun resumes the same student
+    and an edited recipe trains a new one instead of clashing with the old folds.
+    """
+    from comp.member import recipe_fingerprint
+
     stem = path.stem
     over = [f"runs_dir={work / 'runs'}", f"data.dir={data}", f"distill.teacher={teacher}",
             f"name=bench_{stem}{'_plain' if plain else ''}"]
     if plain:
         over += ["distill.alpha=1.0", "distill.use_test=false"]
-    return load_recipe(path, over)
+    recipe = load_recipe(path, over)
+    return load_recipe(path, over + [f"name={recipe.name}_{recipe_fingerprint(recipe)[:8]}"])
 
 
 def run_student(recipe: Recipe, folds: list[int] | None, comp: Competition, truth: np.ndarray,
                 repeat: int) -> dict:
-    """Train (resumes), then score and time fold 0's model on the test texts."""
-    from comp.distill import load_student, predict_texts, train_student
+    """Train (resumes), then score and time fold 0's model on the test texts: served as
+    comp.distill serves it (lookup tables for a TextCNN), and as the plain model forward."""
+    from comp.distill import load_student, predict_texts, serving_model, train_student
     from comp.fusion import count_parameters
 
     t0 = time.time()
     cv = train_student(recipe, folds)
     train_sec = time.time() - t0
     model = load_student(recipe.run_dir, 0, comp.n_classes, recipe)
+    served = serving_model(model)
     bs = recipe.train.eval_batch_size
-    proba = predict_texts(model, comp.test_texts, recipe.model, bs)
-    sec = best_of(lambda: predict_texts(model, comp.test_texts, recipe.model, bs), repeat)
+    texts = comp.test_texts
+    proba = predict_texts(served, texts, recipe.model, bs)
+    sec = best_of(lambda: predict_texts(served, texts, recipe.model, bs), repeat)
+    forward = best_of(lambda: predict_texts(model, texts, recipe.model, bs), repeat)
+    # the same text -> inputs work the teacher's members are charged for, shown apart
+    feat = best_of(lambda: neural_inputs(model, texts, recipe.model), repeat)
     done = json_or_none(recipe.run_dir / "fold0" / "done.json")
-    out = {"acc": float((proba.argmax(1) == truth).mean()), "sec": sec,
+    out = {"acc": float((proba.argmax(1) == truth).mean()), "sec": sec, "feat_sec": feat,
+           "forward_sec": forward, "served": type(served).__name__,
            "params": count_parameters(model)["total"], "train_sec": train_sec,
            "val": done["score"] if done else float("nan")}
     if cv is not None:  # every fold done: the member's k-fold test average too
@@ -195,6 +295,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="timing runs (best is kept)")
     args = ap.parse_args()
     os.environ.setdefault("COMP_QUIET", "1")
+    # one thread count for every model: torch, BLAS (sklearn) and the tokenizers' Rayon pool
+    os.environ["RAYON_NUM_THREADS"] = str(args.threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(args.threads)
     os.chdir(ROOT)  # recipes and manifests hold paths relative to the repository
     import torch
 
@@ -231,8 +336,14 @@ def main() -> None:
 
     jieba.initialize()  # a one-off dictionary load must not count against the first model
     teacher_acc = float((t_test.argmax(1) == truth).mean())
-    parts = [(Path(m), *member_seconds(Path(m), comp, args.repeat)) for m in man["members"]]
-    teacher_sec = sum(s for _, _, s in parts)
+    weights = man.get("weights") or {}
+    names = man.get("member_names") or [Path(m).name for m in man["members"]]
+    unused = [n for n in names if weights.get(n, 1.0) == 0]  # test.npy does not depend on them
+    student_bs = probe.train.eval_batch_size
+    costs = [member_cost(Path(m), comp, args.repeat, student_bs)
+             for m, n in zip(man["members"], names) if n not in unused]
+    teacher_one = sum(c.one_sec for c in costs)
+    teacher_sec = sum(c.kfold_sec for c in costs)
 
     res = {}
     for plain in (False, True):
@@ -245,22 +356,36 @@ def main() -> None:
           f"{args.threads}; timing = best of {args.repeat}")
     print(f"teacher {teacher} ({source}); OOF cv {man.get('cv', float('nan')):.4f}, "
           f"method {man.get('method', '?')}")
-    print(f"\n{'model':<44}{'hidden':>8}{'rows/s':>10}")
-    for path, what, sec in parts:
-        print(f"  member {path.name + ' (' + what + ')':<35}{'':>8}{n / sec:>10.0f}")
-    print(f"{'teacher (ensemble, members summed)':<44}{teacher_acc:>8.4f}{n / teacher_sec:>10.0f}")
+    print("rows/s: test texts per second, text to probabilities. inputs: the text -> features "
+          "part of that\n(TF-IDF vectorizing, tokenizing, vector ids), which a member's k fold "
+          "models share. The\nteacher's test probabilities average k fold models per member, so "
+          "it costs k models per\nmember: the speedup uses the 'k models' figure.")
+    print(f"\n{'model':<48}{'hidden':>7}{'k':>3}{'rows/s':>9}{'rows/s':>9}{'inputs':>8}")
+    print(f"{'':<58}{'1 model':>9}{'k models':>9}{'sec':>8}")
+    for c in costs:
+        what = c.what + (f", batch {c.batch_size}" if c.batch_size else "")
+        print(f"  member {c.name + ' (' + what + ')':<47}{c.k:>3}{n / c.one_sec:>9.0f}"
+              f"{n / c.kfold_sec:>9.0f}{c.feat_sec:>8.2f}")
+    for name in unused:
+        print(f"  member {name}: weight 0 in the blend, not needed for its test probabilities")
+    print(f"{'teacher (ensemble, members summed)':<48}{teacher_acc:>7.4f}{'':>3}"
+          f"{n / teacher_one:>9.0f}{n / teacher_sec:>9.0f}"
+          f"{sum(c.feat_sec for c in costs):>8.2f}")
     stem = Path(args.recipe).stem
     for plain, label in ((False, f"student {stem} (KD)"), (True, f"plain {stem} (alpha=1)")):
         s = res[plain]
-        print(f"{label:<44}{s['acc']:>8.4f}{n / s['sec']:>10.0f}   fold-0 val {s['val']:.4f}, "
-              f"{s['params'] / 1e6:.2f}M params, trained in {s['train_sec']:.0f}s")
+        print(f"{label:<48}{s['acc']:>7.4f}{1:>3}{n / s['sec']:>9.0f}{'':>9}{s['feat_sec']:>8.2f}"
+              f"   served as {s['served']}; fold-0 val {s['val']:.4f}, {s['params'] / 1e6:.2f}M "
+              f"params, trained in {s['train_sec']:.0f}s")
+        print(f"{'  same model, plain forward':<48}{'':>10}{n / s['forward_sec']:>9.0f}")
         if "acc_kfold" in s:
-            print(f"{'  k-fold test average':<44}{s['acc_kfold']:>8.4f}{'':>10}   OOF cv "
+            print(f"{'  k-fold test average':<48}{s['acc_kfold']:>7.4f}{'':>29}   OOF cv "
                   f"{s['cv']:.4f}")
     student, plain = res[False], res[True]
     speedup = teacher_sec / student["sec"]
     print(f"\nstudent vs teacher: {100 * (student['acc'] - teacher_acc):+.2f} points, "
-          f"{speedup:.1f}x rows/s; KD vs plain student: "
+          f"{speedup:.1f}x rows/s vs the k-fold teacher ({teacher_one / student['sec']:.1f}x vs "
+          f"one model per member); KD vs plain student: "
           f"{100 * (student['acc'] - plain['acc']):+.2f} points")
     print(f"targets: speedup >= 100x {'met' if speedup >= 100 else 'NOT met'}; within 2 points "
           f"{'met' if teacher_acc - student['acc'] <= 0.02 else 'NOT met'}; beats plain "

@@ -33,6 +33,7 @@ scores can be a little optimistic. The hidden test score is the honest one.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,7 @@ from comp.utils import CompError, log, read_json, seed_everything
 
 __all__ = ["Teacher", "DistillLoss", "load_teacher", "teacher_logits", "pack_targets",
            "UnlabelledRows", "fit_student_fold", "train_student", "predict_texts",
-           "load_student"]
+           "load_student", "TextCNNTables", "serving_model"]
 
 PROBA_FLOOR = 1e-6  # log(0) has no logit; ensembles of calibrated models do reach ~0
 
@@ -388,12 +389,130 @@ def train_student(recipe: Recipe, folds_to_run: list[int] | None = None, force: 
 # inference
 
 
+class TextCNNTables:
+    """A trained vectors-only TextCNN student folded into lookup tables for serving.
+
+    A convolution over looked-up vectors is linear in them: for kernel size k, the output at
+    position t is bias + sum_j W_j . E[id(t + j)], j < k. Every product W_j . E[v] is computed
+    once per vocabulary entry v and tap j, so a window's output becomes a sum of k table rows
+    (one `embedding_bag`) instead of k (D x C) matrix products: the same outputs (up to float
+    rounding) for a fraction of the work. Positions past a text's end read zero rows, as the
+    head's zero padding does, and the bias sits in the tap-0 rows of real ids only: a position
+    outside the text sums to 0, so after ReLU (outputs >= 0) max and mean pooling over every
+    position equal the head's masked pooling.
+
+    Built from a model in its final state (eval mode); training the model afterwards leaves the
+    tables stale. `predict_texts` serves either form.
+
+    Args:
+        model: a FusionModel without backbones, with a CNN head and max/mean pooling.
+    """
+
+    def __init__(self, model: FusionModel) -> None:
+        why = _tables_unsupported(model)
+        if why:
+            raise CompError(f"model.head: cannot fold this student into lookup tables ({why})")
+        head = model.head
+        self.cfg = model.cfg
+        self.n_classes = model.n_classes
+        self.vectors = list(model.vectors)  # only their ids(): texts -> vocabulary ids
+        self.kmax = max(head.kernel_sizes)
+        self.classifier = copy.deepcopy(model.classifier).eval()
+        ch = head.convs[0].out_channels
+        width = ch * len(head.kernel_sizes)
+        blocks, self.bases, self.pads = [], [], []  # one block per (vector kind, tap)
+        base = 0
+        with torch.no_grad():
+            dim0 = 0
+            for v in self.vectors:
+                emb = v.embedding.weight.detach().float()  # (V + 1, D_v); row 0 = unknown
+                for j in range(self.kmax):
+                    block = emb.new_zeros(len(emb) + 1, width)  # last row: outside the text
+                    for i, (conv, k) in enumerate(zip(head.convs, head.kernel_sizes)):
+                        if j < k:
+                            w = conv.weight[:, dim0:dim0 + v.dim, j].float()  # (C, D_v)
+                            block[:-1, i * ch:(i + 1) * ch] = emb @ w.t()
+                    blocks.append(block)
+                    self.bases.append(base)
+                    self.pads.append(len(emb))
+                    base += len(block)
+                dim0 += v.dim
+            bias = torch.cat([conv.bias.float() for conv in head.convs])  # (width,)
+            blocks[0][:-1] += bias  # once per position inside a text, never outside
+            self.table = torch.cat(blocks)  # (rows, width)
+
+    def bag_index(self, texts: Sequence[str]) -> tuple[Tensor, np.ndarray]:
+        """(n, max_chars, kinds * kmax) table rows per position, and (n,) grid lengths."""
+        from comp.fusion import grid_len
+
+        n_chars = self.cfg.max_chars
+        lens = np.fromiter((grid_len(t) for t in texts), dtype=np.int64, count=len(texts))
+        pos = torch.arange(n_chars + self.kmax - 1)  # (N + kmax - 1,)
+        inside = pos[None, :] < torch.from_numpy(lens)[:, None]  # (n, N + kmax - 1)
+        cols, b = [], 0
+        for v in self.vectors:
+            ids = F.pad(v.ids(list(texts), n_chars).long(), (0, self.kmax - 1))  # (n, N+kmax-1)
+            for j in range(self.kmax):
+                shifted = torch.where(inside, ids, self.pads[b])[:, j:j + n_chars]  # (n, N)
+                cols.append(shifted + self.bases[b])
+                b += 1
+        return torch.stack(cols, dim=-1), lens  # (n, N, kinds * kmax)
+
+    @torch.inference_mode()
+    def predict_rows(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
+        """Grid texts -> (n, C) probabilities, length-sorted batches as `predict` cuts them."""
+        from comp.train_parts import eval_batches
+
+        index, lens = self.bag_index(texts)
+        proba = np.zeros((len(texts), self.n_classes), dtype=np.float32)
+        for idx in eval_batches(lens, batch_size):
+            n = int(lens[idx].max())
+            bag = index[torch.from_numpy(idx), :n]  # (B, n, K)
+            h = F.embedding_bag(bag.reshape(-1, bag.shape[-1]), self.table, mode="sum")
+            h = h.view(len(idx), n, -1).relu_()  # (B, n, width): conv outputs, 0 outside
+            count = torch.from_numpy(lens[idx]).to(h.dtype)[:, None]  # (B, 1)
+            pooled = torch.cat([h.amax(dim=1), h.sum(dim=1) / count], dim=-1)  # (B, 2 width)
+            proba[idx] = torch.softmax(self.classifier(pooled, []), dim=-1).numpy()
+        return proba
+
+
+def _tables_unsupported(model: FusionModel) -> str:
+    """Why a model cannot be folded into TextCNNTables ('' when it can)."""
+    from comp.heads import CNNHead, MaxMeanPool
+    from comp.vectors import GridVectors
+
+    if len(model.backbones):
+        return "it has backbones"
+    if not isinstance(model.head, CNNHead) or not isinstance(model.head.pool, MaxMeanPool):
+        return "only a CNN head with maxmean pooling folds"
+    if not len(model.vectors) or not all(isinstance(v, GridVectors) for v in model.vectors):
+        return "its inputs are not gensim vectors"
+    if model.classifier.cls_dims:
+        return "it has CLS inputs"
+    return ""
+
+
+def serving_model(model: FusionModel) -> FusionModel | TextCNNTables:
+    """What serves a trained student fastest: its lookup tables when it folds, else itself."""
+    model.eval()
+    return TextCNNTables(model) if not _tables_unsupported(model) else model
+
+
 @torch.no_grad()
-def predict_texts(model: FusionModel, texts: Sequence[str], cfg: ModelConfig,
+def predict_texts(model: FusionModel | TextCNNTables, texts: Sequence[str], cfg: ModelConfig,
                   batch_size: int = 512) -> np.ndarray:
-    """Raw texts -> (n, C) probabilities, including text-to-id work (what serving costs)."""
+    """Raw texts -> (n, C) probabilities, including text-to-id work (what serving costs).
+
+    Args:
+        model: a trained student, or its `serving_model` form.
+        texts: raw texts.
+        cfg: the student's model section (truncation, windows).
+        batch_size: texts per forward.
+    """
     c = model.n_classes
     rows = make_rows(list(texts), cfg, np.zeros((len(texts), c), np.float32))
+    if isinstance(model, TextCNNTables):
+        return rows.average(model.predict_rows(rows.texts, batch_size))
     rows.vec_ids = model.vector_ids(rows.texts)
     return predict(model, rows, batch_size, desc="student predict")
 
@@ -412,4 +531,3 @@ def load_student(run_dir: str | Path, fold: int, n_classes: int,
     model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
     model.eval()
     return model
-

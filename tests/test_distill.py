@@ -139,6 +139,67 @@ def test_trained_fold_serves_raw_texts(small_comp, vec_dir, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# serving: a TextCNN student folded into lookup tables
+
+
+SERVE_TEXTS = ["", "好", "这个酒店很好，服务也不错", "差" * 80, "🙂 x 𠀀 unknown ☃",
+               "早餐 一般。" * 9]
+
+
+@pytest.mark.parametrize("kernels,vectors,truncation", [
+    ((1, 2, 3), ("char",), "head_tail"),
+    ((2,), ("char", "word"), "head"),
+    ((3, 1), ("word", "char"), "window"),
+])
+def test_served_tables_equal_the_model(small_comp, vec_dir, tmp_path, kernels, vectors,
+                                       truncation):
+    from comp.fusion import build_fusion
+
+    r = student(small_comp, vec_dir, tmp_path / "runs",
+                model={"kernel_sizes": list(kernels), "vectors": list(vectors),
+                       "truncation": truncation, "max_chars": 24, "window_stride": 10})
+    comp, _ = comp_and_folds(small_comp)
+    torch.manual_seed(0)
+    model = build_fusion(r, comp.n_classes)
+    with torch.no_grad():  # a nonzero unknown-id row: unknown characters must still read it
+        model.vectors[0].embedding.weight[0] = torch.randn(model.vectors[0].dim)
+        for conv in model.head.convs:
+            conv.bias.normal_()  # some channels positive everywhere, some never
+    texts = SERVE_TEXTS + comp.test_texts[:40]
+    served = distill.serving_model(model)
+    assert isinstance(served, distill.TextCNNTables)
+    want = distill.predict_texts(model, texts, r.model, batch_size=7)
+    got = distill.predict_texts(served, texts, r.model, batch_size=7)
+    assert got.shape == (len(texts), comp.n_classes)
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    # batch size and order do not matter (rows are pooled one by one)
+    np.testing.assert_allclose(distill.predict_texts(served, texts[::-1], r.model, 512),
+                               got[::-1], atol=2e-6)
+
+
+@pytest.mark.parametrize("model", [{"head": "bilstm"}, {"pooling": "attention"},
+                                   {"head": "bilstm_cnn"}])
+def test_students_that_do_not_fold_serve_as_themselves(small_comp, vec_dir, tmp_path, model):
+    from comp.fusion import build_fusion
+
+    r = student(small_comp, vec_dir, tmp_path / "runs", model=model)
+    net = build_fusion(r, 2)
+    assert distill.serving_model(net) is net
+    with pytest.raises(CompError, match="model.head"):
+        distill.TextCNNTables(net)
+
+
+def test_trained_student_served_from_tables(small_comp, vec_dir, tmp_path):
+    r = student(small_comp, vec_dir, tmp_path / "runs", model={"vectors_trainable": True},
+                distill={"teacher": str(write_teacher(small_comp, tmp_path / "t"))})
+    train_student(r, folds_to_run=[0])
+    comp, _ = comp_and_folds(small_comp)
+    served = distill.serving_model(distill.load_student(r.run_dir, 0, comp.n_classes))
+    proba = distill.predict_texts(served, comp.test_texts, r.model, batch_size=64)
+    assert np.allclose(proba, fold_proba(r)[1], atol=1e-5)  # what the fold predicted
+
+
+# ---------------------------------------------------------------------------------------------
 # the loss
 
 
