@@ -139,7 +139,8 @@ def cmd_pseudo(args: argparse.Namespace) -> None:
     if (args.threshold is None) == (args.top_frac is None):
         raise CompError("pseudo: give exactly one of --threshold or --top-frac")
     path = make_pseudo(args.manifest, threshold=args.threshold, top_frac=args.top_frac,
-                       per_class=args.per_class, out=args.out, extra=args.extra)
+                       per_class=args.per_class, out=args.out, extra=args.extra,
+                       per_fold=not args.global_rows)
     print(f"saved {path}")
 
 
@@ -261,13 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_tune)
 
     sp = sub.add_parser("pseudo", help="pseudo-labels from an ensemble's test and unlabelled "
-                        "(data.extra) probabilities")
+                        "(data.extra) probabilities, per fold when the ensemble has per-fold "
+                        "predictions")
     sp.add_argument("--from", dest="manifest", required=True, help="submission manifest .json")
     sp.add_argument("--threshold", type=float, help="keep rows with confidence >= P")
     sp.add_argument("--top-frac", type=float, help="keep the most confident fraction F")
     sp.add_argument("--per-class", action="store_true", help="apply the cut within each class")
     sp.add_argument("--extra", help="the unlabelled file the members predicted (data.extra), "
                     "when the manifest does not lead to it")
+    sp.add_argument("--global", dest="global_rows", action="store_true",
+                    help="one set of rows for every fold instead of per-fold rows (CV after "
+                    "the round is then optimistic)")
     sp.add_argument("--out", default=None, help="output CSV (default next to the manifest)")
     sp.set_defaults(func=cmd_pseudo)
 

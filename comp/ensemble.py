@@ -9,10 +9,19 @@ other folds' OOF rows and labels.
 A member may also hold unlabelled.npy (n_unlabelled, C): its predictions on `data.extra`. When
 every member has them for the same texts, the full-fit blender predicts them exactly as it
 predicts the test rows; otherwise the ensemble leaves them out and says why.
+
+Per-fold predictions serve fold-honest pseudo-labels. A k-fold member's fold{k}/test_proba.npy
+(and unlabelled_proba.npy) come from a model that never saw fold k's labels; the blender that
+the nested CV fitted without fold k's rows blends them into the ensemble's fold-k prediction,
+(K, n_test, C) in test_by_fold.npy (and unlabelled_by_fold.npy). No label of fold k reaches
+those rows: the members' fold-k models never had it, and the blender, fitted on the other folds'
+OOF rows, keeps only a handful of weights. Ensembles write these files into their own member
+directory, so an ensemble of ensembles has them too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -46,13 +55,19 @@ class Member:
     cv: dict[str, Any]
     path: Path | None = None
     unlabelled: np.ndarray | None = None  # (n_unlabelled, C) when the member predicted them
+    # fold k's predictions, made without fold k's labels; None when the member lacks them
+    test_by_fold: np.ndarray | None = None  # (K, n_test, C)
+    unlabelled_by_fold: np.ndarray | None = None  # (K, n_unlabelled, C)
 
 
 def read_member(run_dir: str | Path) -> Member:
     """Read one member directory and check its files against each other.
 
     Args:
-        run_dir: a directory with oof.npy, test.npy, classes.json and cv.json.
+        run_dir: a directory with oof.npy, test.npy, classes.json and cv.json; optionally
+            unlabelled.npy, and per-fold predictions: test_by_fold.npy (+
+            unlabelled_by_fold.npy) or, for a k-fold member, fold{k}/test_proba.npy (+
+            unlabelled_proba.npy) for each of its len(cv.json fold_scores) folds.
 
     Returns:
         The Member, with rows renormalised to sum to 1 (tiny float drift only).
@@ -71,8 +86,51 @@ def read_member(run_dir: str | Path) -> Member:
     for key, arr in (("n_train", oof), ("n_test", test), ("n_unlabelled", unl)):
         if arr is not None and key in cv and int(cv[key]) != arr.shape[0]:
             raise CompError(f"{d}: cv.json {key}={cv[key]} but the array has {arr.shape[0]} rows")
+    test_k, unl_k = _read_by_fold(d, cv, test, unl)
     return Member(name=str(cv.get("name") or d.name), oof=oof, test=test, classes=classes,
-                  cv=cv, path=d, unlabelled=unl)
+                  cv=cv, path=d, unlabelled=unl, test_by_fold=test_k, unlabelled_by_fold=unl_k)
+
+
+def _read_by_fold(d: Path, cv: dict[str, Any], test: np.ndarray, unl: np.ndarray | None
+                  ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """A member's (K, n_test, C) and (K, n_unlabelled, C) per-fold predictions, or None.
+
+    Fold dirs count only when all K are there and average to test.npy (unlabelled.npy): a run
+    interrupted between a fold and the member files could otherwise pair stale folds with them.
+    """
+    n_classes = test.shape[1]
+
+    def stacked(f: Path, like: np.ndarray) -> np.ndarray:
+        a = np.load(f)
+        if a.ndim != 3 or a.shape[1:] != like.shape:
+            raise CompError(f"{f}: shape {a.shape}, expected (folds, {like.shape[0]}, "
+                            f"{like.shape[1]}) to match {like.shape[0]} rows")
+        return _check_proba(a.reshape(-1, n_classes), f, n_classes).reshape(a.shape)
+
+    if (d / "test_by_fold.npy").exists():
+        test_k = stacked(d / "test_by_fold.npy", test)
+        unl_k = None
+        if unl is not None and (d / "unlabelled_by_fold.npy").exists():
+            unl_k = stacked(d / "unlabelled_by_fold.npy", unl)
+            if len(unl_k) != len(test_k):
+                raise CompError(f"{d / 'unlabelled_by_fold.npy'}: {len(unl_k)} folds but "
+                                f"test_by_fold.npy has {len(test_k)}")
+        return test_k, unl_k
+    k = len(cv.get("fold_scores") or [])
+
+    def from_folds(name: str, like: np.ndarray) -> np.ndarray | None:
+        files = [d / f"fold{f}" / name for f in range(k)]
+        if k < 2 or not all(f.exists() for f in files):
+            return None
+        a = np.stack([_check_proba(np.load(f), f, n_classes) for f in files])  # (K, n, C)
+        if a.shape[1:] != like.shape or not np.allclose(a.mean(0), like, atol=1e-4):
+            return None
+        return a
+
+    test_k = from_folds("test_proba.npy", test)
+    if test_k is None:
+        return None, None
+    return test_k, (from_folds("unlabelled_proba.npy", unl) if unl is not None else None)
 
 
 def _check_proba(a: np.ndarray, where: Path, n_classes: int) -> np.ndarray:
@@ -156,6 +214,29 @@ def stack_unlabelled(members: Sequence[Member]) -> tuple[np.ndarray | None, str]
     return np.stack([m.unlabelled for m in members], axis=1), ""
 
 
+def stack_by_fold(members: Sequence[Member], n_folds: int
+                  ) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """Per-fold blender inputs: (K, n_test, M, C) and (K, n_unlabelled, M, C).
+
+    Returns:
+        (test, unlabelled, why): test is None when a member lacks per-fold test predictions
+        or has another number of folds (why says which); unlabelled is None when test is, or
+        a member lacks per-fold unlabelled predictions.
+    """
+    for m in members:
+        if m.test_by_fold is None:
+            return None, None, (f"member {m.name} has no per-fold test predictions "
+                                "(fold{k}/test_proba.npy or test_by_fold.npy)")
+        if len(m.test_by_fold) != n_folds:
+            return None, None, (f"member {m.name} has {len(m.test_by_fold)} folds of test "
+                                f"predictions, the fold table {n_folds}")
+    test = np.stack([m.test_by_fold for m in members], axis=2)  # (K, n_test, M, C)
+    if any(m.unlabelled_by_fold is None or len(m.unlabelled_by_fold) != n_folds
+           for m in members):
+        return test, None, ""
+    return test, np.stack([m.unlabelled_by_fold for m in members], axis=2), ""
+
+
 # ---------------------------------------------------------------------------------------------
 # honest CV
 
@@ -214,6 +295,9 @@ class EnsembleResult:
     meta: dict[str, Any] = field(default_factory=dict)
     cv_in_sample: float = math.nan
     unlabelled: np.ndarray | None = None  # (n_unlabelled, C), blended like test
+    # fold k's blender (fitted without fold k) on the members' fold-k predictions
+    test_by_fold: np.ndarray | None = None  # (K, n_test, C)
+    unlabelled_by_fold: np.ndarray | None = None  # (K, n_unlabelled, C)
 
 
 def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.ndarray,
@@ -234,6 +318,10 @@ def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.nd
         fitted on the other folds (nested); `cv_in_sample` is the optimistic full-fit score and
         `test` uses the model fitted on all OOF rows, and so does `unlabelled` when every
         member predicted the same unlabelled texts (else None; meta["unlabelled"] says why).
+        When every member has per-fold predictions, `test_by_fold[k]` is the blender fitted
+        without fold k (the nested one; for mean and rank the same blend) applied to the
+        members' fold-k test predictions, and `unlabelled_by_fold[k]` likewise (else None;
+        meta["by_fold"] says why).
     """
     X, XT = stack_members(members)
     y, folds = np.asarray(y, dtype=np.int64), np.asarray(folds)
@@ -252,12 +340,24 @@ def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.nd
     names = [m.name for m in members]
     meta: dict[str, Any] = {"method": method, "metric": metric, "params": est.get_params(),
                             "member_cv": {m.name: score(metric, y, m.oof) for m in members}}
+    fold_ids = np.unique(folds)
     if getattr(est, "needs_labels", True):
         oof, fitted = _nested(est, X, y, folds)
         if hasattr(full, "weights_"):
             meta["fold_weights"] = [dict(zip(names, map(float, f.weights_))) for f in fitted]
     else:
         oof = in_sample
+        fitted = [full] * len(fold_ids)  # nothing learnt: the full fit is every fold's blender
+    test_k, unl_k, why_k = None, None, ""
+    if not np.array_equal(fold_ids, np.arange(len(fold_ids))):
+        why_k = f"fold ids {fold_ids.tolist()} are not 0..K-1"
+    else:
+        XTK, XUK, why_k = stack_by_fold(members, len(fold_ids))
+        if XTK is not None:
+            test_k = np.stack([f.predict_proba(x) for f, x in zip(fitted, XTK)])  # (K, n_test, C)
+        if XUK is not None and unlabelled is not None:
+            unl_k = np.stack([f.predict_proba(x) for f, x in zip(fitted, XUK)])  # (K, n_unl, C)
+    meta["by_fold"] = why_k or "blended"
     cv = score(metric, y, oof)
     meta["fold_scores"] = [score(metric, y[folds == k], oof[folds == k])
                            for k in np.unique(folds)]
@@ -270,7 +370,8 @@ def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.nd
     meta["cv"], meta["cv_in_sample"] = cv, cv_in
     meta["unlabelled"] = why or "blended"
     return EnsembleResult(oof=oof, test=test, cv=cv, weights=weights, meta=meta,
-                          cv_in_sample=cv_in, unlabelled=unlabelled)
+                          cv_in_sample=cv_in, unlabelled=unlabelled, test_by_fold=test_k,
+                          unlabelled_by_fold=unl_k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,8 +420,13 @@ def _align_classes(members: list[Member], classes: list[str]) -> list[Member]:
         raise CompError(f"{members[0].path}: classes {have} differ from the competition's "
                         f"{classes}")
     idx = [have.index(c) for c in classes]
-    return [Member(m.name, m.oof[:, idx], m.test[:, idx], list(classes), m.cv, m.path,
-                   m.unlabelled[:, idx] if m.unlabelled is not None else None)
+
+    def cols(a: np.ndarray | None) -> np.ndarray | None:
+        return a[..., idx] if a is not None else None
+
+    return [dataclasses.replace(m, oof=cols(m.oof), test=cols(m.test), classes=list(classes),
+                                unlabelled=cols(m.unlabelled), test_by_fold=cols(m.test_by_fold),
+                                unlabelled_by_fold=cols(m.unlabelled_by_fold))
             for m in members]
 
 
@@ -346,7 +452,10 @@ def run_ensemble(run_dirs: Sequence[str | Path], method: str, data_cfg: Any, met
         "test", "run_dir") so distillation and pseudo-labelling read them like any member.
         When every member predicted the same unlabelled texts, their blend is written too
         (unlabelled.npy, manifest "unlabelled"), with the members' [data] table under "data"
-        so readers can find those texts.
+        so readers can find those texts. When every member has per-fold predictions, the
+        fold-honest blends go to test_by_fold.npy (K, n_test, C) and unlabelled_by_fold.npy
+        (manifest "test_by_fold", "unlabelled_by_fold"); `comp pseudo` labels each fold's rows
+        from them.
     """
     t0 = time.time()
     stem = _out_stem(out, kw.pop("name", None), method)
@@ -385,8 +494,15 @@ def run_ensemble(run_dirs: Sequence[str | Path], method: str, data_cfg: Any, met
         log(f"ensemble {stem.name}: blended {len(res.unlabelled)} unlabelled rows")
     elif any(m.unlabelled is not None for m in members):
         log(f"ensemble {stem.name}: no unlabelled predictions ({res.meta['unlabelled']})")
+    if res.test_by_fold is None:
+        log(f"ensemble {stem.name}: no per-fold predictions ({res.meta['by_fold']}); "
+            "pseudo-labels from it will serve every fold alike")
+    elif res.unlabelled is not None and res.unlabelled_by_fold is None:
+        log(f"ensemble {stem.name}: no per-fold unlabelled predictions (a member lacks "
+            "fold{k}/unlabelled_proba.npy)")
     write_member_files(ens_dir, res.oof, res.test, classes,
-                       {**common, **unl, "seconds": time.time() - t0}, res.unlabelled)
+                       {**common, **unl, "seconds": time.time() - t0}, res.unlabelled,
+                       res.test_by_fold, res.unlabelled_by_fold)
     manifest = {
         **common,
         "members": [str(m.path) for m in members],
@@ -400,6 +516,10 @@ def run_ensemble(run_dirs: Sequence[str | Path], method: str, data_cfg: Any, met
     if unl:
         manifest.update(unl, unlabelled=str(ens_dir / "unlabelled.npy"),
                         data=_data_table(run_dirs, data_cfg))
+    if res.test_by_fold is not None:
+        manifest["test_by_fold"] = str(ens_dir / "test_by_fold.npy")
+        if res.unlabelled_by_fold is not None and unl:
+            manifest["unlabelled_by_fold"] = str(ens_dir / "unlabelled_by_fold.npy")
     path = write_submission(comp, res.test, classes, stem, manifest, proba=proba)
     log(f"ensemble {stem.name}: cv {res.cv:.5f} (in-sample {res.cv_in_sample:.5f}) -> {path}")
     return Path(path)

@@ -12,8 +12,11 @@ it just writes no unlabelled.npy. The unlabelled file is not part of the recipe 
 done fold records the unlabelled texts it was asked to predict, and is refitted when they change.
 
 Extra training rows (pseudo-labels, distillation targets for unlabelled text) join each fold's
-training part only. Any extra row whose normalized text equals a validation row's text is dropped
-for that fold: its target was predicted by models that saw that validation row's label.
+training part only. Rows may be meant for one fold (`ExtraRows.folds`): per-fold pseudo-labels,
+where fold k's rows were labelled only by fold-k models, which never saw fold k's validation
+labels; fold k then receives its own rows and the rows meant for every fold. Any extra row whose
+normalized text equals a validation row's text is dropped for that fold as well: a target made by
+models that saw that validation row's label would hand it straight back.
 """
 
 from __future__ import annotations
@@ -41,15 +44,24 @@ class ExtraRows:
     targets: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (m, C) probabilities
     weights: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (m,)
     source: str = ""
+    # (m,) the fold each row is for, -1 = every fold; None = every row serves every fold
+    folds: np.ndarray | None = None
+    folds_hash: str = ""  # the fold table `folds` refers to ("" = not recorded)
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    @property
+    def per_fold(self) -> bool:
+        """True when every row is meant for one fold only."""
+        return self.folds is not None and len(self) > 0 and bool((self.folds >= 0).all())
 
     def subset(self, keep: np.ndarray) -> ExtraRows:
         """The rows where keep is True."""
         idx = np.flatnonzero(keep)
         return ExtraRows([self.texts[i] for i in idx], self.targets[idx], self.weights[idx],
-                         self.source)
+                         self.source, self.folds[idx] if self.folds is not None else None,
+                         self.folds_hash)
 
 
 @dataclass
@@ -101,13 +113,38 @@ def recipe_fingerprint(recipe: Recipe) -> str:
     return sha1_of([dumps_toml(d)])
 
 
-def extra_for_fold(extra: ExtraRows, val_texts: list[str]) -> tuple[ExtraRows, int]:
-    """Drop extra rows whose text duplicates a validation text; returns (rows, n_dropped)."""
+def extra_for_fold(extra: ExtraRows, val_texts: list[str], fold: int | None = None
+                   ) -> tuple[ExtraRows, int]:
+    """The extra rows one fold trains with; returns (rows, n_dropped).
+
+    Args:
+        extra: all extra rows.
+        val_texts: the fold's validation texts; rows duplicating one are dropped (counted).
+        fold: the fold id; rows meant for another fold (`extra.folds`) are left out (not
+            counted). None keeps rows of every fold.
+    """
+    if fold is not None and extra.folds is not None:
+        extra = extra.subset((extra.folds == fold) | (extra.folds < 0))
     if not len(extra):
         return extra, 0
     val_keys = {normalize_text(t) for t in val_texts}
     keep = np.array([normalize_text(t) not in val_keys for t in extra.texts])
     return extra.subset(keep), int((~keep).sum())
+
+
+def check_extra_folds(extra: ExtraRows, k: int, folds_hash: str) -> None:
+    """Refuse per-fold extra rows made for another fold table: their fold ids would mean
+    nothing here, and a row could train the fold whose validation labels it came from."""
+    if extra.folds is None or not len(extra):
+        return
+    top = int(extra.folds.max())
+    if top >= k:
+        raise CompError(f"{extra.source}: column 'fold': rows for fold {top} but the member has "
+                        f"data.folds={k}; make the pseudo-labels from members on this fold table")
+    if extra.folds_hash and extra.folds_hash != folds_hash:
+        raise CompError(f"{extra.source}: column 'folds_hash': per-fold rows labelled for fold "
+                        f"table {extra.folds_hash}, but this member's is {folds_hash}; make the "
+                        "pseudo-labels from members on this fold table")
 
 
 def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None = None,
@@ -135,6 +172,7 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
     run_dir = recipe.run_dir
     fingerprint = recipe_fingerprint(recipe)
     extra = extra if extra is not None else load_pseudo_for(recipe, comp)
+    check_extra_folds(extra, k, data_hashes(comp, folds)["folds_hash"])
     wanted = list(range(k)) if folds_to_run is None else sorted(set(folds_to_run))
     bad = [f for f in wanted if not 0 <= f < k]
     if bad:
@@ -165,7 +203,7 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
         train_idx = np.flatnonzero(folds != f)
         val_idx = np.flatnonzero(folds == f)
         val_texts = [comp.train_texts[i] for i in val_idx]
-        fold_extra, dropped = extra_for_fold(extra, val_texts)
+        fold_extra, dropped = extra_for_fold(extra, val_texts, f)
         if dropped:
             log(f"{recipe.name} fold {f}: dropped {dropped} extra row(s) duplicating "
                 "validation texts")
@@ -187,7 +225,8 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
         write_json(done, {"fold": f, "metric": recipe.metric, "score": s,
                           "seconds": round(time.time() - t0, 2), "recipe": fingerprint,
                           "n_train": len(train_idx), "n_val": len(val_idx),
-                          "n_extra": len(fold_extra), "unlabelled_hash": unl_hash,
+                          "n_extra": len(fold_extra), "extra_per_fold": fold_extra.per_fold,
+                          "unlabelled_hash": unl_hash,
                           "unlabelled_predicted": unl_proba is not None})
         log(f"{recipe.name} fold {f}: {recipe.metric}={s:.4f} ({time.time() - t0:.0f}s)")
     return assemble(recipe, comp, folds)
@@ -230,6 +269,10 @@ def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray) -> dict | Non
         "seconds": round(sum(m["seconds"] for m in metas), 2),
         "extra_rows": max(m.get("n_extra", 0) for m in metas),
     }
+    if cv["extra_rows"]:
+        # honest CV after a pseudo-label round needs every fold's rows to be its own
+        cv["extra_per_fold"] = all(m.get("extra_per_fold", False) for m in metas
+                                   if m.get("n_extra", 0))
     if unl is not None:
         cv.update(n_unlabelled=len(unl), unlabelled_hash=comp.unlabelled_hash)
         unl = unl.astype(np.float32)
@@ -240,7 +283,9 @@ def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray) -> dict | Non
 
 
 def write_member_files(run_dir: str | Path, oof: np.ndarray, test: np.ndarray, classes: list[str],
-                       cv: dict[str, Any], unlabelled: np.ndarray | None = None) -> None:
+                       cv: dict[str, Any], unlabelled: np.ndarray | None = None,
+                       test_by_fold: np.ndarray | None = None,
+                       unlabelled_by_fold: np.ndarray | None = None) -> None:
     """Write a member directory: oof.npy, test.npy, classes.json, unlabelled.npy, cv.json.
 
     Args:
@@ -249,15 +294,24 @@ def write_member_files(run_dir: str | Path, oof: np.ndarray, test: np.ndarray, c
         test: (n_test, C) test probabilities.
         classes: the class names of the C columns.
         cv: the cv.json record (name, metric, cv, fold_scores, data hashes, row counts ...).
-        unlabelled: (n_unlabelled, C) probabilities on data.extra, or None; then an
-            unlabelled.npy left by an earlier run is removed, as it predicted other texts or
-            came from other models and must never be read with these files.
+        unlabelled: (n_unlabelled, C) probabilities on data.extra, or None.
+        test_by_fold: (K, n_test, C) fold k's test probabilities, made without fold k's labels
+            (test_by_fold.npy), for a member without fold{k}/ dirs, such as an ensemble.
+        unlabelled_by_fold: (K, n_unlabelled, C), the same for the unlabelled texts (written
+            only with `unlabelled`).
+
+    An optional file given as None that an earlier run left behind is removed: it predicted
+    other texts or came from other models and must never be read with these files.
     """
     d = Path(run_dir)
-    if unlabelled is not None:
-        save_npy(d / "unlabelled.npy", unlabelled)
-    elif (d / "unlabelled.npy").exists():
-        (d / "unlabelled.npy").unlink()
+    if unlabelled is None:
+        unlabelled_by_fold = None
+    for name, arr in (("unlabelled.npy", unlabelled), ("test_by_fold.npy", test_by_fold),
+                      ("unlabelled_by_fold.npy", unlabelled_by_fold)):
+        if arr is not None:
+            save_npy(d / name, arr)
+        elif (d / name).exists():
+            (d / name).unlink()
     save_npy(d / "oof.npy", oof)
     save_npy(d / "test.npy", test)
     write_json(d / "classes.json", classes)
@@ -291,13 +345,23 @@ def _check_shape(a: np.ndarray, shape: tuple[int, int], what: str) -> None:
 
 
 def load_pseudo_for(recipe: Recipe, comp: Competition) -> ExtraRows:
-    """The recipe's pseudo-label file (train.pseudo) as extra rows, or none."""
+    """The recipe's pseudo-label file (train.pseudo) as extra rows, or none.
+
+    A file without per-fold rows (no `fold` column, or empty cells) gives every fold the same
+    rows; that is logged, since the member's CV then flatters it.
+    """
     if not recipe.train.pseudo:
         return ExtraRows(targets=np.zeros((0, comp.n_classes)))
     from comp.pseudo import read_pseudo
 
-    return read_pseudo(recipe.train.pseudo, comp.classes, soft=recipe.train.pseudo_soft,
+    rows = read_pseudo(recipe.train.pseudo, comp.classes, soft=recipe.train.pseudo_soft,
                        weight=recipe.train.pseudo_weight)
+    if len(rows) and not rows.per_fold:
+        n = len(rows) if rows.folds is None else int((rows.folds < 0).sum())
+        log(f"{recipe.name}: {n} pseudo row(s) of {recipe.train.pseudo} serve every fold; "
+            "their labels came from models that saw each fold's validation labels, so this "
+            "member's CV is optimistic (comp pseudo writes per-fold rows from a new ensemble)")
+    return rows
 
 
 def member_done(run_dir: str | Path) -> bool:

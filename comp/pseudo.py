@@ -3,9 +3,16 @@
 The rows come from the ensemble's test probabilities and, when its members predicted the
 competition's unlabelled texts (`data.extra`), from its unlabelled probabilities too; one
 confidence cut ranks both together. The file (id, text, label, confidence, p_<class>...,
-source) is referenced by a recipe's `train.pseudo`; the k-fold runner adds its rows to each
-fold's training part only, and drops any row whose text duplicates one of that fold's
-validation texts.
+source, fold, folds_hash) is referenced by a recipe's `train.pseudo`; the k-fold runner adds
+its rows to training parts only.
+
+Per fold by default: fold k's block of rows is labelled by the ensemble's fold-k prediction
+(test_by_fold.npy), which only models that never saw fold k's validation labels made, and only
+fold k trains with it. Global labels average every fold's models, so a near-copy of a fold-k
+validation text could carry that row's label back into fold k's training and flatter its CV.
+An ensemble without per-fold predictions (or `per_fold=False`) still gives one global block
+(empty fold cells) that every fold trains with. Either way the runner also drops any row whose
+text duplicates one of the fold's validation texts.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from comp.config import DataConfig, from_dict
 from comp.data import Competition, load_competition, normalize_text, read_table
 from comp.member import ExtraRows
 from comp.utils import CompError, log, read_json, write_text
+
+COLUMNS_AFTER_PROBA = ("source", "fold", "folds_hash")
 
 
 def select_confident(proba: np.ndarray, threshold: float | None = None,
@@ -61,16 +70,20 @@ def select_confident(proba: np.ndarray, threshold: float | None = None,
 
 def make_pseudo(manifest: str | Path, threshold: float | None = None,
                 top_frac: float | None = None, per_class: bool = False,
-                out: str | Path | None = None, extra: str | None = None) -> Path:
+                out: str | Path | None = None, extra: str | None = None,
+                per_fold: bool = True) -> Path:
     """Write a pseudo-label file from a submission manifest's test and unlabelled probabilities.
 
     Args:
         manifest: a submission .json written by `comp ensemble`.
         threshold, top_frac, per_class: see select_confident (applied to test and unlabelled
-            rows together).
+            rows together, and to each fold's rows separately when per fold).
         out: output CSV; default `<manifest stem>.pseudo.csv`.
         extra: the unlabelled file the members predicted, when the manifest's [data] table
             does not lead to it (e.g. it moved); its texts must be the ones the members saw.
+        per_fold: one block of rows per fold from the manifest's per-fold predictions
+            (`test_by_fold`, `unlabelled_by_fold`), each for its fold only; when the manifest
+            has none, or False, one block for every fold (logged: CV will be optimistic).
 
     Returns:
         The CSV path.
@@ -101,6 +114,43 @@ def make_pseudo(manifest: str | Path, threshold: float | None = None,
         ids += comp.unlabelled_ids
         texts += comp.unlabelled_texts
         source += ["unlabelled"] * len(unl)
+    by_fold, why = (_by_fold_proba(man, man_path, comp, len(classes), unl is not None)
+                    if per_fold else (None, "asked for one set of rows for every fold"))
+    # blocks of (fold cell, (n_rows, C) probabilities); "" = every fold
+    blocks = ([(str(k), p) for k, p in enumerate(by_fold)] if by_fold is not None
+              else [("", proba)])
+    folds_hash = str(man.get("folds_hash") or "") if by_fold is not None else ""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", "text", "label", "confidence", *[f"p_{c}" for c in classes],
+                *COLUMNS_AFTER_PROBA])
+    n_test = len(comp.test_ids)
+    kept, counts, dups = [], np.zeros(len(classes), dtype=np.int64), 0
+    for fold, p in blocks:
+        keep, dup = _choose(p, texts, threshold, top_frac, per_class)
+        dups += dup
+        kept.append((int(keep[:n_test].sum()), int(keep[n_test:].sum())))
+        counts += np.bincount(p[keep].argmax(1), minlength=len(classes))
+        for i in np.flatnonzero(keep):
+            w.writerow([ids[i], texts[i], classes[int(p[i].argmax())], f"{p[i].max():.6f}",
+                        *[f"{x:.6f}" for x in p[i]], source[i], fold, folds_hash])
+    out_path = Path(out) if out else man_path.with_name(man_path.stem + ".pseudo.csv")
+    write_text(out_path, buf.getvalue())
+    what = "/".join(str(t) for t, _ in kept) + f" of {n_test} test rows"
+    if unl is not None:
+        what += " + " + "/".join(str(u) for _, u in kept) + f" of {len(unl)} unlabelled rows"
+    where = f"per fold ({len(blocks)} folds)" if by_fold is not None else "for every fold"
+    log(f"pseudo: {what} kept {where} (per class {dict(zip(classes, counts.tolist()))}"
+        + (f"; {dups} duplicate text(s) dropped" if dups else "") + f") -> {out_path}")
+    if by_fold is None:
+        log(f"pseudo: one set of rows for every fold ({why}); its labels came from models that "
+            "saw every fold's validation labels, so CV after the round is optimistic")
+    return out_path
+
+
+def _choose(proba: np.ndarray, texts: list[str], threshold: float | None,
+            top_frac: float | None, per_class: bool) -> tuple[np.ndarray, int]:
+    """select_confident, then one row per text; returns ((n,) mask, duplicates dropped)."""
     keep = select_confident(proba, threshold, top_frac, per_class)
     # one row per text: a text in both files (or twice) would count double in training
     seen: set[str] = set()
@@ -111,23 +161,37 @@ def make_pseudo(manifest: str | Path, threshold: float | None = None,
             keep[i] = False
             dup += 1
         seen.add(key)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["id", "text", "label", "confidence", *[f"p_{c}" for c in classes], "source"])
-    for i in np.flatnonzero(keep):
-        w.writerow([ids[i], texts[i], classes[int(proba[i].argmax())],
-                    f"{proba[i].max():.6f}", *[f"{p:.6f}" for p in proba[i]], source[i]])
-    out_path = Path(out) if out else man_path.with_name(man_path.stem + ".pseudo.csv")
-    write_text(out_path, buf.getvalue())
-    counts = np.bincount(proba[keep].argmax(1), minlength=len(classes)).tolist()
+    return keep, dup
+
+
+def _by_fold_proba(man: dict, man_path: Path, comp: Competition, n_classes: int,
+                   with_unlabelled: bool) -> tuple[np.ndarray | None, str]:
+    """The ensemble's (K, n_test [+ n_unlabelled], C) per-fold probabilities, or (None, why)."""
     n_test = len(comp.test_ids)
-    kept_unl = int(keep[n_test:].sum())
-    what = f"{int(keep[:n_test].sum())}/{n_test} test rows"
-    if unl is not None:
-        what += f" + {kept_unl}/{len(unl)} unlabelled rows"
-    log(f"pseudo: {what} kept (per class {dict(zip(classes, counts))}"
-        + (f"; {dup} duplicate text(s) dropped" if dup else "") + f") -> {out_path}")
-    return out_path
+
+    def load(key: str, n_rows: int, what: str) -> np.ndarray:
+        f = Path(man[key])
+        if not f.exists():
+            raise CompError(f"{man_path}: per-fold {what} probabilities {f} not found")
+        a = np.load(f)
+        if a.ndim != 3 or a.shape[1:] != (n_rows, n_classes):
+            raise CompError(f"{f}: shape {a.shape}, expected (folds, {n_rows}, {n_classes}) "
+                            f"for the {what} rows")
+        return a
+
+    if not man.get("test_by_fold"):
+        return None, (f"{man_path.name} has no per-fold predictions: its ensemble was made "
+                      "before them or a member lacks fold{k}/test_proba.npy")
+    test_k = load("test_by_fold", n_test, "test")
+    if not with_unlabelled:
+        return test_k, ""
+    if not man.get("unlabelled_by_fold"):
+        return None, f"{man_path.name} has no per-fold unlabelled predictions"
+    unl_k = load("unlabelled_by_fold", len(comp.unlabelled_texts), "unlabelled")
+    if len(unl_k) != len(test_k):
+        raise CompError(f"{man['unlabelled_by_fold']}: {len(unl_k)} folds but "
+                        f"{man['test_by_fold']} has {len(test_k)}")
+    return np.concatenate([test_k, unl_k], axis=1), ""  # (K, n_test + n_unlabelled, C)
 
 
 def _data_config(man: dict, man_path: Path) -> DataConfig:
@@ -172,18 +236,21 @@ def read_pseudo(path: str | Path, classes: list[str], soft: bool = False,
     """Read a pseudo-label file as extra training rows.
 
     Args:
-        path: the CSV written by make_pseudo.
+        path: the CSV written by make_pseudo (or any file with text and label columns).
         classes: the competition's classes (labels must be among them).
         soft: use the p_<class> columns as targets instead of one-hot labels.
         weight: sample weight of every pseudo row.
 
     Returns:
-        ExtraRows with (m, C) targets.
+        ExtraRows with (m, C) targets; `folds` (m,) holds each row's fold (-1 for an empty
+        cell: every fold), or None when the file has no fold numbers (an older, global file);
+        `folds_hash` the fold table those numbers refer to.
     """
     table = read_table(path)
     table.require(("text", "label"))
     index = {c: i for i, c in enumerate(classes)}
-    texts, targets = [], []
+    texts, targets, folds = [], [], []
+    hashes: set[str] = set()
     pcols = [f"p_{c}" for c in classes]
     if soft:
         table.require(pcols, " needed for soft pseudo-labels")
@@ -192,6 +259,13 @@ def read_pseudo(path: str | Path, classes: list[str], soft: bool = False,
         if label not in index:
             raise CompError(f"{path}: row {n}: column 'label': unseen label '{label}' "
                             f"(classes: {', '.join(classes)})")
+        fold = (row.get("fold") or "").strip()
+        if fold and not (fold.isascii() and fold.isdigit()):
+            raise CompError(f"{path}: row {n}: column 'fold': '{fold}' is not a fold number "
+                            "(leave it empty for a row that serves every fold)")
+        folds.append(int(fold) if fold else -1)
+        if fold and (row.get("folds_hash") or "").strip():
+            hashes.add(row["folds_hash"].strip())
         if soft:
             try:
                 p = np.array([float(row[c]) for c in pcols])
@@ -201,5 +275,10 @@ def read_pseudo(path: str | Path, classes: list[str], soft: bool = False,
         else:
             targets.append(np.eye(len(classes))[index[label]])
         texts.append(row.get("text") or "")
+    if len(hashes) > 1:
+        raise CompError(f"{path}: column 'folds_hash': rows from {len(hashes)} fold tables "
+                        f"({', '.join(sorted(hashes))}); one file serves one fold table")
     t = np.array(targets, dtype=np.float64).reshape(len(texts), len(classes))
-    return ExtraRows(texts, t, np.full(len(texts), float(weight)), source=str(path))
+    f = np.array(folds, dtype=np.int64)
+    return ExtraRows(texts, t, np.full(len(texts), float(weight)), source=str(path),
+                     folds=f if (f >= 0).any() else None, folds_hash=next(iter(hashes), ""))

@@ -5,7 +5,8 @@ oof.npy, submissions/*.json manifests and *.csv, runs/tune/**/*.png, data_dir/an
 section whose inputs are missing is skipped with a note, so the report works at every stage.
 
 A pseudo-label round shows up as members named `<base>_pl` (retrained with pseudo-labels) and
-ensembles that include them; the report pairs each with what it had before the round.
+ensembles that include them; the report pairs each with what it had before the round, and says
+whether their CV is honest (every fold trained on its own per-fold pseudo-labels) or optimistic.
 """
 
 from __future__ import annotations
@@ -446,26 +447,32 @@ def _ensemble_pairs(ens: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dic
 def _pseudo_section(rows: list[dict[str, Any]], ens: list[dict[str, Any]],
                     hidden: dict[str, dict]) -> str:
     """Each `_pl` member next to its base member, each ensemble with them next to its base
-    ensemble: CV and (when answers exist) hidden accuracy before and after the round."""
+    ensemble: CV and (when answers exist) hidden accuracy before and after the round, and
+    whether each member's pseudo-labels were per fold (then its CV is honest)."""
     members = {str(r["name"]): r for r in rows if "manifest" not in r}
     parts = []
     body = []
+    pl, global_pl = [], []
     for name, after in sorted(members.items()):
         base = members.get(name[: -len(PL_SUFFIX)]) if name.endswith(PL_SUFFIX) else None
         if base is None:
             continue
         hb, ha = hidden.get(base["source"], {}), hidden.get(after["source"], {})
-        n_rows = _pseudo_rows(Path(after["source"]))
+        n_rows, per_fold = _pseudo_info(Path(after["source"]))
+        pl.append(name)
+        if not per_fold:
+            global_pl.append(name)
         body.append([_esc(base["name"]), _esc(name), _fmt(base["cv"]), _fmt(after["cv"]),
                      _delta(base["cv"], after["cv"]), _fmt(hb.get("accuracy")),
                      _fmt(ha.get("accuracy")), _delta(hb.get("accuracy"), ha.get("accuracy")),
-                     str(n_rows) if n_rows is not None else "-"])
+                     str(n_rows) if n_rows is not None else "-", "yes" if per_fold else "no"])
     if body:
-        parts.append("<p>Members retrained with pseudo-labels (rows joined every fold's "
-                     "training part, minus those duplicating a validation text):</p>"
+        parts.append("<p>Members retrained with pseudo-labels (rows joined the training part of "
+                     "their fold, or of every fold, minus those duplicating a validation "
+                     "text):</p>"
                      + _table(["member", "with pseudo-labels", "CV before", "CV after", "Δ CV",
                                "hidden acc before", "hidden acc after", "Δ hidden",
-                               "pseudo rows"], body, left=2))
+                               "pseudo rows", "per fold"], body, left=2))
     body = []
     for before, after in _ensemble_pairs(ens):
         hb = hidden.get(str(before.get("csv", "")), {})
@@ -481,17 +488,31 @@ def _pseudo_section(rows: list[dict[str, Any]], ens: list[dict[str, Any]],
                               left=3))
     if not parts:
         return ""
-    return "\n".join(parts) + _note(
-        "CV after the round can flatter it: the pseudo-labels came from models that saw every "
-        "fold's labels. Where answers exist, the hidden score is the fair comparison.")
+    if pl and not global_pl:
+        note = ("Every member above trained with per-fold pseudo-labels: fold k's rows were "
+                "labelled only by models that never saw fold k's validation labels, so CV after "
+                "the round is honest, for the members and for the ensembles of them.")
+    else:
+        which = f" ({', '.join(global_pl)})" if 0 < len(global_pl) < len(pl) else ""
+        note = (f"CV after the round can flatter it{which}: the same pseudo-labels served every "
+                "fold, and they came from models that saw every fold's labels. Where answers "
+                "exist, the hidden score is the fair comparison; pseudo-labels made by "
+                "comp pseudo from an ensemble with per-fold predictions keep CV honest.")
+    return "\n".join(parts) + _note(note)
 
 
-def _pseudo_rows(run_dir: Path) -> int | None:
-    """Pseudo rows a `_pl` member trained with (the largest fold's count), from cv.json."""
+def _pseudo_info(run_dir: Path) -> tuple[int | None, bool]:
+    """(pseudo rows a `_pl` member trained with (the largest fold's count), whether every fold
+    had its own per-fold rows), from cv.json."""
     try:
-        return int(read_json(run_dir / "cv.json").get("extra_rows"))
-    except (OSError, ValueError, TypeError):
-        return None
+        cv = read_json(run_dir / "cv.json")
+    except (OSError, ValueError):
+        return None, False
+    try:
+        n = int(cv.get("extra_rows"))
+    except (ValueError, TypeError):
+        n = None
+    return n, cv.get("extra_per_fold") is True
 
 
 # ---------------------------------------------------------------------------------------------

@@ -520,3 +520,115 @@ def test_run_ensemble_manifest_carries_unlabelled(small_comp, tmp_path, capsys):
     man = json.loads(csv_path.with_suffix(".json").read_text(encoding="utf-8"))
     assert "unlabelled" not in man and not (Path(man["run_dir"]) / "unlabelled.npy").exists()
     assert "b has no unlabelled.npy" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# per-fold predictions (fold-honest pseudo-labels)
+
+
+def _fold_members(X, XTK, XUK=None):
+    """Members with per-fold test (K, n_test, M, C) and unlabelled predictions."""
+    from comp.ensemble import Member
+
+    return [Member(f"m{j}", X[:, j], XTK[:, :, j].mean(0), ["a", "b", "c"],
+                   {"unlabelled_hash": "u0"}, None,
+                   XUK[:, :, j].mean(0) if XUK is not None else None, XTK[:, :, j],
+                   XUK[:, :, j] if XUK is not None else None) for j in range(X.shape[1])]
+
+
+@pytest.mark.parametrize("name", sorted(BLENDERS))
+def test_per_fold_blends_are_the_fold_k_blender_on_fold_k_predictions(name):
+    y, folds, X = synth(n=150, M=3, C=3, seed=11)
+    rng = np.random.default_rng(12)
+    XTK = _softmax(2 * rng.normal(size=(K, 40, 3, 3)))  # (K, n_test, M, C)
+    XUK = _softmax(2 * rng.normal(size=(K, 7, 3, 3)))  # (K, n_unlabelled, M, C)
+    kw = {"n_iter": 10} if name == "hill" else {}
+    res = ensemble(_fold_members(X, XTK, XUK), name, y, folds, "accuracy", **kw)
+    assert res.test_by_fold.shape == (K, 40, 3) and res.unlabelled_by_fold.shape == (K, 7, 3)
+    assert res.meta["by_fold"] == "blended"
+    params = {**kw, **({"metric": "accuracy"} if "metric" in blender_params(name) else {})}
+    for k in range(K):
+        # the nested CV's fold-k blender: fitted on the other folds' OOF rows only
+        fold_k = create_blender(name, **params).fit(X[folds != k], y[folds != k])
+        assert np.allclose(res.test_by_fold[k], fold_k.predict_proba(XTK[k]))
+        assert np.allclose(res.unlabelled_by_fold[k], fold_k.predict_proba(XUK[k]))
+        if name in ("weights", "hill"):
+            w = np.array(list(res.meta["fold_weights"][k].values()))
+            assert np.allclose(res.test_by_fold[k], np.einsum("nmc,m->nc", XTK[k], w))
+        if name == "mean":
+            assert np.allclose(res.test_by_fold[k], XTK[k].mean(1))
+    # fold k's labels never reach fold k's rows: rewrite them, the fold-k blend stays
+    for k in (0, 3):
+        y2 = y.copy()
+        y2[folds == k] = (y2[folds == k] + 1) % 3
+        got = ensemble(_fold_members(X, XTK, XUK), name, y2, folds, "accuracy", **kw)
+        assert np.allclose(got.test_by_fold[k], res.test_by_fold[k])
+        assert np.allclose(got.unlabelled_by_fold[k], res.unlabelled_by_fold[k])
+
+
+def test_per_fold_blends_left_out_when_a_member_lacks_them():
+    y, folds, X = synth(n=100, M=2, C=3)
+    XTK = _softmax(np.random.default_rng(0).normal(size=(K, 9, 2, 3)))
+    members = _fold_members(X, XTK)
+    res = ensemble(members, "mean", y, folds, "accuracy")
+    assert res.test_by_fold.shape == (K, 9, 3) and res.unlabelled_by_fold is None
+    members[1].test_by_fold = None
+    res = ensemble(members, "mean", y, folds, "accuracy")
+    assert res.test_by_fold is None
+    assert "m1 has no per-fold test predictions" in res.meta["by_fold"]
+    members = _fold_members(X, XTK[:3])
+    res = ensemble(members, "mean", y, folds, "accuracy")
+    assert res.test_by_fold is None and "3 folds of test predictions, the fold table 5" in \
+        res.meta["by_fold"]
+
+
+def test_run_ensemble_writes_per_fold_files_members_and_ensembles_read_back(small_comp, tmp_path,
+                                                                           capsys):
+    from comp.config import load_recipe
+    from comp.ensemble import run_ensemble
+    from comp.member import run_member
+
+    (small_comp / "more.txt").write_text("好极了\n糟透了\n还可以\n", encoding="utf-8")
+    rng = np.random.default_rng(0)
+
+    def fit(ctx):
+        return (_softmax(rng.normal(size=(len(ctx.val_idx), 2))),
+                _softmax(rng.normal(size=(len(ctx.predict_texts), 2))))
+
+    dirs = []
+    for name in ("a", "b"):
+        r = load_recipe(None, [f"data.dir={small_comp}", "data.folds=3", f"name={name}",
+                               f"runs_dir={tmp_path / 'runs'}", "data.extra=more.txt"])
+        run_member(r, fit)
+        dirs.append(r.run_dir)
+    members = load_members(dirs)
+    assert members[0].test_by_fold.shape == (3, 100, 2)
+    assert np.allclose(members[0].test_by_fold[1], np.load(dirs[0] / "fold1" / "test_proba.npy"))
+    assert members[1].unlabelled_by_fold.shape == (3, 3, 2)
+    csv_path = run_ensemble(dirs, "hill", None, "accuracy", tmp_path / "subs" / "hill",
+                            n_iter=5)
+    man = json.loads(csv_path.with_suffix(".json").read_text(encoding="utf-8"))
+    tk, uk = np.load(man["test_by_fold"]), np.load(man["unlabelled_by_fold"])
+    assert tk.shape == (3, 100, 2) and uk.shape == (3, 3, 2)
+    for k, w in enumerate(man["fold_weights"]):
+        want = sum(w[n] * np.load(d / f"fold{k}" / "unlabelled_proba.npy")
+                   for n, d in zip(("a", "b"), dirs))
+        assert np.allclose(uk[k], want, atol=1e-5)
+    # the ensemble directory is a member too, per-fold files included: ensembles of it have them
+    ens = read_member(man["run_dir"])
+    assert np.allclose(ens.test_by_fold, tk) and np.allclose(ens.unlabelled_by_fold, uk)
+    outer = run_ensemble([man["run_dir"], dirs[0]], "mean", None, "accuracy",
+                         tmp_path / "subs" / "outer")
+    outer_man = json.loads(outer.with_suffix(".json").read_text(encoding="utf-8"))
+    assert np.allclose(np.load(outer_man["test_by_fold"]),
+                       (tk + members[0].test_by_fold) / 2, atol=1e-6)
+    # a member without fold files: the ensemble drops its stale per-fold files and says why
+    (dirs[1] / "fold2" / "test_proba.npy").unlink()
+    capsys.readouterr()
+    csv_path = run_ensemble(dirs, "hill", None, "accuracy", tmp_path / "subs" / "hill",
+                            n_iter=5)
+    man = json.loads(csv_path.with_suffix(".json").read_text(encoding="utf-8"))
+    assert "test_by_fold" not in man and "unlabelled_by_fold" not in man
+    assert not (Path(man["run_dir"]) / "test_by_fold.npy").exists()
+    assert read_member(man["run_dir"]).test_by_fold is None
+    assert "b has no per-fold test predictions" in capsys.readouterr().err

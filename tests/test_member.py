@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from comp.config import load_recipe
-from comp.data import load_competition, normalize_text
+from comp.data import data_hashes, load_competition, load_folds, normalize_text
 from comp.member import ExtraRows, extra_for_fold, run_member, write_member_files
 from comp.utils import CompError, read_json
 
@@ -184,3 +184,92 @@ def test_wrong_prediction_rows_name_both_shapes(small_comp, tmp_path):
         return np.full((len(ctx.val_idx), 2), 0.5), np.full((101, 2), 0.5)
     with pytest.raises(CompError, match=r"\(101, 2\), expected \(102, 2\).*\(100, 2\)"):
         run_member(r, fit, folds_to_run=[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# per-fold extra rows and per-fold predictions
+
+
+def test_per_fold_extra_rows_train_their_own_fold_only(small_comp, tmp_path):
+    r = _recipe(small_comp, tmp_path)
+    comp = load_competition(r.data)
+    fh = data_hashes(comp, load_folds(comp, r.data))["folds_hash"]
+    # rows 0-5 belong to one fold each, 6-7 serve every fold; row 8 copies a train text
+    texts = [f"第{k}折的行{i}" for k in range(3) for i in range(2)] + ["通用甲", "通用乙"]
+    texts.append(comp.train_texts[0])
+    folds = np.array([0, 0, 1, 1, 2, 2, -1, -1, 1])
+    extra = ExtraRows(texts, np.full((9, 2), 0.5), np.ones(9), "p.csv", folds, fh)
+    seen = {}
+
+    def fit(ctx):
+        seen[ctx.fold] = list(ctx.extra.texts)
+        return np.full((len(ctx.val_idx), 2), 0.5), np.full((100, 2), 0.5)
+
+    cv = run_member(r, fit, extra=extra)
+    fold_of_0 = int(load_folds(comp, r.data)[0])
+    for k in range(3):
+        want = [f"第{k}折的行{i}" for i in range(2)] + ["通用甲", "通用乙"]
+        if k == 1 and fold_of_0 != 1:
+            want.append(comp.train_texts[0])  # a duplicate of fold 1's train part, not its val
+        assert seen[k] == want
+    assert cv["extra_per_fold"] is False  # the every-fold rows make it optimistic
+    for k in range(3):
+        assert read_json(r.run_dir / f"fold{k}" / "done.json")["n_extra"] == len(seen[k])
+
+    only = ExtraRows(texts[:6], np.full((6, 2), 0.5), np.ones(6), "p.csv", folds[:6], fh)
+    assert run_member(_recipe(small_comp, tmp_path, "own"), fit, extra=only)["extra_per_fold"]
+    assert seen == {k: [f"第{k}折的行{i}" for i in range(2)] for k in range(3)}
+
+
+def test_per_fold_extra_rows_for_another_fold_table_are_refused(small_comp, tmp_path):
+    r = _recipe(small_comp, tmp_path)
+    rows = ExtraRows(["甲", "乙"], np.full((2, 2), 0.5), np.ones(2), "p.csv", np.array([0, 3]))
+    with pytest.raises(CompError, match=r"p\.csv: column 'fold': rows for fold 3 but the member "
+                       r"has data\.folds=3"):
+        run_member(r, _prior_fit([]), extra=rows)
+    rows = ExtraRows(["甲"], np.full((1, 2), 0.5), np.ones(1), "p.csv", np.array([0]), "abc")
+    with pytest.raises(CompError, match=r"labelled for fold table abc, but this member's is"):
+        run_member(r, _prior_fit([]), extra=rows)
+
+
+def test_extra_for_fold_keeps_its_fold_and_every_fold_rows():
+    extra = ExtraRows(["a", "b", "c", "d"], np.zeros((4, 2)), np.ones(4), "",
+                      np.array([0, 1, -1, 0]))
+    kept, dropped = extra_for_fold(extra, ["d"], 0)
+    assert kept.texts == ["a", "c"] and dropped == 1 and kept.folds.tolist() == [0, -1]
+    assert extra_for_fold(extra, [], None)[0].texts == ["a", "b", "c", "d"]
+
+
+def test_read_member_has_the_folds_predictions_and_ignores_stale_ones(small_comp, tmp_path):
+    from comp.ensemble import read_member
+
+    r = _with_unlabelled(small_comp, tmp_path, ["甲", "乙"])
+    run_member(r, _predicting_fit([]))
+    m = read_member(r.run_dir)
+    assert m.test_by_fold.shape == (3, 100, 2) and m.unlabelled_by_fold.shape == (3, 2, 2)
+    assert np.allclose(m.test_by_fold[:, :, 0], np.array([0.1, 0.2, 0.3])[:, None])
+    assert np.allclose(m.unlabelled_by_fold[:, :, 0], np.array([0.1, 0.2, 0.3])[:, None])
+    # fold files that do not average to the member's test.npy belong to another run
+    np.save(r.run_dir / "test.npy", np.full((100, 2), 0.5, dtype=np.float32))
+    m = read_member(r.run_dir)
+    assert m.test_by_fold is None and m.unlabelled_by_fold is None and m.unlabelled is not None
+
+
+def test_write_member_files_per_fold_arrays_round_trip_and_stale_ones_go(tmp_path):
+    from comp.ensemble import read_member
+
+    rng = np.random.default_rng(1)
+    oof, test, unl = (rng.dirichlet(np.ones(2), n) for n in (6, 4, 3))
+    test_k, unl_k = rng.dirichlet(np.ones(2), (3, 4)), rng.dirichlet(np.ones(2), (3, 3))
+    d = tmp_path / "ens"
+    write_member_files(d, oof, test, ["a", "b"], {"name": "e"}, unl, test_k, unl_k)
+    m = read_member(d)
+    assert np.allclose(m.test_by_fold, test_k) and np.allclose(m.unlabelled_by_fold, unl_k)
+    write_member_files(d, oof, test, ["a", "b"], {"name": "e"}, None, test_k, unl_k)
+    assert not (d / "unlabelled_by_fold.npy").exists()  # never without unlabelled.npy
+    assert read_member(d).unlabelled_by_fold is None and read_member(d).test_by_fold is not None
+    write_member_files(d, oof, test, ["a", "b"], {"name": "e"})
+    assert not (d / "test_by_fold.npy").exists() and read_member(d).test_by_fold is None
+    np.save(d / "test_by_fold.npy", test_k[:, :3])
+    with pytest.raises(CompError, match=r"test_by_fold\.npy: shape \(3, 3, 2\), expected"):
+        read_member(d)

@@ -9,7 +9,7 @@ from comp.ensemble import run_ensemble
 from comp.linear import train_linear
 from comp.member import run_member
 from comp.pseudo import make_pseudo, read_pseudo, select_confident
-from comp.utils import CompError
+from comp.utils import CompError, read_json, write_json
 
 
 def test_select_threshold_top_frac_and_per_class():
@@ -54,7 +54,8 @@ def test_pseudo_round_never_lets_validation_rows_see_their_labels(small_comp, tm
         for t in comp.train_texts[:6]:
             f.write(f'x,"{t}",pos,0.99,0.01,0.99\n')
     rows = read_pseudo(pseudo, comp.classes)
-    assert len(rows) == 50 + 6
+    assert len(rows) == 3 * 50 + 6  # a block of 50 per fold + the planted rows (every fold)
+    assert rows.folds.tolist() == [0] * 50 + [1] * 50 + [2] * 50 + [-1] * 6
     folds = load_folds(comp, DataConfig(dir=str(small_comp), folds=3))
     seen = {}
 
@@ -70,6 +71,7 @@ def test_pseudo_round_never_lets_validation_rows_see_their_labels(small_comp, tm
     run_member(r, fit)
     planted_per_fold = np.bincount(folds[:6], minlength=3)
     assert [seen[f] for f in range(3)] == [56 - planted_per_fold[f] for f in range(3)]
+    assert read_json(r.run_dir / "cv.json")["extra_per_fold"] is False  # planted rows: global
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,10 +137,12 @@ def test_pseudo_labels_confident_unlabelled_rows(small_comp, tmp_path):
     manifest = _ensemble(small_comp, tmp_path, _keyword_fit)
     pseudo = make_pseudo(manifest, threshold=0.95)
     rows = list(csv.DictReader(open(pseudo, encoding="utf-8")))
-    unl = [r for r in rows if r["source"] == "unlabelled"]
-    assert [(r["id"], r["text"], r["label"]) for r in unl] == \
-        [("u0", "服务真好", "pos"), ("u1", "房间太差", "neg"), ("u3", "早餐很好吃", "pos")]
-    assert sum(r["source"] == "test" for r in rows) == test_conf
+    for fold in "012":  # the keyword member says the same in every fold: three equal blocks
+        unl = [r for r in rows if r["source"] == "unlabelled" and r["fold"] == fold]
+        assert [(r["id"], r["text"], r["label"]) for r in unl] == \
+            [("u0", "服务真好", "pos"), ("u1", "房间太差", "neg"), ("u3", "早餐很好吃", "pos")]
+        assert sum(r["source"] == "test" and r["fold"] == fold for r in rows) == test_conf
+    assert len(rows) == 3 * (test_conf + 3)
     assert len(read_pseudo(pseudo, comp.classes)) == len(rows)
     # --extra points at the same texts elsewhere; other texts are refused
     moved = tmp_path / "moved.csv"
@@ -202,3 +206,164 @@ def test_validation_texts_in_the_unlabelled_file_never_train_their_own_fold(smal
         others = {normalize_text(comp.train_texts[i]) for i in planted if folds[i] != f}
         assert own and not own & seen[f]
         assert others <= seen[f]  # copies of other folds' rows do train this fold
+
+
+# ---------------------------------------------------------------------------------------------
+# per-fold pseudo-labels
+
+
+def _noise_competition(root, n=90, seed=3):
+    """Train texts with random labels; every test text is a train text plus one character."""
+    rng = np.random.default_rng(seed)
+    chars = [chr(c) for c in range(0x4E00, 0x4E00 + 400)]
+    texts = sorted({"".join(rng.choice(chars, 6)) for _ in range(n)})[:n]
+    labels = rng.choice(["neg", "pos"], len(texts))
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "train.csv", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text", "label"])
+        w.writerows((f"r{i}", t, y) for i, (t, y) in enumerate(zip(texts, labels)))
+    with open(root / "test.csv", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text"])
+        w.writerows((f"t{i}", t + "啊") for i, t in enumerate(texts))
+    return root
+
+
+def _near_memoriser(ctx):
+    """Knows its training texts' labels (pseudo rows included) and answers for any text one
+    character away from one of them; nothing else. On noise labels that is pure leakage."""
+    known = {normalize_text(ctx.comp.train_texts[i]): int(ctx.comp.labels[i])
+             for i in ctx.train_idx}
+    known.update((normalize_text(t), int(p.argmax()))
+                 for t, p in zip(ctx.extra.texts, ctx.extra.targets))
+    by_prefix = {k[:-1]: y for k, y in known.items()}
+
+    def proba(texts):
+        out = np.full((len(texts), 2), 0.5)
+        for j, t in enumerate(map(normalize_text, texts)):
+            y = known.get(t, known.get(t[:-1], by_prefix.get(t)))
+            if y is not None:
+                out[j] = 0.01
+                out[j, y] = 0.99
+        return out
+
+    return proba(ctx.val_texts), proba(ctx.predict_texts)
+
+
+def _leaks(pseudo, comp, folds):
+    """(fold, row) pairs where a pseudo row training that fold near-copies one of its
+    validation texts and carries that row's label."""
+    rows = read_pseudo(pseudo, comp.classes)
+    val_label = {normalize_text(t): (int(folds[i]), comp.classes[comp.labels[i]])
+                 for i, t in enumerate(comp.train_texts)}
+    out = []
+    for j, t in enumerate(rows.texts):
+        fold, label = val_label[normalize_text(t)[:-1]]  # the train text it copies
+        row_folds = range(3) if rows.folds is None or rows.folds[j] < 0 else [rows.folds[j]]
+        if fold in row_folds and comp.classes[int(rows.targets[j].argmax())] == label:
+            out.append((fold, t))
+    return out
+
+
+@pytest.mark.parametrize("per_fold", [False, True])
+def test_per_fold_pseudo_labels_never_carry_a_validation_label_to_its_fold(tmp_path, per_fold):
+    """Test texts are near-copies of noise-labelled train texts. The global blend labels a copy
+    of a fold-k row with that row's label (folds j != k memorised it); fold k then trains on it
+    and 'predicts' its validation rows. Per-fold labels of fold k come from fold-k models only,
+    which never saw those rows."""
+    data = _noise_competition(tmp_path / "noise")
+    cfg = DataConfig(dir=str(data), folds=3)
+    base = [f"data.dir={data}", "data.folds=3", f"runs_dir={tmp_path / 'runs'}"]
+    r = load_recipe(None, base + ["name=memo"])
+    cv0 = run_member(r, _near_memoriser)
+    manifest = run_ensemble([r.run_dir], "mean", None, "accuracy",
+                            tmp_path / "subs" / "mean").with_suffix(".json")
+    pseudo = make_pseudo(manifest, threshold=0.8, per_fold=per_fold)
+    comp = load_competition(cfg)
+    folds = load_folds(comp, cfg)
+    rows = read_pseudo(pseudo, comp.classes)
+    # the file: every copy is labelled (2/3 of the global blend's models know it); per fold,
+    # exactly the copies of the other folds' rows
+    if per_fold:
+        assert rows.per_fold and rows.folds_hash == read_json(manifest)["folds_hash"]
+        assert np.bincount(rows.folds).tolist() == [int((folds != k).sum()) for k in range(3)]
+        assert _leaks(pseudo, comp, folds) == []
+    else:
+        assert rows.folds is None and len(rows) == len(comp.train_texts)
+        assert len(_leaks(pseudo, comp, folds)) == len(comp.train_texts)
+
+    # through training: fold k never receives a copy of its own validation rows
+    got = {}
+
+    def spy(ctx):
+        val = {normalize_text(t) for t in ctx.val_texts}
+        got[ctx.fold] = sum(normalize_text(t)[:-1] in val for t in ctx.extra.texts)
+        return _near_memoriser(ctx)
+
+    pl = load_recipe(None, base + ["name=memo_pl", f"train.pseudo={pseudo}"])
+    cv = run_member(pl, spy)
+    assert cv0["cv"] < 0.7  # alone, memorising noise predicts nothing
+    if per_fold:
+        assert got == {0: 0, 1: 0, 2: 0} and cv["extra_per_fold"] is True
+        assert np.allclose(np.load(pl.run_dir / "oof.npy"), 0.5)  # nothing about val rows
+    else:
+        assert all(got[k] == int((folds == k).sum()) for k in range(3))
+        assert cv["cv"] == 1.0 and cv["extra_per_fold"] is False  # the leak, in the CV
+
+
+def test_global_pseudo_files_still_read_and_serve_every_fold(small_comp, tmp_path):
+    """A file from before per-fold labels (no fold column), or a manifest without per-fold
+    predictions, gives every fold the same rows."""
+    comp = load_competition(DataConfig(dir=str(small_comp), folds=3))
+    old = tmp_path / "old.csv"
+    old.write_text("id,text,label,confidence,p_neg,p_pos,source\n"
+                   "t1,额外的好评,pos,0.9,0.1,0.9,test\nt2,额外的差评,neg,0.8,0.8,0.2,test\n",
+                   encoding="utf-8")
+    rows = read_pseudo(old, comp.classes, soft=True)
+    assert rows.folds is None and not rows.per_fold and rows.targets[0].tolist() == [0.1, 0.9]
+    seen = {}
+
+    def fit(ctx):
+        seen[ctx.fold] = list(ctx.extra.texts)
+        return np.full((len(ctx.val_idx), 2), 0.5), np.full((len(comp.test_ids), 2), 0.5)
+
+    r = load_recipe(None, [f"data.dir={small_comp}", "data.folds=3", "name=old",
+                           f"runs_dir={tmp_path / 'runs'}", f"train.pseudo={old}"])
+    cv = run_member(r, fit)
+    assert seen == {k: ["额外的好评", "额外的差评"] for k in range(3)}
+    assert cv["extra_rows"] == 2 and cv["extra_per_fold"] is False
+
+    _write_unlabelled(small_comp, ["服务真好", "一般般吧"])
+    manifest = _ensemble(small_comp, tmp_path, _keyword_fit, names=("k",))
+    man = read_json(manifest)
+    assert man["test_by_fold"] and man["unlabelled_by_fold"]
+    del man["test_by_fold"], man["unlabelled_by_fold"]  # written before per-fold predictions
+    write_json(manifest, man)
+    p = make_pseudo(manifest, threshold=0.95, out=tmp_path / "global.csv")
+    table = list(csv.DictReader(open(p, encoding="utf-8")))
+    assert table and all(row["fold"] == "" and row["folds_hash"] == "" for row in table)
+    assert read_pseudo(p, comp.classes).folds is None
+    write_json(manifest, {**man, "test_by_fold": "gone.npy"})
+    with pytest.raises(CompError, match=r"per-fold test probabilities gone\.npy not found"):
+        make_pseudo(manifest, threshold=0.95)
+    from comp.cli import main
+
+    forced = tmp_path / "forced.csv"
+    assert main(["pseudo", "--from", str(manifest), "--threshold", "0.95", "--global",
+                 "--out", str(forced)]) == 0
+    assert forced.read_text(encoding="utf-8") == p.read_text(encoding="utf-8")
+
+
+def test_fold_column_errors_name_the_row(tmp_path):
+    f = tmp_path / "p.csv"
+    f.write_text("id,text,label,fold\n1,好,pos,0\n2,坏,neg,x\n", encoding="utf-8")
+    with pytest.raises(CompError, match=r"row 3: column 'fold': 'x' is not a fold number"):
+        read_pseudo(f, ["neg", "pos"])
+    f.write_text("id,text,label,fold,folds_hash\n1,好,pos,0,aa\n2,坏,neg,1,bb\n",
+                 encoding="utf-8")
+    with pytest.raises(CompError, match=r"column 'folds_hash': rows from 2 fold tables"):
+        read_pseudo(f, ["neg", "pos"])
+    f.write_text("id,text,label,fold\n1,好,pos,0\n2,坏,neg,\n", encoding="utf-8")
+    rows = read_pseudo(f, ["neg", "pos"])
+    assert rows.folds.tolist() == [0, -1] and not rows.per_fold

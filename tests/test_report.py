@@ -179,9 +179,10 @@ def test_epoch_logs_of_several_shapes(log):
     assert series == {"0": {"loss": [0.5, 0.4]}}
 
 
-def test_report_shows_the_pseudo_label_round(project):
+@pytest.mark.parametrize("per_fold", [False, True])
+def test_report_shows_the_pseudo_label_round(project, per_fold):
     """A `_pl` member beside its base member and an ensemble with it beside the one without:
-    CV and hidden accuracy before and after."""
+    CV and hidden accuracy before and after; honest CV only with per-fold pseudo-labels."""
     import shutil
 
     from comp.data import read_answers
@@ -197,7 +198,7 @@ def test_report_shows_the_pseudo_label_round(project):
     save_npy(pl / "test.npy", np.eye(len(classes))[truth] * 0.9 + 0.1 / len(classes))
     cv = read_json(base / "cv.json")
     write_json(pl / "cv.json", {**cv, "name": "member1_pl", "cv": cv["cv"] + 0.05,
-                                "extra_rows": 17})
+                                "extra_rows": 17, "extra_per_fold": per_fold})
     subs = project["tmp"] / "submissions"
     subs.mkdir()
     run_ensemble(project["dirs"], "hill", project["cfg"], "accuracy", subs / "hill", n_iter=5)
@@ -215,6 +216,10 @@ def test_report_shows_the_pseudo_label_round(project):
     hidden_before, hidden_after = float(page.cells[i + 4]), float(page.cells[i + 5])
     assert hidden_after == 1.0 and hidden_before < 1.0
     assert page.cells[i + 7] == "17"  # pseudo rows it trained with
+    assert page.cells[i + 8] == ("yes" if per_fold else "no")
+    text = out.read_text(encoding="utf-8")
+    assert ("CV after the round is honest" in text) == per_fold
+    assert ("CV after the round can flatter it" in text) != per_fold
     mans = {read_json(p)["name"]: read_json(p) for p in subs.glob("*.json")}
     j = len(page.cells) - 1 - page.cells[::-1].index("pl_hill")
     assert page.cells[j - 1] == "hill" and page.cells[j - 2] == "hill"  # method, before
