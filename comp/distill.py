@@ -290,6 +290,7 @@ def fit_student_fold(ctx: FoldContext, data: FusionData, teacher: Teacher | None
     c = comp.n_classes
     seed_everything(cfg.seed + ctx.fold)
     model = build_fusion(recipe, c)
+    model.tokens = data.tokens  # every fold tokenizes the same texts: once per member
     model.to(_device())
     if ctx.fold == 0 or data.rows is None:
         log(f"{name}: {describe(model)}")

@@ -138,6 +138,37 @@ def test_trained_fold_serves_raw_texts(small_comp, vec_dir, tmp_path):
     assert np.allclose(proba, fold_proba(r)[1], atol=1e-5)
 
 
+def test_folds_share_one_token_memo(small_comp, vec_dir, tmp_path, monkeypatch):
+    """A student with a backbone tokenizes each text once per member, not once per fold."""
+    from comp.backbones.model import Backbone
+    from comp.config import PretrainConfig
+    from comp.pretrain import run_pretrain
+
+    comp, _ = comp_and_folds(small_comp)
+    bert = run_pretrain(PretrainConfig(kind="bert", out=str(tmp_path / "bert"), hidden=16,
+                                       layers=1, heads=2, intermediate=32, vocab_size=200,
+                                       steps=0, max_len=48, batch_size=4, max_positions=64),
+                        comp.train_texts[:64])
+    seen: list[str] = []
+    real = Backbone.encode
+
+    def counting(self, texts, max_len):
+        seen.extend(texts)
+        return real(self, texts, max_len)
+
+    monkeypatch.setattr(Backbone, "encode", counting)
+    # the vocabulary check tokenizes raw texts once per member; only the memo is counted here
+    monkeypatch.setattr("comp.backbones.check_vocab_coverage", lambda *a, **k: 1.0)
+    r = student(small_comp, vec_dir, tmp_path / "runs",
+                model={"backbones": [{"kind": "bert", "path": str(bert), "max_len": 32}],
+                       "hidden": 8, "max_chars": 24},
+                train={"epochs_frozen": 0, "epochs_unfrozen": 1},
+                distill={"teacher": str(write_teacher(small_comp, tmp_path / "t"))})
+    train_student(r, folds_to_run=[0, 1])
+    assert (r.run_dir / "fold1" / "done.json").exists()
+    assert len(seen) > 0 and len(seen) == len(set(seen))  # fold 1 re-tokenized nothing
+
+
 # ---------------------------------------------------------------------------------------------
 # serving: a TextCNN student folded into lookup tables
 
