@@ -398,9 +398,9 @@ class TextCNNTables:
     once per vocabulary entry v and tap j, so a window's output becomes a sum of k table rows
     (one `embedding_bag`) instead of k (D x C) matrix products: the same outputs (up to float
     rounding) for a fraction of the work. Positions past a text's end read zero rows, as the
-    head's zero padding does, and the bias sits in the tap-0 rows of real ids only: a position
-    outside the text sums to 0, so after ReLU (outputs >= 0) max and mean pooling over every
-    position equal the head's masked pooling.
+    head's zero padding does, and the bias sits in the tap-0 rows of ids (unknown included), not
+    in that block's zero row: a position outside the text sums to 0, so after ReLU (outputs
+    >= 0) max and mean pooling over every position equal the head's masked pooling.
 
     Built from a model in its final state (eval mode); training the model afterwards leaves the
     tables stale. `predict_texts` serves either form.
@@ -418,7 +418,7 @@ class TextCNNTables:
         self.n_classes = model.n_classes
         self.vectors = list(model.vectors)  # only their ids(): texts -> vocabulary ids
         self.kmax = max(head.kernel_sizes)
-        self.classifier = copy.deepcopy(model.classifier).eval()
+        self.classifier = copy.deepcopy(model.classifier).cpu().eval()  # tables serve on CPU
         ch = head.convs[0].out_channels
         width = ch * len(head.kernel_sizes)
         blocks, self.bases, self.pads = [], [], []  # one block per (vector kind, tap)
@@ -426,49 +426,50 @@ class TextCNNTables:
         with torch.no_grad():
             dim0 = 0
             for v in self.vectors:
-                emb = v.embedding.weight.detach().float()  # (V + 1, D_v); row 0 = unknown
+                emb = v.embedding.weight.detach().float().cpu()  # (V + 1, D_v); 0 = unknown
                 for j in range(self.kmax):
                     block = emb.new_zeros(len(emb) + 1, width)  # last row: outside the text
                     for i, (conv, k) in enumerate(zip(head.convs, head.kernel_sizes)):
                         if j < k:
-                            w = conv.weight[:, dim0:dim0 + v.dim, j].float()  # (C, D_v)
+                            w = conv.weight[:, dim0:dim0 + v.dim, j].float().cpu()  # (C, D_v)
                             block[:-1, i * ch:(i + 1) * ch] = emb @ w.t()
                     blocks.append(block)
                     self.bases.append(base)
                     self.pads.append(len(emb))
                     base += len(block)
                 dim0 += v.dim
-            bias = torch.cat([conv.bias.float() for conv in head.convs])  # (width,)
+            bias = torch.cat([conv.bias.float().cpu() for conv in head.convs])  # (width,)
             blocks[0][:-1] += bias  # once per position inside a text, never outside
             self.table = torch.cat(blocks)  # (rows, width)
 
-    def bag_index(self, texts: Sequence[str]) -> tuple[Tensor, np.ndarray]:
-        """(n, max_chars, kinds * kmax) table rows per position, and (n,) grid lengths."""
+    def bag_index(self, texts: Sequence[str], n: int) -> Tensor:
+        """(B, n, kinds * kmax) table rows read at each of the first n positions of B grid
+        texts: row base + id of position t + j for each vector kind and tap j, or that block's
+        zero row where t + j lies outside the text."""
         from comp.fusion import grid_len
 
-        n_chars = self.cfg.max_chars
-        lens = np.fromiter((grid_len(t) for t in texts), dtype=np.int64, count=len(texts))
-        pos = torch.arange(n_chars + self.kmax - 1)  # (N + kmax - 1,)
-        inside = pos[None, :] < torch.from_numpy(lens)[:, None]  # (n, N + kmax - 1)
+        lens = torch.tensor([grid_len(t) for t in texts])  # (B,)
+        inside = torch.arange(n + self.kmax - 1)[None, :] < lens[:, None]  # (B, n + kmax - 1)
         cols, b = [], 0
         for v in self.vectors:
-            ids = F.pad(v.ids(list(texts), n_chars).long(), (0, self.kmax - 1))  # (n, N+kmax-1)
+            ids = F.pad(v.ids(list(texts), n).long(), (0, self.kmax - 1))  # (B, n + kmax - 1)
             for j in range(self.kmax):
-                shifted = torch.where(inside, ids, self.pads[b])[:, j:j + n_chars]  # (n, N)
-                cols.append(shifted + self.bases[b])
+                rows = torch.where(inside, ids, self.pads[b])[:, j:j + n]  # (B, n)
+                cols.append(rows + self.bases[b])
                 b += 1
-        return torch.stack(cols, dim=-1), lens  # (n, N, kinds * kmax)
+        return torch.stack(cols, dim=-1)  # (B, n, kinds * kmax)
 
     @torch.inference_mode()
     def predict_rows(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
-        """Grid texts -> (n, C) probabilities, length-sorted batches as `predict` cuts them."""
+        """Grid texts -> (n, C) probabilities, in length-sorted batches as `predict` cuts them."""
+        from comp.fusion import grid_len
         from comp.train_parts import eval_batches
 
-        index, lens = self.bag_index(texts)
+        lens = np.fromiter((grid_len(t) for t in texts), dtype=np.int64, count=len(texts))
         proba = np.zeros((len(texts), self.n_classes), dtype=np.float32)
         for idx in eval_batches(lens, batch_size):
             n = int(lens[idx].max())
-            bag = index[torch.from_numpy(idx), :n]  # (B, n, K)
+            bag = self.bag_index([texts[i] for i in idx], n)  # (B, n, K)
             h = F.embedding_bag(bag.reshape(-1, bag.shape[-1]), self.table, mode="sum")
             h = h.view(len(idx), n, -1).relu_()  # (B, n, width): conv outputs, 0 outside
             count = torch.from_numpy(lens[idx]).to(h.dtype)[:, None]  # (B, 1)
