@@ -16,7 +16,9 @@ the nested CV fitted without fold k's rows blends them into the ensemble's fold-
 (K, n_test, C) in test_by_fold.npy (and unlabelled_by_fold.npy). No label of fold k reaches
 those rows: the members' fold-k models never had it, and the blender, fitted on the other folds'
 OOF rows, keeps only a handful of weights. Ensembles write these files into their own member
-directory, so an ensemble of ensembles has them too.
+directory, so an ensemble of ensembles has them too. A member that trained every fold on the same
+extra rows (global pseudo-labels, a teacher's test targets) learnt from labels of every fold, so
+an ensemble with it has no per-fold predictions.
 """
 
 from __future__ import annotations
@@ -219,14 +221,20 @@ def stack_by_fold(members: Sequence[Member], n_folds: int
     """Per-fold blender inputs: (K, n_test, M, C) and (K, n_unlabelled, M, C).
 
     Returns:
-        (test, unlabelled, why): test is None when a member lacks per-fold test predictions
-        or has another number of folds (why says which); unlabelled is None when test is, or
-        a member lacks per-fold unlabelled predictions.
+        (test, unlabelled, why): test is None when a member lacks per-fold test predictions,
+        has another number of folds, or trained every fold on the same extra rows (why says
+        which); unlabelled is None when test is, or a member lacks per-fold unlabelled
+        predictions.
     """
     for m in members:
         if m.test_by_fold is None:
             return None, None, (f"member {m.name} has no per-fold test predictions "
                                 "(fold{k}/test_proba.npy or test_by_fold.npy)")
+        if m.cv.get("extra_rows") and not m.cv.get("extra_per_fold"):
+            # global pseudo-labels or teacher targets: fold k's model learnt from a blend that
+            # saw fold k's labels, so its test predictions are no longer fold k's alone
+            return None, None, (f"member {m.name} trained every fold on the same extra rows "
+                                "(global pseudo-labels or teacher targets)")
         if len(m.test_by_fold) != n_folds:
             return None, None, (f"member {m.name} has {len(m.test_by_fold)} folds of test "
                                 f"predictions, the fold table {n_folds}")

@@ -29,8 +29,6 @@ from comp.data import Competition, load_competition, normalize_text, read_table
 from comp.member import ExtraRows
 from comp.utils import CompError, log, read_json, write_text
 
-COLUMNS_AFTER_PROBA = ("source", "fold", "folds_hash")
-
 
 def select_confident(proba: np.ndarray, threshold: float | None = None,
                      top_frac: float | None = None, per_class: bool = False) -> np.ndarray:
@@ -123,7 +121,7 @@ def make_pseudo(manifest: str | Path, threshold: float | None = None,
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["id", "text", "label", "confidence", *[f"p_{c}" for c in classes],
-                *COLUMNS_AFTER_PROBA])
+                "source", "fold", "folds_hash"])
     n_test = len(comp.test_ids)
     kept, counts, dups = [], np.zeros(len(classes), dtype=np.int64), 0
     for fold, p in blocks:
@@ -139,8 +137,9 @@ def make_pseudo(manifest: str | Path, threshold: float | None = None,
     what = "/".join(str(t) for t, _ in kept) + f" of {n_test} test rows"
     if unl is not None:
         what += " + " + "/".join(str(u) for _, u in kept) + f" of {len(unl)} unlabelled rows"
-    where = f"per fold ({len(blocks)} folds)" if by_fold is not None else "for every fold"
-    log(f"pseudo: {what} kept {where} (per class {dict(zip(classes, counts.tolist()))}"
+    where = (f"per fold ({len(blocks)} folds; classes summed over them" if by_fold is not None
+             else "for every fold (classes")
+    log(f"pseudo: {what} kept {where} {dict(zip(classes, counts.tolist()))}"
         + (f"; {dups} duplicate text(s) dropped" if dups else "") + f") -> {out_path}")
     if by_fold is None:
         log(f"pseudo: one set of rows for every fold ({why}); its labels came from models that "

@@ -576,6 +576,13 @@ def test_per_fold_blends_left_out_when_a_member_lacks_them():
     res = ensemble(members, "mean", y, folds, "accuracy")
     assert res.test_by_fold is None
     assert "m1 has no per-fold test predictions" in res.meta["by_fold"]
+    members = _fold_members(X, XTK)
+    members[0].cv.update(extra_rows=40, extra_per_fold=False)  # global pseudo-labels
+    res = ensemble(members, "mean", y, folds, "accuracy")
+    assert res.test_by_fold is None and "m0 trained every fold on the same extra rows" in \
+        res.meta["by_fold"]
+    members[0].cv.update(extra_per_fold=True)
+    assert ensemble(members, "mean", y, folds, "accuracy").test_by_fold is not None
     members = _fold_members(X, XTK[:3])
     res = ensemble(members, "mean", y, folds, "accuracy")
     assert res.test_by_fold is None and "3 folds of test predictions, the fold table 5" in \
