@@ -56,6 +56,14 @@ class ExtraRows:
         """True when every row is meant for one fold only."""
         return self.folds is not None and len(self) > 0 and bool((self.folds >= 0).all())
 
+    @property
+    def fingerprint(self) -> str:
+        """What a fold trained on: texts, targets and weights ("" when there are no rows)."""
+        if not len(self):
+            return ""
+        return sha1_of([*self.texts, np.asarray(self.targets, np.float32).tobytes().hex(),
+                        np.asarray(self.weights, np.float32).tobytes().hex()])
+
     def subset(self, keep: np.ndarray) -> ExtraRows:
         """The rows where keep is True."""
         idx = np.flatnonzero(keep)
@@ -185,25 +193,28 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
     for f in wanted:
         fdir = run_dir / f"fold{f}"
         done = fdir / "done.json"
+        train_idx = np.flatnonzero(folds != f)
+        val_idx = np.flatnonzero(folds == f)
+        val_texts = [comp.train_texts[i] for i in val_idx]
+        fold_extra, dropped = extra_for_fold(extra, val_texts, f)
         if done.exists() and not force:
             meta = read_json(done)
             if meta.get("recipe") != fingerprint:
                 raise CompError(f"{fdir}: made by a different recipe; rerun with --force or "
                                 "give the member a new name")
-            if meta.get("unlabelled_hash") == unl_hash:
+            # markers from before extra_hash existed count as the same rows
+            same_extra = meta.get("extra_hash", fold_extra.fingerprint) == fold_extra.fingerprint
+            if meta.get("unlabelled_hash") == unl_hash and same_extra:
                 log(f"{recipe.name} fold {f}: done ({meta['metric']}={meta['score']:.4f}), "
                     "skipped")
                 continue
-            # the model is not kept, so predicting other unlabelled texts means refitting
-            log(f"{recipe.name} fold {f}: done, but for other unlabelled texts (data.extra); "
-                "refitting")
+            # the model is not kept, so other rows to learn or predict mean refitting
+            why = ("other extra training rows (train.pseudo or teacher targets)" if not same_extra
+                   else "other unlabelled texts (data.extra)")
+            log(f"{recipe.name} fold {f}: done, but for {why}; refitting")
         if fdir.exists():
             shutil.rmtree(fdir)  # an interrupted fold restarts cleanly
         fdir.mkdir(parents=True)
-        train_idx = np.flatnonzero(folds != f)
-        val_idx = np.flatnonzero(folds == f)
-        val_texts = [comp.train_texts[i] for i in val_idx]
-        fold_extra, dropped = extra_for_fold(extra, val_texts, f)
         if dropped:
             log(f"{recipe.name} fold {f}: dropped {dropped} extra row(s) duplicating "
                 "validation texts")
@@ -226,6 +237,7 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
                           "seconds": round(time.time() - t0, 2), "recipe": fingerprint,
                           "n_train": len(train_idx), "n_val": len(val_idx),
                           "n_extra": len(fold_extra), "extra_per_fold": fold_extra.per_fold,
+                          "extra_hash": fold_extra.fingerprint,
                           "unlabelled_hash": unl_hash,
                           "unlabelled_predicted": unl_proba is not None})
         log(f"{recipe.name} fold {f}: {recipe.metric}={s:.4f} ({time.time() - t0:.0f}s)")

@@ -77,6 +77,23 @@ def test_extra_rows_join_training_parts_only_and_never_duplicate_validation(smal
     assert sorted(seen)[-1] == 7 and min(seen) < 7  # the duplicates were dropped where needed
 
 
+def test_changed_extra_rows_refit_and_the_same_rows_skip(small_comp, tmp_path):
+    """A regenerated pseudo-label file under the same path must not leave stale folds."""
+    r = _recipe(small_comp, tmp_path)
+    texts = [f"额外文本{i}" for i in range(4)]
+    first = ExtraRows(texts, np.eye(2)[[0, 1, 0, 1]], np.ones(4))
+    calls = []
+    run_member(r, _prior_fit(calls), extra=first)
+    assert calls == [0, 1, 2]
+    same = ExtraRows(list(texts), np.eye(2)[[0, 1, 0, 1]], np.ones(4))
+    run_member(r, _prior_fit(calls), extra=same)
+    assert calls == [0, 1, 2]  # same rows: nothing retrained
+    relabelled = ExtraRows(list(texts), np.eye(2)[[1, 1, 0, 1]], np.ones(4))
+    run_member(r, _prior_fit(calls), extra=relabelled)
+    assert calls == [0, 1, 2, 0, 1, 2]
+    assert read_json(r.run_dir / "fold0" / "done.json")["extra_hash"] == relabelled.fingerprint
+
+
 def test_extra_for_fold_counts_dropped_rows():
     extra = ExtraRows(["a", "B ", "c"], np.zeros((3, 2)), np.ones(3))
     kept, dropped = extra_for_fold(extra, ["b", "x"])
