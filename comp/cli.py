@@ -198,7 +198,8 @@ def cmd_score(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     from comp.pipeline import run_pipeline
 
-    run_pipeline(data=args.data, quick=args.quick, stages=args.stages)
+    run_pipeline(data=args.data, quick=args.quick, stages=args.stages,
+                 pseudo_rounds=args.pseudo_rounds)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -315,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", default=None, help="competition folder (default: embedded)")
     sp.add_argument("--quick", action="store_true", help="a first submission in minutes")
     sp.add_argument("--stages", default=None, help="comma-separated subset of stages")
+    sp.add_argument("--pseudo-rounds", type=int, default=1,
+                    help="train -> ensemble -> pseudo-label -> retrain rounds (default 1, 0 = "
+                         "none; not in --quick)")
     sp.set_defaults(func=cmd_run)
     return p
 

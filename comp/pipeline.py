@@ -179,16 +179,19 @@ def stage_ensembles(layout: Layout, runs: list[Path], methods: list[str],
     return out
 
 
-def stage_pseudo(layout: Layout, best: Path, names: list[str], threshold: float = 0.95
-                 ) -> list[Path]:
-    """One pseudo-label round: confident test (and unlabelled) rows of the best ensemble
-    retrain some members as `<name>_pl`; returns their run dirs."""
+def stage_pseudo(layout: Layout, best: Path, names: list[str], threshold: float = 0.95,
+                 round_: int = 1) -> list[Path]:
+    """One pseudo-label round: confident test (and unlabelled) rows of the best ensemble so far
+    retrain some members as `<name>_pl` (round 2: `<name>_pl_pl`, ...); returns their run dirs.
+
+    The pseudo file is written anew each time (per fold when the ensemble has per-fold
+    predictions); members whose folds trained on the very same rows are not retrained.
+    """
     from comp.pseudo import make_pseudo
 
-    pseudo = layout.submissions / "pseudo.csv"
-    if not pseudo.exists():
-        make_pseudo(best.with_suffix(".json"), threshold=threshold, per_class=True, out=pseudo)
-    return stage_members(layout, names, [f"train.pseudo={pseudo}"], suffix="_pl")
+    pseudo = layout.submissions / ("pseudo.csv" if round_ == 1 else f"pseudo_r{round_}.csv")
+    make_pseudo(best.with_suffix(".json"), threshold=threshold, per_class=True, out=pseudo)
+    return stage_members(layout, names, [f"train.pseudo={pseudo}"], suffix="_pl" * round_)
 
 
 def _latest(folder: Path, stem: str) -> Path | None:
@@ -213,13 +216,15 @@ def best_submission(paths: list[Path]) -> Path:
 
 
 def run_pipeline(data: str | None = None, quick: bool = False,
-                 stages: str | None = None) -> Path:
+                 stages: str | None = None, pseudo_rounds: int = 1) -> Path:
     """Run every stage; print the final one-line summary.
 
     Args:
         data: a competition folder; None builds and uses the embedded sentiment one.
         quick: fewer, cheaper members for a first submission in minutes.
         stages: comma-separated subset of STAGES.
+        pseudo_rounds: train -> ensemble -> pseudo-label -> retrain rounds (0 = none); each
+            round labels with the best ensemble so far and ensembles its members anew.
 
     Returns:
         The best submission CSV.
@@ -256,9 +261,14 @@ def run_pipeline(data: str | None = None, quick: bool = False,
     methods = ["hill"] if quick else ["hill", "stack"]
     subs = timed("ensemble", stage_ensembles, layout, runs, methods) or []
     pl_runs: list[Path] = []
-    if not quick and "pseudo" in want and subs:
-        pl_runs = timed("pseudo", stage_pseudo, layout, best_submission(subs), PSEUDO_RECIPES)
-        subs += timed("ensemble", stage_ensembles, layout, runs + pl_runs, methods, "pl_") or []
+    if pseudo_rounds < 0:
+        raise CompError(f"--pseudo-rounds: must be >= 0, got {pseudo_rounds}")
+    rounds = pseudo_rounds if not quick and "pseudo" in want and subs else 0
+    for r in range(1, rounds + 1):
+        new = timed("pseudo", stage_pseudo, layout, best_submission(subs), PSEUDO_RECIPES,
+                    0.95, r) or []
+        pl_runs += new
+        subs += timed("ensemble", stage_ensembles, layout, runs + new, methods, "pl_" * r) or []
     if not subs:
         raise CompError("run: no submission made (the ensemble stage was skipped)")
     best = best_submission(subs)

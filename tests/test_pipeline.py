@@ -109,3 +109,14 @@ def test_pseudo_stage_feeds_the_report_before_and_after(tmp_path, monkeypatch):
     page.feed(out.read_text(encoding="utf-8"))
     assert "Pseudo-label round" in page.h2
     assert "tfidf_word_lr_pl" in page.cells and "pl_hill" in page.cells
+    # a second round labels with the best ensemble so far and names its members one level on
+    first = (layout.submissions / "pseudo.csv").read_bytes()
+    pl2 = stage_pseudo(layout, best_submission(subs), ["tfidf_word_lr"], threshold=0.6,
+                       round_=2)
+    assert [p.name for p in pl2] == ["tfidf_word_lr_pl_pl"]
+    assert (layout.submissions / "pseudo_r2.csv").exists()
+    assert (layout.submissions / "pseudo.csv").read_bytes() == first  # round 1 kept as it was
+    mtime = (pl[0] / "fold0" / "done.json").stat().st_mtime_ns
+    assert stage_pseudo(layout, best_submission(subs[:1]), ["tfidf_word_lr"],
+                        threshold=0.6) == pl  # the same rows again: nothing retrained
+    assert (pl[0] / "fold0" / "done.json").stat().st_mtime_ns == mtime
