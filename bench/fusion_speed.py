@@ -3,7 +3,7 @@
 1. Phase-1 epoch on cached frozen-backbone features vs recomputing the backbones every batch
    (one backbone + biLSTM as in recipes/fusion_bert_bilstm.toml, and the five-backbone model of
    recipes/fusion_all.toml without vectors); the median of three epochs per arm. With
-   --base-shape (the default) also one backbone of base size (12 layers x 768, random init), the
+   --base-shape also one backbone of base size (12 layers x 768, random init), the
    size of the checkpoints in recipes/gpu: tiny backbones cost about what the head costs, which
    bounds what any cache can save; the last line keeps the five-tiny-backbone figure.
 2. Training rows/s: the fusion trainer (one backbone, phase 2: everything trains) vs Hugging
@@ -222,8 +222,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=1500, help="training rows per measurement")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    ap.add_argument("--base-shape", action=argparse.BooleanOptionalAction, default=True,
-                    help="also measure the cache on a base-size backbone (about 5 minutes)")
+    ap.add_argument("--base-shape", action="store_true",
+                    help="also measure the cache on a base-size backbone (slow on a CPU: 12 "
+                         "layers x 768 forward passes over every row, several times)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
