@@ -412,9 +412,10 @@ def _data_table(run_dirs: Sequence[str | Path], data_cfg: Any) -> dict[str, Any]
 
 
 def _out_stem(out: str | Path, name: str | None, method: str) -> Path:
-    """`submissions/` -> submissions/<name or method>; `submissions/blend` is already a stem."""
+    """`submissions/` -> submissions/<name or method>; `submissions/blend` is already a stem,
+    also when an earlier run left its ensemble directory `submissions/blend/` (cv.json)."""
     p = Path(out)
-    if str(out).endswith(("/", "\\")) or p.is_dir():
+    if str(out).endswith(("/", "\\")) or (p.is_dir() and not (p / "cv.json").exists()):
         return p / (name or method)
     return p.with_name(name) if name else p
 

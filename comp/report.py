@@ -384,6 +384,8 @@ def _hidden_scores(submissions_dir: Path, answers: Path) -> dict[str, dict]:
 
     out = {}
     for csv_path in sorted(submissions_dir.glob("*.csv")):
+        if not csv_path.with_suffix(".json").exists():
+            continue  # not a submission of `comp ensemble` (e.g. a pseudo-label file)
         try:
             out[str(csv_path)] = score_submission(csv_path, answers)
         except CompError as e:

@@ -434,6 +434,11 @@ def test_run_ensemble_end_to_end(tmp_path):
     assert blend.name.startswith("blend_cv") and blend.parent == subs
     assert "p_neg" in blend.read_text(encoding="utf-8").splitlines()[0]
     assert read_member(subs / "blend").cv["metric"] == "logloss"
+    # rerun with other members: the stem's ensemble dir exists now, the CSV still sits beside it
+    again = run_ensemble(dirs[:2], "stack", None, "logloss", subs / "blend")
+    assert again.parent == subs and again.name.startswith("blend_cv")
+    man2 = json.loads(again.with_suffix(".json").read_text(encoding="utf-8"))
+    assert man2["member_names"] == ["m0", "m1"] and man2["run_dir"] == str(subs / "blend")
     stale = write_member(tmp_path / "old", "m9", oof, test, comp.classes,
                          **{**hashes, "folds_hash": "stale"})
     with pytest.raises(CompError, match="folds_hash stale does not match"):

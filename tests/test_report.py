@@ -118,13 +118,15 @@ def project(tmp_path):
     return {"cfg": cfg, "runs": runs, "dirs": dirs, "tmp": tmp_path}
 
 
-def test_report_with_ensembles_labels_and_answers(project):
+def test_report_with_ensembles_labels_and_answers(project, capsys):
     from comp.ensemble import run_ensemble
 
     subs = project["tmp"] / "submissions"
     subs.mkdir()
     run_ensemble(project["dirs"], "hill", project["cfg"], "accuracy", subs, n_iter=5)
     run_ensemble(project["dirs"], "stack", project["cfg"], "accuracy", subs)
+    # a pseudo-label file lives beside the submissions; it is not one to score
+    (subs / "pseudo.csv").write_text("id,text,label\nx9,文本,neg\n", encoding="utf-8")
     out = build_report(project["dirs"], subs, project["tmp"] / "reports" / "index.html",
                        project["cfg"])
     assert out.exists()
@@ -143,8 +145,9 @@ def test_report_with_ensembles_labels_and_answers(project):
     assert float(page.cells[i + 1]) > 0.8
     assert float(page.cells[page.cells.index("member0 (test.npy)") + 1]) < 0.8
     # the hidden-score table lists both submission CSVs with an accuracy in [0, 1]
-    csvs = sorted(p.name for p in subs.glob("*.csv"))
+    csvs = sorted(p.name for p in subs.glob("*_cv*.csv"))
     assert len(csvs) == 2 and all(c in page.cells for c in csvs)
+    assert "pseudo.csv" not in page.cells and "pseudo.csv" not in capsys.readouterr().err
     i = page.cells.index(csvs[0])
     assert 0.0 <= float(page.cells[i + 1]) <= 1.0
 
