@@ -1,9 +1,10 @@
 """Distillation benchmark: an ensemble teacher vs its distilled student vs the same student
 trained on labels alone, side by side on the embedded sentiment competition.
 
-The teacher is the best submission manifest under submissions/ that has a neural (fusion)
-member and matches the competition; without one, a teacher is built into --work: a BERT fusion
-member (when models/bert_tiny exists) plus TF-IDF members, blended by hill climbing.
+The teacher is a submission manifest under submissions/ that has a neural (fusion) member and
+matches the competition: the best CV among those with a backbone (transformer) member, else the
+best CV; without one, a teacher is built into --work: a BERT fusion member (when
+models/bert_tiny exists) plus TF-IDF members, blended by hill climbing.
 
 Printed, for each of teacher / student / plain student:
   hidden   accuracy on answers.csv of its test predictions (the teacher: the ensemble's test
@@ -77,11 +78,20 @@ def member_kind(run_dir: Path) -> str:
     return ""
 
 
+def has_backbone(run_dir: Path) -> bool:
+    """Whether a member runs a pretrained backbone (a transformer under its head)."""
+    try:
+        return bool(load_recipe(run_dir / "recipe.toml").model.backbones)
+    except CompError:
+        return False
+
+
 def find_teacher(submissions: Path, comp: Competition, folds: np.ndarray) -> Path | None:
-    """The best-CV manifest with a fusion member that matches this competition, or None."""
+    """The manifest with a fusion member that matches this competition, or None: one with a
+    backbone member (a transformer teacher) first, then the best CV."""
     from comp.distill import load_teacher
 
-    best: tuple[float, Path] | None = None
+    best: tuple[tuple[bool, float], Path] | None = None
     for man in sorted(submissions.glob("*.json")):
         try:
             info = read_json(man)
@@ -89,16 +99,17 @@ def find_teacher(submissions: Path, comp: Competition, folds: np.ndarray) -> Pat
             continue
         if not isinstance(info, dict) or "members" not in info:
             continue
-        if not any(member_kind(Path(m)) == "fusion" for m in info["members"]):
+        members = [Path(m) for m in info["members"]]
+        if not any(member_kind(m) == "fusion" for m in members):
             continue
         try:
             load_teacher(man, comp, folds)
         except CompError as e:
             log(f"bench: {man} skipped ({e})")
             continue
-        cv = float(info.get("cv") or 0.0)
-        if best is None or cv > best[0]:
-            best = (cv, man)
+        key = (any(has_backbone(m) for m in members), float(info.get("cv") or 0.0))
+        if best is None or key > best[0]:
+            best = (key, man)
     return None if best is None else best[1]
 
 
