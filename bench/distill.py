@@ -43,14 +43,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comp.config import DataConfig, Recipe, load_recipe  # noqa: E402
+from comp.config import DataConfig, ModelConfig, Recipe, load_recipe  # noqa: E402
 from comp.data import Competition, load_competition, load_folds, read_answers  # noqa: E402
 from comp.utils import CompError, log, read_json  # noqa: E402
+
+if TYPE_CHECKING:
+    from comp.fusion import FusionModel, TokenMemo
+    from comp.train_parts import Rows
 
 ROOT = Path(__file__).resolve().parents[1]
 LINEAR = ["tfidf_char_lr", "tfidf_word_lr", "tfidf_nblr"]
@@ -189,7 +194,8 @@ def linear_cost(run_dir: Path, recipe: Recipe, comp: Competition, repeat: int) -
                 fold_models(run_dir), feat, sec)
 
 
-def neural_inputs(model, texts: list[str], cfg):
+def neural_inputs(model: FusionModel, texts: list[str],
+                  cfg: ModelConfig) -> tuple[Rows, TokenMemo]:
     """Rows with vector ids, and every backbone's tokens in a fresh memo (what prediction
     would otherwise tokenize batch by batch)."""
     from comp.fusion import TokenMemo
