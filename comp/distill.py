@@ -4,6 +4,8 @@
       load_teacher(manifest, comp, folds)     the ensemble's OOF (n_train, C) + test (n_test, C)
                                               (+ unlabelled (n_unlabelled, C) when it has them)
       fit_student_fold(ctx, data, teacher)    rows with packed targets -> comp.train.fit
+    serving_model(load_student(run, fold))    a TextCNN folded into lookup tables (TextCNNTables)
+      predict_texts(served, texts, cfg)       raw texts -> (n, C) probabilities
 
 The teacher is an ensemble's probabilities: OOF probabilities for train rows, so a row's target
 comes from teacher models that never saw that row's label, and test probabilities for the test
