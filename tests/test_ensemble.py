@@ -488,18 +488,17 @@ def test_unlabelled_left_out_when_a_member_lacks_them_or_saw_other_texts():
     assert ensemble(members, "mean", y, folds, "accuracy").unlabelled is None
 
 
-def test_run_ensemble_manifest_carries_unlabelled(small_comp, tmp_path, capsys):
+def _random_members_with_unlabelled(small_comp, tmp_path) -> list:
+    """Two 3-fold members of random predictions that also predict three unlabelled texts."""
     from comp.config import load_recipe
-    from comp.ensemble import run_ensemble
     from comp.member import run_member
 
     (small_comp / "more.txt").write_text("好极了\n糟透了\n还可以\n", encoding="utf-8")
     rng = np.random.default_rng(0)
 
     def fit(ctx):
-        n = len(ctx.predict_texts)
         return (_softmax(rng.normal(size=(len(ctx.val_idx), 2))),
-                _softmax(rng.normal(size=(n, 2))))
+                _softmax(rng.normal(size=(len(ctx.predict_texts), 2))))
 
     dirs = []
     for name in ("a", "b"):
@@ -507,6 +506,13 @@ def test_run_ensemble_manifest_carries_unlabelled(small_comp, tmp_path, capsys):
                                f"runs_dir={tmp_path / 'runs'}", "data.extra=more.txt"])
         run_member(r, fit)
         dirs.append(r.run_dir)
+    return dirs
+
+
+def test_run_ensemble_manifest_carries_unlabelled(small_comp, tmp_path, capsys):
+    from comp.ensemble import run_ensemble
+
+    dirs = _random_members_with_unlabelled(small_comp, tmp_path)
     csv_path = run_ensemble(dirs, "hill", None, "accuracy", tmp_path / "subs" / "hill",
                             n_iter=5)
     man = json.loads(csv_path.with_suffix(".json").read_text(encoding="utf-8"))
@@ -596,23 +602,9 @@ def test_per_fold_blends_left_out_when_a_member_lacks_them():
 
 def test_run_ensemble_writes_per_fold_files_members_and_ensembles_read_back(small_comp, tmp_path,
                                                                            capsys):
-    from comp.config import load_recipe
     from comp.ensemble import run_ensemble
-    from comp.member import run_member
 
-    (small_comp / "more.txt").write_text("好极了\n糟透了\n还可以\n", encoding="utf-8")
-    rng = np.random.default_rng(0)
-
-    def fit(ctx):
-        return (_softmax(rng.normal(size=(len(ctx.val_idx), 2))),
-                _softmax(rng.normal(size=(len(ctx.predict_texts), 2))))
-
-    dirs = []
-    for name in ("a", "b"):
-        r = load_recipe(None, [f"data.dir={small_comp}", "data.folds=3", f"name={name}",
-                               f"runs_dir={tmp_path / 'runs'}", "data.extra=more.txt"])
-        run_member(r, fit)
-        dirs.append(r.run_dir)
+    dirs = _random_members_with_unlabelled(small_comp, tmp_path)
     members = load_members(dirs)
     assert members[0].test_by_fold.shape == (3, 100, 2)
     assert np.allclose(members[0].test_by_fold[1], np.load(dirs[0] / "fold1" / "test_proba.npy"))
