@@ -9,8 +9,10 @@ models/bert_tiny exists) plus TF-IDF members, blended by hill climbing.
 Printed, for each of teacher / student / plain student:
   hidden   accuracy on answers.csv of its test predictions (the teacher: the ensemble's test
            probabilities; the students: the one fold model that is timed)
-  rows/s   CPU inference over the test texts, best of --repeat runs on --threads threads (torch,
-           BLAS and the tokenizers' thread pool alike), text to probabilities.
+  rows/s   CPU inference over the test texts, text to probabilities, on --threads threads
+           (torch, BLAS and the tokenizers' thread pool alike): the best of --repeat rounds,
+           timed after the students are trained; each round runs every teacher and student job
+           once, so a shared CPU's load changes hit both sides alike.
 
 The teacher's test probabilities average k fold models of every member, so producing them costs
 k models per member. Each member is timed as its inputs (text -> features: TF-IDF vectorizing,
@@ -37,6 +39,7 @@ Ends with one line: teacher_acc=… student_acc=… plain_student_acc=… speedu
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -61,14 +64,28 @@ ROOT = Path(__file__).resolve().parents[1]
 LINEAR = ["tfidf_char_lr", "tfidf_word_lr", "tfidf_nblr"]
 
 
-def best_of(fn: Callable[[], object], repeat: int) -> float:
-    """Fastest wall time of `repeat` calls (the CPU is shared; the minimum is the least noisy)."""
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+class Stopwatch:
+    """Best-of-n wall times of named jobs, run round-robin: every round runs each job once, so
+    the load drifts of a shared CPU hit the teacher and the students alike (the minimum is the
+    least noisy figure)."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Callable[[], object]] = {}
+
+    def add(self, key: str, fn: Callable[[], object]) -> str:
+        """Register a job; returns its key."""
+        self.jobs[key] = fn
+        return key
+
+    def run(self, repeat: int) -> dict[str, float]:
+        """Seconds of each job's fastest run."""
+        best = {key: math.inf for key in self.jobs}
+        for _ in range(repeat):
+            for key, fn in self.jobs.items():
+                t0 = time.perf_counter()
+                fn()
+                best[key] = min(best[key], time.perf_counter() - t0)
+        return best
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +195,8 @@ def fold_models(run_dir: Path) -> int:
     return k
 
 
-def linear_cost(run_dir: Path, recipe: Recipe, comp: Competition, repeat: int) -> Cost:
+def linear_member(run_dir: Path, recipe: Recipe, comp: Competition,
+                  watch: Stopwatch) -> Callable[[dict[str, float]], Cost]:
     """A TF-IDF member: vectorizing once, then one fold-sized model's predict_proba."""
     from comp.linear import full_proba, make_model, make_vectorizer
 
@@ -187,11 +205,13 @@ def linear_cost(run_dir: Path, recipe: Recipe, comp: Competition, repeat: int) -
     model = make_model(recipe.linear, comp.n_classes, recipe.train.seed)
     model.fit(vec.transform(comp.train_texts), comp.labels)
     texts = comp.test_texts
-    feat = best_of(lambda: vec.transform(texts), repeat)
     X = vec.transform(texts)
-    sec = best_of(lambda: full_proba(model, X, comp.n_classes), repeat)
-    return Cost(run_dir.name, f"TF-IDF {recipe.linear.features} {recipe.linear.model}",
-                fold_models(run_dir), feat, sec)
+    name = run_dir.name
+    feat = watch.add(f"{name} inputs", lambda: vec.transform(texts))
+    pred = watch.add(f"{name} model", lambda: full_proba(model, X, comp.n_classes))
+    what = f"TF-IDF {recipe.linear.features} {recipe.linear.model}"
+    k = fold_models(run_dir)
+    return lambda t: Cost(name, what, k, t[feat], t[pred])
 
 
 def neural_inputs(model: FusionModel, texts: list[str],
@@ -209,8 +229,8 @@ def neural_inputs(model: FusionModel, texts: list[str],
     return rows, memo
 
 
-def neural_cost(run_dir: Path, recipe: Recipe, comp: Competition, repeat: int,
-                batch_sizes: list[int]) -> Cost:
+def neural_member(run_dir: Path, recipe: Recipe, comp: Competition, watch: Stopwatch,
+                  batch_sizes: list[int]) -> Callable[[dict[str, float]], Cost]:
     """A fusion (or student) member: inputs once, then fold 0's model at the fastest of
     `batch_sizes` (the student's eval batch size and the member's own)."""
     from comp.distill import load_student
@@ -218,25 +238,31 @@ def neural_cost(run_dir: Path, recipe: Recipe, comp: Competition, repeat: int,
 
     model = load_student(run_dir, 0, comp.n_classes, recipe)
     texts = comp.test_texts
-    feat = best_of(lambda: neural_inputs(model, texts, recipe.model), repeat)
     rows, memo = neural_inputs(model, texts, recipe.model)
     model.tokens = memo  # the model's own batches now only re-pad memoised tokens
-    best: tuple[float, int] | None = None
-    for bs in sorted(set(batch_sizes)):
-        sec = best_of(lambda bs=bs: predict(model, rows, bs, desc="teacher member"), repeat)
-        if best is None or sec < best[0]:
-            best = (sec, bs)
-    return Cost(run_dir.name, f"{recipe.kind} {recipe.model.head}", fold_models(run_dir), feat,
-                best[0], best[1])
+    name = run_dir.name
+    feat = watch.add(f"{name} inputs", lambda: neural_inputs(model, texts, recipe.model))
+    preds = {bs: watch.add(f"{name} model batch {bs}",
+                           lambda bs=bs: predict(model, rows, bs, desc="teacher member"))
+             for bs in sorted(set(batch_sizes))}
+    what = f"{recipe.kind} {recipe.model.head}"
+    k = fold_models(run_dir)
+
+    def cost(t: dict[str, float]) -> Cost:
+        bs = min(preds, key=lambda b: t[preds[b]])
+        return Cost(name, what, k, t[feat], t[preds[bs]], bs)
+
+    return cost
 
 
-def member_cost(run_dir: Path, comp: Competition, repeat: int, student_bs: int) -> Cost:
-    """Inference cost of one teacher member (see Cost)."""
+def teacher_member(run_dir: Path, comp: Competition, watch: Stopwatch,
+                   student_bs: int) -> Callable[[dict[str, float]], Cost]:
+    """Register one teacher member's timing jobs; the returned function builds its Cost."""
     recipe = load_recipe(run_dir / "recipe.toml")
     if recipe.kind == "linear":
-        return linear_cost(run_dir, recipe, comp, repeat)
-    return neural_cost(run_dir, recipe, comp, repeat,
-                       [student_bs, recipe.train.eval_batch_size])
+        return linear_member(run_dir, recipe, comp, watch)
+    return neural_member(run_dir, recipe, comp, watch,
+                         [student_bs, recipe.train.eval_batch_size])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,9 +287,10 @@ def student_recipe(path: Path, work: Path, data: Path, teacher: Path, plain: boo
 
 
 def run_student(recipe: Recipe, folds: list[int] | None, comp: Competition, truth: np.ndarray,
-                repeat: int) -> dict:
-    """Train (resumes), then score and time fold 0's model on the test texts: served as
-    comp.distill serves it (lookup tables for a TextCNN), and as the plain model forward."""
+                watch: Stopwatch) -> dict:
+    """Train (resumes) and score fold 0's model on the test texts; register its timing jobs:
+    served as comp.distill serves it (lookup tables for a TextCNN), the plain model forward,
+    and its text -> inputs part (as charged to the teacher's members)."""
     from comp.distill import load_student, predict_texts, serving_model, train_student
     from comp.fusion import count_parameters
 
@@ -275,15 +302,18 @@ def run_student(recipe: Recipe, folds: list[int] | None, comp: Competition, trut
     bs = recipe.train.eval_batch_size
     texts = comp.test_texts
     proba = predict_texts(served, texts, recipe.model, bs)
-    sec = best_of(lambda: predict_texts(served, texts, recipe.model, bs), repeat)
-    forward = best_of(lambda: predict_texts(model, texts, recipe.model, bs), repeat)
-    # the same text -> inputs work the teacher's members are charged for, shown apart
-    feat = best_of(lambda: neural_inputs(model, texts, recipe.model), repeat)
+    name = recipe.name
     done = json_or_none(recipe.run_dir / "fold0" / "done.json")
-    out = {"acc": float((proba.argmax(1) == truth).mean()), "sec": sec, "feat_sec": feat,
-           "forward_sec": forward, "served": type(served).__name__,
+    out = {"acc": float((proba.argmax(1) == truth).mean()), "served": type(served).__name__,
            "params": count_parameters(model)["total"], "train_sec": train_sec,
-           "val": done["score"] if done else float("nan")}
+           "val": done["score"] if done else float("nan"),
+           "jobs": {"sec": watch.add(f"{name} served",
+                                     lambda: predict_texts(served, texts, recipe.model, bs)),
+                    "forward_sec": watch.add(f"{name} forward",
+                                             lambda: predict_texts(model, texts, recipe.model,
+                                                                   bs)),
+                    "feat_sec": watch.add(f"{name} inputs",
+                                          lambda: neural_inputs(model, texts, recipe.model))}}
     if cv is not None:  # every fold done: the member's k-fold test average too
         test = np.load(recipe.run_dir / "test.npy")
         out["acc_kfold"] = float((test.argmax(1) == truth).mean())
@@ -369,21 +399,29 @@ def main() -> None:
     weights = man.get("weights") or {}
     names = man.get("member_names") or [Path(m).name for m in man["members"]]
     unused = [n for n in names if weights.get(n, 1.0) == 0]  # test.npy does not depend on them
+    watch = Stopwatch()
     student_bs = probe.train.eval_batch_size
-    costs = [member_cost(Path(m), comp, args.repeat, student_bs)
-             for m, n in zip(man["members"], names) if n not in unused]
-    teacher_one = sum(c.one_sec for c in costs)
-    teacher_sec = sum(c.kfold_sec for c in costs)
+    members = [teacher_member(Path(m), comp, watch, student_bs)
+               for m, n in zip(man["members"], names) if n not in unused]
 
     res = {}
     for plain in (False, True):
         r = student_recipe(Path(args.recipe), work, data, teacher, plain)
         log(f"bench: training {r.name} on folds {args.folds}")
-        res[plain] = run_student(r, student_folds, comp, truth, args.repeat)
+        res[plain] = run_student(r, student_folds, comp, truth, watch)
+
+    log(f"bench: timing {len(watch.jobs)} jobs, best of {args.repeat} round-robin rounds")
+    times = watch.run(args.repeat)
+    costs = [member(times) for member in members]
+    teacher_one = sum(c.one_sec for c in costs)
+    teacher_sec = sum(c.kfold_sec for c in costs)
+    for s in res.values():
+        s.update({key: times[job] for key, job in s.pop("jobs").items()})
 
     n = len(comp.test_texts)
-    print(f"data {data}: {len(comp.train_ids)} train / {n} test texts; torch threads "
-          f"{args.threads}; timing = best of {args.repeat}")
+    print(f"data {data}: {len(comp.train_ids)} train / {n} test texts; threads "
+          f"{args.threads}; timing = best of {args.repeat} rounds, teacher and students "
+          "round-robin")
     print(f"teacher {teacher} ({source}); OOF cv {man.get('cv', float('nan')):.4f}, "
           f"method {man.get('method', '?')}")
     print("rows/s: test texts per second, text to probabilities. inputs: the text -> features "
