@@ -330,10 +330,10 @@ class BiLSTMCNNHead(Head):
 
     def __init__(self, in_dim: int, cfg: Any) -> None:
         super().__init__()
-        kind = getattr(cfg, "input_dropout", "spatial")
-        self.drop = InputDropout(cfg.dropout, kind)  # one mask for both parts
-        self.lstm = BiLSTMHead(in_dim, cfg.hidden, cfg.pooling, 0.0, kind)
-        self.cnn = CNNHead(in_dim, cfg.channels, cfg.kernel_sizes, cfg.pooling, 0.0, kind)
+        self.drop = InputDropout(cfg.dropout, cfg.input_dropout)  # one mask for both parts
+        self.lstm = BiLSTMHead(in_dim, cfg.hidden, cfg.pooling, 0.0, cfg.input_dropout)
+        self.cnn = CNNHead(in_dim, cfg.channels, cfg.kernel_sizes, cfg.pooling, 0.0,
+                           cfg.input_dropout)
         self.out_dim = self.lstm.out_dim + self.cnn.out_dim
 
     def encode(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -344,15 +344,14 @@ class BiLSTMCNNHead(Head):
 @register_head
 def bilstm(in_dim: int, cfg: Any) -> Head:
     """Bidirectional LSTM (cfg.hidden units per direction) + pooling."""
-    return BiLSTMHead(in_dim, cfg.hidden, cfg.pooling, cfg.dropout,
-                      getattr(cfg, "input_dropout", "spatial"))
+    return BiLSTMHead(in_dim, cfg.hidden, cfg.pooling, cfg.dropout, cfg.input_dropout)
 
 
 @register_head
 def cnn(in_dim: int, cfg: Any) -> Head:
     """Multi-kernel TextCNN (cfg.channels per size in cfg.kernel_sizes) + pooling."""
     return CNNHead(in_dim, cfg.channels, cfg.kernel_sizes, cfg.pooling, cfg.dropout,
-                   getattr(cfg, "input_dropout", "spatial"))
+                   cfg.input_dropout)
 
 
 @register_head

@@ -94,6 +94,19 @@ def progress(iterable: Iterable, desc: str = "", total: int | None = None, **kw:
                 dynamic_ncols=True, **kw)
 
 
+def code_points(texts: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Every character of the texts as one int64 code-point array, and each text's length.
+
+    Returns:
+        (cps (sum of lengths,), lens (n_texts,)); text i is cps[start_i:start_i + lens[i]]
+        with start = cumsum(lens) - lens.
+    """
+    texts = list(texts)
+    lens = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+    cps = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+    return cps, lens
+
+
 def sha1_of(items: Iterable[str]) -> str:
     """A short stable fingerprint of a sequence of strings."""
     h = hashlib.sha1()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from comp.utils import CompError, atomic_path, log
+from comp.utils import CompError, atomic_path, code_points, log
 
 __all__ = ["KINDS", "GridVectors", "corpus_tokens", "load_vectors", "train_vectors"]
 
@@ -124,6 +124,11 @@ class GridVectors(nn.Module):
         weight = torch.zeros(len(self.key_to_id) + 1, self.dim)  # (V + 1, D)
         weight[1:] = torch.as_tensor(kv.vectors, dtype=torch.float32)
         self.embedding = nn.Embedding.from_pretrained(weight, freeze=not trainable, padding_idx=0)
+        if kind == "char":  # code point -> id, for whole batches at once (see _char_ids)
+            singles = [(ord(k), i) for k, i in self.key_to_id.items() if len(k) == 1]
+            self._table = np.zeros(max((cp for cp, _ in singles), default=0) + 1, dtype=np.int64)
+            for cp, i in singles:
+                self._table[cp] = i
 
     def ids(self, texts: list[str], n_chars: int) -> Tensor:
         """(B, n_chars) int64 id per character position; 0 past the end or when unknown.
@@ -153,15 +158,8 @@ class GridVectors(nn.Module):
     def _char_ids(self, texts: list[str], n_chars: int) -> Tensor:
         """Char ids for a whole batch at once: code points through a dense lookup table (a
         dict lookup per character costs more than the model serving it)."""
-        if not hasattr(self, "_table"):
-            singles = [(ord(k), i) for k, i in self.key_to_id.items() if len(k) == 1]
-            table = np.zeros(max((cp for cp, _ in singles), default=0) + 1, dtype=np.int64)
-            for cp, i in singles:
-                table[cp] = i
-            self._table = table
         cut = [t[:n_chars] for t in texts]
-        lens = np.fromiter((len(t) for t in cut), dtype=np.int64, count=len(cut))
-        cps = np.frombuffer("".join(cut).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        cps, lens = code_points(cut)
         ids = np.where(cps < len(self._table), self._table[np.minimum(cps, len(self._table) - 1)],
                        0)
         out = np.zeros((len(cut), n_chars), dtype=np.int64)

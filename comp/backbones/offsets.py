@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from comp.utils import code_points
+
 
 def _norm(s: str) -> str:
     """Fold case, width and accents so token strings compare to raw text."""
@@ -85,8 +87,7 @@ def clean_offsets(texts: list[str], offsets: Tensor, special: Tensor, mask: Tens
     off = offsets.clone()
     dead = (special.bool()) | (~mask.bool()) | (off[..., 1] <= off[..., 0])  # (B, T)
     off[dead] = -1
-    lens = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
-    cps = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+    cps, lens = code_points(texts)
     space = np.isin(cps, _SPACE_CPS)  # (sum of lengths,) every whitespace code point <= U+3000
     starts = np.cumsum(lens) - lens  # (B,)
     o = off.numpy()
@@ -98,7 +99,9 @@ def clean_offsets(texts: list[str], offsets: Tensor, special: Tensor, mask: Tens
     ok = (s >= 0) & (e <= lens[bs])  # spans past a text's end are left for the slow path
     first = np.where(ok, starts[bs] + np.clip(s, 0, None), 0)
     last = np.where(ok, starts[bs] + np.clip(e, 1, None) - 1, 0)
-    edge = ~ok | (space[first] if len(space) else False) | (space[last] if len(space) else False)
+    edge = ~ok
+    if len(space):  # all texts empty: every live span is past its text's end already
+        edge |= space[first] | space[last]
     for b, t in zip(bs[edge].tolist(), ts[edge].tolist()):
         text = texts[b]
         s0, e0 = off[b, t].tolist()
