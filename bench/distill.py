@@ -27,8 +27,11 @@ The students are served as `comp.distill.serving_model` serves them: a TextCNN o
 vectors folded into per-vocabulary lookup tables of its convolutions (equal outputs, tested in
 tests/test_distill.py); the plain model forward of the same weights is printed below it.
 
-Students are trained on --folds (default fold 0) of the shared fold table with the teacher's
-OOF probabilities; pass --folds all to train every fold (the member files then exist too).
+Students are trained on --folds (default fold 0) of the shared fold table; pass --folds all to
+train every fold (the member files then exist too). Student fold k learns from the teacher's
+fold-k models only (distill.targets = "fold"): the teacher's members first predict their
+training rows per fold (`comp.distill.teacher_with_fold_targets`: fusion members from their
+kept fold models, TF-IDF members refitted) and are blended again the same way into --work.
 
   .venv/bin/python bench/distill.py
   .venv/bin/python bench/distill.py --recipe recipes/student_bilstm.toml --teacher X.json
@@ -390,6 +393,11 @@ def main() -> None:
     if teacher is None:
         source = f"built in {work}"
         teacher = build_teacher(data, work)
+    if probe.distill.targets == "fold":  # fold-honest targets: the student's CV is honest too
+        from comp.distill import teacher_with_fold_targets
+
+        name = read_json(teacher).get("name") or teacher.stem
+        teacher = teacher_with_fold_targets(teacher, work / "teacher" / f"{name}_folds")
     man = read_json(teacher)
     t_test = np.load(man["test"])
     import jieba

@@ -165,6 +165,12 @@ def cmd_distill(args: argparse.Namespace) -> None:
         from comp.config import set_key
 
         recipe = set_key(recipe, "distill.teacher", args.teacher)
+    if args.prepare_teacher and recipe.distill.teacher:
+        from comp.config import set_key
+        from comp.distill import teacher_with_fold_targets
+
+        teacher = teacher_with_fold_targets(recipe.distill.teacher)
+        recipe = set_key(recipe, "distill.teacher", str(teacher))
     cv = train_student(recipe, _folds(args.folds), args.force)
     if cv:
         print(f"{recipe.name}: OOF {cv['metric']}={cv['cv']:.4f}")
@@ -291,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("distill", help="train a fast student on an ensemble's probabilities")
     recipe_args(sp)
     sp.add_argument("--teacher", help="teacher submission manifest .json")
+    sp.add_argument("--prepare-teacher", action="store_true",
+                    help="first give the teacher per-fold predictions on the training rows "
+                         "(its members predict them, then blend again as <name>_folds): the "
+                         "targets that keep the student's CV honest (distill.targets=fold)")
     sp.add_argument("--folds", help="only these folds")
     sp.add_argument("--force", action="store_true")
     sp.set_defaults(func=cmd_distill)

@@ -143,6 +143,9 @@ class TrainConfig:
     pseudo: str = ""  # pseudo-label file joined to training parts only
     pseudo_weight: float = 1.0
     pseudo_soft: bool = False
+    # each fold also predicts its own training rows (train_by_fold.npy): the fold-honest
+    # targets a distilled student learns from; not part of the recipe's identity
+    predict_train: bool = False
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, "train.batch_size", "must be > 0")
@@ -172,12 +175,17 @@ class DistillConfig:
     loss: str = "kl"  # kl | mse
     use_test: bool = False  # test texts join training parts as unlabelled rows (teacher only)
     test_weight: float = 1.0  # loss weight of those rows
+    # fold: student fold k learns only from the teacher's fold-k models (train_by_fold,
+    # test_by_fold), so its CV is honest; oof: the teacher's OOF and full test blend, which
+    # carry fold k's labels into fold k's targets (optimistic CV)
+    targets: str = "fold"
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.alpha <= 1.0, "distill.alpha", "must be in [0, 1]")
         _check(self.temperature > 0, "distill.temperature", "must be > 0")
         _check(self.loss in ("kl", "mse"), "distill.loss", "must be kl or mse")
         _check(self.test_weight >= 0, "distill.test_weight", "must be >= 0")
+        _check(self.targets in ("fold", "oof"), "distill.targets", "must be fold or oof")
 
 
 @dataclass(frozen=True)

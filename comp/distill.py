@@ -1,21 +1,31 @@
 """Distillation: a fast student (TextCNN / biLSTM over gensim vectors) taught by an ensemble.
 
     train_student(recipe)                     k folds on the shared fold table (comp.member)
-      load_teacher(manifest, comp, folds)     the ensemble's OOF (n_train, C) + test (n_test, C)
-                                              (+ unlabelled (n_unlabelled, C) when it has them)
+      load_teacher(manifest, comp, folds)     the ensemble's probabilities: per fold (K, n, C)
+                                              on train, test (and unlabelled) rows, and its
+                                              OOF (n_train, C) + test (n_test, C)
+      teacher_rows(teacher, ...)              test/unlabelled rows with targets, per fold
       fit_student_fold(ctx, data, teacher)    rows with packed targets -> comp.train.fit
     serving_model(load_student(run, fold))    a TextCNN folded into lookup tables (TextCNNTables)
       predict_texts(served, texts, cfg)       raw texts -> (n, C) probabilities
 
-The teacher is an ensemble's probabilities: OOF probabilities for train rows, so a row's target
-comes from teacher models that never saw that row's label, and test probabilities for the test
-texts, which join training parts as unlabelled rows when `distill.use_test` is on (the runner
-drops any of them that duplicates a validation text). With `data.extra` set and a teacher whose
-members predicted those texts, the teacher's unlabelled probabilities join the same way, after
-the test rows, with the same weight (`distill.test_weight`). A fold's training targets are read
-from the teacher's OOF at that fold's training rows only; validation rows reach the fit loop
-with empty targets and are scored against their true labels. A student predicts the unlabelled
-texts too, so it can itself join an ensemble that teaches or pseudo-labels.
+The teacher is an ensemble's probabilities. Student fold k learns only from what the teacher's
+fold-k models said (`distill.targets = "fold"`, the default): their blend on fold k's training
+rows (the ensemble's train_by_fold.npy, from members run with `train.predict_train`) and on the
+test texts (test_by_fold.npy), which join training parts as unlabelled rows when
+`distill.use_test` is on (the runner drops any of them that duplicates a validation text). Those
+models never saw fold k's validation labels, so no validation row reaches its own fold through a
+target, and the student's CV is honest. With `data.extra` set and a teacher whose members
+predicted those texts, the teacher's unlabelled probabilities join the same way, after the test
+rows, with the same weight (`distill.test_weight`). Validation rows reach the fit loop with
+empty targets and are scored against their true labels. A student predicts the unlabelled texts
+too, so it can itself join an ensemble that teaches or pseudo-labels.
+
+`distill.targets = "oof"` teaches with the teacher's OOF probabilities and its full test blend
+instead. A training row's OOF target came from a teacher model that never saw that row's label,
+but did see fold k's validation rows: a near-copy of a validation row in another fold carries
+that row's label into fold k. The student's CV is then optimistic (cv.json says so, and
+ensembles take no per-fold predictions from it); the hidden test score is the honest one.
 
 Each training row carries a packed (2C,) target: [one-hot label | teacher probabilities]; an
 unlabelled row has a zero label half, which gives it zero weight in the hard-label loss. The
@@ -27,10 +37,6 @@ loss (Hinton et al. 2015; Tang et al. 2019 for MSE on logits) is
 with teacher logits t = log(teacher probabilities) (a logit vector is only defined up to a
 per-row shift, hence the centring for MSE) and `hard` the recipe's `train.loss`. With alpha = 1
 the student is exactly a fusion member trained on hard labels.
-
-A second-order effect remains, as with any stacking on OOF predictions: the teacher's OOF value
-for a training row came from teacher models that did see this fold's validation rows, so fold
-scores can be a little optimistic. The hidden test score is the honest one.
 """
 
 from __future__ import annotations
@@ -50,13 +56,14 @@ from comp.data import Competition, folds_hash, load_competition, load_folds
 from comp.fusion import FusionModel, build_fusion, describe
 from comp.losses import ClassificationLoss, create_loss
 from comp.member import ExtraRows, FoldContext, run_member
-from comp.train import FusionData, fit, predict
+from comp.train import FusionData, fit, predict, predict_fold_train, predict_training_part
 from comp.train_parts import Rows, make_rows
-from comp.utils import CompError, log, read_json, seed_everything
+from comp.utils import CompError, log, read_json, seed_everything, write_json
 
-__all__ = ["Teacher", "DistillLoss", "load_teacher", "teacher_logits", "pack_targets",
-           "UnlabelledRows", "fit_student_fold", "train_student", "predict_texts",
-           "load_student", "TextCNNTables", "serving_model"]
+__all__ = ["Teacher", "DistillLoss", "load_teacher", "teacher_with_fold_targets",
+           "teacher_logits", "pack_targets", "teacher_rows", "UnlabelledRows",
+           "fit_student_fold", "train_student", "predict_texts", "load_student",
+           "TextCNNTables", "serving_model"]
 
 PROBA_FLOOR = 1e-6  # log(0) has no logit; ensembles of calibrated models do reach ~0
 
@@ -74,6 +81,17 @@ class Teacher:
     path: Path
     info: dict
     unlabelled: np.ndarray | None = None  # (n_unlabelled, C) on comp.unlabelled_texts
+    # fold k's blend, made without fold k's validation labels; None when the teacher lacks it
+    train_by_fold: np.ndarray | None = None  # (K, n_train, C)
+    test_by_fold: np.ndarray | None = None  # (K, n_test, C)
+    unlabelled_by_fold: np.ndarray | None = None  # (K, n_unlabelled, C)
+
+    def soft_targets(self, fold: int, train_idx: np.ndarray, mode: str) -> np.ndarray:
+        """(len(train_idx), C) targets of fold `fold`'s training rows: from the fold's own
+        models ("fold") or the OOF ("oof")."""
+        if mode == "oof":
+            return self.oof[train_idx]
+        return self.train_by_fold[fold][train_idx]
 
 
 def _resolve(p: str, base: Path) -> Path:
@@ -99,7 +117,9 @@ def load_teacher(path: str | Path, comp: Competition, folds: np.ndarray) -> Teac
 
     Returns:
         The Teacher, columns reordered to comp.classes, rows renormalised. Its unlabelled
-        probabilities are kept only when they are for comp.unlabelled_texts.
+        probabilities are kept only when they are for comp.unlabelled_texts. Per-fold arrays
+        (manifest keys "train_by_fold", "test_by_fold", "unlabelled_by_fold"; a member
+        directory's train_by_fold.npy and fold dirs) are read when present.
 
     Raises:
         CompError: one line naming the file and what does not match.
@@ -107,7 +127,10 @@ def load_teacher(path: str | Path, comp: Competition, folds: np.ndarray) -> Teac
     p = Path(path)
     if not p.exists():
         raise CompError(f"{p}: teacher manifest not found")
+    by_fold: dict[str, np.ndarray | None] = {}
     if p.is_dir():
+        from comp.ensemble import read_member
+
         for f in ("oof.npy", "test.npy", "classes.json", "cv.json"):
             if not (p / f).exists():
                 raise CompError(f"{p}: teacher directory has no {f} (not a finished member?)")
@@ -116,6 +139,9 @@ def load_teacher(path: str | Path, comp: Competition, folds: np.ndarray) -> Teac
                     test=str(p / "test.npy"))
         if (p / "unlabelled.npy").exists():
             info["unlabelled"] = str(p / "unlabelled.npy")
+        m = read_member(p)
+        by_fold = {"train_by_fold": m.train_by_fold, "test_by_fold": m.test_by_fold,
+                   "unlabelled_by_fold": m.unlabelled_by_fold}
         base = p
     else:
         try:
@@ -145,19 +171,36 @@ def load_teacher(path: str | Path, comp: Competition, folds: np.ndarray) -> Teac
     keys = [("oof", want["n_train"]), ("test", want["n_test"])]
     if _teacher_unlabelled(info, p, comp):
         keys.append(("unlabelled", len(comp.unlabelled_texts)))
-    for key, n in keys:
+    shapes = dict(keys)
+
+    def checked(a: np.ndarray, f: Path | str, key: str, shape: tuple[int, ...]) -> np.ndarray:
+        if a.shape != shape:
+            raise CompError(f"{f}: teacher {key} probabilities have shape {a.shape}, expected "
+                            f"{shape} for {comp.dir}")
+        if not np.isfinite(a).all() or (a < 0).any():
+            raise CompError(f"{f}: teacher {key} probabilities are not finite and >= 0")
+        a = a[..., order].astype(np.float64)
+        return a / np.maximum(a.sum(-1, keepdims=True), 1e-12)
+
+    def read(key: str) -> tuple[np.ndarray, Path]:
         f = _resolve(str(info[key]), base)
         if not f.exists():
             raise CompError(f"{p}: teacher '{key}' file {f} not found")
-        a = np.load(f)
-        if a.ndim != 2 or a.shape != (n, len(classes)):
-            raise CompError(f"{f}: teacher {key} probabilities have shape {a.shape}, expected "
-                            f"({n}, {len(classes)}) for {comp.dir}")
-        if not np.isfinite(a).all() or (a < 0).any():
-            raise CompError(f"{f}: teacher {key} probabilities are not finite and >= 0")
-        a = a[:, order].astype(np.float64)
-        arrays.append(a / np.maximum(a.sum(1, keepdims=True), 1e-12))
-    return Teacher(arrays[0], arrays[1], p, info, arrays[2] if len(arrays) > 2 else None)
+        return np.load(f), f
+
+    for key, n in keys:
+        a, f = read(key)
+        arrays.append(checked(a, f, key, (n, len(classes))))
+    k = int(folds.max()) + 1
+    for key, n in (("train_by_fold", want["n_train"]), ("test_by_fold", want["n_test"]),
+                   ("unlabelled_by_fold", shapes.get("unlabelled"))):
+        a, f = by_fold.get(key), p
+        if a is None and info.get(key) and not p.is_dir():
+            a, f = read(key)
+        by_fold[key] = None if a is None or n is None else checked(a, f, key,
+                                                                   (k, n, len(classes)))
+    return Teacher(arrays[0], arrays[1], p, info, arrays[2] if len(arrays) > 2 else None,
+                   **by_fold)
 
 
 def _teacher_unlabelled(info: dict, p: Path, comp: Competition) -> bool:
@@ -277,15 +320,16 @@ class UnlabelledRows:
 
 
 def fit_student_fold(ctx: FoldContext, data: FusionData, teacher: Teacher | None,
-                     unlabelled: UnlabelledRows | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     unlabelled: UnlabelledRows | None = None) -> tuple[np.ndarray, ...]:
     """One fold: training rows with packed targets (+ teacher-only rows), fit, predict.
 
     Mirrors comp.train.fit_fold (same seeds and order), so alpha = 1 reproduces a plain fusion
-    member exactly. The teacher's OOF is indexed by ctx.train_idx only.
+    member exactly. The teacher is read at ctx.train_idx only (`Teacher.soft_targets`).
 
     Returns:
         (val_proba (n_val, C), predict_proba (n_test [+ n_unlabelled], C)): the unlabelled
-        texts are predicted after the test texts when `unlabelled` holds any.
+        texts are predicted after the test texts when `unlabelled` holds any; with
+        ctx.predict_train a third array, the training part's (len(train_idx), C).
     """
     recipe, comp, cfg, dcfg = ctx.recipe, ctx.comp, ctx.recipe.train, ctx.recipe.distill
     name = f"{recipe.name} fold {ctx.fold}"
@@ -299,7 +343,8 @@ def fit_student_fold(ctx: FoldContext, data: FusionData, teacher: Teacher | None
     data.ensure_rows(model)
     train = data.rows.take(ctx.train_idx)
     hard = np.eye(c, dtype=np.float32)[comp.labels[ctx.train_idx]]  # (n_tr, C)
-    soft = teacher.oof[ctx.train_idx] if teacher is not None else hard  # (n_tr, C)
+    soft = (teacher.soft_targets(ctx.fold, ctx.train_idx, dcfg.targets) if teacher is not None
+            else hard)  # (n_tr, C)
     train.targets = pack_targets(hard, soft)[train.source]  # (rows, 2C), windows share
     if len(ctx.extra):
         extra = make_rows(ctx.extra.texts, recipe.model,
@@ -331,7 +376,9 @@ def fit_student_fold(ctx: FoldContext, data: FusionData, teacher: Teacher | None
         unl_proba = predict(model, unl, cfg.eval_batch_size, test_cache, cfg.bucket, cfg.amp,
                             desc=f"{name} unlabelled")
         test_proba = np.concatenate([test_proba, unl_proba])  # (n_test + n_unlabelled, C)
-    return result.val_proba, test_proba
+    if not ctx.predict_train:
+        return result.val_proba, test_proba
+    return result.val_proba, test_proba, predict_training_part(model, ctx, data, test_cache)
 
 
 def _device() -> torch.device:
@@ -346,7 +393,7 @@ def train_student(recipe: Recipe, folds_to_run: list[int] | None = None, force: 
         recipe: a student recipe: [model] (vectors and/or backbones), [train], [distill] with
             `teacher` (a submission manifest or member dir), alpha, temperature, loss, use_test
             (teacher-labelled test rows, and unlabelled rows of `data.extra` when the teacher
-            predicted them, join the training parts).
+            predicted them, join the training parts), targets (fold | oof).
         folds_to_run: a subset of folds; None = all.
         force: retrain finished folds.
         report: `report(epoch, score)` after every epoch (Optuna pruning).
@@ -368,24 +415,117 @@ def train_student(recipe: Recipe, folds_to_run: list[int] | None = None, force: 
         teacher = load_teacher(dcfg.teacher, comp, folds)
         log(f"{recipe.name}: teacher {teacher.path} (OOF accuracy "
             f"{(teacher.oof.argmax(1) == comp.labels).mean():.4f}), alpha={dcfg.alpha} "
-            f"T={dcfg.temperature} loss={dcfg.loss}")
+            f"T={dcfg.temperature} loss={dcfg.loss} targets={dcfg.targets}")
+        if dcfg.alpha < 1:
+            check_fold_targets(teacher, dcfg.targets, dcfg.use_test, int(folds.max()) + 1)
     elif dcfg.alpha < 1:
         raise CompError("recipe key 'distill.teacher': no teacher manifest; pass --teacher "
                         "(a .json from `comp ensemble`) or set distill.alpha = 1")
     extra = ExtraRows(targets=np.zeros((0, comp.n_classes)))
     if teacher is not None and dcfg.use_test and dcfg.alpha < 1:
-        texts, targets = list(comp.test_texts), teacher.test
-        if teacher.unlabelled is not None:
-            texts += comp.unlabelled_texts
-            targets = np.concatenate([targets, teacher.unlabelled])  # (n_test + n_unl, C)
-            log(f"{recipe.name}: {len(comp.test_texts)} test + {len(comp.unlabelled_texts)} "
-                "unlabelled teacher rows join the training parts")
-        extra = ExtraRows(texts, targets.copy(), np.full(len(texts), dcfg.test_weight),
-                          source="teacher")
+        extra = teacher_rows(teacher, comp, dcfg.targets, dcfg.test_weight,
+                             folds_hash(comp.train_ids, folds))
+        log(f"{recipe.name}: {len(extra)} teacher-labelled test/unlabelled rows join the "
+            "training parts" + (" (each fold its own)" if extra.folds is not None else ""))
     data = FusionData(recipe, comp)
     unlabelled = UnlabelledRows(comp.unlabelled_texts)
-    return run_member(recipe, lambda ctx: fit_student_fold(ctx, data, teacher, unlabelled),
-                      folds_to_run, force, extra, report, comp)
+    # looked up at call time, so tests can put a memorising student in its place
+    cv = run_member(recipe, lambda ctx: fit_student_fold(ctx, data, teacher, unlabelled),
+                    folds_to_run, force, extra, report, comp,
+                    lambda ctx: predict_fold_train(ctx, data))
+    if cv is not None and teacher is not None and dcfg.alpha < 1:
+        # ensembles take per-fold predictions only from students with honest CV
+        cv["teacher_targets"] = dcfg.targets
+        write_json(recipe.run_dir / "cv.json", cv)
+    return cv
+
+
+def teacher_with_fold_targets(manifest: str | Path, out: str | Path | None = None) -> Path:
+    """The same teacher, with the per-fold training targets fold-honest students need.
+
+    Each member of the manifest runs again with `train.predict_train`: a done fold predicts its
+    training rows from its kept model (fusion, student) or is refitted (TF-IDF, seconds); then
+    the members are blended again by the manifest's method and parameters.
+
+    Args:
+        manifest: a submission manifest from `comp ensemble` (its members: k-fold run dirs).
+        out: the new ensemble's output stem; default next to the manifest, name + "_folds".
+
+    Returns:
+        The manifest path (the given one when it already has train_by_fold).
+    """
+    from comp.cli import train_recipe
+    from comp.config import load_recipe
+    from comp.ensemble import run_ensemble
+
+    p = Path(manifest)
+    info = read_json(p) if p.is_file() else {}
+    if not isinstance(info, dict) or "members" not in info or "method" not in info:
+        raise CompError(f"{p}: not an ensemble manifest with members (from `comp ensemble`)")
+    if info.get("train_by_fold"):
+        return p
+    dirs = []
+    for m in info["members"]:
+        d = _resolve(str(m), p.parent)
+        if not (d / "recipe.toml").exists():
+            raise CompError(f"{p}: member {d} has no recipe.toml, so it cannot predict its "
+                            "training rows per fold (an ensemble of ensembles?)")
+        r = load_recipe(d / "recipe.toml", [f"runs_dir={d.parent}", f"name={d.name}",
+                                            "train.predict_train=true"])
+        log(f"{p.name}: {d.name}: predictions on the training rows of every fold")
+        train_recipe(r)
+        dirs.append(d)
+    params = {k: v for k, v in (info.get("params") or {}).items() if k != "metric"}
+    stem = Path(out) if out else p.parent / f"{info.get('name') or p.stem}_folds"
+    csv = run_ensemble(dirs, info["method"], None, info.get("metric", ""), stem, **params)
+    new = csv.with_suffix(".json")
+    if not read_json(new).get("train_by_fold"):
+        raise CompError(f"{new}: still no train_by_fold (see the log for the member lacking it)")
+    return new
+
+
+def check_fold_targets(teacher: Teacher, mode: str, use_test: bool, k: int) -> None:
+    """Refuse fold-honest distillation from a teacher without per-fold predictions; warn on
+    OOF targets."""
+    if mode == "oof":
+        log(f"warning: distill.targets=oof: training targets from {teacher.path} came from "
+            "models that saw each fold's validation labels, so the student's CV is optimistic "
+            "(its hidden score is honest)")
+        return
+    fix = ("`comp distill --prepare-teacher` runs its members again with "
+           "train.predict_train=true (fusion members predict from their kept fold models; "
+           "TF-IDF ones refit in seconds) and blends them again; or set distill.targets=oof "
+           "(the student's CV is then optimistic)")
+    if teacher.train_by_fold is None:
+        raise CompError(f"{teacher.path}: the teacher has no per-fold predictions on the train "
+                        f"rows (train_by_fold), which fold-honest targets need; {fix}")
+    if use_test and teacher.test_by_fold is None:
+        raise CompError(f"{teacher.path}: the teacher has no per-fold test predictions "
+                        f"(test_by_fold) for distill.use_test; {fix}")
+    if len(teacher.train_by_fold) != k:
+        raise CompError(f"{teacher.path}: the teacher has {len(teacher.train_by_fold)} folds of "
+                        f"predictions, the student's fold table {k}")
+
+
+def teacher_rows(teacher: Teacher, comp: Competition, mode: str, weight: float,
+                 table_hash: str) -> ExtraRows:
+    """The test texts (then the unlabelled ones, when the teacher predicted them) with teacher
+    targets, as extra training rows: one block per fold from that fold's models ("fold"), or
+    one block of the full blend serving every fold ("oof")."""
+    per_fold = mode == "fold"
+    blocks = ([teacher.test] if not per_fold else list(teacher.test_by_fold))  # (n_test, C) each
+    texts = list(comp.test_texts)
+    unl = teacher.unlabelled if not per_fold else teacher.unlabelled_by_fold
+    if unl is not None:
+        texts += comp.unlabelled_texts
+        blocks = [np.concatenate([b, u]) for b, u in zip(blocks, [unl] if not per_fold else unl)]
+    elif per_fold and teacher.unlabelled is not None:
+        log(f"{teacher.path}: no per-fold unlabelled predictions (a member lacks "
+            "fold{k}/unlabelled_proba.npy); the student learns from the test rows only")
+    targets = np.concatenate(blocks)  # (blocks * n, C)
+    folds = np.repeat(np.arange(len(blocks)), len(texts)) if per_fold else None
+    return ExtraRows(texts * len(blocks), targets, np.full(len(targets), weight),
+                     source="teacher", folds=folds, folds_hash=table_hash if per_fold else "")
 
 
 # ---------------------------------------------------------------------------------------------

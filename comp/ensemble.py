@@ -19,6 +19,10 @@ OOF rows, keeps only a handful of weights. Ensembles write these files into thei
 directory, so an ensemble of ensembles has them too. A member that trained every fold on the same
 extra rows (global pseudo-labels, a teacher's test targets) learnt from labels of every fold, so
 an ensemble with it has no per-fold predictions.
+
+Members run with `train.predict_train` also hold train_by_fold.npy (K, n_train, C): fold k's
+model on every train row. The fold-k blender applied to those gives the ensemble's own
+train_by_fold.npy, the targets a distilled student's fold k learns from (comp.distill).
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ class Member:
     # fold k's predictions, made without fold k's labels; None when the member lacks them
     test_by_fold: np.ndarray | None = None  # (K, n_test, C)
     unlabelled_by_fold: np.ndarray | None = None  # (K, n_unlabelled, C)
+    train_by_fold: np.ndarray | None = None  # (K, n_train, C) fold k's model on every train row
 
 
 def read_member(run_dir: str | Path) -> Member:
@@ -69,7 +74,8 @@ def read_member(run_dir: str | Path) -> Member:
         run_dir: a directory with oof.npy, test.npy, classes.json and cv.json; optionally
             unlabelled.npy, and per-fold predictions: test_by_fold.npy (+
             unlabelled_by_fold.npy) or, for a k-fold member, fold{k}/test_proba.npy (+
-            unlabelled_proba.npy) for each of its len(cv.json fold_scores) folds.
+            unlabelled_proba.npy) for each of its len(cv.json fold_scores) folds, and
+            train_by_fold.npy.
 
     Returns:
         The Member, with rows renormalised to sum to 1 (tiny float drift only).
@@ -89,8 +95,24 @@ def read_member(run_dir: str | Path) -> Member:
         if arr is not None and key in cv and int(cv[key]) != arr.shape[0]:
             raise CompError(f"{d}: cv.json {key}={cv[key]} but the array has {arr.shape[0]} rows")
     test_k, unl_k = _read_by_fold(d, cv, test, unl)
+    train_k = None
+    if test_k is not None and (d / "train_by_fold.npy").exists():
+        train_k = _stacked(d / "train_by_fold.npy", oof)
+        if len(train_k) != len(test_k):
+            raise CompError(f"{d / 'train_by_fold.npy'}: {len(train_k)} folds but the member "
+                            f"has {len(test_k)} folds of test predictions")
     return Member(name=str(cv.get("name") or d.name), oof=oof, test=test, classes=classes,
-                  cv=cv, path=d, unlabelled=unl, test_by_fold=test_k, unlabelled_by_fold=unl_k)
+                  cv=cv, path=d, unlabelled=unl, test_by_fold=test_k, unlabelled_by_fold=unl_k,
+                  train_by_fold=train_k)
+
+
+def _stacked(f: Path, like: np.ndarray) -> np.ndarray:
+    """A (K, *like.shape) per-fold prediction file, checked."""
+    a = np.load(f)
+    if a.ndim != 3 or a.shape[1:] != like.shape:
+        raise CompError(f"{f}: shape {a.shape}, expected (folds, {like.shape[0]}, "
+                        f"{like.shape[1]}) to match {like.shape[0]} rows")
+    return _check_proba(a.reshape(-1, like.shape[1]), f, like.shape[1]).reshape(a.shape)
 
 
 def _read_by_fold(d: Path, cv: dict[str, Any], test: np.ndarray, unl: np.ndarray | None
@@ -101,19 +123,11 @@ def _read_by_fold(d: Path, cv: dict[str, Any], test: np.ndarray, unl: np.ndarray
     interrupted between a fold and the member files could otherwise pair stale folds with them.
     """
     n_classes = test.shape[1]
-
-    def stacked(f: Path, like: np.ndarray) -> np.ndarray:
-        a = np.load(f)
-        if a.ndim != 3 or a.shape[1:] != like.shape:
-            raise CompError(f"{f}: shape {a.shape}, expected (folds, {like.shape[0]}, "
-                            f"{like.shape[1]}) to match {like.shape[0]} rows")
-        return _check_proba(a.reshape(-1, n_classes), f, n_classes).reshape(a.shape)
-
     if (d / "test_by_fold.npy").exists():
-        test_k = stacked(d / "test_by_fold.npy", test)
+        test_k = _stacked(d / "test_by_fold.npy", test)
         unl_k = None
         if unl is not None and (d / "unlabelled_by_fold.npy").exists():
-            unl_k = stacked(d / "unlabelled_by_fold.npy", unl)
+            unl_k = _stacked(d / "unlabelled_by_fold.npy", unl)
             if len(unl_k) != len(test_k):
                 raise CompError(f"{d / 'unlabelled_by_fold.npy'}: {len(unl_k)} folds but "
                                 f"test_by_fold.npy has {len(test_k)}")
@@ -224,7 +238,7 @@ def stack_by_fold(members: Sequence[Member], n_folds: int
         (test, unlabelled, why): test is None when a member lacks per-fold test predictions,
         has another number of folds, or trained every fold on the same extra rows (why says
         which); unlabelled is None when test is, or a member lacks per-fold unlabelled
-        predictions.
+        predictions. `stack_train_by_fold` gives the (K, n_train, M, C) train inputs.
     """
     for m in members:
         if m.test_by_fold is None:
@@ -235,6 +249,9 @@ def stack_by_fold(members: Sequence[Member], n_folds: int
             # saw fold k's labels, so its test predictions are no longer fold k's alone
             return None, None, (f"member {m.name} trained every fold on the same extra rows "
                                 "(global pseudo-labels or teacher targets)")
+        if m.cv.get("teacher_targets") == "oof":
+            return None, None, (f"member {m.name} is a student taught with the teacher's OOF, "
+                                "which carries every fold's labels")
         if len(m.test_by_fold) != n_folds:
             return None, None, (f"member {m.name} has {len(m.test_by_fold)} folds of test "
                                 f"predictions, the fold table {n_folds}")
@@ -243,6 +260,13 @@ def stack_by_fold(members: Sequence[Member], n_folds: int
            for m in members):
         return test, None, ""
     return test, np.stack([m.unlabelled_by_fold for m in members], axis=2), ""
+
+
+def stack_train_by_fold(members: Sequence[Member]) -> np.ndarray | None:
+    """(K, n_train, M, C) fold k's models on every train row, when every member has them."""
+    if any(m.train_by_fold is None for m in members):
+        return None
+    return np.stack([m.train_by_fold for m in members], axis=2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,6 +330,7 @@ class EnsembleResult:
     # fold k's blender (fitted without fold k) on the members' fold-k predictions
     test_by_fold: np.ndarray | None = None  # (K, n_test, C)
     unlabelled_by_fold: np.ndarray | None = None  # (K, n_unlabelled, C)
+    train_by_fold: np.ndarray | None = None  # (K, n_train, C)
 
 
 def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.ndarray,
@@ -329,7 +354,8 @@ def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.nd
         When every member has per-fold predictions, `test_by_fold[k]` is the blender fitted
         without fold k (the nested one; for mean and rank the same blend) applied to the
         members' fold-k test predictions, and `unlabelled_by_fold[k]` likewise (else None;
-        meta["by_fold"] says why).
+        meta["by_fold"] says why); `train_by_fold[k]` too when every member has its fold
+        models' predictions on the train rows.
     """
     X, XT = stack_members(members)
     y, folds = np.asarray(y, dtype=np.int64), np.asarray(folds)
@@ -356,7 +382,7 @@ def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.nd
     else:
         oof = in_sample
         fitted = [full] * len(fold_ids)  # nothing learnt: the full fit is every fold's blender
-    test_k, unl_k, why_k = None, None, ""
+    test_k, unl_k, train_k, why_k = None, None, None, ""
     if not np.array_equal(fold_ids, np.arange(len(fold_ids))):
         why_k = f"fold ids {fold_ids.tolist()} are not 0..K-1"
     else:
@@ -365,6 +391,9 @@ def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.nd
             test_k = np.stack([f.predict_proba(x) for f, x in zip(fitted, XTK)])  # (K, n_test, C)
         if XUK is not None and unlabelled is not None:
             unl_k = np.stack([f.predict_proba(x) for f, x in zip(fitted, XUK)])  # (K, n_unl, C)
+        XRK = stack_train_by_fold(members) if XTK is not None else None
+        if XRK is not None:
+            train_k = np.stack([f.predict_proba(x) for f, x in zip(fitted, XRK)])  # (K, n_tr, C)
     meta["by_fold"] = why_k or "blended"
     cv = score(metric, y, oof)
     meta["fold_scores"] = [score(metric, y[folds == k], oof[folds == k])
@@ -379,7 +408,7 @@ def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.nd
     meta["unlabelled"] = why or "blended"
     return EnsembleResult(oof=oof, test=test, cv=cv, weights=weights, meta=meta,
                           cv_in_sample=cv_in, unlabelled=unlabelled, test_by_fold=test_k,
-                          unlabelled_by_fold=unl_k)
+                          unlabelled_by_fold=unl_k, train_by_fold=train_k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,7 +464,8 @@ def _align_classes(members: list[Member], classes: list[str]) -> list[Member]:
 
     return [dataclasses.replace(m, oof=cols(m.oof), test=cols(m.test), classes=list(classes),
                                 unlabelled=cols(m.unlabelled), test_by_fold=cols(m.test_by_fold),
-                                unlabelled_by_fold=cols(m.unlabelled_by_fold))
+                                unlabelled_by_fold=cols(m.unlabelled_by_fold),
+                                train_by_fold=cols(m.train_by_fold))
             for m in members]
 
 
@@ -464,7 +494,8 @@ def run_ensemble(run_dirs: Sequence[str | Path], method: str, data_cfg: Any, met
         so readers can find those texts. When every member has per-fold predictions, the
         fold-honest blends go to test_by_fold.npy (K, n_test, C) and unlabelled_by_fold.npy
         (manifest "test_by_fold", "unlabelled_by_fold"); `comp pseudo` labels each fold's rows
-        from them.
+        from them. When every member also predicted its training rows per fold, their blend
+        goes to train_by_fold.npy (manifest "train_by_fold"), for `comp distill`.
     """
     t0 = time.time()
     stem = _out_stem(out, kw.pop("name", None), method)
@@ -511,7 +542,7 @@ def run_ensemble(run_dirs: Sequence[str | Path], method: str, data_cfg: Any, met
             "fold{k}/unlabelled_proba.npy)")
     write_member_files(ens_dir, res.oof, res.test, classes,
                        {**common, **unl, "seconds": time.time() - t0}, res.unlabelled,
-                       res.test_by_fold, res.unlabelled_by_fold)
+                       res.test_by_fold, res.unlabelled_by_fold, res.train_by_fold)
     manifest = {
         **common,
         "members": [str(m.path) for m in members],
@@ -529,6 +560,8 @@ def run_ensemble(run_dirs: Sequence[str | Path], method: str, data_cfg: Any, met
         manifest["test_by_fold"] = str(ens_dir / "test_by_fold.npy")
         if res.unlabelled_by_fold is not None and unl:
             manifest["unlabelled_by_fold"] = str(ens_dir / "unlabelled_by_fold.npy")
+        if res.train_by_fold is not None:
+            manifest["train_by_fold"] = str(ens_dir / "train_by_fold.npy")
     path = write_submission(comp, res.test, classes, stem, manifest, proba=proba)
     log(f"ensemble {stem.name}: cv {res.cv:.5f} (in-sample {res.cv_in_sample:.5f}) -> {path}")
     return Path(path)

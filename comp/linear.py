@@ -108,7 +108,7 @@ def train_linear(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
     X_test = vec.transform(comp.predict_texts).tocsr()  # test rows, then unlabelled rows
     log(f"{recipe.name}: {X.shape[1]} features")
 
-    def fit_fold(ctx: FoldContext) -> tuple[np.ndarray, np.ndarray]:
+    def fit_fold(ctx: FoldContext) -> tuple[np.ndarray, ...]:
         Xtr, ytr = X[ctx.train_idx], comp.labels[ctx.train_idx]
         w = np.ones(len(ytr))
         if len(ctx.extra):
@@ -120,10 +120,14 @@ def train_linear(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
             log(f"warning: {recipe.name} fold {ctx.fold}: one class in the training part; "
                 "predicting its prior")
             p = np.bincount(ytr, minlength=comp.n_classes) / len(ytr)
-            return np.tile(p, (len(ctx.val_idx), 1)), np.tile(p, (X_test.shape[0], 1))
+            return (np.tile(p, (len(ctx.val_idx), 1)), np.tile(p, (X_test.shape[0], 1)),
+                    np.tile(p, (len(ctx.train_idx), 1)))
         model = make_model(cfg, comp.n_classes, recipe.train.seed)
         model.fit(Xtr, ytr, sample_weight=w)
-        return (full_proba(model, X[ctx.val_idx], comp.n_classes),
-                full_proba(model, X_test, comp.n_classes))
+        out = (full_proba(model, X[ctx.val_idx], comp.n_classes),
+               full_proba(model, X_test, comp.n_classes))
+        if ctx.predict_train:
+            out += (full_proba(model, X[ctx.train_idx], comp.n_classes),)
+        return out
 
     return run_member(recipe, fit_fold, folds_to_run, force, report=report, comp=comp)

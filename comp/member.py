@@ -4,12 +4,20 @@ A member turns a Competition and the shared fold table into runs/<name>/:
   fold{k}/val_proba.npy, fold{k}/test_proba.npy, fold{k}/done.json   (one per fold, resumable)
   oof.npy (n_train, C), test.npy (n_test, C), classes.json, cv.json, recipe.toml
   fold{k}/unlabelled_proba.npy, unlabelled.npy (n_unlabelled, C)     (when data.extra is set)
+  fold{k}/train_proba.npy, train_by_fold.npy (K, n_train, C)          (with train.predict_train)
 
 A fold predicts `ctx.predict_texts`: the test texts, then the unlabelled texts of `data.extra`.
 The runner splits that (n_test + n_unlabelled, C) block into test and unlabelled probabilities,
 both fold-averaged. A member kind that predicts the test texts only ((n_test, C)) still works;
 it just writes no unlabelled.npy. The unlabelled file is not part of the recipe fingerprint: a
 done fold records the unlabelled texts it was asked to predict, and is refitted when they change.
+
+With `train.predict_train` a fold also predicts its own training rows (a third array from the
+fit function). train_by_fold.npy row i of fold k is then fold k's model on train row i: its
+validation prediction inside fold k, an in-sample one elsewhere. Those are the only predictions
+on training rows made without fold k's validation labels, which is what a distilled student's
+fold k may learn from. A done fold without them is completed from its kept model when the member
+kind can (`predict_fold_train`), else refitted.
 
 Extra training rows (pseudo-labels, distillation targets for unlabelled text) join each fold's
 training part only. Rows may be meant for one fold (`ExtraRows.folds`): per-fold pseudo-labels,
@@ -84,6 +92,7 @@ class FoldContext:
     recipe: Recipe
     extra: ExtraRows
     report: Callable[[int, float], None] = lambda step, value: None
+    predict_train: bool = False  # also return predictions on the training part (train_idx)
 
     @property
     def train_texts(self) -> list[str]:
@@ -102,20 +111,24 @@ class FoldContext:
 
 
 # (val_proba (n_val, C), predict_proba (n_test + n_unlabelled, C) for ctx.predict_texts;
-#  (n_test, C) from a member kind that predicts the test texts only)
-FitFold = Callable[[FoldContext], tuple[np.ndarray, np.ndarray]]
+#  (n_test, C) from a member kind that predicts the test texts only), and with
+#  ctx.predict_train a third array, train_proba (len(train_idx), C)
+FitFold = Callable[[FoldContext], tuple[np.ndarray, ...]]
+# a done fold's kept model -> train_proba (len(train_idx), C), or None when it has no model
+PredictFoldTrain = Callable[[FoldContext], np.ndarray | None]
 
 
 def recipe_fingerprint(recipe: Recipe) -> str:
     """What makes two runs of a member interchangeable: the recipe minus its search space.
 
-    `data.extra` is left out: which unlabelled texts a fold predicted is recorded in its done
-    marker instead, so adding them never invalidates a run's identity.
+    `data.extra` and `train.predict_train` are left out: which texts a fold predicted is
+    recorded in its done marker instead, so asking for more never invalidates a run's identity.
     """
     d = recipe.to_dict()
     d.pop("tune", None)
     d.pop("runs_dir", None)
     d["data"]["extra"] = ""
+    d.get("train", {}).pop("predict_train", None)
     from comp.config import dumps_toml
 
     return sha1_of([dumps_toml(d)])
@@ -158,18 +171,22 @@ def check_extra_folds(extra: ExtraRows, k: int, folds_hash: str) -> None:
 def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None = None,
                force: bool = False, extra: ExtraRows | None = None,
                report: Callable[[int, float], None] | None = None,
-               comp: Competition | None = None) -> dict | None:
+               comp: Competition | None = None,
+               predict_fold_train: PredictFoldTrain | None = None) -> dict | None:
     """Run (or resume) a member's k folds and write the member files.
 
     Args:
         recipe: the resolved recipe (recipe.name names runs/<name>).
         fit_fold: trains on ctx.train_idx (+ ctx.extra), returns (val_proba, predict_proba),
-            the latter for ctx.predict_texts (or for the test texts only).
+            the latter for ctx.predict_texts (or for the test texts only), plus train_proba
+            on ctx.train_idx when ctx.predict_train (recipe.train.predict_train) is set.
         folds_to_run: a subset of folds (a cluster fans folds out); None = all.
         force: retrain folds even if done.
         extra: rows joining training parts only (pseudo-labels, teacher targets).
         report: called with (step, value) during training (Optuna pruning).
         comp: an already loaded competition.
+        predict_fold_train: completes a done fold that lacks training-part predictions from
+            its kept model (None, or returning None: the fold is refitted).
 
     Returns:
         The cv.json dict once every fold is done, else None.
@@ -189,6 +206,7 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
     write_text(run_dir / "recipe.toml", recipe.to_toml())
 
     unl_hash = comp.unlabelled_hash
+    want_train = recipe.train.predict_train
     told = False
     for f in wanted:
         fdir = run_dir / f"fold{f}"
@@ -197,6 +215,8 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
         val_idx = np.flatnonzero(folds == f)
         val_texts = [comp.train_texts[i] for i in val_idx]
         fold_extra, dropped = extra_for_fold(extra, val_texts, f)
+        ctx = FoldContext(f, train_idx, val_idx, fdir, comp, recipe, fold_extra,
+                          report or (lambda step, value: None), want_train)
         if done.exists() and not force:
             meta = read_json(done)
             if meta.get("recipe") != fingerprint:
@@ -204,13 +224,17 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
                                 "give the member a new name")
             # markers from before extra_hash existed count as the same rows
             same_extra = meta.get("extra_hash", fold_extra.fingerprint) == fold_extra.fingerprint
-            if meta.get("unlabelled_hash") == unl_hash and same_extra:
+            has_train = meta.get("train_predicted", False) or not want_train
+            if meta.get("unlabelled_hash") == unl_hash and same_extra and not has_train:
+                has_train = _complete_train_proba(ctx, meta, predict_fold_train)
+            if meta.get("unlabelled_hash") == unl_hash and same_extra and has_train:
                 log(f"{recipe.name} fold {f}: done ({meta['metric']}={meta['score']:.4f}), "
                     "skipped")
                 continue
-            # the model is not kept, so other rows to learn or predict mean refitting
+            # other rows to learn or predict mean refitting
             why = ("other extra training rows (train.pseudo or teacher targets)" if not same_extra
-                   else "other unlabelled texts (data.extra)")
+                   else "other unlabelled texts (data.extra)" if meta.get("unlabelled_hash")
+                   != unl_hash else "predictions on its training rows (train.predict_train)")
             log(f"{recipe.name} fold {f}: done, but for {why}; refitting")
         if fdir.exists():
             shutil.rmtree(fdir)  # an interrupted fold restarts cleanly
@@ -218,11 +242,15 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
         if dropped:
             log(f"{recipe.name} fold {f}: dropped {dropped} extra row(s) duplicating "
                 "validation texts")
-        ctx = FoldContext(f, train_idx, val_idx, fdir, comp, recipe, fold_extra,
-                          report or (lambda step, value: None))
         t0 = time.time()
-        val_proba, pred_proba = fit_fold(ctx)
+        val_proba, pred_proba, *rest = fit_fold(ctx)
         _check_shape(val_proba, (len(val_idx), comp.n_classes), "validation")
+        train_proba = rest[0] if want_train and rest else None
+        if want_train:
+            if train_proba is None:
+                raise CompError(f"{recipe.name}: train.predict_train is set but this member "
+                                "kind does not predict its training rows")
+            _check_shape(train_proba, (len(train_idx), comp.n_classes), "training-part")
         test_proba, unl_proba = split_predictions(pred_proba, comp)
         if unl_hash is not None and unl_proba is None and not told:
             log(f"{recipe.name}: this member kind predicts the test texts only; "
@@ -233,15 +261,33 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
         save_npy(fdir / "test_proba.npy", test_proba.astype(np.float32))
         if unl_proba is not None:
             save_npy(fdir / "unlabelled_proba.npy", unl_proba.astype(np.float32))
+        if train_proba is not None:
+            save_npy(fdir / "train_proba.npy", train_proba.astype(np.float32))
         write_json(done, {"fold": f, "metric": recipe.metric, "score": s,
                           "seconds": round(time.time() - t0, 2), "recipe": fingerprint,
                           "n_train": len(train_idx), "n_val": len(val_idx),
                           "n_extra": len(fold_extra), "extra_per_fold": fold_extra.per_fold,
                           "extra_hash": fold_extra.fingerprint,
                           "unlabelled_hash": unl_hash,
-                          "unlabelled_predicted": unl_proba is not None})
+                          "unlabelled_predicted": unl_proba is not None,
+                          "train_predicted": train_proba is not None})
         log(f"{recipe.name} fold {f}: {recipe.metric}={s:.4f} ({time.time() - t0:.0f}s)")
     return assemble(recipe, comp, folds)
+
+
+def _complete_train_proba(ctx: FoldContext, meta: dict,
+                          predict_fold_train: PredictFoldTrain | None) -> bool:
+    """Give a done fold its training-part predictions from its kept model; False if it can't."""
+    if predict_fold_train is None:
+        return False
+    proba = predict_fold_train(ctx)
+    if proba is None:
+        return False
+    _check_shape(proba, (len(ctx.train_idx), ctx.comp.n_classes), "training-part")
+    save_npy(ctx.dir / "train_proba.npy", proba.astype(np.float32))
+    write_json(ctx.dir / "done.json", {**meta, "train_predicted": True})
+    log(f"{ctx.recipe.name} fold {ctx.fold}: predicted its training rows with the kept model")
+    return True
 
 
 def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray) -> dict | None:
@@ -269,6 +315,12 @@ def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray) -> dict | Non
         unl = np.zeros((len(comp.unlabelled_texts), comp.n_classes), dtype=np.float64)
         for f in range(k):
             unl += np.load(run_dir / f"fold{f}" / "unlabelled_proba.npy") / k
+    train_k = None  # (K, n_train, C): fold k's model on every train row
+    if all(m.get("train_predicted") for m in metas):
+        train_k = np.zeros((k, *oof.shape), dtype=np.float32)
+        for f in range(k):
+            train_k[f, folds == f] = oof[folds == f]
+            train_k[f, folds != f] = np.load(run_dir / f"fold{f}" / "train_proba.npy")
     cv = {
         "name": recipe.name,
         "kind": recipe.kind,
@@ -288,7 +340,8 @@ def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray) -> dict | Non
     if unl is not None:
         cv.update(n_unlabelled=len(unl), unlabelled_hash=comp.unlabelled_hash)
         unl = unl.astype(np.float32)
-    write_member_files(run_dir, oof, test.astype(np.float32), comp.classes, cv, unl)
+    write_member_files(run_dir, oof, test.astype(np.float32), comp.classes, cv, unl,
+                       train_by_fold=train_k)
     folds_txt = " ".join(f"{s:.4f}" for s in cv["fold_scores"])
     log(f"{recipe.name}: OOF {recipe.metric}={cv['cv']:.4f} (folds {folds_txt})")
     return cv
@@ -297,7 +350,8 @@ def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray) -> dict | Non
 def write_member_files(run_dir: str | Path, oof: np.ndarray, test: np.ndarray, classes: list[str],
                        cv: dict[str, Any], unlabelled: np.ndarray | None = None,
                        test_by_fold: np.ndarray | None = None,
-                       unlabelled_by_fold: np.ndarray | None = None) -> None:
+                       unlabelled_by_fold: np.ndarray | None = None,
+                       train_by_fold: np.ndarray | None = None) -> None:
     """Write a member directory: oof.npy, test.npy, classes.json, unlabelled.npy, cv.json.
 
     Args:
@@ -311,6 +365,8 @@ def write_member_files(run_dir: str | Path, oof: np.ndarray, test: np.ndarray, c
             (test_by_fold.npy), for a member without fold{k}/ dirs, such as an ensemble.
         unlabelled_by_fold: (K, n_unlabelled, C), the same for the unlabelled texts (written
             only with `unlabelled`).
+        train_by_fold: (K, n_train, C) fold k's predictions on every train row, made without
+            fold k's validation labels (train_by_fold.npy).
 
     An optional file given as None that an earlier run left behind is removed: it predicted
     other texts or came from other models and must never be read with these files.
@@ -319,7 +375,8 @@ def write_member_files(run_dir: str | Path, oof: np.ndarray, test: np.ndarray, c
     if unlabelled is None:
         unlabelled_by_fold = None
     for name, arr in (("unlabelled.npy", unlabelled), ("test_by_fold.npy", test_by_fold),
-                      ("unlabelled_by_fold.npy", unlabelled_by_fold)):
+                      ("unlabelled_by_fold.npy", unlabelled_by_fold),
+                      ("train_by_fold.npy", train_by_fold)):
         if arr is not None:
             save_npy(d / name, arr)
         elif (d / name).exists():

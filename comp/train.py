@@ -346,8 +346,9 @@ class FusionData:
         return self.cache
 
 
-def fit_fold(ctx: FoldContext, data: FusionData) -> tuple[np.ndarray, np.ndarray]:
-    """One fold: build the model, fit on the training part (+ extra rows), predict val/test."""
+def fit_fold(ctx: FoldContext, data: FusionData) -> tuple[np.ndarray, ...]:
+    """One fold: build the model, fit on the training part (+ extra rows), predict val/test
+    (and the training part itself with ctx.predict_train)."""
     recipe, comp, cfg = ctx.recipe, ctx.comp, ctx.recipe.train
     rank, world = dist_info()
     name = f"{recipe.name} fold {ctx.fold}"
@@ -387,7 +388,30 @@ def fit_fold(ctx: FoldContext, data: FusionData) -> tuple[np.ndarray, np.ndarray
     test_cache = cache if result.best_phase == 1 else None
     test_proba = predict(model, data.test, cfg.eval_batch_size, test_cache, cfg.bucket, cfg.amp,
                          desc=f"{name} test")
-    return result.val_proba, test_proba
+    if not ctx.predict_train:
+        return result.val_proba, test_proba
+    return result.val_proba, test_proba, predict_training_part(model, ctx, data, test_cache)
+
+
+def predict_training_part(model: FusionModel, ctx: FoldContext, data: FusionData,
+                          cache: FeatureCache | None = None) -> np.ndarray:
+    """A fold's model on its own training rows: (len(ctx.train_idx), C)."""
+    cfg = ctx.recipe.train
+    return predict(model, data.rows.take(ctx.train_idx), cfg.eval_batch_size, cache, cfg.bucket,
+                   cfg.amp, desc=f"{ctx.recipe.name} fold {ctx.fold} training rows")
+
+
+def predict_fold_train(ctx: FoldContext, data: FusionData) -> np.ndarray | None:
+    """A done fold's training-part predictions from its kept model.pt; None without one."""
+    ckpt = ctx.dir / "model.pt"
+    if not ckpt.exists():
+        return None
+    model = build_fusion(ctx.recipe, ctx.comp.n_classes)
+    model.tokens = data.tokens
+    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    model.to(_device())
+    data.ensure_rows(model)
+    return predict_training_part(model, ctx, data)
 
 
 def collect_epochs(run_dir: str | Path, cv: dict | None) -> dict | None:
@@ -426,7 +450,8 @@ def train_fusion(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
     rank, world = init_distributed()
     if world == 1:
         return collect_epochs(recipe.run_dir, run_member(
-            recipe, lambda ctx: fit_fold(ctx, data), folds_to_run, force, extra, report, comp))
+            recipe, lambda ctx: fit_fold(ctx, data), folds_to_run, force, extra, report, comp,
+            lambda ctx: predict_fold_train(ctx, data)))
     import torch.distributed as dist
 
     if rank == 0:
@@ -446,5 +471,5 @@ def train_fusion(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
             return None
         fold, train_idx, val_idx, fold_extra = msg[0]
         ctx = FoldContext(fold, train_idx, val_idx, Path(recipe.run_dir) / f"fold{fold}", comp,
-                          recipe, fold_extra)
+                          recipe, fold_extra, predict_train=recipe.train.predict_train)
         fit_fold(ctx, data)

@@ -79,3 +79,31 @@ def make_small_competition(root, n_train: int = 400, n_test: int = 100, seed: in
 def small_comp(tmp_path):
     """Path of a small sentiment competition folder (400 train, 100 test rows)."""
     return make_small_competition(tmp_path / "comp")
+
+
+def near_memoriser(ctx):
+    """Knows its training texts' labels (pseudo rows included) and answers for any text one
+    character away from one of them; nothing else. On noise labels that is pure leakage.
+    Predicts its training rows too when the fold asks (train.predict_train)."""
+    import numpy as np
+
+    from comp.data import normalize_text as _norm
+
+    known = {_norm(ctx.comp.train_texts[i]): int(ctx.comp.labels[i])
+             for i in ctx.train_idx}
+    known.update((_norm(t), int(p.argmax()))
+                 for t, p in zip(ctx.extra.texts, ctx.extra.targets))
+    by_prefix = {k[:-1]: y for k, y in known.items()}
+
+    def proba(texts):
+        out = np.full((len(texts), 2), 0.5)
+        for j, t in enumerate(map(_norm, texts)):
+            y = known.get(t, known.get(t[:-1], by_prefix.get(t)))
+            if y is not None:
+                out[j] = 0.01
+                out[j, y] = 0.99
+        return out
+
+    if ctx.predict_train:
+        return proba(ctx.val_texts), proba(ctx.predict_texts), proba(ctx.train_texts)
+    return proba(ctx.val_texts), proba(ctx.predict_texts)

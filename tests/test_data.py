@@ -260,9 +260,12 @@ def test_unset_unlabelled_changes_neither_folds_nor_fingerprints(small_comp):
     d = plain.to_dict()
     d.pop("tune")
     d.pop("runs_dir")
+    d["train"].pop("predict_train")  # newer than the runs this fingerprint must keep matching
     assert recipe_fingerprint(plain) == sha1_of([dumps_toml(d)])
     with_unl = load_recipe(None, base + ["data.extra=unlabelled.csv"])
     assert recipe_fingerprint(with_unl) == recipe_fingerprint(plain)
+    asked = load_recipe(None, base + ["train.predict_train=true"])
+    assert recipe_fingerprint(asked) == recipe_fingerprint(plain)
     a, b = load_competition(plain.data), load_competition(with_unl.data)
     assert (a.train_hash, a.test_hash) == (b.train_hash, b.test_hash)
     assert b.unlabelled_texts == ["好评如潮", "太差了"] and not a.unlabelled_texts

@@ -5,6 +5,7 @@ competition or fold table."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -72,8 +73,11 @@ def honest_proba(labels: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
 
 
 def write_teacher(comp_dir: Path, out: Path, oof: np.ndarray | None = None,
-                  test: np.ndarray | None = None, **manifest) -> Path:
-    """A teacher manifest in `comp ensemble`'s format with arrays `oof` / `test`."""
+                  test: np.ndarray | None = None, train_by_fold: np.ndarray | None = None,
+                  test_by_fold: np.ndarray | None = None, by_fold: bool = True,
+                  **manifest) -> Path:
+    """A teacher manifest in `comp ensemble`'s format with arrays `oof` / `test`, and (with
+    `by_fold`) per-fold `train_by_fold` (K, n_train, C) / `test_by_fold` (K, n_test, C)."""
     comp, folds = comp_and_folds(comp_dir)
     if oof is None:
         oof = honest_proba(comp.labels, comp.n_classes, 0)
@@ -87,6 +91,15 @@ def write_teacher(comp_dir: Path, out: Path, oof: np.ndarray | None = None,
            "folds_hash": folds_hash(comp.train_ids, folds), "train_hash": comp.train_hash,
            "test_hash": comp.test_hash, "oof": str(out / "oof.npy"),
            "test": str(out / "test.npy"), "data_dir": str(comp_dir), **manifest}
+    if by_fold:
+        if train_by_fold is None:
+            train_by_fold = np.stack([honest_proba(comp.labels, comp.n_classes, 10 + k)
+                                      for k in range(K)])
+        if test_by_fold is None:
+            test_by_fold = np.stack([test] * K)
+        for key, a in (("train_by_fold", train_by_fold), ("test_by_fold", test_by_fold)):
+            np.save(out / f"{key}.npy", a.astype(np.float32))
+            man[key] = str(out / f"{key}.npy")
     path = out / "teacher.json"
     path.write_text(json.dumps(man), encoding="utf-8")
     return path
@@ -360,30 +373,44 @@ def _spy_on_fit(monkeypatch) -> dict:
     return seen
 
 
-def test_no_validation_row_is_taught_or_seen(small_comp, vec_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("targets", ["fold", "oof"])
+def test_no_validation_row_is_taught_or_seen(small_comp, vec_dir, tmp_path, monkeypatch, targets):
+    """Fold 0 trains on its training rows taught by the teacher (fold 0's models, or the OOF),
+    then the test rows minus those duplicating a validation text; a sentinel marks every
+    teacher value fold 0 must never read: its validation rows, and with fold targets anything
+    the other folds' models (which saw fold 0's labels) or the OOF said."""
     comp, folds = comp_and_folds(small_comp)
     val_idx, train_idx = np.flatnonzero(folds == 0), np.flatnonzero(folds != 0)
     planted = [comp.train_texts[i] for i in val_idx[:4]]
     _append_test_rows(small_comp, planted)  # test rows duplicating validation texts
     comp = load_competition(DataConfig(dir=str(small_comp), folds=K))
-    oof = honest_proba(comp.labels, comp.n_classes, 0)
     sentinel = np.array([0.0123, 0.9877])
-    oof[val_idx] = sentinel  # a value no training target may ever carry
+    oof = honest_proba(comp.labels, comp.n_classes, 0)
     test = honest_proba(np.zeros(len(comp.test_ids), int), comp.n_classes, 1)
-    teacher = write_teacher(small_comp, tmp_path / "t", oof=oof, test=test)
+    train_k = np.stack([honest_proba(comp.labels, comp.n_classes, 5)] * K)
+    test_k = np.stack([honest_proba(np.zeros(len(comp.test_ids), int), comp.n_classes, 6)] * K)
+    if targets == "fold":
+        train_k[0, val_idx] = sentinel
+        train_k[1:], test_k[1:], oof[:], test[:] = sentinel, sentinel, sentinel, sentinel
+        want_train, want_test = train_k[0, train_idx], test_k[0]
+    else:
+        oof[val_idx] = sentinel
+        train_k[:], test_k[:] = sentinel, sentinel
+        want_train, want_test = oof[train_idx], test
+    teacher = write_teacher(small_comp, tmp_path / "t", oof=oof, test=test,
+                            train_by_fold=train_k, test_by_fold=test_k)
     r = student(small_comp, vec_dir, tmp_path / "runs",
-                distill={"teacher": str(teacher), "use_test": True, "test_weight": 0.7})
+                distill={"teacher": str(teacher), "use_test": True, "test_weight": 0.7,
+                         "targets": targets})
     seen = _spy_on_fit(monkeypatch)
     train_student(r, folds_to_run=[0])
 
-    # the training rows: the fold's labelled rows taught by the teacher's OOF at those rows,
-    # then the test rows minus those duplicating a validation text
     val_keys = {normalize_text(comp.train_texts[i]) for i in val_idx}
     keep = [j for j, t in enumerate(comp.test_texts) if normalize_text(t) not in val_keys]
     assert len(keep) == len(comp.test_texts) - len(planted)
     eye = np.eye(comp.n_classes)
-    want = np.concatenate([pack_targets(eye[comp.labels[train_idx]], oof[train_idx]),
-                           pack_targets(np.zeros((len(keep), 2)), test[keep])])
+    want = np.concatenate([pack_targets(eye[comp.labels[train_idx]], want_train),
+                           pack_targets(np.zeros((len(keep), 2)), want_test[keep])])
     assert np.allclose(seen["train_targets"], want, atol=1e-6)
     assert np.allclose(seen["train_weights"][len(train_idx):], 0.7)
     grid = [grid_texts(comp.train_texts[i], r.model)[0] for i in train_idx]
@@ -401,19 +428,20 @@ def test_no_validation_row_is_taught_or_seen(small_comp, vec_dir, tmp_path, monk
 
 
 def test_teacher_values_at_validation_rows_do_not_matter(small_comp, vec_dir, tmp_path):
-    """A teacher whose OOF leaks labels at validation rows trains the same student as one
-    that is wrong there: those values are never read. Training rows do matter."""
+    """A teacher whose fold-0 models leak labels at fold 0's validation rows trains the same
+    student as one that is wrong there: those values are never read. Training rows do
+    matter."""
     comp, folds = comp_and_folds(small_comp)
     val_idx, train_idx = np.flatnonzero(folds == 0), np.flatnonzero(folds != 0)
     eye = np.eye(comp.n_classes)
-    base = honest_proba(comp.labels, comp.n_classes, 0)
+    base = np.stack([honest_proba(comp.labels, comp.n_classes, k) for k in range(K)])
     leaky, wrong, other = base.copy(), base.copy(), base.copy()
-    leaky[val_idx] = eye[comp.labels[val_idx]]  # in-sample: the labels themselves
-    wrong[val_idx] = eye[1 - comp.labels[val_idx]]
-    other[train_idx[:60]] = other[train_idx[:60], ::-1]
+    leaky[0, val_idx] = eye[comp.labels[val_idx]]  # in-sample: the labels themselves
+    wrong[0, val_idx] = eye[1 - comp.labels[val_idx]]
+    other[0, train_idx[:60]] = other[0, train_idx[:60], ::-1]
     out = {}
-    for name, oof in (("leaky", leaky), ("wrong", wrong), ("other", other)):
-        t = write_teacher(small_comp, tmp_path / name, oof=oof)
+    for name, train_k in (("leaky", leaky), ("wrong", wrong), ("other", other)):
+        t = write_teacher(small_comp, tmp_path / name, train_by_fold=train_k)
         r = student(small_comp, vec_dir, tmp_path / f"runs_{name}",
                     distill={"teacher": str(t), "alpha": 0.2})
         train_student(r, folds_to_run=[0])
@@ -469,17 +497,35 @@ def test_classes_in_another_order_are_realigned(small_comp, tmp_path):
 
 
 def test_a_real_ensemble_teaches_a_student(small_comp, vec_dir, tmp_path):
-    """The manifest `comp ensemble` writes (over a TF-IDF member) is a usable teacher."""
+    """The manifest `comp ensemble` writes (over a TF-IDF member) is a usable teacher once its
+    member predicted its training rows per fold; before that the student says what to run."""
     from comp.cli import train_recipe
     from comp.ensemble import run_ensemble
 
-    lin = load_recipe("recipes/tfidf_char_lr.toml",
-                      [f"data.dir={small_comp}", f"data.folds={K}", f"runs_dir={tmp_path}/runs"])
+    over = [f"data.dir={small_comp}", f"data.folds={K}", f"runs_dir={tmp_path}/runs"]
+    data = DataConfig(dir=str(small_comp), folds=K)
+    lin = load_recipe("recipes/tfidf_char_lr.toml", over)
     train_recipe(lin)
-    csv_path = run_ensemble([lin.run_dir], "mean", DataConfig(dir=str(small_comp), folds=K),
-                            "accuracy", tmp_path / "subs" / "mean")
+    csv_path = run_ensemble([lin.run_dir], "mean", data, "accuracy", tmp_path / "subs" / "mean")
     r = student(small_comp, vec_dir, tmp_path / "runs",
                 distill={"teacher": str(csv_path.with_suffix(".json")), "use_test": True})
+    with pytest.raises(CompError, match="--prepare-teacher"):
+        train_student(r)
+    oof0 = np.load(lin.run_dir / "oof.npy")
+    # the member refits (TF-IDF keeps no model) to predict its training rows; blend again
+    teacher = distill.teacher_with_fold_targets(csv_path.with_suffix(".json"))
+    assert teacher.name == "mean_folds_cv0.8125.json"
+    assert np.allclose(np.load(lin.run_dir / "oof.npy"), oof0)
+    train_k = np.load(lin.run_dir / "train_by_fold.npy")  # (K, n_train, C)
+    folds = load_folds(load_competition(data), data)
+    for k in range(K):  # fold k's model on its validation rows is the OOF there
+        assert np.allclose(train_k[k, folds == k], oof0[folds == k])
+        assert not np.allclose(train_k[k, folds != k], oof0[folds != k])  # in-sample elsewhere
+    man = json.loads(teacher.read_text(encoding="utf-8"))
+    assert np.allclose(np.load(man["train_by_fold"]), train_k, atol=1e-6)
+    assert distill.teacher_with_fold_targets(teacher) == teacher  # nothing left to do
+    r = student(small_comp, vec_dir, tmp_path / "runs",
+                distill={"teacher": str(teacher), "use_test": True})
     cv = train_student(r, folds_to_run=[0])
     assert cv is None  # one fold of three: member files wait for the rest
     val, test = fold_proba(r)
@@ -506,7 +552,9 @@ def test_teacher_unlabelled_rows_teach_the_student(small_comp, vec_dir, tmp_path
     out = tmp_path / "t"
     out.mkdir()
     np.save(out / "unlabelled.npy", unl.astype(np.float32))
+    np.save(out / "unlabelled_k.npy", np.stack([unl] * K).astype(np.float32))
     teacher = write_teacher(small_comp, out, unlabelled=str(out / "unlabelled.npy"),
+                            unlabelled_by_fold=str(out / "unlabelled_k.npy"),
                             unlabelled_hash=comp.unlabelled_hash, n_unlabelled=4)
     test = np.load(out / "test.npy").astype(np.float64)
     r = student(small_comp, vec_dir, tmp_path / "runs", data={"extra": "unlabelled.csv"},
@@ -542,3 +590,79 @@ def test_teacher_unlabelled_rows_teach_the_student(small_comp, vec_dir, tmp_path
     train_student(r3, folds_to_run=[0])
     assert len(seen["train_texts"]) == n_tr + len(comp.test_texts)
     assert not (r3.run_dir / "fold0" / "unlabelled_proba.npy").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# the fold leak through teacher targets, end to end
+
+
+def _pairs_competition(root: Path, n: int = 60, seed: int = 5) -> Path:
+    """Train texts in near-copy pairs (x, x + one character) with independent noise labels."""
+    rng = np.random.default_rng(seed)
+    chars = [chr(c) for c in range(0x4E00, 0x4E00 + 400)]
+    base = sorted({"".join(rng.choice(chars, 6)) for _ in range(n)})
+    texts = [t for x in base for t in (x, x + "啊")]
+    labels = rng.choice(["neg", "pos"], len(texts))
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "train.csv", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text", "label"])
+        w.writerows((f"r{i}", t, y) for i, (t, y) in enumerate(zip(texts, labels)))
+    with open(root / "test.csv", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text"])
+        w.writerows((f"t{i}", "".join(rng.choice(chars, 7))) for i in range(20))
+    return root
+
+
+@pytest.mark.parametrize("targets", ["fold", "oof"])
+def test_student_cv_never_sees_a_validation_label_through_its_teacher(tmp_path, vec_dir,
+                                                                       monkeypatch, targets):
+    """Noise labels; every train text has a near-copy in the train set. The teacher memorises
+    within one character, so its OOF target for a copy in fold m is the label of the original,
+    which sits in another fold k. A student fold k that learns from the OOF (and memorises too)
+    'predicts' its validation row from that copy: CV 1.0 on pairs split across folds, all of it
+    leaked. Taught by fold k's own models only, it learns each copy's own label, which says
+    nothing about the validation row: the student's CV is what noise gives."""
+    from conftest import near_memoriser
+
+    from comp.ensemble import run_ensemble
+    from comp.member import ExtraRows, run_member
+
+    data = _pairs_competition(tmp_path / "pairs")
+    over = [f"data.dir={data}", f"data.folds={K}", f"runs_dir={tmp_path / 'runs'}"]
+    teacher_r = load_recipe(None, over + ["name=memo", "train.predict_train=true"])
+    run_member(teacher_r, near_memoriser)
+    manifest = run_ensemble([teacher_r.run_dir], "mean", None, "accuracy",
+                            tmp_path / "subs" / "mean").with_suffix(".json")
+
+    def memorising_student(ctx, data, teacher, unlabelled):
+        """A student that learns only the teacher's targets (alpha = 0) and memorises them."""
+        soft = teacher.soft_targets(ctx.fold, ctx.train_idx, ctx.recipe.distill.targets)
+        taught = ExtraRows(ctx.train_texts, soft, np.ones(len(soft)))  # no hard labels
+        return near_memoriser(dataclasses.replace(ctx, train_idx=ctx.train_idx[:0],
+                                                  extra=taught))
+
+    monkeypatch.setattr(distill, "fit_student_fold", memorising_student)
+    r = student(data, vec_dir, tmp_path / "runs", name=f"stu_{targets}",
+                distill={"teacher": str(manifest), "alpha": 0.0, "targets": targets})
+    cv = train_student(r)
+
+    comp, folds = comp_and_folds(data)
+    oof = np.load(r.run_dir / "oof.npy")
+    pair = np.arange(len(folds)) ^ 1  # rows 2i and 2i + 1 are a pair
+    split = folds != folds[pair]  # the copy trains the fold that validates the original
+    got = oof[split].argmax(1)
+    assert split.sum() > 30
+    assert cv["teacher_targets"] == targets
+    if targets == "oof":
+        assert (got == comp.labels[split]).all()  # the validation row's own label: leaked
+    else:
+        assert (got == comp.labels[pair][split]).all()  # the copy's own label, and only that
+        # labels of a pair are independent: the honest CV is a coin's
+        assert abs((got == comp.labels[split]).mean() - 0.5) < 0.2
+    # only the honest student hands per-fold predictions to ensembles
+    from comp.ensemble import read_member, stack_by_fold
+
+    test_k, _, why = stack_by_fold([read_member(r.run_dir)], K)
+    assert (test_k is None) == (targets == "oof"), why

@@ -2,6 +2,7 @@ import csv
 
 import numpy as np
 import pytest
+from conftest import near_memoriser
 
 from comp.config import DataConfig, load_recipe
 from comp.data import load_competition, load_folds, normalize_text
@@ -230,27 +231,6 @@ def _noise_competition(root, n=90, seed=3):
     return root
 
 
-def _near_memoriser(ctx):
-    """Knows its training texts' labels (pseudo rows included) and answers for any text one
-    character away from one of them; nothing else. On noise labels that is pure leakage."""
-    known = {normalize_text(ctx.comp.train_texts[i]): int(ctx.comp.labels[i])
-             for i in ctx.train_idx}
-    known.update((normalize_text(t), int(p.argmax()))
-                 for t, p in zip(ctx.extra.texts, ctx.extra.targets))
-    by_prefix = {k[:-1]: y for k, y in known.items()}
-
-    def proba(texts):
-        out = np.full((len(texts), 2), 0.5)
-        for j, t in enumerate(map(normalize_text, texts)):
-            y = known.get(t, known.get(t[:-1], by_prefix.get(t)))
-            if y is not None:
-                out[j] = 0.01
-                out[j, y] = 0.99
-        return out
-
-    return proba(ctx.val_texts), proba(ctx.predict_texts)
-
-
 def _leaks(pseudo, comp, folds):
     """(fold, row) pairs where a pseudo row training that fold near-copies one of its
     validation texts and carries that row's label."""
@@ -276,7 +256,7 @@ def test_per_fold_pseudo_labels_never_carry_a_validation_label_to_its_fold(tmp_p
     cfg = DataConfig(dir=str(data), folds=3)
     base = [f"data.dir={data}", "data.folds=3", f"runs_dir={tmp_path / 'runs'}"]
     r = load_recipe(None, base + ["name=memo"])
-    cv0 = run_member(r, _near_memoriser)
+    cv0 = run_member(r, near_memoriser)
     manifest = run_ensemble([r.run_dir], "mean", None, "accuracy",
                             tmp_path / "subs" / "mean").with_suffix(".json")
     pseudo = make_pseudo(manifest, threshold=0.8, per_fold=per_fold)
@@ -299,7 +279,7 @@ def test_per_fold_pseudo_labels_never_carry_a_validation_label_to_its_fold(tmp_p
     def spy(ctx):
         val = {normalize_text(t) for t in ctx.val_texts}
         got[ctx.fold] = sum(normalize_text(t)[:-1] in val for t in ctx.extra.texts)
-        return _near_memoriser(ctx)
+        return near_memoriser(ctx)
 
     pl = load_recipe(None, base + ["name=memo_pl", f"train.pseudo={pseudo}"])
     cv = run_member(pl, spy)

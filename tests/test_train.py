@@ -4,6 +4,7 @@ schedules, LR groups, FGM/PGD, EMA, accumulation, and two-process torch.distribu
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import socket
@@ -134,6 +135,23 @@ def test_member_end_to_end_writes_files_and_resumes(bert_dir, comp_dir, tmp_path
     monkeypatch.setattr(train_mod, "fit", boom)
     again = train_fusion(recipe)
     assert again["cv"] == cv["cv"]
+
+    # asked for predictions on the training rows later: the kept fold models give them
+    asked = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train,
+                                                                  predict_train=True))
+    assert train_fusion(asked)["cv"] == cv["cv"]
+    train_k = np.load(run / "train_by_fold.npy")  # (K, n_train, C)
+    from comp.data import load_competition, load_folds
+
+    folds = load_folds(load_competition(recipe.data), recipe.data)
+    assert train_k.shape == (3, 48, 2)
+    for k in range(3):  # fold k's model on its validation rows is the OOF there
+        np.testing.assert_allclose(train_k[k, folds == k], oof[folds == k], atol=1e-4)
+    monkeypatch.undo()
+    # and a member run with the option from the start predicts the same while training
+    fresh = dataclasses.replace(asked, runs_dir=str(tmp_path / "runs2"))
+    train_fusion(fresh)
+    np.testing.assert_allclose(np.load(fresh.run_dir / "train_by_fold.npy"), train_k, atol=1e-4)
 
 
 def test_same_seed_gives_identical_oof(bert_dir, comp_dir, tmp_path):
