@@ -124,14 +124,46 @@ def recipe_fingerprint(recipe: Recipe) -> str:
     `data.extra` and `train.predict_train` are left out: which texts a fold predicted is
     recorded in its done marker instead, so asking for more never invalidates a run's identity.
     """
-    d = recipe.to_dict()
-    d.pop("tune", None)
-    d.pop("runs_dir", None)
-    d["data"]["extra"] = ""
-    d.get("train", {}).pop("predict_train", None)
+    return _fingerprint_of(recipe.to_dict())
+
+
+def _fingerprint_of(d: dict[str, Any]) -> str:
+    """recipe_fingerprint of a recipe's plain dict (as to_dict or a recipe.toml gives it)."""
+    import copy
+
     from comp.config import dumps_toml
 
+    d = copy.deepcopy(d)
+    d.pop("tune", None)
+    d.pop("runs_dir", None)
+    d.setdefault("data", {})["extra"] = ""
+    d.get("train", {}).pop("predict_train", None)
     return sha1_of([dumps_toml(d)])
+
+
+def same_recipe(marker: str, fingerprint: str, stored: str | None) -> bool:
+    """Whether a done fold's recipe fingerprint `marker` is the current recipe's.
+
+    A recipe key added to the toolkit later changes every fingerprint, though a fold trained
+    before it existed trained with its default. So when the marker does not match, the run's
+    stored recipe.toml (`stored`, its text) decides: if it is the recipe that made the marker,
+    it is read with today's defaults and fingerprinted again.
+    """
+    if marker == fingerprint:
+        return True
+    if not stored:
+        return False
+    import tomllib
+
+    from comp.config import load_recipe
+
+    try:
+        raw = tomllib.loads(stored)
+        if _fingerprint_of(raw) != marker:
+            return False
+        return recipe_fingerprint(load_recipe(None, base=raw)) == fingerprint
+    except (ValueError, CompError, TypeError):
+        return False
 
 
 def extra_for_fold(extra: ExtraRows, val_texts: list[str], fold: int | None = None
@@ -203,6 +235,18 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
     if bad:
         raise CompError(f"--folds: fold {bad[0]} does not exist (k={k})")
     run_dir.mkdir(parents=True, exist_ok=True)
+    # read before it is replaced: it tells a fold made before a recipe key existed (same_recipe)
+    stored = (run_dir / "recipe.toml").read_text(encoding="utf-8") if (
+        run_dir / "recipe.toml").exists() else None
+    for f in wanted:  # refuse other recipes' folds before writing anything
+        done = run_dir / f"fold{f}" / "done.json"
+        if done.exists() and not force:
+            meta = read_json(done)
+            if not same_recipe(meta.get("recipe", ""), fingerprint, stored):
+                raise CompError(f"{done.parent}: made by a different recipe; rerun with "
+                                "--force or give the member a new name")
+            if meta.get("recipe") != fingerprint:  # same recipe, older toolkit: new marker
+                write_json(done, {**meta, "recipe": fingerprint})
     write_text(run_dir / "recipe.toml", recipe.to_toml())
 
     unl_hash = comp.unlabelled_hash
@@ -219,9 +263,6 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
                           report or (lambda step, value: None), want_train)
         if done.exists() and not force:
             meta = read_json(done)
-            if meta.get("recipe") != fingerprint:
-                raise CompError(f"{fdir}: made by a different recipe; rerun with --force or "
-                                "give the member a new name")
             # markers from before extra_hash existed count as the same rows
             same_extra = meta.get("extra_hash", fold_extra.fingerprint) == fold_extra.fingerprint
             has_train = meta.get("train_predicted", False) or not want_train

@@ -50,6 +50,38 @@ def test_changed_recipe_refuses_to_mix_folds(small_comp, tmp_path):
         run_member(r2, _prior_fit([]), folds_to_run=[0])
 
 
+def test_folds_from_before_a_new_recipe_key_still_resume(small_comp, tmp_path):
+    """A run made when `model.proj_dim` did not exist yet (its recipe.toml and fold markers
+    lack it) resumes: it trained with the key's default. Any real change still refuses."""
+    import tomllib
+
+    from comp.config import dumps_toml
+    from comp.member import _fingerprint_of
+
+    r = _recipe(small_comp, tmp_path)
+    calls: list[int] = []
+    run_member(r, _prior_fit(calls), folds_to_run=[0, 1])
+    old = tomllib.loads((r.run_dir / "recipe.toml").read_text(encoding="utf-8"))
+    del old["model"]["proj_dim"]  # the older toolkit's recipe
+    (r.run_dir / "recipe.toml").write_text(dumps_toml(old), encoding="utf-8")
+    for f in (0, 1):
+        done = r.run_dir / f"fold{f}" / "done.json"
+        done.write_text(json.dumps({**read_json(done), "recipe": _fingerprint_of(old)}))
+    run_member(r, _prior_fit(calls))
+    assert calls == [0, 1, 2]  # folds 0 and 1 were not refitted
+    assert read_json(r.run_dir / "fold0" / "done.json")["recipe"] == \
+        read_json(r.run_dir / "fold2" / "done.json")["recipe"]  # markers brought up to date
+
+    # the stored recipe must be the one that made the marker, and equal today's
+    old["train"]["lr_head"] = 0.5
+    (r.run_dir / "recipe.toml").write_text(dumps_toml(old), encoding="utf-8")
+    done = r.run_dir / "fold0" / "done.json"
+    done.write_text(json.dumps({**read_json(done), "recipe": _fingerprint_of(old)}))
+    with pytest.raises(CompError, match="fold0: made by a different recipe"):
+        run_member(r, _prior_fit(calls))
+    assert "lr_head = 0.5" in (r.run_dir / "recipe.toml").read_text()  # nothing overwritten
+
+
 def test_bad_member_output_shape_is_refused(small_comp, tmp_path):
     def fit(ctx):
         return np.zeros((3, 2)), np.zeros((100, 2))
