@@ -93,6 +93,9 @@ class ModelConfig:
     dropout: float = 0.2
     input_dropout: str = "spatial"  # head input: spatial (channels per text) | element
     cls_skip: bool = True
+    # a trained linear map of the grid features to this width before the head (0 = none): the
+    # head's cost grows with its input width, which several backbones multiply
+    proj_dim: int = 0
     msd: int = 0  # multi-sample dropout passes; 0 = off
     max_chars: int = 256  # character grid length after truncation
     truncation: str = "head_tail"  # head | head_tail | window
@@ -104,6 +107,7 @@ class ModelConfig:
         _check(self.input_dropout in ("spatial", "element"), "model.input_dropout",
                "must be spatial or element")
         _check(0.0 <= self.head_frac <= 1.0, "model.head_frac", "must be in [0, 1]")
+        _check(self.proj_dim >= 0, "model.proj_dim", "must be >= 0 (0 = no projection)")
         _check(self.truncation in ("head", "head_tail", "window"), "model.truncation",
                "must be head, head_tail or window")
         _check(self.max_chars > 0, "model.max_chars", "must be > 0")

@@ -633,6 +633,8 @@ def _tables_unsupported(model: FusionModel) -> str:
         return "its inputs are not gensim vectors"
     if model.classifier.cls_dims:
         return "it has CLS inputs"
+    if model.proj is not None:
+        return "it projects its inputs (model.proj_dim)"
     return ""
 
 

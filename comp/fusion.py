@@ -85,7 +85,9 @@ class FusionModel(nn.Module):
         self.max_lens = [_usable_max_len(b, bc.max_len) for b, bc in zip(backbones, cfg.backbones)]
         self.backbone_dim = sum(int(b.hidden_size) for b in backbones)
         self.vector_dim = sum(int(v.dim) for v in vectors)
-        self.head = create_head(cfg.head, self.backbone_dim + self.vector_dim, cfg.hidden,
+        grid_dim = self.backbone_dim + self.vector_dim
+        self.proj = nn.Linear(grid_dim, cfg.proj_dim) if cfg.proj_dim else None
+        self.head = create_head(cfg.head, cfg.proj_dim or grid_dim, cfg.hidden,
                                 cfg.channels, cfg.kernel_sizes, cfg.pooling, cfg.dropout,
                                 cfg.input_dropout)
         self.cls_dims = [int(b.hidden_size) for b in backbones]
@@ -206,7 +208,10 @@ class FusionModel(nn.Module):
 
     def top(self, grid: Tensor, mask: Tensor, cls: Sequence[Tensor]) -> Tensor:
         """Head and classifier: (B, N, D) grid + (B, N) mask + [(B, Hi)] CLS -> (B, C) logits."""
-        pooled = self.head(grid.float(), mask)  # (B, P)
+        x = grid.float()
+        if self.proj is not None:  # padding turns into the bias; the head zeroes it again
+            x = self.proj(x)  # (B, N, proj_dim)
+        pooled = self.head(x, mask)  # (B, P)
         return self.classifier(pooled, [c.float() for c in cls])
 
     def forward(self, batch: dict) -> Tensor:
@@ -449,7 +454,8 @@ def describe(model: FusionModel) -> str:
     parts = [f"{b.kind}({b.hidden_size})" for b in model.backbones]
     parts += [f"{k}-vectors({v.dim})" for k, v in zip(model.cfg.vectors, model.vectors)]
     n = count_parameters(model)
-    return (f"{' + '.join(parts)} -> grid {model.backbone_dim + model.vector_dim} -> "
+    proj = f" -> proj {model.cfg.proj_dim}" if model.proj is not None else ""
+    return (f"{' + '.join(parts)} -> grid {model.backbone_dim + model.vector_dim}{proj} -> "
             f"{model.cfg.head} -> {model.classifier.in_dim} -> {model.n_classes} "
             f"({n['total'] / 1e6:.2f}M params, {n['head'] / 1e6:.2f}M outside backbones)")
 

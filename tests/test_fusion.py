@@ -7,7 +7,7 @@ import torch
 
 from comp.backbones import backbone_kinds, load_backbone
 from comp.config import BackboneConfig, ModelConfig, PretrainConfig, Recipe
-from comp.fusion import FeatureCache, FusionModel, TokenMemo, build_fusion, grid_texts
+from comp.fusion import FeatureCache, FusionModel, TokenMemo, build_fusion, describe, grid_texts
 from comp.heads import head_names
 from comp.utils import CompError
 
@@ -111,6 +111,27 @@ def test_cls_skip_changes_classifier_width(tiny_dirs):
     assert on.classifier.fc.in_features == on.classifier.in_dim
     off.eval()
     assert off(off.prepare(TEXTS[:3])).shape == (3, 3)
+
+
+@pytest.mark.parametrize("head", head_names())
+def test_projection_narrows_the_head_input_and_keeps_padding_inert(tiny_dirs, head):
+    """model.proj_dim maps the (B, N, 64) two-backbone grid to (B, N, 16) before the head; a
+    text's logits do not depend on the longer texts it is padded with."""
+    torch.manual_seed(0)
+    kinds = ("bert", "xlnet")
+    cfg = ModelConfig(backbones=tuple(BackboneConfig(k, tiny_dirs[k], 64) for k in kinds),
+                      head=head, hidden=8, channels=4, kernel_sizes=(2, 3), max_chars=24,
+                      proj_dim=16)
+    model = FusionModel(cfg, 3, [load_backbone(k, tiny_dirs[k]) for k in kinds]).eval()
+    assert model.proj.in_features == 64 and model.proj.out_features == 16
+    assert "proj 16" in describe(model)
+    texts = grid(TEXTS, cfg)
+    batched = model(model.prepare(texts))
+    alone = torch.cat([model(model.prepare([t])) for t in texts])
+    assert batched.shape == (len(texts), 3)
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-4)
+    with pytest.raises(CompError, match="model.proj_dim"):
+        ModelConfig(proj_dim=-1)
 
 
 def _grads(model, texts):
