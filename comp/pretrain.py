@@ -371,8 +371,9 @@ def run_pretrain(cfg: PretrainConfig, texts: list[str] | None = None) -> Path:
     before = eval_loss(lm, cfg.kind, tokenizer, eval_texts, cfg.max_len, cfg.mask_prob,
                        seed=cfg.seed) if eval_texts else None
     curve = _train(lm, tokenizer, spec.objective, train_texts, cfg)
+    # no steps, same weights: the same loss (a base-size model spends minutes on each pass)
     after = eval_loss(lm, cfg.kind, tokenizer, eval_texts, cfg.max_len, cfg.mask_prob,
-                      seed=cfg.seed) if eval_texts else None
+                      seed=cfg.seed) if eval_texts and cfg.steps else before
     card = {**key, "kind": cfg.kind, "objective": spec.objective,
             "corpus": {"lines": len(texts), "chars": sum(map(len, texts)),
                        "sha1": key["corpus_sha1"]},
