@@ -97,21 +97,22 @@ def read_member(run_dir: str | Path) -> Member:
     test_k, unl_k = _read_by_fold(d, cv, test, unl)
     train_k = None
     if test_k is not None and (d / "train_by_fold.npy").exists():
-        train_k = _stacked(d / "train_by_fold.npy", oof)
-        if len(train_k) != len(test_k):
-            raise CompError(f"{d / 'train_by_fold.npy'}: {len(train_k)} folds but the member "
-                            f"has {len(test_k)} folds of test predictions")
+        train_k = _stacked(d / "train_by_fold.npy", oof, len(test_k))
     return Member(name=str(cv.get("name") or d.name), oof=oof, test=test, classes=classes,
                   cv=cv, path=d, unlabelled=unl, test_by_fold=test_k, unlabelled_by_fold=unl_k,
                   train_by_fold=train_k)
 
 
-def _stacked(f: Path, like: np.ndarray) -> np.ndarray:
-    """A (K, *like.shape) per-fold prediction file, checked."""
+def _stacked(f: Path, like: np.ndarray, k: int | None = None) -> np.ndarray:
+    """A (K, *like.shape) per-fold prediction file, checked (K = k when given: the member's
+    number of folds of test predictions)."""
     a = np.load(f)
     if a.ndim != 3 or a.shape[1:] != like.shape:
         raise CompError(f"{f}: shape {a.shape}, expected (folds, {like.shape[0]}, "
                         f"{like.shape[1]}) to match {like.shape[0]} rows")
+    if k is not None and len(a) != k:
+        raise CompError(f"{f}: {len(a)} folds but the member has {k} folds of test "
+                        "predictions")
     return _check_proba(a.reshape(-1, like.shape[1]), f, like.shape[1]).reshape(a.shape)
 
 
@@ -127,10 +128,7 @@ def _read_by_fold(d: Path, cv: dict[str, Any], test: np.ndarray, unl: np.ndarray
         test_k = _stacked(d / "test_by_fold.npy", test)
         unl_k = None
         if unl is not None and (d / "unlabelled_by_fold.npy").exists():
-            unl_k = _stacked(d / "unlabelled_by_fold.npy", unl)
-            if len(unl_k) != len(test_k):
-                raise CompError(f"{d / 'unlabelled_by_fold.npy'}: {len(unl_k)} folds but "
-                                f"test_by_fold.npy has {len(test_k)}")
+            unl_k = _stacked(d / "unlabelled_by_fold.npy", unl, len(test_k))
         return test_k, unl_k
     k = len(cv.get("fold_scores") or [])
 

@@ -81,6 +81,22 @@ def small_comp(tmp_path):
     return make_small_competition(tmp_path / "comp")
 
 
+def write_train_test(root, texts, labels, test_texts):
+    """A competition folder: train.csv (id, text, label) and test.csv (id, text)."""
+    import csv
+
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "train.csv", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text", "label"])
+        w.writerows((f"r{i}", t, y) for i, (t, y) in enumerate(zip(texts, labels)))
+    with open(root / "test.csv", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text"])
+        w.writerows((f"t{i}", t) for i, t in enumerate(test_texts))
+    return root
+
+
 def near_memoriser(ctx):
     """Knows its training texts' labels (pseudo rows included) and answers for any text one
     character away from one of them; nothing else. On noise labels that is pure leakage.

@@ -603,16 +603,10 @@ def _pairs_competition(root: Path, n: int = 60, seed: int = 5) -> Path:
     base = sorted({"".join(rng.choice(chars, 6)) for _ in range(n)})
     texts = [t for x in base for t in (x, x + "啊")]
     labels = rng.choice(["neg", "pos"], len(texts))
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / "train.csv", "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "text", "label"])
-        w.writerows((f"r{i}", t, y) for i, (t, y) in enumerate(zip(texts, labels)))
-    with open(root / "test.csv", "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "text"])
-        w.writerows((f"t{i}", "".join(rng.choice(chars, 7))) for i in range(20))
-    return root
+    from conftest import write_train_test
+
+    return write_train_test(root, texts, labels, ["".join(rng.choice(chars, 7))
+                                                  for _ in range(20)])
 
 
 @pytest.mark.parametrize("targets", ["fold", "oof"])

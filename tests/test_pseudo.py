@@ -2,7 +2,7 @@ import csv
 
 import numpy as np
 import pytest
-from conftest import near_memoriser
+from conftest import near_memoriser, write_train_test
 
 from comp.config import DataConfig, load_recipe
 from comp.data import load_competition, load_folds, normalize_text
@@ -219,16 +219,7 @@ def _noise_competition(root, n=90, seed=3):
     chars = [chr(c) for c in range(0x4E00, 0x4E00 + 400)]
     texts = sorted({"".join(rng.choice(chars, 6)) for _ in range(n)})[:n]
     labels = rng.choice(["neg", "pos"], len(texts))
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / "train.csv", "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "text", "label"])
-        w.writerows((f"r{i}", t, y) for i, (t, y) in enumerate(zip(texts, labels)))
-    with open(root / "test.csv", "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "text"])
-        w.writerows((f"t{i}", t + "啊") for i, t in enumerate(texts))
-    return root
+    return write_train_test(root, texts, labels, [t + "啊" for t in texts])
 
 
 def _leaks(pseudo, comp, folds):
