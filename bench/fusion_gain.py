@@ -80,11 +80,12 @@ def sample_competition(out: Path, rows: int, n_test: int, seed: int) -> Path:
     return out
 
 
-def arm(recipe_file: str, data_dir: Path, runs: Path, folds: list[int], epochs: tuple[int, int]
-        ) -> tuple[float, list[float], float]:
+def arm(recipe_file: str, data_dir: Path, runs: Path, folds: list[int], epochs: tuple[int, int],
+        extra: list[str] = ()) -> tuple[float, list[float], float]:
     """Train one arm on `folds`; (accuracy over their OOF rows, per-fold scores, seconds)."""
     overrides = [f"data.dir={data_dir}", f"runs_dir={runs}",
-                 f"train.epochs_frozen={epochs[0]}", f"train.epochs_unfrozen={epochs[1]}"]
+                 f"train.epochs_frozen={epochs[0]}", f"train.epochs_unfrozen={epochs[1]}",
+                 *extra]
     recipe = load_recipe(ROOT / "recipes" / recipe_file, overrides)
     recipe = replace(recipe, model=replace(recipe.model, vectors_dir=str(ROOT / "models"),
                                            backbones=tuple(
@@ -112,6 +113,9 @@ def main() -> None:
     ap.add_argument("--epochs-unfrozen", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--fusion-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of the fusion arm only, e.g. model.proj_dim=128 "
+                         "(repeatable)")
     args = ap.parse_args()
     if args.threads:
         import torch
@@ -124,11 +128,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = sample_competition(Path(tmp) / "sentiment_sample", args.rows, 200, args.seed)
         print(f"{args.rows} sampled sentiment rows, folds {folds} of 5, epochs frozen/unfrozen "
-              f"{epochs[0]}/{epochs[1]} for both arms", flush=True)
+              f"{epochs[0]}/{epochs[1]} for both arms"
+              + (f"; fusion arm: {' '.join(args.fusion_set)}" if args.fusion_set else ""),
+              flush=True)
         results = {}
         for name, recipe_file in (("single", "fusion_bert_bilstm.toml"),
                                   ("fusion", "fusion_all.toml")):
-            acc, per_fold, sec = arm(recipe_file, data, Path(tmp) / "runs", folds, epochs)
+            acc, per_fold, sec = arm(recipe_file, data, Path(tmp) / "runs", folds, epochs,
+                                     args.fusion_set if name == "fusion" else [])
             results[name] = acc
             folds_txt = " ".join(f"{s:.4f}" for s in per_fold)
             print(f"  {name:6s} {recipe_file:26s} OOF accuracy {acc:.4f}  (folds {folds_txt}; "
