@@ -660,3 +660,27 @@ def test_student_cv_never_sees_a_validation_label_through_its_teacher(tmp_path, 
 
     test_k, _, why = stack_by_fold([read_member(r.run_dir)], K)
     assert (test_k is None) == (targets == "oof"), why
+
+
+def test_cli_names_the_fix_then_prepares_the_teacher(small_comp, vec_dir, tmp_path, capsys):
+    """`comp distill` refuses a teacher without per-fold targets in one line naming the flag;
+    with --prepare-teacher it gives the teacher those targets and trains."""
+    from comp.cli import main, train_recipe
+    from comp.ensemble import run_ensemble
+
+    over = [f"data.dir={small_comp}", f"data.folds={K}", f"runs_dir={tmp_path}/runs"]
+    lin = load_recipe("recipes/tfidf_char_lr.toml", over)
+    train_recipe(lin)
+    manifest = run_ensemble([lin.run_dir], "mean", None, "accuracy",
+                            tmp_path / "subs" / "mean").with_suffix(".json")
+    capsys.readouterr()  # the teacher's log so far
+    args = ["distill", "recipes/student_textcnn.toml", "--teacher", str(manifest),
+            "--folds", "0", "--set", f"model.vectors_dir={vec_dir}", "--set",
+            "train.epochs_frozen=1"] + [a for o in over for a in ("--set", o)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--prepare-teacher" in err[-1] and str(manifest) in err[-1]
+    assert err[-1].startswith("comp distill: error: ")
+    assert main(args + ["--prepare-teacher"]) in (0, None)
+    assert (tmp_path / "subs" / "mean_folds_cv0.8125.json").exists()
+    assert (tmp_path / "runs" / "student_textcnn" / "fold0" / "done.json").exists()
