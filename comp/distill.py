@@ -53,15 +53,24 @@ from torch import Tensor, nn
 
 from comp.config import ModelConfig, Recipe
 from comp.data import Competition, folds_hash, load_competition, load_folds
-from comp.fusion import FusionModel, build_fusion, describe
-from comp.losses import ClassificationLoss, create_loss
+from comp.fusion import FusionModel, build_fusion
+from comp.losses import ClassificationLoss
 from comp.member import ExtraRows, FoldContext, run_member
-from comp.train import FusionData, fit, predict, predict_fold_train, predict_training_part
-from comp.train_parts import Rows, make_rows
-from comp.utils import CompError, log, read_json, seed_everything, write_json
+from comp.train import (
+    FusionData,
+    extra_rows,
+    finish_fold,
+    fit,
+    label_loss,
+    predict,
+    predict_fold_train,
+    start_fold,
+)
+from comp.train_parts import make_rows
+from comp.utils import CompError, log, read_json, write_json
 
 __all__ = ["Teacher", "DistillLoss", "load_teacher", "teacher_with_fold_targets",
-           "teacher_logits", "pack_targets", "teacher_rows", "UnlabelledRows",
+           "teacher_logits", "pack_targets", "teacher_rows",
            "fit_student_fold", "train_student", "predict_texts", "load_student",
            "TextCNNTables", "serving_model"]
 
@@ -302,87 +311,38 @@ class DistillLoss(nn.Module):
 # the k-fold member
 
 
-class UnlabelledRows:
-    """The unlabelled texts as model rows, built once per member (every fold predicts them)."""
-
-    def __init__(self, texts: Sequence[str]) -> None:
-        self.texts = list(texts)
-        self.rows: Rows | None = None
-
-    def ensure(self, model: FusionModel, cfg: ModelConfig) -> Rows | None:
-        """The rows (vector ids included); None when there are no unlabelled texts."""
-        if self.rows is None and self.texts:
-            rows = make_rows(self.texts, cfg,
-                             np.zeros((len(self.texts), model.n_classes), np.float32))
-            rows.vec_ids = model.vector_ids(rows.texts)
-            self.rows = rows
-        return self.rows
-
-
-def fit_student_fold(ctx: FoldContext, data: FusionData, teacher: Teacher | None,
-                     unlabelled: UnlabelledRows | None = None) -> tuple[np.ndarray, ...]:
+def fit_student_fold(ctx: FoldContext, data: FusionData, teacher: Teacher | None
+                     ) -> tuple[np.ndarray, ...]:
     """One fold: training rows with packed targets (+ teacher-only rows), fit, predict.
 
-    Mirrors comp.train.fit_fold (same seeds and order), so alpha = 1 reproduces a plain fusion
-    member exactly. The teacher is read at ctx.train_idx only (`Teacher.soft_targets`).
+    The same fold as comp.train.fit_fold (start_fold / finish_fold: same seeds and order) with
+    packed targets and the distillation loss, so alpha = 1 reproduces a plain fusion member
+    exactly. The teacher is read at ctx.train_idx only (`Teacher.soft_targets`).
 
     Returns:
-        (val_proba (n_val, C), predict_proba (n_test [+ n_unlabelled], C)): the unlabelled
-        texts are predicted after the test texts when `unlabelled` holds any; with
+        (val_proba (n_val, C), predict_proba (n_test [+ n_unlabelled], C)), and with
         ctx.predict_train a third array, the training part's (len(train_idx), C).
     """
     recipe, comp, cfg, dcfg = ctx.recipe, ctx.comp, ctx.recipe.train, ctx.recipe.distill
-    name = f"{recipe.name} fold {ctx.fold}"
     c = comp.n_classes
-    seed_everything(cfg.seed + ctx.fold)
-    model = build_fusion(recipe, c)
-    model.tokens = data.tokens  # every fold tokenizes the same texts: once per member
-    model.to(_device())
-    if ctx.fold == 0 or data.rows is None:
-        log(f"{name}: {describe(model)}")
-    data.ensure_rows(model)
+    model, name = start_fold(ctx, data)
     train = data.rows.take(ctx.train_idx)
     hard = np.eye(c, dtype=np.float32)[comp.labels[ctx.train_idx]]  # (n_tr, C)
     soft = (teacher.soft_targets(ctx.fold, ctx.train_idx, dcfg.targets) if teacher is not None
             else hard)  # (n_tr, C)
     train.targets = pack_targets(hard, soft)[train.source]  # (rows, 2C), windows share
-    if len(ctx.extra):
-        extra = make_rows(ctx.extra.texts, recipe.model,
-                          pack_targets(np.zeros_like(ctx.extra.targets), ctx.extra.targets),
-                          ctx.extra.weights.astype(np.float32))
-        extra.vec_ids = model.vector_ids(extra.texts)
-        train = train.concat(extra)
+    if len(ctx.extra):  # teacher-only rows: empty label half
+        targets = pack_targets(np.zeros_like(ctx.extra.targets), ctx.extra.targets)
+        train = train.concat(extra_rows(model, ctx, targets))
     val = data.rows.take(ctx.val_idx)
     val.targets = np.zeros((len(val), 2 * c), np.float32)  # fit never holds validation targets
-    unl = None
-    if unlabelled is not None and data.test.n_source == len(comp.test_texts):
-        # only while FusionData's prediction rows stop at the test texts
-        unl = unlabelled.ensure(model, recipe.model)
-    cache = data.ensure_cache(model, data.rows.texts + data.test.texts + train.texts
-                              + (unl.texts if unl is not None else []))
-    counts = np.bincount(comp.labels[ctx.train_idx], minlength=c)
-    hard_loss = create_loss(cfg.loss, c, class_counts=counts,
-                            label_smoothing=cfg.label_smoothing, class_weights=cfg.class_weights,
-                            focal_gamma=cfg.focal_gamma)
+    cache = data.ensure_cache(model, data.rows.texts + data.test.texts + train.texts)
     alpha = dcfg.alpha if teacher is not None else 1.0
-    loss_fn = DistillLoss(hard_loss, alpha, dcfg.temperature, dcfg.loss)
+    loss_fn = DistillLoss(label_loss(ctx), alpha, dcfg.temperature, dcfg.loss)
     result = fit(model, train, val, comp.labels[ctx.val_idx], cfg, metric=recipe.metric,
                  loss_fn=loss_fn, cache=cache, ckpt=ctx.dir / "model.pt", report=ctx.report,
                  seed=cfg.seed + 1000 * ctx.fold, name=name)
-    test_cache = cache if result.best_phase == 1 else None
-    test_proba = predict(model, data.test, cfg.eval_batch_size, test_cache, cfg.bucket, cfg.amp,
-                         desc=f"{name} test")
-    if unl is not None:
-        unl_proba = predict(model, unl, cfg.eval_batch_size, test_cache, cfg.bucket, cfg.amp,
-                            desc=f"{name} unlabelled")
-        test_proba = np.concatenate([test_proba, unl_proba])  # (n_test + n_unlabelled, C)
-    if not ctx.predict_train:
-        return result.val_proba, test_proba
-    return result.val_proba, test_proba, predict_training_part(model, ctx, data, test_cache)
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return finish_fold(ctx, data, model, result, cache)
 
 
 def train_student(recipe: Recipe, folds_to_run: list[int] | None = None, force: bool = False,
@@ -428,9 +388,8 @@ def train_student(recipe: Recipe, folds_to_run: list[int] | None = None, force: 
         log(f"{recipe.name}: {len(extra)} teacher-labelled test/unlabelled rows join the "
             "training parts" + (" (each fold its own)" if extra.folds is not None else ""))
     data = FusionData(recipe, comp)
-    unlabelled = UnlabelledRows(comp.unlabelled_texts)
     # looked up at call time, so tests can put a memorising student in its place
-    cv = run_member(recipe, lambda ctx: fit_student_fold(ctx, data, teacher, unlabelled),
+    cv = run_member(recipe, lambda ctx: fit_student_fold(ctx, data, teacher),
                     folds_to_run, force, extra, report, comp,
                     lambda ctx: predict_fold_train(ctx, data))
     if cv is not None and teacher is not None and dcfg.alpha < 1:

@@ -346,17 +346,16 @@ class FusionData:
         return self.cache
 
 
-def fit_fold(ctx: FoldContext, data: FusionData) -> tuple[np.ndarray, ...]:
-    """One fold: build the model, fit on the training part (+ extra rows), predict val/test
-    (and the training part itself with ctx.predict_train)."""
-    recipe, comp, cfg = ctx.recipe, ctx.comp, ctx.recipe.train
+def start_fold(ctx: FoldContext, data: FusionData) -> tuple[FusionModel, str]:
+    """A fold's fresh model: seeded by the fold, sharing the member's token memo, on the device
+    (the same starting weights on every rank), with the member's rows built; and its log name."""
+    recipe, cfg = ctx.recipe, ctx.recipe.train
     rank, world = dist_info()
     name = f"{recipe.name} fold {ctx.fold}"
     seed_everything(cfg.seed + ctx.fold)
-    model = build_fusion(recipe, comp.n_classes)
+    model = build_fusion(recipe, ctx.comp.n_classes)
     model.tokens = data.tokens  # every fold tokenizes the same texts: once per member
-    device = _device()
-    model.to(device)
+    model.to(_device())
     if world > 1:  # identical starting weights on every rank
         import torch.distributed as dist
 
@@ -365,32 +364,58 @@ def fit_fold(ctx: FoldContext, data: FusionData) -> tuple[np.ndarray, ...]:
     if rank == 0 and data.rows is None:
         log(f"{name}: {describe(model)}" + (f"; {world} ranks" if world > 1 else ""))
     data.ensure_rows(model)
-    train = data.rows.take(ctx.train_idx)
-    if len(ctx.extra):
-        extra = make_rows(ctx.extra.texts, recipe.model, ctx.extra.targets.astype(np.float32),
-                          ctx.extra.weights.astype(np.float32))
-        extra.vec_ids = model.vector_ids(extra.texts)
-        train = train.concat(extra)
-    val = data.rows.take(ctx.val_idx)
-    cache = data.ensure_cache(model, data.rows.texts + data.test.texts + train.texts)
-    if world > 1:
-        train = shard_rows(train, rank, world, seed=cfg.seed + ctx.fold)
-    counts = np.bincount(comp.labels[ctx.train_idx], minlength=comp.n_classes)
-    loss_fn = create_loss(cfg.loss, comp.n_classes, class_counts=counts,
-                          label_smoothing=cfg.label_smoothing, class_weights=cfg.class_weights,
-                          focal_gamma=cfg.focal_gamma)
-    result = fit(model, train, val, comp.labels[ctx.val_idx], cfg, metric=recipe.metric,
-                 loss_fn=loss_fn, cache=cache, ckpt=ctx.dir / "model.pt", report=ctx.report,
-                 seed=cfg.seed + 1000 * ctx.fold, name=name)
-    if rank == 0:  # learning curves for the report
+    return model, name
+
+
+def extra_rows(model: FusionModel, ctx: FoldContext, targets: np.ndarray) -> Rows:
+    """The fold's extra rows (ctx.extra) as model rows with `targets` (one per text)."""
+    rows = make_rows(ctx.extra.texts, ctx.recipe.model, targets.astype(np.float32),
+                     ctx.extra.weights.astype(np.float32))
+    rows.vec_ids = model.vector_ids(rows.texts)
+    return rows
+
+
+def label_loss(ctx: FoldContext) -> nn.Module:
+    """The recipe's hard-label loss, with class counts of the fold's training part."""
+    cfg, c = ctx.recipe.train, ctx.comp.n_classes
+    counts = np.bincount(ctx.comp.labels[ctx.train_idx], minlength=c)
+    return create_loss(cfg.loss, c, class_counts=counts, label_smoothing=cfg.label_smoothing,
+                       class_weights=cfg.class_weights, focal_gamma=cfg.focal_gamma)
+
+
+def finish_fold(ctx: FoldContext, data: FusionData, model: FusionModel, result: FitResult,
+                cache: FeatureCache | None) -> tuple[np.ndarray, ...]:
+    """After the fit: learning curves, then the fold's predictions for the runner:
+    (val_proba, predict_proba[, train_proba with ctx.predict_train])."""
+    cfg = ctx.recipe.train
+    if dist_info()[0] == 0:  # learning curves for the report
         write_json(ctx.dir / "epochs.json", [{"fold": ctx.fold, **h} for h in result.history])
     # weights from phase 1 still have the original backbones, so the cache stays valid
     test_cache = cache if result.best_phase == 1 else None
     test_proba = predict(model, data.test, cfg.eval_batch_size, test_cache, cfg.bucket, cfg.amp,
-                         desc=f"{name} test")
+                         desc=f"{ctx.recipe.name} fold {ctx.fold} test")
     if not ctx.predict_train:
         return result.val_proba, test_proba
     return result.val_proba, test_proba, predict_training_part(model, ctx, data, test_cache)
+
+
+def fit_fold(ctx: FoldContext, data: FusionData) -> tuple[np.ndarray, ...]:
+    """One fold: build the model, fit on the training part (+ extra rows), predict val/test
+    (and the training part itself with ctx.predict_train)."""
+    cfg = ctx.recipe.train
+    rank, world = dist_info()
+    model, name = start_fold(ctx, data)
+    train = data.rows.take(ctx.train_idx)
+    if len(ctx.extra):
+        train = train.concat(extra_rows(model, ctx, ctx.extra.targets))
+    val = data.rows.take(ctx.val_idx)
+    cache = data.ensure_cache(model, data.rows.texts + data.test.texts + train.texts)
+    if world > 1:
+        train = shard_rows(train, rank, world, seed=cfg.seed + ctx.fold)
+    result = fit(model, train, val, ctx.comp.labels[ctx.val_idx], cfg, metric=ctx.recipe.metric,
+                 loss_fn=label_loss(ctx), cache=cache, ckpt=ctx.dir / "model.pt",
+                 report=ctx.report, seed=cfg.seed + 1000 * ctx.fold, name=name)
+    return finish_fold(ctx, data, model, result, cache)
 
 
 def predict_training_part(model: FusionModel, ctx: FoldContext, data: FusionData,

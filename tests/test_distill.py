@@ -630,7 +630,7 @@ def test_student_cv_never_sees_a_validation_label_through_its_teacher(tmp_path, 
     manifest = run_ensemble([teacher_r.run_dir], "mean", None, "accuracy",
                             tmp_path / "subs" / "mean").with_suffix(".json")
 
-    def memorising_student(ctx, data, teacher, unlabelled):
+    def memorising_student(ctx, data, teacher):
         """A student that learns only the teacher's targets (alpha = 0) and memorises them."""
         soft = teacher.soft_targets(ctx.fold, ctx.train_idx, ctx.recipe.distill.targets)
         taught = ExtraRows(ctx.train_texts, soft, np.ones(len(soft)))  # no hard labels
