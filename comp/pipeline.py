@@ -286,31 +286,67 @@ def run_pipeline(data: str | None = None, quick: bool = False,
         s = score_submission(best, answers)
         line = (f"hidden_accuracy={s['accuracy']:.4f} hidden_macro_f1={s['macro_f1']:.4f} "
                 f"submission={best}")
-    write_results(layout, runs, subs, best, line, time.time() - t0, timings)
+    write_results(layout, runs + pl_runs, subs, best, line, time.time() - t0, timings)
     log(f"run: finished in {time.time() - t0:.0f}s")
     print(line)
     return best
 
 
+def hidden_accuracies(layout: Layout, runs: list[Path], subs: list[Path]) -> dict[str, float]:
+    """Hidden accuracy of every member (from test.npy) and submission, when answers exist."""
+    answers = layout.data / "answers.csv"
+    if not answers.exists():
+        return {}
+    from comp.config import DataConfig
+    from comp.data import load_competition
+    from comp.report import member_hidden
+    from comp.submit import score_submission
+
+    comp = load_competition(DataConfig(dir=str(layout.data)))
+    out = {k: v["accuracy"] for k, v in member_hidden([str(r) for r in runs], comp,
+                                                        answers).items()}
+    for s in subs:
+        out[str(s)] = score_submission(s, answers)["accuracy"]
+    return out
+
+
+def recorded_minutes(layout: Layout, runs: list[Path]) -> str:
+    """Training time the files on disk record, summed over every invocation that made them."""
+    pre = [read_json(p).get("seconds", 0.0) for p in sorted(layout.models.glob("*/pretrain.json"))]
+    members = sum(read_json(r / "cv.json").get("seconds", 0.0) for r in runs)
+    parts = [f"pretraining {len(pre)} backbones {sum(pre) / 60:.1f} min"] if pre else []
+    parts.append(f"training {len(runs)} members {members / 60:.1f} min")
+    return ", ".join(parts)
+
+
 def write_results(layout: Layout, runs: list[Path], subs: list[Path], best: Path, line: str,
                   seconds: float, timings: dict[str, float]) -> Path:
-    """reports/results.md: member CVs, ensemble CVs, hidden score, wall time (from this run)."""
-    rows = ["| member | kind | OOF CV | fold spread | seconds |", "|---|---|---|---|---|"]
+    """reports/results.md: member CVs, ensemble CVs, hidden scores, wall time (from this run)."""
+    hidden = hidden_accuracies(layout, runs, subs)
+
+    def hid(p: Path) -> str:
+        return f"{hidden[str(p)]:.4f}" if str(p) in hidden else ""
+
+    rows = ["| member | kind | OOF CV | fold spread | hidden accuracy | seconds |",
+            "|---|---|---|---|---|---|"]
     for r in runs:
         cv = read_json(r / "cv.json")
         folds = cv.get("fold_scores", [])
         spread = f"{min(folds):.4f}–{max(folds):.4f}" if folds else ""
-        rows.append(f"| {r.name} | {cv.get('kind', '')} | {cv['cv']:.4f} | {spread} | "
+        rows.append(f"| {r.name} | {cv.get('kind', '')} | {cv['cv']:.4f} | {spread} | {hid(r)} | "
                     f"{cv.get('seconds', 0):.0f} |")
-    rows += ["", "| submission | method | nested CV | members |", "|---|---|---|---|"]
+    rows += ["", "| submission | method | nested CV | hidden accuracy | members |",
+             "|---|---|---|---|---|"]
     for s in subs:
         man = read_json(s.with_suffix(".json"))
         rows.append(f"| {s.name} | {man.get('method', '')} | {man.get('cv', float('nan')):.4f} | "
-                    f"{len(man.get('member_names', []))} |")
+                    f"{hid(s)} | {len(man.get('member_names', []))} |")
     stage_txt = ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
     text = "\n".join([f"# Results: {layout.data}", "", *rows, "",
-                      f"best: `{best}`", "", f"`{line}`", "",
-                      f"wall time {seconds / 60:.1f} min ({stage_txt})", ""])
+                      f"best (by nested CV): `{best}`", "", f"`{line}`", "",
+                      f"wall time of this invocation {seconds / 60:.1f} min ({stage_txt})", "",
+                      f"recorded in the files (summed over every invocation that made them; "
+                      f"a shared machine inflates them): {recorded_minutes(layout, runs)}", ""])
     out = layout.reports / "results.md"
     write_text(out, text)
     return out

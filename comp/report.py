@@ -393,8 +393,9 @@ def _hidden_scores(submissions_dir: Path, answers: Path) -> dict[str, dict]:
     return out
 
 
-def _member_hidden(rows: list[dict[str, Any]], comp: Any, answers: Path) -> dict[str, dict]:
-    """Hidden scores of members straight from their test.npy (no CSV needed)."""
+def member_hidden(sources: list[str], comp: Any, answers: Path) -> dict[str, dict]:
+    """Hidden scores of member run dirs straight from their test.npy (no CSV needed), keyed by
+    the source string given; dirs without a test.npy of this competition's shape are left out."""
     from comp.data import read_answers
     from comp.submit import label_scores
 
@@ -404,15 +405,15 @@ def _member_hidden(rows: list[dict[str, Any]], comp: Any, answers: Path) -> dict
         return {}
     truth = [ans[comp.test_ids[k]] for k in keep]
     out = {}
-    for r in rows:
-        d = Path(r["source"])
-        if "manifest" in r or not (d / "test.npy").exists() or not (d / "classes.json").exists():
+    for src in sources:
+        d = Path(src)
+        if not (d / "test.npy").exists() or not (d / "classes.json").exists():
             continue
         test = np.load(d / "test.npy")
         classes = [str(c) for c in read_json(d / "classes.json")]
         if test.shape != (len(comp.test_ids), len(classes)):
             continue
-        out[r["source"]] = label_scores(truth, [classes[j] for j in test[keep].argmax(1)])
+        out[str(src)] = label_scores(truth, [classes[j] for j in test[keep].argmax(1)])
     return out
 
 
@@ -564,7 +565,8 @@ def build_report(run_dirs: list[Path], submissions_dir: Path, out: Path,
         if submissions_dir.is_dir():
             hidden.update(_hidden_scores(submissions_dir, answers))
         if comp is not None:
-            hidden.update(_member_hidden(rows, comp, answers))
+            hidden.update(member_hidden([r["source"] for r in rows
+                                         if "manifest" not in r], comp, answers))
 
     import matplotlib
 

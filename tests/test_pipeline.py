@@ -14,7 +14,12 @@ def test_quick_run_on_a_competition_folder_ends_with_a_scored_submission(small_c
     assert line.startswith("hidden_accuracy=") and f"submission={best}" in line
     assert float(line.split()[0].split("=")[1]) > 0.6
     assert best.exists() and best.with_suffix(".json").exists()
-    assert (tmp_path / "reports" / small_comp.name / "results.md").exists()
+    results = (tmp_path / "reports" / small_comp.name / "results.md").read_text(encoding="utf-8")
+    # every member and submission row carries its hidden accuracy; the best one is the line's
+    cells = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[1:-1]]
+             for r in results.splitlines() if r.startswith("| ") and "---" not in r}
+    assert "tfidf_char_svc" in cells and float(cells["tfidf_char_svc"][4]) > 0.5
+    assert cells[best.name][3] == line.split()[0].split("=")[1]
     # a rerun retrains nothing and returns the same submission
     mtime = best.stat().st_mtime
     assert run_pipeline(str(small_comp), quick=True) == best
