@@ -29,6 +29,7 @@ models that saw that validation row's label would hand it straight back.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from collections.abc import Callable
@@ -151,19 +152,23 @@ def same_recipe(marker: str, fingerprint: str, stored: str | None) -> bool:
     """
     if marker == fingerprint:
         return True
-    if not stored:
-        return False
+    made = _stored_fingerprints(stored) if stored else None
+    return made is not None and made == (marker, fingerprint)
+
+
+@functools.lru_cache(maxsize=16)
+def _stored_fingerprints(stored: str) -> tuple[str, str] | None:
+    """(fingerprint as written, fingerprint read with today's defaults) of a stored recipe.toml
+    text; parsed once per text, not once per fold. None when it no longer reads as a recipe."""
     import tomllib
 
     from comp.config import load_recipe
 
     try:
         raw = tomllib.loads(stored)
-        if _fingerprint_of(raw) != marker:
-            return False
-        return recipe_fingerprint(load_recipe(None, base=raw)) == fingerprint
+        return _fingerprint_of(raw), recipe_fingerprint(load_recipe(None, base=raw))
     except (ValueError, CompError, TypeError):
-        return False
+        return None
 
 
 def extra_for_fold(extra: ExtraRows, val_texts: list[str], fold: int | None = None
