@@ -97,6 +97,10 @@ def stage_pretrain(layout: Layout, kinds: list[str]) -> None:
         recipe = load_recipe(RECIPES / "pretrain" / f"{kind}_tiny.toml",
                              [f"pretrain.out={layout.models / f'{kind}_tiny'}",
                               f"pretrain.corpus=['{layout.data}']"])
+        init = recipe.pretrain.init_vectors
+        if init.startswith("models/"):  # this competition's char vectors, not another's
+            recipe = dataclasses.replace(recipe, pretrain=dataclasses.replace(
+                recipe.pretrain, init_vectors=str(layout.models / Path(init).name)))
         t0 = time.time()
         run_pretrain(recipe.pretrain)
         log(f"pretrain {kind}: {layout.models / f'{kind}_tiny'} ({time.time() - t0:.0f}s)")

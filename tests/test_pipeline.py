@@ -125,3 +125,19 @@ def test_pseudo_stage_feeds_the_report_before_and_after(tmp_path, monkeypatch):
     assert stage_pseudo(layout, best_submission(subs[:1]), ["tfidf_word_lr"],
                         threshold=0.6) == pl  # the same rows again: nothing retrained
     assert (pl[0] / "fold0" / "done.json").stat().st_mtime_ns == mtime
+
+
+def test_pretrain_stage_starts_backbones_from_the_competitions_own_vectors(tmp_path, monkeypatch):
+    """`--data DIR`: backbones start from DIR's char vectors, never the embedded competition's."""
+    from pathlib import Path
+
+    import comp.pretrain
+    from comp.pipeline import Layout, stage_pretrain
+
+    seen = []
+    monkeypatch.setattr(comp.pretrain, "run_pretrain", seen.append)
+    stage_pretrain(Layout(str(tmp_path / "other")), ["bert", "xlnet"])
+    assert [Path(c.init_vectors) for c in seen] == [Path("models/other/w2v-char.kv")] * 2
+    assert [Path(c.out) for c in seen] == [Path("models/other/bert_tiny"),
+                                           Path("models/other/xlnet_tiny")]
+    assert [c.corpus for c in seen] == [(str(tmp_path / "other"),)] * 2
