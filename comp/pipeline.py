@@ -47,6 +47,10 @@ class Layout:
         self.submissions = Path("submissions") / name if name else Path("submissions")
         self.reports = Path("reports") / name if name else Path("reports")
 
+    def model_path(self, path: str) -> str:
+        """A recipe path under models/ moved to this competition's models folder; others kept."""
+        return str(self.models / Path(path).name) if path.startswith("models/") else path
+
     @property
     def unlabelled(self) -> str:
         """File name of the competition's unlabelled texts, or "" when it has none."""
@@ -66,8 +70,8 @@ def member_recipe(layout: Layout, name: str, extra: list[str] | None = None) -> 
     if recipe.kind == "linear":
         return recipe
     model = recipe.model
-    backbones = tuple(dataclasses.replace(b, path=str(layout.models / Path(b.path).name))
-                      if b.path.startswith("models/") else b for b in model.backbones)
+    backbones = tuple(dataclasses.replace(b, path=layout.model_path(b.path))
+                      for b in model.backbones)
     model = dataclasses.replace(model, backbones=backbones, vectors_dir=str(layout.models))
     return dataclasses.replace(recipe, model=model)
 
@@ -97,12 +101,11 @@ def stage_pretrain(layout: Layout, kinds: list[str]) -> None:
         recipe = load_recipe(RECIPES / "pretrain" / f"{kind}_tiny.toml",
                              [f"pretrain.out={layout.models / f'{kind}_tiny'}",
                               f"pretrain.corpus=['{layout.data}']"])
-        init = recipe.pretrain.init_vectors
-        if init.startswith("models/"):  # this competition's char vectors, not another's
-            recipe = dataclasses.replace(recipe, pretrain=dataclasses.replace(
-                recipe.pretrain, init_vectors=str(layout.models / Path(init).name)))
+        # this competition's char vectors, not another's
+        cfg = dataclasses.replace(recipe.pretrain,
+                                  init_vectors=layout.model_path(recipe.pretrain.init_vectors))
         t0 = time.time()
-        run_pretrain(recipe.pretrain)
+        run_pretrain(cfg)
         log(f"pretrain {kind}: {layout.models / f'{kind}_tiny'} ({time.time() - t0:.0f}s)")
 
 
