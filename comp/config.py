@@ -228,7 +228,7 @@ class Recipe:
 
     name: str = "member"
     kind: str = "linear"  # linear | fusion | student
-    metric: str = "accuracy"  # accuracy | macro_f1 | logloss | auc
+    metric: str = "accuracy"  # a comp.metrics name (accuracy, macro_f1, logloss, auc, ...)
     runs_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)
@@ -242,8 +242,9 @@ class Recipe:
     def __post_init__(self) -> None:
         _check(self.kind in ("linear", "fusion", "student"), "kind",
                "must be linear, fusion or student")
-        _check(self.metric in ("accuracy", "macro_f1", "logloss", "auc"), "metric",
-               "must be accuracy, macro_f1, logloss or auc")
+        from comp.metrics import METRICS  # the one registry config, CLI and ensembles share
+
+        _check(self.metric in METRICS, "metric", f"must be one of {', '.join(METRICS)}")
 
     @property
     def run_dir(self) -> Path:

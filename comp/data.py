@@ -214,6 +214,8 @@ class Competition:
     unlabelled_path: Path | None = None  # data.extra, resolved; None when not configured
     unlabelled_ids: list[str] = field(default_factory=list)
     unlabelled_texts: list[str] = field(default_factory=list)
+    # the sample's columns when it has one probability column per class (in its order), else []
+    sub_proba_cols: list[str] = field(default_factory=list)
 
     @property
     def n_classes(self) -> int:
@@ -384,12 +386,14 @@ def load_competition(cfg: DataConfig) -> Competition:
     train_ids = _ids(train, cfg.id_col, "train-", required=False)
     test_ids = _ids(test, cfg.id_col, "", required=sample_path is not None)
 
-    sub_id, sub_label = cfg.id_col, label_col
+    sub_id, sub_label, sub_proba = cfg.id_col, label_col, []
     if sample_path is not None:
         sample = read_table(sample_path, "auto", cfg.encoding)
         sub_id = cfg.id_col if cfg.id_col in sample.columns else sample.columns[0]
         others = [c for c in sample.columns if c != sub_id]
         sub_label = label_col if label_col in others else (others[0] if others else label_col)
+        if len(others) >= 2 and set(others) == set(classes):
+            sub_proba = others  # id,classA,classB,...: one probability column per class
         sample_ids = _ids(sample, sub_id, "", required=True)
         if set(sample_ids) != set(test_ids):
             miss = sorted(set(sample_ids) - set(test_ids))
@@ -400,7 +404,8 @@ def load_competition(cfg: DataConfig) -> Competition:
                 what = f"{len(extra)} test id(s) absent from the sample, e.g. '{extra[0]}'"
             raise CompError(f"{sample_path}: column '{sub_id}': {what}")
     comp = Competition(d, train_path, test_path, sample_path, train_ids, train_texts, labels,
-                       classes, test_ids, test_texts, sub_id, sub_label, warnings)
+                       classes, test_ids, test_texts, sub_id, sub_label, warnings,
+                       sub_proba_cols=sub_proba)
     if cfg.extra:
         comp.unlabelled_path = unlabelled_file(cfg)
         comp.unlabelled_ids, comp.unlabelled_texts = read_unlabelled(comp.unlabelled_path, cfg,
@@ -469,27 +474,79 @@ def normalize_text(text: str) -> str:
     return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text)).casefold()
 
 
-def make_folds(labels: np.ndarray, texts: list[str], k: int, seed: int) -> np.ndarray:
+def make_folds(labels: np.ndarray, texts: list[str], k: int, seed: int,
+               classes: list[str] | None = None) -> np.ndarray:
     """StratifiedGroupKFold with identical normalized texts as groups.
+
+    A class with fewer rows than k cannot be in every fold. Its groups are then spread over
+    distinct folds, so that every fold's training part still holds the class when it has 2+
+    groups (a 1-row class is missing from the one fold it validates in); one warning names
+    such classes and their counts.
+
+    Args:
+        labels: (n,) int class indices.
+        texts: (n,) texts; identical normalized texts share a fold.
+        k: number of folds.
+        seed: shuffling seed.
+        classes: class names for the warning (default: '#<index>').
 
     Returns:
         (n,) int fold index per row.
     """
+    import warnings
+
     from sklearn.model_selection import StratifiedGroupKFold
 
     keys = [normalize_text(t) for t in texts]
     group_of: dict[str, int] = {}
     groups = np.array([group_of.setdefault(key, len(group_of)) for key in keys])
+    if k < 2:
+        raise CompError(f"data.folds={k}: need at least 2 folds")
+    if len(group_of) < k:
+        raise CompError(f"data.folds={k}: only {len(group_of)} distinct train text(s); "
+                        "lower data.folds")
     counts = np.bincount(labels)
-    if counts.min() < k:
-        rare = int(np.argmin(counts))
-        log(f"warning: class #{rare} has {counts.min()} rows, fewer than {k} folds")
     folds = np.full(len(labels), -1, dtype=np.int64)
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    for f, (_, val) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
-        folds[val] = f
+    with warnings.catch_warnings():  # sklearn's "least populated class" warning: ours is below
+        warnings.filterwarnings("ignore", message=".*least populated class.*")
+        for f, (_, val) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+            folds[val] = f
     assert (folds >= 0).all()
+    rare = [c for c in np.flatnonzero(counts) if counts[c] < k]
+    if rare:
+        _spread_rare(folds, labels, groups, rare, k, seed)
+        name = (lambda c: repr(classes[c])) if classes else (lambda c: f"#{c}")
+        shown = ", ".join(f"{name(c)} ({counts[c]})" for c in rare[:20])
+        more = f" and {len(rare) - 20} more" if len(rare) > 20 else ""
+        log(f"warning: {len(rare)} class(es) have fewer rows than the {k} folds: {shown}{more}; "
+            "their rows go to distinct folds (a 1-row class is absent from its fold's training "
+            "part)")
     return folds
+
+
+def _spread_rare(folds: np.ndarray, labels: np.ndarray, groups: np.ndarray, rare: list[int],
+                 k: int, seed: int) -> None:
+    """Move groups of each rare class so that no two of them share a fold (in place).
+
+    A moved group goes to the smallest fold that has no row of the class yet; groups are small
+    (one text and its copies), so the other classes' stratification barely moves.
+    """
+    rng = np.random.default_rng(seed)
+    for c in rare:
+        seen: set[int] = set()
+        cls_groups = np.unique(groups[labels == c])
+        for g in rng.permutation(cls_groups):
+            rows = groups == g
+            f = int(folds[rows][0])
+            if f in seen:
+                sizes = np.bincount(folds, minlength=k)
+                free = [j for j in range(k) if j not in seen]
+                if not free:
+                    break  # more groups than folds cannot happen for a rare class
+                f = min(free, key=lambda j: (sizes[j], j))
+                folds[rows] = f
+            seen.add(f)
 
 
 def folds_hash(ids: list[str], folds: np.ndarray) -> str:
@@ -531,7 +588,8 @@ def load_folds(comp: Competition, cfg: DataConfig) -> np.ndarray:
         except KeyError as e:
             raise CompError(f"{path}: train id {e} has no fold") from None
         return folds
-    folds = make_folds(comp.labels, comp.train_texts, cfg.folds, cfg.fold_seed)
+    folds = make_folds(comp.labels, comp.train_texts, cfg.folds, cfg.fold_seed,
+                       comp.classes)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["id", "fold"])

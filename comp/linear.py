@@ -38,8 +38,10 @@ def make_vectorizer(cfg: LinearConfig):
 class NBLogisticRegression:
     """NB-weighted logistic regression (Wang & Manning): one-vs-rest on log-count ratios."""
 
-    def __init__(self, C: float = 4.0, max_iter: int = 2000, alpha: float = 1.0):
+    def __init__(self, C: float = 4.0, max_iter: int = 2000, alpha: float = 1.0,
+                 random_state: int = 0):
         self.C, self.max_iter, self.alpha = C, max_iter, alpha
+        self.random_state = random_state  # liblinear shuffles its coordinates with it
 
     def fit(self, X, y, sample_weight=None):
         """Fit one binary LR per class on r-scaled features."""
@@ -51,7 +53,8 @@ class NBLogisticRegression:
             pos = np.asarray(X[y == c].sum(0)).ravel() + self.alpha
             neg = np.asarray(X[y != c].sum(0)).ravel() + self.alpha
             r = np.log((pos / pos.sum()) / (neg / neg.sum())).astype(np.float32)
-            m = LogisticRegression(C=self.C, max_iter=self.max_iter, solver="liblinear")
+            m = LogisticRegression(C=self.C, max_iter=self.max_iter, solver="liblinear",
+                                   random_state=self.random_state)
             m.fit(X @ sp.diags(r), (y == c).astype(int), sample_weight=sample_weight)
             self.r_.append(r)
             self.models_.append(m)
@@ -66,19 +69,81 @@ class NBLogisticRegression:
         return p / p.sum(1, keepdims=True)
 
 
-def make_model(cfg: LinearConfig, n_classes: int, seed: int = 0):
-    """The scikit-learn classifier named by cfg.model."""
+SVC_INNER_FOLDS = 3
+
+
+def svc_calibration(y: np.ndarray, inner: int = SVC_INNER_FOLDS) -> tuple[int, str]:
+    """How a calibrated LinearSVC can calibrate on training labels y.
+
+    Returns:
+        (folds, note): `inner` folds when every class has that many rows; fewer (>= 2) when the
+        rarest class has fewer; 0 when a class has one row (no split keeps it on both sides:
+        sigmoid on the SVC's own training scores instead). note is "" unless it adapted.
+    """
+    rarest = int(np.bincount(y)[np.unique(y)].min())
+    if rarest >= inner:
+        return inner, ""
+    if rarest >= 2:
+        return rarest, (f"a class has {rarest} training rows: SVC calibrated on {rarest} inner "
+                        f"folds instead of {inner}")
+    return 0, ("a class has 1 training row: SVC calibrated by sigmoid on its own training "
+               "scores (no inner folds; probabilities are more confident)")
+
+
+class PrefitSigmoidSVC:
+    """LinearSVC fitted on every row, then sigmoid-calibrated on those same rows' scores.
+
+    The fallback when a class is too rare for inner calibration folds: every row still trains
+    the SVC, and the ranking it learns is kept.
+    """
+
+    def __init__(self, svc) -> None:
+        self.svc = svc
+
+    def fit(self, X, y, sample_weight=None):
+        """Fit the SVC, then the calibrator on the frozen SVC's training scores."""
+        from sklearn.calibration import CalibratedClassifierCV
+        from sklearn.frozen import FrozenEstimator
+
+        self.svc.fit(X, y, sample_weight=sample_weight)
+        self.cal_ = CalibratedClassifierCV(FrozenEstimator(self.svc), method="sigmoid")
+        self.cal_.fit(X, y, sample_weight=sample_weight)
+        self.classes_ = self.cal_.classes_
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Calibrated probabilities over classes_."""
+        return self.cal_.predict_proba(X)
+
+
+_said: set[tuple[str, str]] = set()
+
+
+def make_model(cfg: LinearConfig, n_classes: int, seed: int = 0, y: np.ndarray | None = None,
+               name: str = ""):
+    """The scikit-learn classifier named by cfg.model, seeded.
+
+    Given the training labels y, a calibrated SVC adapts to rare classes (see
+    `svc_calibration`) and says so once per member `name`.
+    """
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
 
     if cfg.model == "lr":
         solver = "liblinear" if n_classes == 2 else "lbfgs"
-        return LogisticRegression(C=cfg.C, max_iter=cfg.max_iter, solver=solver)
+        return LogisticRegression(C=cfg.C, max_iter=cfg.max_iter, solver=solver,
+                                  random_state=seed)
     if cfg.model == "svc":
-        return CalibratedClassifierCV(LinearSVC(C=cfg.C, max_iter=cfg.max_iter, random_state=seed),
-                                      cv=3, method="sigmoid")
-    return NBLogisticRegression(C=cfg.C, max_iter=cfg.max_iter)
+        svc = LinearSVC(C=cfg.C, max_iter=cfg.max_iter, random_state=seed)
+        folds, note = (SVC_INNER_FOLDS, "") if y is None else svc_calibration(y)
+        if note and (name, note) not in _said:
+            _said.add((name, note))
+            log(f"{name or 'svc'}: {note}")
+        if folds == 0:
+            return PrefitSigmoidSVC(svc)
+        return CalibratedClassifierCV(svc, cv=folds, method="sigmoid")
+    return NBLogisticRegression(C=cfg.C, max_iter=cfg.max_iter, random_state=seed)
 
 
 def full_proba(model, X, n_classes: int) -> np.ndarray:
@@ -122,7 +187,7 @@ def train_linear(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
             p = np.bincount(ytr, minlength=comp.n_classes) / len(ytr)
             return (np.tile(p, (len(ctx.val_idx), 1)), np.tile(p, (X_test.shape[0], 1)),
                     np.tile(p, (len(ctx.train_idx), 1)))
-        model = make_model(cfg, comp.n_classes, recipe.train.seed)
+        model = make_model(cfg, comp.n_classes, recipe.train.seed, ytr, recipe.name)
         model.fit(Xtr, ytr, sample_weight=w)
         out = (full_proba(model, X[ctx.val_idx], comp.n_classes),
                full_proba(model, X_test, comp.n_classes))

@@ -67,17 +67,23 @@ def write_submission(comp: Competition, test_proba: np.ndarray, classes: list[st
         if missing:
             raise CompError(f"{comp.sample_path}: id '{missing[0]}' is not in the test file")
     pred = test_proba.argmax(1)
-    header = [comp.sub_id_col, comp.sub_label_col]
-    if proba:
-        header += [f"p_{c}" for c in classes]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    for i in order:
-        row = [i, classes[pred[by_id[i]]]]
+    if comp.sub_proba_cols:  # the sample has one probability column per class: fill those
+        cols = [list(classes).index(c) for c in comp.sub_proba_cols]
+        w.writerow([comp.sub_id_col, *comp.sub_proba_cols])
+        for i in order:
+            w.writerow([i, *(f"{p:.6f}" for p in test_proba[by_id[i], cols])])
+    else:
+        header = [comp.sub_id_col, comp.sub_label_col]
         if proba:
-            row += [f"{p:.6f}" for p in test_proba[by_id[i]]]
-        w.writerow(row)
+            header += [f"p_{c}" for c in classes]
+        w.writerow(header)
+        for i in order:
+            row = [i, classes[pred[by_id[i]]]]
+            if proba:
+                row += [f"{p:.6f}" for p in test_proba[by_id[i]]]
+            w.writerow(row)
     stem = submission_stem(out_stem, manifest.get("cv"))
     csv_path = stem.with_name(stem.name + ".csv")
     write_text(csv_path, buf.getvalue())
@@ -89,7 +95,9 @@ def write_submission(comp: Competition, test_proba: np.ndarray, classes: list[st
 
 
 def score_submission(submission: str | Path, answers: str | Path) -> dict:
-    """Accuracy and macro-F1 of a submission CSV against answers (id, label).
+    """Label metrics of a submission CSV against answers (id, label).
+
+    A submission with one probability column per answer class is scored by its argmax.
 
     Raises:
         CompError: ids missing on either side, or no label column.
@@ -97,8 +105,22 @@ def score_submission(submission: str | Path, answers: str | Path) -> dict:
     ans = read_answers(answers)
     sub = read_table(submission)
     id_col = "id" if "id" in sub.columns else sub.columns[0]
-    label_col = "label" if "label" in sub.columns else sub.columns[1]
-    pred = dict(zip(sub.column(id_col), sub.column(label_col)))
+    if len(sub.columns) < 2:
+        raise CompError(f"{submission}: no label column (columns: {', '.join(sub.columns)})")
+    classes = sorted(set(ans.values()))
+    prob_cols = [c for c in sub.columns if c != id_col]
+    if len(prob_cols) >= 2 and set(classes) <= set(prob_cols) and "label" not in prob_cols:
+        pred = {}
+        for row, n in zip(sub.rows, sub.row_numbers):
+            try:
+                p = [float(row.get(c) or 0) for c in prob_cols]
+            except ValueError:
+                raise CompError(f"{submission}: row {n}: a probability column is not a "
+                                "number") from None
+            pred[row.get(id_col)] = prob_cols[int(np.argmax(p))]
+    else:
+        label_col = "label" if "label" in sub.columns else sub.columns[1]
+        pred = dict(zip(sub.column(id_col), sub.column(label_col)))
     missing = [i for i in ans if i not in pred]
     if missing:
         raise CompError(f"{submission}: column '{id_col}': {len(missing)} answer id(s) missing, "
@@ -107,14 +129,16 @@ def score_submission(submission: str | Path, answers: str | Path) -> dict:
 
 
 def label_scores(truth: Sequence[str], pred: Sequence[str]) -> dict:
-    """Accuracy and macro-F1 of predicted labels, and the row count n.
+    """Every label metric of comp.metrics on predicted labels, and the row count n.
 
-    Macro-F1 averages over the classes present in `truth`: a class only ever predicted adds
-    no zero to the average.
+    The same functions score CV (comp.metrics.score): macro-F1 averages over the classes
+    present in `truth`, so a class only ever predicted adds no zero to the average. QWK reads
+    the class order of comp.data.class_order (numbers as numbers) as ordinal.
     """
-    from sklearn.metrics import f1_score
+    from comp.data import class_order
+    from comp.metrics import METRICS, label_metric
 
-    acc = float(np.mean([a == b for a, b in zip(truth, pred)]))
-    f1 = float(f1_score(truth, pred, average="macro", labels=sorted(set(truth)),
-                        zero_division=0))
-    return {"accuracy": acc, "macro_f1": f1, "n": len(truth)}
+    order = class_order([*truth, *pred])
+    out: dict = {m: label_metric(m, truth, pred, order) for m, spec in METRICS.items()
+                 if spec.on_labels}
+    return {**out, "n": len(truth)}
