@@ -31,11 +31,13 @@ def _folds(text: str | None) -> list[int] | None:
 def _recipe(args: argparse.Namespace):
     from comp.config import load_recipe
 
-    overrides = list(args.set or [])
+    # later overrides win: overlays (e.g. tuned values) first, then what --set says explicitly
+    overrides = []
     for overlay in getattr(args, "overlay", None) or []:
         from comp.config import read_toml
 
         overrides += _flatten(read_toml(overlay))
+    overrides += list(args.set or [])
     if getattr(args, "data", None):
         overrides.append(f"data.dir={args.data}")
     return load_recipe(args.recipe, overrides)
@@ -120,7 +122,7 @@ def cmd_vectors(args: argparse.Namespace) -> None:
     for kind in [k.strip() for k in args.kind.split(",") if k.strip()]:
         out = Path(args.out) / f"w2v-{kind}.kv"
         train_vectors(texts, kind, out, dim=args.dim, sg=int(args.algo == "skipgram"),
-                      epochs=args.epochs)
+                      epochs=args.epochs, workers=args.workers)
         print(f"saved {out}")
 
 
@@ -205,11 +207,13 @@ def cmd_run(args: argparse.Namespace) -> None:
     from comp.pipeline import run_pipeline
 
     run_pipeline(data=args.data, quick=args.quick, stages=args.stages,
-                 pseudo_rounds=args.pseudo_rounds)
+                 pseudo_rounds=args.pseudo_rounds, metric=args.metric)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their options."""
+    from comp.metrics import metric_names
+
     p = argparse.ArgumentParser(
         prog="comp", description="Text-classification competition toolkit: k-fold members, "
         "multi-backbone fusion, tuning, pseudo-labels, ensembling.", epilog=EPILOG,
@@ -247,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dim", type=int, default=128)
     sp.add_argument("--epochs", type=int, default=5)
     sp.add_argument("--algo", choices=["skipgram", "cbow"], default="skipgram")
+    sp.add_argument("--workers", type=int, default=1,
+                    help="gensim threads (default 1: the same vectors for the same seed)")
     sp.set_defaults(func=cmd_vectors)
 
     sp = sub.add_parser("train", help="train a member over the shared folds (resumes)")
@@ -287,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("runs", nargs="+", help="member run dirs (runs/*)")
     sp.add_argument("--method", default="hill",
                     choices=["mean", "rank", "weights", "hill", "stack"])
-    sp.add_argument("--metric", default="", choices=["", "accuracy", "macro_f1", "logloss", "auc"],
+    sp.add_argument("--metric", default="", choices=["", *metric_names()],
                     help="default: the members' own metric")
     sp.add_argument("--out", default="submissions/blend", help="output stem; CV is appended")
     sp.add_argument("--data", default=None, help="competition folder (default: the members')")
@@ -326,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", default=None, help="competition folder (default: embedded)")
     sp.add_argument("--quick", action="store_true", help="a first submission in minutes")
     sp.add_argument("--stages", default=None, help="comma-separated subset of stages")
+    sp.add_argument("--metric", default=None, choices=metric_names(),
+                    help="the metric every stage scores, selects and blends on (default: "
+                    "each recipe's own, accuracy); logloss is lower-is-better throughout")
     sp.add_argument("--pseudo-rounds", type=int, default=1,
                     help="train -> ensemble -> pseudo-label -> retrain rounds (default 1, 0 = "
                          "none; not in --quick)")

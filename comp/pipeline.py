@@ -38,8 +38,9 @@ STAGES = ("data", "pretrain", "vectors", "linear", "fusion", "tune", "ensemble",
 class Layout:
     """Where one competition's files go: embedded -> runs/, models/; others get a sub-folder."""
 
-    def __init__(self, data: str | None):
+    def __init__(self, data: str | None, metric: str | None = None):
         self.embedded = data is None
+        self.metric = metric  # `comp run --metric`: every member, tuning and ensemble use it
         self.data = Path(data or "data/sentiment")
         name = "" if self.embedded else self.data.resolve().name
         self.runs = Path("runs") / name if name else Path("runs")
@@ -64,8 +65,9 @@ def member_recipe(layout: Layout, name: str, extra: list[str] | None = None) -> 
     """A recipe from recipes/ pointed at this competition's data, runs, models and unlabelled
     texts."""
     unl = [f"data.extra={layout.unlabelled}"] if layout.unlabelled else []
+    metric = [f"metric='{layout.metric}'"] if layout.metric else []
     recipe = load_recipe(RECIPES / f"{name}.toml",
-                         [f"data.dir={layout.data}", f"runs_dir={layout.runs}", *unl,
+                         [f"data.dir={layout.data}", f"runs_dir={layout.runs}", *unl, *metric,
                           *(extra or [])])
     if recipe.kind == "linear":
         return recipe
@@ -181,8 +183,9 @@ def stage_ensembles(layout: Layout, runs: list[Path], methods: list[str],
             log(f"ensemble {stem}: {existing} exists, skipped")
             out.append(existing)
             continue
+        # "" = the members' own metric (cv.json), which --metric set for every member
         out.append(run_ensemble([str(r) for r in runs], method, DataConfig(dir=str(layout.data)),
-                                "accuracy", layout.submissions / stem))
+                                layout.metric or "", layout.submissions / stem))
     return out
 
 
@@ -215,15 +218,23 @@ def _same_members(csv_path: Path, runs: list[Path]) -> bool:
 
 
 def best_submission(paths: list[Path]) -> Path:
-    """The submission whose manifest reports the best (nested, honest) CV."""
-    def cv_of(p: Path) -> float:
-        return float(read_json(p.with_suffix(".json")).get("cv", float("-inf")))
+    """The submission whose manifest reports the best (nested, honest) CV, in the direction of
+    its metric (log-loss: lowest)."""
+    from comp.metrics import greater_is_better
 
-    return max(paths, key=cv_of)
+    def key(p: Path) -> float:
+        man = read_json(p.with_suffix(".json"))
+        cv = float(man.get("cv", float("nan")))
+        if cv != cv:  # NaN or missing: last
+            return float("-inf")
+        return cv if greater_is_better(man.get("metric") or "accuracy") else -cv
+
+    return max(paths, key=key)
 
 
 def run_pipeline(data: str | None = None, quick: bool = False,
-                 stages: str | None = None, pseudo_rounds: int = 1) -> Path:
+                 stages: str | None = None, pseudo_rounds: int = 1,
+                 metric: str | None = None) -> Path:
     """Run every stage; print the final one-line summary.
 
     Args:
@@ -232,12 +243,18 @@ def run_pipeline(data: str | None = None, quick: bool = False,
         stages: comma-separated subset of STAGES.
         pseudo_rounds: train -> ensemble -> pseudo-label -> retrain rounds (0 = none); each
             round labels with the best ensemble so far and ensembles its members anew.
+        metric: a comp.metrics name every member, tuning pass and ensemble scores and selects
+            on; None keeps each recipe's own (accuracy).
 
     Returns:
         The best submission CSV.
     """
     t0 = time.time()
-    layout = Layout(data)
+    if metric is not None:
+        from comp.metrics import get_metric
+
+        get_metric(metric)  # an unknown name fails before any stage runs
+    layout = Layout(data, metric)
     want = set(stages.split(",")) if stages else set(STAGES)
     unknown = want - set(STAGES)
     if unknown:
@@ -291,8 +308,10 @@ def run_pipeline(data: str | None = None, quick: bool = False,
         from comp.submit import score_submission
 
         s = score_submission(best, answers)
+        own = (f"hidden_{metric}={s[metric]:.4f} "
+               if metric in s and metric not in ("accuracy", "macro_f1", "n") else "")
         line = (f"hidden_accuracy={s['accuracy']:.4f} hidden_macro_f1={s['macro_f1']:.4f} "
-                f"submission={best}")
+                f"{own}submission={best}")
     write_results(layout, runs + pl_runs, subs, best, line, time.time() - t0, timings)
     log(f"run: finished in {time.time() - t0:.0f}s")
     print(line)

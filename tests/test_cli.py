@@ -1,18 +1,58 @@
+import argparse
+import re
 import subprocess
 import sys
 
 import pytest
 
-from comp.cli import main
+from comp.cli import _recipe, build_parser, main
+
+
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
 
 
 def test_help_lists_every_command(capsys):
+    commands = _commands(build_parser())
+    assert {"data", "folds", "pretrain", "vectors", "train", "tune", "pseudo", "ensemble",
+            "distill", "report", "leaderboard", "score", "run"} <= set(commands)
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for cmd in ("data", "train", "tune", "pseudo", "ensemble", "distill", "report", "score",
-                "run", "pretrain", "vectors"):
-        assert cmd in out
+    # the command list only (argparse lists a subcommand there only when it has a help text),
+    # not the examples of the epilog
+    listing = out.split("positional arguments:")[1].split("options:")[0]
+    for name in commands:
+        assert re.search(rf"^ {{4}}{re.escape(name)}(  |\n)", listing, re.M), name
+
+
+def _overlay(tmp_path, text):
+    path = tmp_path / "tuned.toml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_set_beats_overlay(tmp_path):
+    ov = _overlay(tmp_path, "[linear]\nC = 2.0\nmin_df = 3\n")
+    args = build_parser().parse_args(["train", "recipes/tfidf_char_svc.toml", "--overlay", ov,
+                                      "--set", "linear.C=0.3"])
+    r = _recipe(args)
+    assert r.linear.C == 0.3  # regression: the overlay used to override --set
+    assert r.linear.min_df == 3  # the overlay's other keys still apply
+
+
+def test_metric_choices_come_from_the_registry(capsys):
+    from comp.metrics import metric_names
+
+    p = build_parser()
+    for name in metric_names():
+        assert p.parse_args(["run", "--metric", name]).metric == name
+        assert p.parse_args(["ensemble", "runs/x", "--metric", name]).metric == name
+    assert p.parse_args(["run"]).metric is None
+    with pytest.raises(SystemExit):
+        p.parse_args(["run", "--metric", "f2"])
+    assert "invalid choice: 'f2'" in capsys.readouterr().err
 
 
 def test_bad_recipe_key_is_one_line_exit_2(tmp_path, capsys):
