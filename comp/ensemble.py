@@ -39,132 +39,18 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, clone
 
-from comp.blend import EPS, StackEnsemble, blender_params, create_blender
+from comp.blend import StackEnsemble, blender_params, create_blender
 from comp.data import HASH_KEYS, data_hashes, load_competition, load_folds
 from comp.member import write_member_files
 from comp.metrics import greater_is_better, score
+from comp.rundir import Member, RunDir, read_member
 from comp.submit import write_submission
-from comp.utils import CompError, log, progress, read_json
+from comp.utils import CompError, log, progress, read_json, write_json
 
 # ---------------------------------------------------------------------------------------------
-# members
+# members (read and checked by comp.rundir)
 
-
-@dataclass
-class Member:
-    """One finished member: its OOF and test probabilities in a shared class order."""
-
-    name: str
-    oof: np.ndarray  # (n_train, C)
-    test: np.ndarray  # (n_test, C)
-    classes: list[str]
-    cv: dict[str, Any]
-    path: Path | None = None
-    unlabelled: np.ndarray | None = None  # (n_unlabelled, C) when the member predicted them
-    # fold k's predictions, made without fold k's labels; None when the member lacks them
-    test_by_fold: np.ndarray | None = None  # (K, n_test, C)
-    unlabelled_by_fold: np.ndarray | None = None  # (K, n_unlabelled, C)
-    train_by_fold: np.ndarray | None = None  # (K, n_train, C) fold k's model on every train row
-
-
-def read_member(run_dir: str | Path) -> Member:
-    """Read one member directory and check its files against each other.
-
-    Args:
-        run_dir: a directory with oof.npy, test.npy, classes.json and cv.json; optionally
-            unlabelled.npy, and per-fold predictions: test_by_fold.npy (+
-            unlabelled_by_fold.npy) or, for a k-fold member, fold{k}/test_proba.npy (+
-            unlabelled_proba.npy) for each of its len(cv.json fold_scores) folds, and
-            train_by_fold.npy.
-
-    Returns:
-        The Member, with rows renormalised to sum to 1 (tiny float drift only).
-    """
-    d = Path(run_dir)
-    for f in ("oof.npy", "test.npy", "classes.json", "cv.json"):
-        if not (d / f).exists():
-            raise CompError(f"{d}: missing {f} (not a finished member?)")
-    cv = read_json(d / "cv.json")
-    classes = [str(c) for c in read_json(d / "classes.json")]
-    oof = _check_proba(np.load(d / "oof.npy"), d / "oof.npy", len(classes))
-    test = _check_proba(np.load(d / "test.npy"), d / "test.npy", len(classes))
-    unl = None
-    if (d / "unlabelled.npy").exists():
-        unl = _check_proba(np.load(d / "unlabelled.npy"), d / "unlabelled.npy", len(classes))
-    for key, arr in (("n_train", oof), ("n_test", test), ("n_unlabelled", unl)):
-        if arr is not None and key in cv and int(cv[key]) != arr.shape[0]:
-            raise CompError(f"{d}: cv.json {key}={cv[key]} but the array has {arr.shape[0]} rows")
-    test_k, unl_k = _read_by_fold(d, cv, test, unl)
-    train_k = None
-    if test_k is not None and (d / "train_by_fold.npy").exists():
-        train_k = _stacked(d / "train_by_fold.npy", oof, len(test_k))
-    return Member(name=str(cv.get("name") or d.name), oof=oof, test=test, classes=classes,
-                  cv=cv, path=d, unlabelled=unl, test_by_fold=test_k, unlabelled_by_fold=unl_k,
-                  train_by_fold=train_k)
-
-
-def _stacked(f: Path, like: np.ndarray, k: int | None = None) -> np.ndarray:
-    """A (K, *like.shape) per-fold prediction file, checked (K = k when given: the member's
-    number of folds of test predictions)."""
-    a = np.load(f)
-    if a.ndim != 3 or a.shape[1:] != like.shape:
-        raise CompError(f"{f}: shape {a.shape}, expected (folds, {like.shape[0]}, "
-                        f"{like.shape[1]}) to match {like.shape[0]} rows")
-    if k is not None and len(a) != k:
-        raise CompError(f"{f}: {len(a)} folds but the member has {k} folds of test "
-                        "predictions")
-    return _check_proba(a.reshape(-1, like.shape[1]), f, like.shape[1]).reshape(a.shape)
-
-
-def _read_by_fold(d: Path, cv: dict[str, Any], test: np.ndarray, unl: np.ndarray | None
-                  ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """A member's (K, n_test, C) and (K, n_unlabelled, C) per-fold predictions, or None.
-
-    Fold dirs count only when all K are there and average to test.npy (unlabelled.npy): a run
-    interrupted between a fold and the member files could otherwise pair stale folds with them.
-    """
-    n_classes = test.shape[1]
-    if (d / "test_by_fold.npy").exists():
-        test_k = _stacked(d / "test_by_fold.npy", test)
-        unl_k = None
-        if unl is not None and (d / "unlabelled_by_fold.npy").exists():
-            unl_k = _stacked(d / "unlabelled_by_fold.npy", unl, len(test_k))
-        return test_k, unl_k
-    k = len(cv.get("fold_scores") or [])
-
-    def from_folds(name: str, like: np.ndarray) -> np.ndarray | None:
-        files = [d / f"fold{f}" / name for f in range(k)]
-        if k < 2 or not all(f.exists() for f in files):
-            return None
-        a = np.stack([_check_proba(np.load(f), f, n_classes) for f in files])  # (K, n, C)
-        if a.shape[1:] != like.shape or not np.allclose(a.mean(0), like, atol=1e-4):
-            return None
-        return a
-
-    test_k = from_folds("test_proba.npy", test)
-    if test_k is None:
-        return None, None
-    return test_k, (from_folds("unlabelled_proba.npy", unl) if unl is not None else None)
-
-
-def _check_proba(a: np.ndarray, where: Path, n_classes: int) -> np.ndarray:
-    if a.ndim != 2 or a.shape[1] != n_classes:
-        raise CompError(f"{where}: shape {a.shape}, expected (rows, {n_classes}) "
-                        "to match classes.json")
-    a = a.astype(np.float64)
-    if not np.isfinite(a).all():
-        bad = int(np.argwhere(~np.isfinite(a))[0, 0])
-        raise CompError(f"{where}: row {bad} is not finite")
-    if (a < -1e-6).any():
-        bad = int(np.argwhere(a < -1e-6)[0, 0])
-        raise CompError(f"{where}: row {bad} has negative values (save probabilities, not logits)")
-    sums = a.sum(1)
-    off = np.abs(sums - 1.0)
-    if len(a) and off.max() > 1e-2:
-        bad = int(off.argmax())
-        raise CompError(f"{where}: row {bad} sums to {sums[bad]:.4g}, not 1 "
-                        "(save probabilities, not logits)")
-    return np.clip(a, 0.0, None) / np.clip(a.sum(1, keepdims=True), EPS, None)
+__all__ = ["Member", "read_member", "load_members", "ensemble", "run_ensemble", "leaderboard"]
 
 
 def load_members(run_dirs: Sequence[str | Path]) -> list[Member]:
@@ -329,6 +215,7 @@ class EnsembleResult:
     test_by_fold: np.ndarray | None = None  # (K, n_test, C)
     unlabelled_by_fold: np.ndarray | None = None  # (K, n_unlabelled, C)
     train_by_fold: np.ndarray | None = None  # (K, n_train, C)
+    model: BaseEstimator | None = None  # the blender fitted on every OOF row (predicts test)
 
 
 def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.ndarray,
@@ -406,7 +293,7 @@ def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.nd
     meta["unlabelled"] = why or "blended"
     return EnsembleResult(oof=oof, test=test, cv=cv, weights=weights, meta=meta,
                           cv_in_sample=cv_in, unlabelled=unlabelled, test_by_fold=test_k,
-                          unlabelled_by_fold=unl_k, train_by_fold=train_k)
+                          unlabelled_by_fold=unl_k, train_by_fold=train_k, model=full)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -538,11 +425,16 @@ def run_ensemble(run_dirs: Sequence[str | Path], method: str, data_cfg: Any, met
     elif res.unlabelled is not None and res.unlabelled_by_fold is None:
         log(f"ensemble {stem.name}: no per-fold unlabelled predictions (a member lacks "
             "fold{k}/unlabelled_proba.npy)")
+    inputs = member_inputs(run_dirs)
     write_member_files(ens_dir, res.oof, res.test, classes,
-                       {**common, **unl, "seconds": time.time() - t0}, res.unlabelled,
-                       res.test_by_fold, res.unlabelled_by_fold, res.train_by_fold)
+                       {**common, **unl, "inputs": inputs, "seconds": time.time() - t0},
+                       res.unlabelled, res.test_by_fold, res.unlabelled_by_fold,
+                       res.train_by_fold)
+    save_model(ens_dir / "blender.joblib", res.model)  # what `comp predict` blends with
     manifest = {
         **common,
+        "inputs": inputs,
+        "blender": str(ens_dir / "blender.joblib"),
         "members": [str(m.path) for m in members],
         "member_names": [m.name for m in members],
         "member_cv": res.meta["member_cv"], "weights": res.weights,
@@ -561,8 +453,46 @@ def run_ensemble(run_dirs: Sequence[str | Path], method: str, data_cfg: Any, met
         if res.train_by_fold is not None:
             manifest["train_by_fold"] = str(ens_dir / "train_by_fold.npy")
     path = write_submission(comp, res.test, classes, stem, manifest, proba=proba)
+    # the ensemble's directory predicts like a member's (comp.predict.load_member)
+    write_json(ens_dir / "manifest.json", read_json(Path(path).with_suffix(".json")))
     log(f"ensemble {stem.name}: cv {res.cv:.5f} (in-sample {res.cv_in_sample:.5f}) -> {path}")
     return Path(path)
+
+
+def member_inputs(run_dirs: Sequence[str | Path]) -> dict[str, dict[str, str]]:
+    """{member dir name: sha1 of each of its files}: what an ensemble was built from."""
+    return {Path(d).name: RunDir(d).file_hashes() for d in run_dirs}
+
+
+def ensemble_current(csv_path: str | Path, run_dirs: Sequence[str | Path]) -> str:
+    """'' when the submission's manifest was built from exactly these members' files as they
+    are now; else why not (for the log)."""
+    man_path = Path(csv_path).with_suffix(".json")
+    if not man_path.exists():
+        return "no manifest"
+    man = read_json(man_path)
+    if sorted(man.get("member_names") or []) != sorted(Path(r).name for r in run_dirs):
+        return "other members"
+    have = man.get("inputs")
+    if have is None:
+        return "made before manifests recorded their members' files"
+    now = member_inputs(run_dirs)
+    changed = sorted(n for n in now if have.get(n) != now[n])
+    if changed:
+        return f"the files of {', '.join(changed)} changed"
+    if not Path(man.get("blender", "")).exists():
+        return "its fitted blender is missing"
+    return ""
+
+
+def save_model(path: Path, model: Any) -> None:
+    """joblib.dump, atomically (a half-written model must never be loaded)."""
+    import joblib
+
+    from comp.utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        joblib.dump(model, tmp)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import scipy.sparse as sp
 
 from comp.config import LinearConfig, Recipe
-from comp.member import FoldContext, run_member
+from comp.member import FoldContext, FoldOutput, run_member
 from comp.utils import log
 
 
@@ -154,45 +156,136 @@ def full_proba(model, X, n_classes: int) -> np.ndarray:
     return out
 
 
+class PriorModel:
+    """A fold whose training part holds one class: predicts that part's class prior."""
+
+    def __init__(self, prior: np.ndarray) -> None:
+        self.prior = prior
+        self.classes_ = np.arange(len(prior))
+
+    def predict_proba(self, X) -> np.ndarray:
+        """The prior for every row."""
+        return np.tile(self.prior, (X.shape[0], 1))
+
+
+class LinearFeatures:
+    """A TF-IDF member's vectorizer, fitted once on the train texts and kept in the run dir.
+
+    It sees no labels, and refitting it per fold would cost k times as much for the same
+    features. It is fitted on the train texts only, so it depends on nothing that can change
+    without refitting every fold (recipe, train rows): a fold keeps predicting new test texts
+    with the very features it was trained on, and `comp predict` reproduces the run.
+    """
+
+    def __init__(self, recipe: Recipe, comp) -> None:
+        self.recipe, self.comp = recipe, comp
+        self.path = recipe.run_dir / "vectorizer.joblib"
+        self._vec = None
+        self._X = None
+        self._X_pred = None
+
+    @property
+    def key(self) -> dict:
+        """What the vectorizer was fitted from (content, not paths)."""
+        from comp.rundir import recipe_fingerprint
+
+        return {"recipe": recipe_fingerprint(self.recipe), "train_hash": self.comp.train_hash}
+
+    @property
+    def vec(self):
+        """The fitted vectorizer: loaded when its key matches, else fitted and saved."""
+        if self._vec is None:
+            from comp.ensemble import save_model
+            from comp.utils import read_json, write_json
+
+            meta = self.path.with_suffix(".json")
+            if self.path.exists() and meta.exists() and read_json(meta) == self.key:
+                import joblib
+
+                self._vec = joblib.load(self.path)
+            else:
+                cfg = self.recipe.linear
+                log(f"{self.recipe.name}: TF-IDF {cfg.features} features on "
+                    f"{len(self.comp.train_texts)} train texts")
+                self._vec = make_vectorizer(cfg).fit(self.comp.train_texts)
+                save_model(self.path, self._vec)
+                write_json(meta, self.key)
+        return self._vec
+
+    @property
+    def X(self):
+        """(n_train, F) train features."""
+        if self._X is None:
+            self._X = self.vec.transform(self.comp.train_texts).tocsr()
+            log(f"{self.recipe.name}: {self._X.shape[1]} features")
+        return self._X
+
+
+    @property
+    def X_pred(self):
+        """(n_test + n_unlabelled, F) features of the texts every fold predicts."""
+        if self._X_pred is None:
+            self._X_pred = self.vec.transform(self.comp.predict_texts).tocsr()
+        return self._X_pred
+
+
+def fold_model_path(fold_dir: Path) -> Path:
+    """Where a TF-IDF fold keeps its fitted classifier."""
+    return Path(fold_dir) / "model.joblib"
+
+
+def load_linear_fold(run_dir: str | Path, fold: int, n_classes: int):
+    """A kept TF-IDF fold as a function: texts -> (n, C) probabilities; None without one."""
+    import joblib
+
+    vec_path, model_path = Path(run_dir) / "vectorizer.joblib", fold_model_path(
+        Path(run_dir) / f"fold{fold}")
+    if not (vec_path.exists() and model_path.exists()):
+        return None
+    vec, model = joblib.load(vec_path), joblib.load(model_path)
+    return lambda texts: full_proba(model, vec.transform(list(texts)).tocsr(), n_classes)
+
+
 def train_linear(recipe: Recipe, folds_to_run: list[int] | None = None, force: bool = False,
                  report=None) -> dict | None:
-    """Run a TF-IDF member over the shared folds.
-
-    The vectorizer is fitted once on all train + test text: it sees no labels, and refitting it
-    per fold would cost k times as much for the same features.
-    """
+    """Run a TF-IDF member over the shared folds; each fold keeps its classifier
+    (fold{k}/model.joblib) and the member its vectorizer, to predict new texts later."""
     from comp.data import load_competition
+    from comp.ensemble import save_model
 
     comp = load_competition(recipe.data)
     cfg = recipe.linear
-    log(f"{recipe.name}: TF-IDF {cfg.features} features on {len(comp.train_texts)} + "
-        f"{len(comp.predict_texts)} texts")
-    vec = make_vectorizer(cfg)
-    vec.fit(comp.train_texts + comp.predict_texts)
-    X = vec.transform(comp.train_texts).tocsr()
-    X_test = vec.transform(comp.predict_texts).tocsr()  # test rows, then unlabelled rows
-    log(f"{recipe.name}: {X.shape[1]} features")
+    feats = LinearFeatures(recipe, comp)
 
-    def fit_fold(ctx: FoldContext) -> tuple[np.ndarray, ...]:
+    def fit_fold(ctx: FoldContext) -> FoldOutput:
+        X = feats.X
         Xtr, ytr = X[ctx.train_idx], comp.labels[ctx.train_idx]
         w = np.ones(len(ytr))
         if len(ctx.extra):
             # linear models take hard labels: pseudo rows enter as argmax with their weight
-            Xtr = sp.vstack([Xtr, vec.transform(ctx.extra.texts)]).tocsr()
+            Xtr = sp.vstack([Xtr, feats.vec.transform(ctx.extra.texts)]).tocsr()
             ytr = np.concatenate([ytr, ctx.extra.targets.argmax(1)])
             w = np.concatenate([w, ctx.extra.weights])
         if len(np.unique(ytr)) < 2:  # tiny or heavily duplicated data: nothing to separate
             log(f"warning: {recipe.name} fold {ctx.fold}: one class in the training part; "
                 "predicting its prior")
-            p = np.bincount(ytr, minlength=comp.n_classes) / len(ytr)
-            return (np.tile(p, (len(ctx.val_idx), 1)), np.tile(p, (X_test.shape[0], 1)),
-                    np.tile(p, (len(ctx.train_idx), 1)))
-        model = make_model(cfg, comp.n_classes, recipe.train.seed, ytr, recipe.name)
-        model.fit(Xtr, ytr, sample_weight=w)
-        out = (full_proba(model, X[ctx.val_idx], comp.n_classes),
-               full_proba(model, X_test, comp.n_classes))
-        if ctx.predict_train:
-            out += (full_proba(model, X[ctx.train_idx], comp.n_classes),)
-        return out
+            model = PriorModel(np.bincount(ytr, minlength=comp.n_classes) / len(ytr))
+        else:
+            model = make_model(cfg, comp.n_classes, recipe.train.seed, ytr, recipe.name)
+            model.fit(Xtr, ytr, sample_weight=w)
+        save_model(fold_model_path(ctx.dir), model)
+        return FoldOutput(full_proba(model, X[ctx.val_idx], comp.n_classes),
+                          full_proba(model, feats.X_pred, comp.n_classes),
+                          full_proba(model, X[ctx.train_idx], comp.n_classes)
+                          if ctx.predict_train else None)
 
-    return run_member(recipe, fit_fold, folds_to_run, force, report=report, comp=comp)
+    def predict_fold(ctx: FoldContext) -> np.ndarray | None:
+        if not fold_model_path(ctx.dir).exists():
+            return None
+        import joblib
+
+        model = joblib.load(fold_model_path(ctx.dir))
+        return full_proba(model, feats.X_pred, comp.n_classes)
+
+    return run_member(recipe, fit_fold, folds_to_run, force, report=report, comp=comp,
+                      predict_fold=predict_fold)

@@ -29,7 +29,6 @@ models that saw that validation row's label would hand it straight back.
 
 from __future__ import annotations
 
-import functools
 import shutil
 import time
 from collections.abc import Callable
@@ -42,7 +41,18 @@ import numpy as np
 from comp.config import Recipe
 from comp.data import Competition, data_hashes, load_competition, load_folds, normalize_text
 from comp.metrics import score
+from comp.rundir import (
+    FoldStatus,
+    RunDir,
+    fingerprint_of,
+    recipe_fingerprint,
+    same_recipe,
+)
 from comp.utils import CompError, log, read_json, save_npy, sha1_of, write_json, write_text
+
+__all__ = ["ExtraRows", "FoldContext", "FoldOutput", "run_member", "assemble",
+           "recipe_fingerprint", "same_recipe", "fingerprint_of", "write_member_files",
+           "member_done", "fold_inputs"]
 
 
 @dataclass
@@ -111,64 +121,43 @@ class FoldContext:
         return self.comp.predict_texts
 
 
-# (val_proba (n_val, C), predict_proba (n_test + n_unlabelled, C) for ctx.predict_texts;
-#  (n_test, C) from a member kind that predicts the test texts only), and with
-#  ctx.predict_train a third array, train_proba (len(train_idx), C)
-FitFold = Callable[[FoldContext], tuple[np.ndarray, ...]]
+@dataclass
+class FoldOutput:
+    """What one fold's fit returns to the runner.
+
+    Attributes:
+        val: (n_val, C) probabilities on the fold's validation rows.
+        predict: (n_test + n_unlabelled, C) on ctx.predict_texts, or (n_test, C) from a member
+            kind that predicts the test texts only.
+        train: (len(train_idx), C) on the fold's training rows, with ctx.predict_train.
+    """
+
+    val: np.ndarray
+    predict: np.ndarray
+    train: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, out: FoldOutput | tuple[np.ndarray, ...]) -> FoldOutput:
+        """A FoldOutput from a fit function's FoldOutput or (val, predict[, train]) tuple."""
+        if isinstance(out, FoldOutput):
+            return out
+        val, pred, *rest = out
+        return cls(val, pred, rest[0] if rest else None)
+
+
+# a fold's fit: FoldOutput, or the tuple (val_proba, predict_proba[, train_proba])
+FitFold = Callable[[FoldContext], "FoldOutput | tuple[np.ndarray, ...]"]
 # a done fold's kept model -> train_proba (len(train_idx), C), or None when it has no model
 PredictFoldTrain = Callable[[FoldContext], np.ndarray | None]
+# a done fold's kept model -> (n_test + n_unlabelled, C) on ctx.predict_texts, or None
+PredictFold = Callable[[FoldContext], np.ndarray | None]
 
 
-def recipe_fingerprint(recipe: Recipe) -> str:
-    """What makes two runs of a member interchangeable: the recipe minus its search space.
-
-    `data.extra` and `train.predict_train` are left out: which texts a fold predicted is
-    recorded in its done marker instead, so asking for more never invalidates a run's identity.
-    """
-    return _fingerprint_of(recipe.to_dict())
-
-
-def _fingerprint_of(d: dict[str, Any]) -> str:
-    """recipe_fingerprint of a recipe's plain dict (as to_dict or a recipe.toml gives it)."""
-    import copy
-
-    from comp.config import dumps_toml
-
-    d = copy.deepcopy(d)
-    d.pop("tune", None)
-    d.pop("runs_dir", None)
-    d.setdefault("data", {})["extra"] = ""
-    d.get("train", {}).pop("predict_train", None)
-    return sha1_of([dumps_toml(d)])
-
-
-def same_recipe(marker: str, fingerprint: str, stored: str | None) -> bool:
-    """Whether a done fold's recipe fingerprint `marker` is the current recipe's.
-
-    A recipe key added to the toolkit later changes every fingerprint, though a fold trained
-    before it existed trained with its default. So when the marker does not match, the run's
-    stored recipe.toml (`stored`, its text) decides: if it is the recipe that made the marker,
-    it is read with today's defaults and fingerprinted again.
-    """
-    if marker == fingerprint:
-        return True
-    made = _stored_fingerprints(stored) if stored else None
-    return made is not None and made == (marker, fingerprint)
-
-
-@functools.lru_cache(maxsize=16)
-def _stored_fingerprints(stored: str) -> tuple[str, str] | None:
-    """(fingerprint as written, fingerprint read with today's defaults) of a stored recipe.toml
-    text; parsed once per text, not once per fold. None when it no longer reads as a recipe."""
-    import tomllib
-
-    from comp.config import load_recipe
-
-    try:
-        raw = tomllib.loads(stored)
-        return _fingerprint_of(raw), recipe_fingerprint(load_recipe(None, base=raw))
-    except (ValueError, CompError, TypeError):
-        return None
+def fold_inputs(recipe: Recipe, comp: Competition, folds: np.ndarray, extra: ExtraRows
+                ) -> dict[str, Any]:
+    """The content hashes a fold marker records: what the fold used (see comp.rundir)."""
+    return {"recipe": recipe_fingerprint(recipe), **data_hashes(comp, folds),
+            "unlabelled_hash": comp.unlabelled_hash, "extra_hash": extra.fingerprint}
 
 
 def extra_for_fold(extra: ExtraRows, val_texts: list[str], fold: int | None = None
@@ -209,14 +198,21 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
                force: bool = False, extra: ExtraRows | None = None,
                report: Callable[[int, float], None] | None = None,
                comp: Competition | None = None,
-               predict_fold_train: PredictFoldTrain | None = None) -> dict | None:
+               predict_fold_train: PredictFoldTrain | None = None,
+               predict_fold: PredictFold | None = None) -> dict | None:
     """Run (or resume) a member's k folds and write the member files.
+
+    Each fold asks its marker whether it is current (comp.rundir.RunDir.fold_status): a fold
+    whose recipe, train rows, fold table or extra rows changed is refitted; one whose test or
+    unlabelled texts changed is predicted again from its kept model (`predict_fold`), or
+    refitted when the member kind keeps none. One log line per stale fold says why.
 
     Args:
         recipe: the resolved recipe (recipe.name names runs/<name>).
-        fit_fold: trains on ctx.train_idx (+ ctx.extra), returns (val_proba, predict_proba),
-            the latter for ctx.predict_texts (or for the test texts only), plus train_proba
-            on ctx.train_idx when ctx.predict_train (recipe.train.predict_train) is set.
+        fit_fold: trains on ctx.train_idx (+ ctx.extra) and returns a FoldOutput (or the tuple
+            (val_proba, predict_proba[, train_proba])): predict_proba for ctx.predict_texts (or
+            the test texts only), train_proba on ctx.train_idx when ctx.predict_train
+            (recipe.train.predict_train) is set.
         folds_to_run: a subset of folds (a cluster fans folds out); None = all.
         force: retrain folds even if done.
         extra: rows joining training parts only (pseudo-labels, teacher targets).
@@ -224,6 +220,8 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
         comp: an already loaded competition.
         predict_fold_train: completes a done fold that lacks training-part predictions from
             its kept model (None, or returning None: the fold is refitted).
+        predict_fold: predicts ctx.predict_texts with a done fold's kept model (None, or
+            returning None: the fold is refitted).
 
     Returns:
         The cv.json dict once every fold is done, else None.
@@ -231,92 +229,102 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
     comp = comp or load_competition(recipe.data)
     folds = load_folds(comp, recipe.data)
     k = recipe.data.folds
-    run_dir = recipe.run_dir
-    fingerprint = recipe_fingerprint(recipe)
+    rd = RunDir(recipe.run_dir)
     extra = extra if extra is not None else load_pseudo_for(recipe, comp)
     check_extra_folds(extra, k, data_hashes(comp, folds)["folds_hash"])
     wanted = list(range(k)) if folds_to_run is None else sorted(set(folds_to_run))
     bad = [f for f in wanted if not 0 <= f < k]
     if bad:
         raise CompError(f"--folds: fold {bad[0]} does not exist (k={k})")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # read before it is replaced: it tells a fold made before a recipe key existed (same_recipe)
-    stored = (run_dir / "recipe.toml").read_text(encoding="utf-8") if (
-        run_dir / "recipe.toml").exists() else None
-    for f in wanted:  # refuse other recipes' folds before writing anything
-        done = run_dir / f"fold{f}" / "done.json"
-        if done.exists() and not force:
-            meta = read_json(done)
-            if not same_recipe(meta.get("recipe", ""), fingerprint, stored):
-                raise CompError(f"{done.parent}: made by a different recipe; rerun with "
-                                "--force or give the member a new name")
-            if meta.get("recipe") != fingerprint:  # same recipe, older toolkit: new marker
-                write_json(done, {**meta, "recipe": fingerprint})
-    write_text(run_dir / "recipe.toml", recipe.to_toml())
-
-    unl_hash = comp.unlabelled_hash
+    rd.path.mkdir(parents=True, exist_ok=True)
+    recipe_text = recipe.to_toml()
     want_train = recipe.train.predict_train
-    told = False
-    for f in wanted:
-        fdir = run_dir / f"fold{f}"
-        done = fdir / "done.json"
+    todo: list[tuple[FoldContext, dict, FoldStatus, int]] = []
+    current = []
+    for f in wanted:  # every fold's status before anything is written (recipe.toml tells)
         train_idx = np.flatnonzero(folds != f)
         val_idx = np.flatnonzero(folds == f)
-        val_texts = [comp.train_texts[i] for i in val_idx]
-        fold_extra, dropped = extra_for_fold(extra, val_texts, f)
-        ctx = FoldContext(f, train_idx, val_idx, fdir, comp, recipe, fold_extra,
+        fold_extra, dropped = extra_for_fold(extra, [comp.train_texts[i] for i in val_idx], f)
+        ctx = FoldContext(f, train_idx, val_idx, rd.fold_dir(f), comp, recipe, fold_extra,
                           report or (lambda step, value: None), want_train)
-        if done.exists() and not force:
-            meta = read_json(done)
-            # markers from before extra_hash existed count as the same rows
-            same_extra = meta.get("extra_hash", fold_extra.fingerprint) == fold_extra.fingerprint
-            has_train = meta.get("train_predicted", False) or not want_train
-            if meta.get("unlabelled_hash") == unl_hash and same_extra and not has_train:
-                has_train = _complete_train_proba(ctx, meta, predict_fold_train)
-            if meta.get("unlabelled_hash") == unl_hash and same_extra and has_train:
-                log(f"{recipe.name} fold {f}: done ({meta['metric']}={meta['score']:.4f}), "
-                    "skipped")
+        want = fold_inputs(recipe, comp, folds, fold_extra)
+        status = (FoldStatus(f, "fit", "--force") if force
+                  else rd.fold_status(f, want, recipe_text))
+        if status.state == "current" and want_train and not rd.marker(f).get("train_predicted"):
+            if not _complete_train_proba(ctx, rd.marker(f), predict_fold_train):
+                status = FoldStatus(f, "fit", "predictions on its training rows "
+                                    "(train.predict_train) are wanted")
+        if status.state == "current":
+            meta = rd.marker(f)
+            if meta.get("inputs") != want:  # an older marker: record the content hashes
+                rd.write_marker(f, {**meta, "recipe": want["recipe"], "inputs": want})
+            current.append(f)
+        else:
+            todo.append((ctx, want, status, dropped))
+    write_text(rd.path / "recipe.toml", recipe_text)
+    if current:
+        log(f"{recipe.name}: fold{'s' if len(current) > 1 else ''} "
+            f"{','.join(map(str, current))} current, skipped")
+
+    told = False
+    for ctx, want, status, dropped in todo:
+        f, fdir = ctx.fold, ctx.dir
+        if status.state == "predict":
+            t0 = time.time()
+            pred = predict_fold(ctx) if predict_fold is not None else None
+            if pred is not None:
+                test_proba, unl_proba = split_predictions(pred, comp)
+                save_npy(fdir / "test_proba.npy", test_proba.astype(np.float32))
+                if unl_proba is not None:
+                    save_npy(fdir / "unlabelled_proba.npy", unl_proba.astype(np.float32))
+                elif (fdir / "unlabelled_proba.npy").exists():
+                    (fdir / "unlabelled_proba.npy").unlink()
+                rd.write_marker(f, {**rd.marker(f), "recipe": want["recipe"], "inputs": want,
+                                    "unlabelled_hash": want["unlabelled_hash"],
+                                    "unlabelled_predicted": unl_proba is not None})
+                log(f"{recipe.name} fold {f}: {status.why}; predicted again with its kept "
+                    f"model ({time.time() - t0:.0f}s)")
                 continue
-            # other rows to learn or predict mean refitting
-            why = ("other extra training rows (train.pseudo or teacher targets)" if not same_extra
-                   else "other unlabelled texts (data.extra)" if meta.get("unlabelled_hash")
-                   != unl_hash else "predictions on its training rows (train.predict_train)")
-            log(f"{recipe.name} fold {f}: done, but for {why}; refitting")
+            status = FoldStatus(f, "fit", f"{status.why} and this member kind keeps no model "
+                                "to predict them")
+        if status.why != "not trained yet":
+            log(f"{recipe.name} fold {f}: {status.why}; refitting")
         if fdir.exists():
-            shutil.rmtree(fdir)  # an interrupted fold restarts cleanly
+            shutil.rmtree(fdir)  # an interrupted or stale fold restarts cleanly
         fdir.mkdir(parents=True)
         if dropped:
             log(f"{recipe.name} fold {f}: dropped {dropped} extra row(s) duplicating "
                 "validation texts")
         t0 = time.time()
-        val_proba, pred_proba, *rest = fit_fold(ctx)
-        _check_shape(val_proba, (len(val_idx), comp.n_classes), "validation")
-        train_proba = rest[0] if want_train and rest else None
+        out = FoldOutput.of(fit_fold(ctx))
+        _check_shape(out.val, (len(ctx.val_idx), comp.n_classes), "validation")
+        train_proba = out.train if want_train else None
         if want_train:
             if train_proba is None:
                 raise CompError(f"{recipe.name}: train.predict_train is set but this member "
                                 "kind does not predict its training rows")
-            _check_shape(train_proba, (len(train_idx), comp.n_classes), "training-part")
-        test_proba, unl_proba = split_predictions(pred_proba, comp)
-        if unl_hash is not None and unl_proba is None and not told:
+            _check_shape(train_proba, (len(ctx.train_idx), comp.n_classes), "training-part")
+        test_proba, unl_proba = split_predictions(out.predict, comp)
+        if comp.unlabelled_hash is not None and unl_proba is None and not told:
             log(f"{recipe.name}: this member kind predicts the test texts only; "
                 "no unlabelled.npy")
             told = True
-        s = score(recipe.metric, comp.labels[val_idx], val_proba)
-        save_npy(fdir / "val_proba.npy", val_proba.astype(np.float32))
+        s = score(recipe.metric, comp.labels[ctx.val_idx], out.val)
+        save_npy(fdir / "val_proba.npy", out.val.astype(np.float32))
         save_npy(fdir / "test_proba.npy", test_proba.astype(np.float32))
         if unl_proba is not None:
             save_npy(fdir / "unlabelled_proba.npy", unl_proba.astype(np.float32))
         if train_proba is not None:
             save_npy(fdir / "train_proba.npy", train_proba.astype(np.float32))
-        write_json(done, {"fold": f, "metric": recipe.metric, "score": s,
-                          "seconds": round(time.time() - t0, 2), "recipe": fingerprint,
-                          "n_train": len(train_idx), "n_val": len(val_idx),
-                          "n_extra": len(fold_extra), "extra_per_fold": fold_extra.per_fold,
-                          "extra_hash": fold_extra.fingerprint,
-                          "unlabelled_hash": unl_hash,
-                          "unlabelled_predicted": unl_proba is not None,
-                          "train_predicted": train_proba is not None})
+        rd.write_marker(f, {"fold": f, "metric": recipe.metric, "score": s,
+                            "seconds": round(time.time() - t0, 2), "recipe": want["recipe"],
+                            "inputs": want, "n_train": len(ctx.train_idx),
+                            "n_val": len(ctx.val_idx), "n_extra": len(ctx.extra),
+                            "extra_per_fold": ctx.extra.per_fold,
+                            "extra_hash": ctx.extra.fingerprint,
+                            "unlabelled_hash": comp.unlabelled_hash,
+                            "unlabelled_predicted": unl_proba is not None,
+                            "train_predicted": train_proba is not None})
         log(f"{recipe.name} fold {f}: {recipe.metric}={s:.4f} ({time.time() - t0:.0f}s)")
     return assemble(recipe, comp, folds)
 
@@ -348,6 +356,14 @@ def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray) -> dict | Non
             log(f"{recipe.name}: folds {missing} not done yet; member files not written")
             return None
         metas.append(read_json(done))
+    now = {"recipe": recipe_fingerprint(recipe), **data_hashes(comp, folds),
+           "unlabelled_hash": comp.unlabelled_hash}
+    stale = [f for f, m in enumerate(metas)
+             if any(m.get("inputs", now).get(key, now[key]) != now[key] for key in now)]
+    if stale:  # folds left out of this invocation (--folds) still predict yesterday's data
+        log(f"{recipe.name}: folds {stale} are not current (run them too); member files not "
+            "written")
+        return None
     oof = np.zeros((len(comp.train_ids), comp.n_classes), dtype=np.float32)
     test = np.zeros((len(comp.test_ids), comp.n_classes), dtype=np.float64)
     for f in range(k):
@@ -374,6 +390,7 @@ def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray) -> dict | Non
         "cv": score(recipe.metric, comp.labels, oof),
         "fold_scores": [m["score"] for m in metas],
         **data_hashes(comp, folds),
+        "recipe": recipe_fingerprint(recipe),
         "n_train": len(comp.train_ids),
         "n_test": len(comp.test_ids),
         "seconds": round(sum(m["seconds"] for m in metas), 2),
@@ -398,39 +415,9 @@ def write_member_files(run_dir: str | Path, oof: np.ndarray, test: np.ndarray, c
                        test_by_fold: np.ndarray | None = None,
                        unlabelled_by_fold: np.ndarray | None = None,
                        train_by_fold: np.ndarray | None = None) -> None:
-    """Write a member directory: oof.npy, test.npy, classes.json, unlabelled.npy, cv.json.
-
-    Args:
-        run_dir: the member directory (created if needed).
-        oof: (n_train, C) out-of-fold probabilities.
-        test: (n_test, C) test probabilities.
-        classes: the class names of the C columns.
-        cv: the cv.json record (name, metric, cv, fold_scores, data hashes, row counts ...).
-        unlabelled: (n_unlabelled, C) probabilities on data.extra, or None.
-        test_by_fold: (K, n_test, C) fold k's test probabilities, made without fold k's labels
-            (test_by_fold.npy), for a member without fold{k}/ dirs, such as an ensemble.
-        unlabelled_by_fold: (K, n_unlabelled, C), the same for the unlabelled texts (written
-            only with `unlabelled`).
-        train_by_fold: (K, n_train, C) fold k's predictions on every train row, made without
-            fold k's validation labels (train_by_fold.npy).
-
-    An optional file given as None that an earlier run left behind is removed: it predicted
-    other texts or came from other models and must never be read with these files.
-    """
-    d = Path(run_dir)
-    if unlabelled is None:
-        unlabelled_by_fold = None
-    for name, arr in (("unlabelled.npy", unlabelled), ("test_by_fold.npy", test_by_fold),
-                      ("unlabelled_by_fold.npy", unlabelled_by_fold),
-                      ("train_by_fold.npy", train_by_fold)):
-        if arr is not None:
-            save_npy(d / name, arr)
-        elif (d / name).exists():
-            (d / name).unlink()
-    save_npy(d / "oof.npy", oof)
-    save_npy(d / "test.npy", test)
-    write_json(d / "classes.json", classes)
-    write_json(d / "cv.json", cv)
+    """Write a member directory's files (comp.rundir.RunDir.write_member_files)."""
+    RunDir(run_dir).write_member_files(oof, test, classes, cv, unlabelled, test_by_fold,
+                                       unlabelled_by_fold, train_by_fold)
 
 
 def split_predictions(pred: np.ndarray, comp: Competition
@@ -480,6 +467,5 @@ def load_pseudo_for(recipe: Recipe, comp: Competition) -> ExtraRows:
 
 
 def member_done(run_dir: str | Path) -> bool:
-    """True when a member's files are complete."""
-    d = Path(run_dir)
-    return all((d / n).exists() for n in ("oof.npy", "test.npy", "cv.json", "classes.json"))
+    """True when a member's files are complete (whether they are current is run_member's)."""
+    return RunDir(run_dir).done()

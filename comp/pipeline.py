@@ -125,46 +125,57 @@ def stage_vectors(layout: Layout, kinds: list[str]) -> None:
 
 def stage_members(layout: Layout, names: list[str], extra: list[str] | None = None,
                   suffix: str = "") -> list[Path]:
-    """Train (or resume) members by recipe name; returns their run dirs."""
-    from comp.cli import train_recipe
-    from comp.member import member_done
+    """Train members by recipe name, or bring them up to date; returns their run dirs.
+
+    Nothing is skipped by name: each member's folds are checked against today's recipe and
+    data (comp.rundir), so a finished member costs a check, and a changed input redoes what
+    depends on it.
+    """
+    from comp.members import train_recipe
 
     dirs = []
     for name in names:
         recipe = member_recipe(layout, name, [*(extra or []), f"name={name}{suffix}"])
-        if member_done(recipe.run_dir):
-            cv = read_json(recipe.run_dir / "cv.json")
-            log(f"member {recipe.name}: done (OOF {cv['metric']}={cv['cv']:.4f}), skipped")
-        else:
-            log(f"member {recipe.name}: training")
-            train_recipe(recipe)
+        log(f"member {recipe.name}: checking" if (recipe.run_dir / "cv.json").exists()
+            else f"member {recipe.name}: training")
+        train_recipe(recipe)
         dirs.append(recipe.run_dir)
     return dirs
 
 
 def stage_tune(layout: Layout, name: str, trials: int) -> Path | None:
-    """A short Optuna pass on one recipe, then the tuned member; returns its run dir."""
-    from comp.cli import train_recipe
-    from comp.config import read_toml
-    from comp.member import member_done
+    """A short Optuna pass on one recipe, then the tuned member; returns its run dir.
+
+    The overlay is reused only while the recipe and the train rows it was tuned on are the
+    same (its .json records them); else tuning runs again.
+    """
+    from comp.config import flatten_overlay, read_toml
+    from comp.data import load_competition
+    from comp.members import train_recipe
+    from comp.rundir import recipe_fingerprint
     from comp.tune import run_tune
+    from comp.utils import write_json
 
     tuned_name = f"{name}_tuned"
     overlay = layout.runs / "tuned" / f"{name}.toml"
-    probe = member_recipe(layout, name, [f"name={tuned_name}"])
-    if member_done(probe.run_dir):
-        log(f"member {tuned_name}: done, skipped")
-        return probe.run_dir
+    recipe = member_recipe(layout, name)
+    key = {"recipe": recipe_fingerprint(recipe),
+           "train_hash": load_competition(recipe.data).train_hash, "trials": trials}
+    stamp = overlay.with_suffix(".json")
+    if overlay.exists() and (not stamp.exists() or read_json(stamp) != key):
+        log(f"tune {name}: the recipe or the train rows changed since {overlay} was tuned; "
+            "tuning again")
+        overlay.unlink()
     if not overlay.exists():
-        recipe = member_recipe(layout, name)
         run_tune(recipe, trials=trials, storage=f"sqlite:///{layout.runs}/optuna.db",
                  overlay_dir=overlay.parent)
+        if overlay.exists():
+            write_json(stamp, key)
     if not overlay.exists():
         log(f"tune {name}: no trial completed; no tuned member")
         return None
-    from comp.cli import _flatten
-
-    recipe = member_recipe(layout, name, [*_flatten(read_toml(overlay)), f"name={tuned_name}"])
+    recipe = member_recipe(layout, name, [*flatten_overlay(read_toml(overlay)),
+                                          f"name={tuned_name}"])
     train_recipe(recipe)
     return recipe.run_dir
 
@@ -173,16 +184,20 @@ def stage_ensembles(layout: Layout, runs: list[Path], methods: list[str],
                     prefix: str = "") -> list[Path]:
     """One submission per method; returns the CSV paths (existing ones are reused)."""
     from comp.config import DataConfig
-    from comp.ensemble import run_ensemble
+    from comp.ensemble import ensemble_current, run_ensemble
 
     out = []
     for method in methods:
         stem = f"{prefix}{method}"
         existing = _latest(layout.submissions, stem)
-        if existing is not None and _same_members(existing, runs):
-            log(f"ensemble {stem}: {existing} exists, skipped")
-            out.append(existing)
-            continue
+        if existing is not None:
+            why = ensemble_current(existing, runs)
+            if not why:
+                log(f"ensemble {stem}: {existing} is current, skipped")
+                out.append(existing)
+                continue
+            log(f"ensemble {stem}: {existing} is stale ({why}); blending again")
+            _retire(existing)
         # "" = the members' own metric (cv.json), which --metric set for every member
         out.append(run_ensemble([str(r) for r in runs], method, DataConfig(dir=str(layout.data)),
                                 layout.metric or "", layout.submissions / stem))
@@ -204,17 +219,19 @@ def stage_pseudo(layout: Layout, best: Path, names: list[str], threshold: float 
     return stage_members(layout, names, [f"train.pseudo={pseudo}"], suffix="_pl" * round_)
 
 
+def _retire(csv_path: Path) -> None:
+    """Move a stale submission (CSV + manifest) into submissions/stale/: never re-reported,
+    never lost."""
+    stale = csv_path.parent / "stale"
+    stale.mkdir(exist_ok=True)
+    for p in (csv_path, csv_path.with_suffix(".json")):
+        if p.exists():
+            p.replace(stale / p.name)
+
+
 def _latest(folder: Path, stem: str) -> Path | None:
     hits = sorted(folder.glob(f"{stem}_cv*.csv"), key=lambda p: p.stat().st_mtime)
     return hits[-1] if hits else None
-
-
-def _same_members(csv_path: Path, runs: list[Path]) -> bool:
-    man = csv_path.with_suffix(".json")
-    if not man.exists():
-        return False
-    names = read_json(man).get("member_names") or []
-    return sorted(names) == sorted(r.name for r in runs)
 
 
 def best_submission(paths: list[Path]) -> Path:

@@ -42,21 +42,24 @@ def test_runner_writes_member_contract_and_resumes(small_comp, tmp_path):
     assert calls == [0, 2, 1] and (d / "fold0" / "val_proba.npy").read_bytes() == before
 
 
-def test_changed_recipe_refuses_to_mix_folds(small_comp, tmp_path):
-    run_member(_recipe(small_comp, tmp_path), _prior_fit([]), folds_to_run=[0])
+def test_changed_recipe_refits_and_says_which_keys(small_comp, tmp_path, capsys):
+    calls: list[int] = []
+    run_member(_recipe(small_comp, tmp_path), _prior_fit(calls), folds_to_run=[0])
     r2 = load_recipe(None, [f"data.dir={small_comp}", "data.folds=3", "train.lr_head=0.5",
                             f"runs_dir={tmp_path / 'runs'}", "name=m"])
-    with pytest.raises(CompError, match="different recipe"):
-        run_member(r2, _prior_fit([]), folds_to_run=[0])
+    run_member(r2, _prior_fit(calls), folds_to_run=[0])
+    assert calls == [0, 0]
+    assert "fold 0: the recipe (train.lr_head: 0.002 -> 0.5) changed; refitting" in \
+        capsys.readouterr().err
 
 
 def test_folds_from_before_a_new_recipe_key_still_resume(small_comp, tmp_path):
     """A run made when `model.proj_dim` did not exist yet (its recipe.toml and fold markers
-    lack it) resumes: it trained with the key's default. Any real change still refuses."""
+    lack it) resumes: it trained with the key's default. Any real change refits."""
     import tomllib
 
     from comp.config import dumps_toml
-    from comp.member import _fingerprint_of
+    from comp.rundir import fingerprint_of as _fingerprint_of
 
     r = _recipe(small_comp, tmp_path)
     calls: list[int] = []
@@ -66,7 +69,9 @@ def test_folds_from_before_a_new_recipe_key_still_resume(small_comp, tmp_path):
     (r.run_dir / "recipe.toml").write_text(dumps_toml(old), encoding="utf-8")
     for f in (0, 1):
         done = r.run_dir / f"fold{f}" / "done.json"
-        done.write_text(json.dumps({**read_json(done), "recipe": _fingerprint_of(old)}))
+        marker = {**read_json(done), "recipe": _fingerprint_of(old, keep_dir=True)}
+        marker.pop("inputs")  # as the older toolkit wrote it
+        done.write_text(json.dumps(marker))
     run_member(r, _prior_fit(calls))
     assert calls == [0, 1, 2]  # folds 0 and 1 were not refitted
     assert read_json(r.run_dir / "fold0" / "done.json")["recipe"] == \
@@ -76,10 +81,11 @@ def test_folds_from_before_a_new_recipe_key_still_resume(small_comp, tmp_path):
     old["train"]["lr_head"] = 0.5
     (r.run_dir / "recipe.toml").write_text(dumps_toml(old), encoding="utf-8")
     done = r.run_dir / "fold0" / "done.json"
-    done.write_text(json.dumps({**read_json(done), "recipe": _fingerprint_of(old)}))
-    with pytest.raises(CompError, match="fold0: made by a different recipe"):
-        run_member(r, _prior_fit(calls))
-    assert "lr_head = 0.5" in (r.run_dir / "recipe.toml").read_text()  # nothing overwritten
+    marker = {**read_json(done), "recipe": _fingerprint_of(old)}
+    marker.pop("inputs")
+    done.write_text(json.dumps(marker))
+    run_member(r, _prior_fit(calls))
+    assert calls == [0, 1, 2, 0]  # a real change refits
 
 
 def test_bad_member_output_shape_is_refused(small_comp, tmp_path):
