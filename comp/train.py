@@ -10,8 +10,14 @@ are a fixed function of the text, so their grid features are computed once per m
 distinct text (comp.fusion.FeatureCache) and phase 1 runs the head alone; tokens are likewise
 memoised once per member (comp.fusion.TokenMemo) for phase 2 and evaluation. Phase 2 restores the
 best phase-1 weights, unfreezes, and gives each backbone layer lr * decay^(depth from the top).
-Early stopping watches the fold's validation metric in each phase; the best weights (EMA ones
-when EMA is on) are kept in fold_dir/model.pt and restored at the end.
+
+Honest selection: every choice made by a score (early stopping, the kept checkpoint, phase 2's
+start) is made on `train.inner_val` of the fold's training rows, held out from its fit
+(`comp.train_parts.inner_split`), never on the fold's validation rows. Those are scored every
+epoch for the learning curves and Optuna's pruning only; the OOF is the kept model's prediction.
+A best-of-epochs pick on the validation rows would add the luck of the pick to the CV (on random
+labels it reads above chance). The kept weights (EMA ones when EMA is on) go to
+fold_dir/model.pt and are restored at the end; with `inner_val = 0` the last epoch is kept.
 
 Under `torchrun --nproc_per_node N -m comp train ...` every rank trains on its shard of the fold's
 training rows, gradients are averaged with all_reduce (gloo on CPU, nccl on GPU), evaluation is
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +39,7 @@ import torch
 from torch import nn
 
 from comp.config import Recipe, TrainConfig
+from comp.data import normalize_text
 from comp.fusion import FeatureCache, FusionModel, TokenMemo, build_fusion, describe, to_device
 from comp.losses import create_loss
 from comp.member import ExtraRows, FoldContext, run_member
@@ -45,6 +53,7 @@ from comp.train_parts import (
     dist_info,
     eval_batches,
     init_distributed,
+    inner_split,
     make_rows,
     param_groups,
     schedule_lambda,
@@ -61,17 +70,19 @@ from comp.utils import (
     write_json,
 )
 
-__all__ = ["FitResult", "fit", "predict", "train_fusion", "make_batch", "FusionData"]
+__all__ = ["FitResult", "fit", "predict", "train_fusion", "make_batch", "FusionData",
+           "selection_split"]
 
 
 @dataclass
 class FitResult:
-    """What `fit` leaves behind (the model itself holds the best weights)."""
+    """What `fit` leaves behind (the model itself holds the kept weights)."""
 
-    best_score: float
+    best_score: float  # selection score of the kept epoch (nan without selection rows)
     best_epoch: int  # 1-based over both phases
     best_phase: int  # 1 = frozen backbones, 2 = unfrozen
-    val_proba: np.ndarray  # (n_val_sources, C) at the best epoch
+    # (n_sources, C) the kept model on the `watch` rows (the selection rows without them)
+    val_proba: np.ndarray
     history: list[dict] = field(default_factory=list)
     train_rows: int = 0  # training rows this rank saw per epoch
 
@@ -122,32 +133,39 @@ def predict(model: FusionModel, rows: Rows, batch_size: int = 128,
     return rows.average(proba)
 
 
-def fit(model: FusionModel, train: Rows, val: Rows, val_y: np.ndarray, cfg: TrainConfig, *,
-        metric: str = "accuracy", loss_fn: nn.Module | None = None,
+def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarray | None,
+        cfg: TrainConfig, *, metric: str = "accuracy", loss_fn: nn.Module | None = None,
         cache: FeatureCache | None = None, ckpt: Path | None = None,
         report: Callable[[int, float], None] | None = None,
         on_batch: Callable[[list[str]], None] | None = None, seed: int | None = None,
-        name: str = "fit") -> FitResult:
-    """Train `model` on `train`, early-stopping on `val`; leaves the best weights loaded.
+        name: str = "fit", watch: tuple[Rows, np.ndarray] | None = None) -> FitResult:
+    """Train `model` on `train`, choosing the epoch on `select`; leaves the kept weights loaded.
 
     Args:
         model: a FusionModel on its device (any model with the same interface works).
         train: training rows (this rank's shard under torch.distributed).
-        val: validation rows; `val_y` (val.n_source,) holds their int labels.
+        select: the rows that choose (early stopping, kept checkpoint, phase 2's start);
+            `select_y` (select.n_source,) holds their int labels. None or no rows: no choice,
+            every epoch runs and the last is kept.
         cfg: the train section (phases, LRs, schedule, clipping, accumulation, AMP, patience,
             FGM/PGD, EMA).
-        metric: the validation metric (comp.metrics) early stopping and `report` use.
+        metric: the metric (comp.metrics) of the choice, the history and `report`.
         loss_fn: default `create_loss(cfg.loss, ...)` with class counts from `train`.
-        cache: frozen-backbone features covering train and val texts; phase 1 then skips the
-            backbones entirely.
-        ckpt: where the best weights go (written atomically by rank 0).
-        report: `report(epoch, score)` after every epoch; may raise optuna.TrialPruned.
+        cache: frozen-backbone features covering train, select and watch texts; phase 1 then
+            skips the backbones entirely.
+        ckpt: where the kept weights go (written atomically by rank 0).
+        report: `report(epoch, score)` after every epoch, the watch score when watching (else
+            the selection score); may raise optuna.TrialPruned.
         on_batch: called with each training batch's texts (diagnostics and tests).
         seed: shuffling seed; default cfg.seed.
+        name: log prefix.
+        watch: (rows, int labels) scored every epoch and never chosen on: a fold's validation
+            rows. Their scores are the history's `metric` (the selection's `select_<metric>`).
 
     Returns:
-        A FitResult with the best score/epoch/phase, the validation probabilities there, and
-        one history entry per epoch.
+        A FitResult with the kept epoch/phase and its selection score, the kept model's
+        probabilities on the watch rows (else the selection rows), one history entry per epoch
+        (the kept one marked `kept`).
     """
     rank, world = dist_info()
     device = next(model.parameters()).device
@@ -163,16 +181,21 @@ def fit(model: FusionModel, train: Rows, val: Rows, val_y: np.ndarray, cfg: Trai
     loss_fn = loss_fn.to(device)
     autocast, scaler = amp_setup(cfg.amp, device)
     ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
+    choosing = select is not None and select.n_source > 0
+    shown = watch[0] if watch is not None else select
     best = FitResult(best_score=float("nan"), best_epoch=0, best_phase=0,
-                     val_proba=np.zeros((val.n_source, model.n_classes)), train_rows=len(train))
+                     val_proba=np.zeros((shown.n_source if shown is not None else 0,
+                                         model.n_classes), np.float32), train_rows=len(train))
     best_state: dict | None = None
     epoch = 0
+    phase_ends = {cfg.epochs_frozen, cfg.epochs_frozen + cfg.epochs_unfrozen}
 
     for phase, n_epochs in ((1, cfg.epochs_frozen), (2, cfg.epochs_unfrozen)):
         if n_epochs == 0:
             continue
         if phase == 2 and best_state is not None:
-            model.load_state_dict(best_state)  # phase 2 starts from the best head, not the last
+            # phase 2 starts from the phase-1 state the selection rows chose, not the last
+            model.load_state_dict(best_state)
             if ema is not None:
                 ema.reset(model)
         model.freeze_backbones(phase == 1 and len(model.backbones) > 0)
@@ -243,32 +266,52 @@ def fit(model: FusionModel, train: Rows, val: Rows, val_y: np.ndarray, cfg: Trai
 
             train_seconds = time.time() - t0
             with ema.applied(model) if ema is not None else contextlib.nullcontext():
-                val_proba = predict(model, val, cfg.eval_batch_size, phase_cache, cfg.bucket,
-                                    cfg.amp, desc=f"{name} eval")
-                s = score(metric, val_y, val_proba)
-                improved = best.best_epoch == 0 or is_better(metric, s, best.best_score)
+                s, w, shown_proba = float("nan"), float("nan"), best.val_proba
+                if choosing:
+                    sel_proba = predict(model, select, cfg.eval_batch_size, phase_cache,
+                                        cfg.bucket, cfg.amp, desc=f"{name} select")
+                    s = score(metric, select_y, sel_proba)
+                    shown_proba = sel_proba
+                if watch is not None:  # scored for the curves, never chosen on
+                    shown_proba = predict(model, watch[0], cfg.eval_batch_size, phase_cache,
+                                          cfg.bucket, cfg.amp, desc=f"{name} eval")
+                    w = score(metric, watch[1], shown_proba)
+                # without selection rows every epoch is the latest, kept until the next one
+                improved = (not choosing or best.best_epoch == 0
+                            or is_better(metric, s, best.best_score))
                 if improved:
                     best.best_score, best.best_epoch, best.best_phase = s, epoch, phase
-                    best.val_proba = val_proba
-                    best_state = copy.deepcopy(model.state_dict())
-                    if ckpt is not None and rank == 0:
-                        with atomic_path(ckpt) as tmp:
-                            torch.save(best_state, tmp)
+                    best.val_proba = shown_proba
+                    # without a choice only a phase's end state is ever restored or kept
+                    if choosing or epoch in phase_ends:
+                        best_state = copy.deepcopy(model.state_dict())
+                        if ckpt is not None and rank == 0:
+                            with atomic_path(ckpt) as tmp:
+                                torch.save(best_state, tmp)
             stale = 0 if improved else stale + 1
             entry = {"epoch": epoch, "phase": phase, "loss": loss_sum / max(1, loss_n),
-                     metric: s, "seconds": round(time.time() - t0, 2),
+                     "seconds": round(time.time() - t0, 2),
                      "train_seconds": round(train_seconds, 2)}
+            if watch is not None:
+                entry[metric] = w
+            if choosing:
+                entry[f"select_{metric}" if watch is not None else metric] = s
             best.history.append(entry)
             if rank == 0:
+                shown_s = " ".join(f"{k}={v:.4f}" for k, v in entry.items()
+                                   if k in (metric, f"select_{metric}"))
                 log(f"{name} epoch {epoch} (phase {phase}): loss={entry['loss']:.4f} "
-                    f"{metric}={s:.4f}{' *' if improved else ''} ({entry['seconds']:.0f}s)")
-            _report(report, epoch, s, world)
-            if cfg.patience and stale >= cfg.patience:
+                    f"{shown_s}{' *' if improved and choosing else ''} "
+                    f"({entry['seconds']:.0f}s)")
+            _report(report, epoch, w if watch is not None else s, world)
+            if choosing and cfg.patience and stale >= cfg.patience:
                 break
 
     if best_state is not None:
         model.load_state_dict(best_state)
     model.freeze_backbones(False)
+    for h in best.history:
+        h["kept"] = h["epoch"] == best.best_epoch
     return best
 
 
@@ -399,22 +442,55 @@ def finish_fold(ctx: FoldContext, data: FusionData, model: FusionModel, result: 
     return result.val_proba, test_proba, predict_training_part(model, ctx, data, test_cache)
 
 
+def selection_split(ctx: FoldContext) -> tuple[np.ndarray, np.ndarray, FoldContext]:
+    """The fold's training part split for honest selection (`train.inner_val`).
+
+    Returns:
+        (fit_idx, select_idx) train row ids (together ctx.train_idx), and ctx with the extra
+        rows that duplicate a selection text dropped: a pseudo-label made by models that
+        learnt that row would hand its label to the choice.
+    """
+    cfg, comp = ctx.recipe.train, ctx.comp
+    labels = comp.labels[ctx.train_idx]
+    fit_pos, sel_pos = inner_split(labels, ctx.train_texts, cfg.inner_val,
+                                   cfg.seed + ctx.fold)
+    fit_idx, sel_idx = ctx.train_idx[fit_pos], ctx.train_idx[sel_pos]
+    if dist_info()[0] == 0:
+        if len(sel_idx):
+            log(f"{ctx.recipe.name} fold {ctx.fold}: the epoch is chosen on {len(sel_idx)} of "
+                f"its {len(ctx.train_idx)} training rows (train.inner_val={cfg.inner_val}), "
+                "never on its validation rows")
+        else:
+            why = ("train.inner_val=0" if cfg.inner_val <= 0
+                   else "too few training rows to hold any out")
+            log(f"{ctx.recipe.name} fold {ctx.fold}: {why}: every epoch runs, the last is kept")
+    if len(sel_idx) and len(ctx.extra):
+        held = {normalize_text(comp.train_texts[i]) for i in sel_idx}
+        keep = np.array([normalize_text(t) not in held for t in ctx.extra.texts])
+        if not keep.all():
+            ctx = dataclasses.replace(ctx, extra=ctx.extra.subset(keep))
+    return fit_idx, sel_idx, ctx
+
+
 def fit_fold(ctx: FoldContext, data: FusionData) -> tuple[np.ndarray, ...]:
-    """One fold: build the model, fit on the training part (+ extra rows), predict val/test
-    (and the training part itself with ctx.predict_train)."""
+    """One fold: build the model, fit on the training part (+ extra rows) choosing the epoch on
+    held-out training rows, predict val/test (and the training part with ctx.predict_train)."""
     cfg = ctx.recipe.train
     rank, world = dist_info()
     model, name = start_fold(ctx, data)
-    train = data.rows.take(ctx.train_idx)
+    fit_idx, sel_idx, ctx = selection_split(ctx)
+    train = data.rows.take(fit_idx)
     if len(ctx.extra):
         train = train.concat(extra_rows(model, ctx, ctx.extra.targets))
+    select = data.rows.take(sel_idx)
     val = data.rows.take(ctx.val_idx)
     cache = data.ensure_cache(model, data.rows.texts + data.test.texts + train.texts)
     if world > 1:
         train = shard_rows(train, rank, world, seed=cfg.seed + ctx.fold)
-    result = fit(model, train, val, ctx.comp.labels[ctx.val_idx], cfg, metric=ctx.recipe.metric,
+    result = fit(model, train, select, ctx.comp.labels[sel_idx], cfg, metric=ctx.recipe.metric,
                  loss_fn=label_loss(ctx), cache=cache, ckpt=ctx.dir / "model.pt",
-                 report=ctx.report, seed=cfg.seed + 1000 * ctx.fold, name=name)
+                 report=ctx.report, seed=cfg.seed + 1000 * ctx.fold, name=name,
+                 watch=(val, ctx.comp.labels[ctx.val_idx]))
     return finish_fold(ctx, data, model, result, cache)
 
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from comp.config import ModelConfig, TrainConfig
 from comp.fusion import FusionModel, grid_len, grid_texts
 
-__all__ = ["Rows", "make_rows", "shard_rows", "train_batches", "eval_batches",
+__all__ = ["Rows", "make_rows", "shard_rows", "inner_split", "train_batches", "eval_batches",
            "schedule_lambda", "param_groups", "Adversary", "EMA", "amp_setup", "dist_info",
            "init_distributed", "all_reduce_grads"]
 
@@ -117,6 +117,56 @@ def shard_rows(rows: Rows, rank: int, world: int, seed: int) -> Rows:
     pad = (-len(perm)) % world
     perm = np.concatenate([perm, perm[:pad]])
     return rows.subset(perm[rank::world])
+
+
+def inner_split(labels: np.ndarray, texts: Sequence[str], frac: float, seed: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (fit, select) of a fold's training rows: `select` (about `frac` of them) is
+    held out to choose the epoch, so that choice never needs the fold's validation labels.
+
+    Stratified by label, identical normalized texts on one side (a copy in `fit` would hand its
+    label to `select`), seeded. Rows of classes with fewer than 3 rows stay in `fit`: a model
+    has to see a class to learn it. A split stratification cannot make falls back to a random
+    grouped one; `select` is empty when `frac` is 0 or there is nothing to split.
+
+    Args:
+        labels: (n,) int labels of the training rows.
+        texts: their texts.
+        frac: share held out, in [0, 0.5].
+        seed: split seed.
+
+    Returns:
+        Two sorted int arrays of positions into `labels`, together 0..n-1.
+    """
+    import warnings
+
+    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
+
+    from comp.data import normalize_text
+
+    n = len(labels)
+    everything = np.arange(n)
+    if frac <= 0 or n < 4:
+        return everything, everything[:0]
+    keys: dict[str, int] = {}
+    groups = np.array([keys.setdefault(normalize_text(t), len(keys)) for t in texts])
+    counts = np.bincount(labels)
+    forced = np.isin(groups, groups[counts[labels] < 3])  # groups holding a rare-class row
+    rest = np.flatnonzero(~forced)
+    if len(np.unique(groups[rest])) < 2:
+        return everything, everything[:0]
+    y, g = labels[rest], groups[rest]
+    splits = max(2, round(1 / frac))
+    try:
+        with warnings.catch_warnings():  # a class with fewer rows than splits is expected here
+            warnings.simplefilter("ignore", UserWarning)
+            splitter = StratifiedGroupKFold(n_splits=splits, shuffle=True, random_state=seed)
+            _, sel = next(splitter.split(np.zeros(len(rest)), y, g))
+    except ValueError:  # fewer groups than splits: a random grouped share instead
+        splitter = GroupShuffleSplit(n_splits=1, test_size=frac, random_state=seed)
+        _, sel = next(splitter.split(np.zeros(len(rest)), y, g))
+    select = np.sort(rest[sel])
+    return np.setdiff1d(everything, select), select
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
     run_tune(recipe, trials=40)            one worker: ask -> suggest -> train folds 0..K-1 -> tell
       suggest(trial, recipe) -> recipe     the space applied through config.set_key (validated)
-      objective                            train_recipe(..., report=) with pruning on epoch scores
+      objective                            trainer(..., report=) with pruning on epoch scores
 
 A space maps dotted recipe keys to distributions:
 
@@ -12,11 +12,20 @@ A space maps dotted recipe keys to distributions:
     "linear.char_ngram" = {type = "categorical", choices = [[1, 2], [1, 3], [2, 4]]}
 
 Every trial trains in runs/tune/<study>/trial_<n>/ under its own member name, so trials never
-collide with each other or with real members. The study lives in an Optuna RDB storage: SQLite
-(runs/optuna.db) by default; a PostgreSQL URL lets any number of `comp tune` processes on any
-machines share one study. The best parameters are written as a TOML overlay
-(recipes/tuned/<name>.toml) for `comp train RECIPE --overlay ...`, and the optimisation history
-and parameter importances as PNGs next to the trials.
+collide with each other or with real members.
+
+Trials are scored on another fold table than the one the member's CV is reported on: the
+competition's files seen through runs/tune/<study>/data/ (links, the competition's folds.csv
+left alone) with `data.fold_seed + TUNE_SEED_OFFSET`. Values picked as the best of many trials
+on the reported table would carry the luck of that pick into the reported CV (on random labels,
+above chance). The overlay records the seed (`train.tuned_fold_seed`), which the member's
+cv.json reports as `tuned_on`. A student with a teacher is tuned on the reported table: its
+teacher's per-fold targets exist for that table only (cv.json then says `same_folds`).
+
+The study lives in an Optuna RDB storage: SQLite (runs/optuna.db) by default; a PostgreSQL URL
+lets any number of `comp tune` processes on any machines share one study. The best parameters
+are written as a TOML overlay (recipes/tuned/<name>.toml) for `comp train RECIPE --overlay ...`,
+and the optimisation history and parameter importances as PNGs next to the trials.
 """
 
 from __future__ import annotations
@@ -36,9 +45,19 @@ from typing import Any
 
 import optuna
 
-from comp.config import Recipe, deep_merge, dumps_toml, parse_override_value, set_key
+from comp.config import (
+    DataConfig,
+    Recipe,
+    deep_merge,
+    dumps_toml,
+    parse_override_value,
+    set_key,
+)
 from comp.metrics import greater_is_better
 from comp.utils import CompError, log, read_json, write_text
+
+# comp.member.train_recipe's shape: (recipe, folds=, force=, report=) -> cv.json dict or None
+Trainer = Callable[..., "dict | None"]
 
 __all__ = ["suggest", "check_space", "run_tune", "default_storage", "open_storage",
            "trial_overrides"]
@@ -50,6 +69,7 @@ _FIELDS = {"float": {"low", "high", "log", "step"}, "int": {"low", "high", "log"
 # a trial, and the same fold/epoch of two trials share a step, which is what pruners compare.
 FOLD_STEPS = 1000
 OVERLAY_DIR = "recipes/tuned"
+TUNE_SEED_OFFSET = 1000  # trials' fold table: data.fold_seed + this
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,13 +320,68 @@ class _Reporter:
                                      f"(value {value:.4f})")
 
 
-def make_objective(recipe: Recipe, n_folds: int, tune_dir: Path
+def _default_trainer(*args: Any, **kw: Any) -> dict | None:
+    """comp.cli.train_recipe, looked up at call time (it imports every member kind)."""
+    from comp import cli
+
+    return cli.train_recipe(*args, **kw)
+
+
+def tune_data(recipe: Recipe, tune_dir: Path, fold_seed: int) -> DataConfig:
+    """The data section trials train on: the competition with a fold table of `fold_seed`.
+
+    With the recipe's own seed that is the recipe's data. Otherwise tune_dir/data/ links every
+    file of the competition except its fold table, and gets its own folds.csv there (made once,
+    remade when the train rows changed); the competition's folds.csv is never touched.
+    """
+    if fold_seed == recipe.data.fold_seed:
+        return recipe.data
+    from comp.data import load_competition, load_folds
+
+    src = Path(recipe.data.dir).resolve()
+    if not src.is_dir():
+        raise CompError(f"{recipe.data.dir}: competition folder not found (recipe key "
+                        "'data.dir')")
+    dst = tune_dir / "data"
+    dst.mkdir(parents=True, exist_ok=True)
+    for p in sorted(src.iterdir()):
+        if p.name in ("folds.csv", "folds.json"):
+            continue
+        link = dst / p.name
+        if link.is_symlink() and link.resolve() == p.resolve():
+            continue
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        try:
+            link.symlink_to(p.resolve(), target_is_directory=p.is_dir())
+        except FileExistsError:  # another worker made it a moment ago
+            pass
+    cfg = dataclasses.replace(recipe.data, dir=str(dst), fold_seed=fold_seed)
+    comp = load_competition(cfg)
+    try:
+        load_folds(comp, cfg)
+    except CompError:  # a table of older train rows: the trials' own, so remake it
+        for name in ("folds.csv", "folds.json"):
+            (dst / name).unlink(missing_ok=True)
+        load_folds(comp, cfg)
+    return cfg
+
+
+def make_objective(recipe: Recipe, n_folds: int, tune_dir: Path,
+                   trainer: Trainer | None = None, data: DataConfig | None = None
                    ) -> Callable[[optuna.Trial], float]:
-    """The objective: mean validation metric over folds 0..n_folds-1 of the suggested recipe."""
+    """The objective: mean validation metric over folds 0..n_folds-1 of the suggested recipe.
+
+    Args:
+        recipe: the recipe being tuned.
+        n_folds: folds each trial trains and scores.
+        tune_dir: trials go to tune_dir/trial_<n>/.
+        trainer: trains a recipe's folds (`Trainer`); default comp.cli.train_recipe.
+        data: the trials' data section (`tune_data`); default the recipe's.
+    """
+    train_recipe = trainer or _default_trainer
 
     def objective(trial: optuna.Trial) -> float:
-        from comp import cli  # looked up at call time so tests can swap the trainer
-
         trial_dir = tune_dir / f"trial_{trial.number}"
         try:
             values = _suggest_values(trial, recipe.tune)
@@ -315,11 +390,11 @@ def make_objective(recipe: Recipe, n_folds: int, tune_dir: Path
             for key, value in values.items():
                 r = set_key(r, key, value)
             r = dataclasses.replace(r, name=f"{recipe.name}-t{trial.number}",
-                                    runs_dir=str(trial_dir))
+                                    runs_dir=str(trial_dir), data=data or r.data)
             trial.set_user_attr("run_dir", str(r.run_dir))
             folds = list(range(n_folds))
             # force: a reused trial number (a study deleted and made again) retrains cleanly
-            cli.train_recipe(r, folds=folds, force=True, report=_Reporter(trial))
+            train_recipe(r, folds=folds, force=True, report=_Reporter(trial))
             scores = []
             for k in folds:
                 done = r.run_dir / f"fold{k}" / "done.json"
@@ -377,17 +452,22 @@ def _print_trial(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
 # outputs
 
 
-def write_overlay(study: optuna.Study, recipe: Recipe, path: Path, n_folds: int) -> Path | None:
-    """The best trial's values as a nested TOML overlay (None if no trial completed)."""
+def write_overlay(study: optuna.Study, recipe: Recipe, path: Path, n_folds: int,
+                  fold_seed: int | None = None) -> Path | None:
+    """The best trial's values as a nested TOML overlay (None if no trial completed), with
+    `train.tuned_fold_seed` = the fold seed trials were scored on (default the recipe's)."""
     try:
         best = study.best_trial
     except ValueError:
         return None
+    fold_seed = recipe.data.fold_seed if fold_seed is None else fold_seed
     nested: dict[str, Any] = {}
     for key, v in trial_overrides(best, recipe.tune).items():
         nested = deep_merge(nested, parse_override_value(key, v))
+    nested = deep_merge(nested, {"train": {"tuned_fold_seed": fold_seed}})
     head = (f"# Tuned overlay for '{recipe.name}': study '{study.study_name}', trial "
-            f"{best.number}, {recipe.metric}={best.value:.4f} (mean of {n_folds} fold(s)).\n"
+            f"{best.number}, {recipe.metric}={best.value:.4f} (mean of {n_folds} fold(s) of "
+            f"the fold table with seed {fold_seed}).\n"
             f"# Use: comp train <recipe>.toml --overlay {path}\n")
     write_text(path, head + dumps_toml(nested))
     return path
@@ -440,7 +520,8 @@ def save_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
 def run_tune(recipe: Recipe, trials: int = 20, timeout: float | None = None,
              storage: str | None = None, study: str | None = None, n_folds: int = 1,
              sampler_seed: int = 42, pruner: str = "median",
-             overlay_dir: str | Path = OVERLAY_DIR, plots: bool = True) -> dict[str, Any]:
+             overlay_dir: str | Path = OVERLAY_DIR, plots: bool = True,
+             trainer: Trainer | None = None, fold_seed: int | None = None) -> dict[str, Any]:
     """Run `trials` more trials of the recipe's `[tune]` space (continuing an existing study).
 
     Args:
@@ -454,10 +535,16 @@ def run_tune(recipe: Recipe, trials: int = 20, timeout: float | None = None,
         pruner: median | hyperband | none, fed by per-epoch validation scores.
         overlay_dir: where <recipe name>.toml with the best values goes.
         plots: save history.png / importances.png under runs/tune/<study>/.
+        trainer: trains a recipe's folds, `trainer(recipe, folds=, force=, report=)`; default
+            comp.cli.train_recipe.
+        fold_seed: the seed of the fold table trials are scored on; default data.fold_seed +
+            TUNE_SEED_OFFSET (a student with a teacher: data.fold_seed). The recipe's own seed
+            scores trials on the reported table, which makes the tuned member's CV optimistic.
 
     Returns:
-        {"study", "storage", "best_value", "best_params", "overlay", "plots", "counts"} where
-        counts maps COMPLETE/PRUNED/FAIL/... to trial counts over the whole study.
+        {"study", "storage", "best_value", "best_params", "overlay", "plots", "counts",
+        "tune_dir", "fold_seed"} where counts maps COMPLETE/PRUNED/FAIL/... to trial counts
+        over the whole study.
     """
     check_space(recipe)
     if not 1 <= n_folds <= recipe.data.folds:
@@ -470,6 +557,16 @@ def run_tune(recipe: Recipe, trials: int = 20, timeout: float | None = None,
     slug = re.sub(r"[^\w.-]+", "_", study_name)
     tune_dir = Path(recipe.runs_dir) / "tune" / slug
     direction = "maximize" if greater_is_better(recipe.metric) else "minimize"
+    if fold_seed is None:
+        fold_seed = recipe.data.fold_seed + TUNE_SEED_OFFSET
+        if recipe.kind == "student" and recipe.distill.teacher:
+            fold_seed = recipe.data.fold_seed
+            log(f"tune: '{recipe.name}' is a student: its teacher's per-fold targets exist for "
+                f"the reported fold table only, so trials are scored on it (seed {fold_seed}) "
+                "and the tuned member's CV is optimistic")
+    elif fold_seed == recipe.data.fold_seed:
+        log(f"tune: trials are scored on the reported fold table (seed {fold_seed}); the tuned "
+            "member's CV is optimistic")
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is printed below
     rdb = open_storage(storage)
@@ -483,8 +580,9 @@ def run_tune(recipe: Recipe, trials: int = 20, timeout: float | None = None,
     before = len(st.trials)
     log(f"tune: study '{study_name}' ({direction} {recipe.metric} over {n_folds} fold(s)) in "
         f"{_redact(storage)}: {before} trial(s) so far, {trials} more here "
-        f"(pid {os.getpid()}); trials in {tune_dir}")
-    objective = make_objective(recipe, n_folds, tune_dir)
+        f"(pid {os.getpid()}); trials in {tune_dir} on the fold table with seed {fold_seed}")
+    data = tune_data(recipe, tune_dir, fold_seed)
+    objective = make_objective(recipe, n_folds, tune_dir, trainer, data)
     overlay_path = Path(overlay_dir) / f"{recipe.name}.toml"
     try:
         # networks leave reference cycles (hooks, optimizer state) that a collection frees
@@ -492,16 +590,18 @@ def run_tune(recipe: Recipe, trials: int = 20, timeout: float | None = None,
         st.optimize(objective, n_trials=trials, timeout=timeout, catch=(Exception,),
                     callbacks=[_print_trial], gc_after_trial=recipe.kind != "linear")
     except KeyboardInterrupt:
-        write_overlay(st, recipe, overlay_path, n_folds)  # keep what finished trials found
+        # keep what finished trials found
+        write_overlay(st, recipe, overlay_path, n_folds, fold_seed)
         raise
-    overlay = write_overlay(st, recipe, overlay_path, n_folds)
+    overlay = write_overlay(st, recipe, overlay_path, n_folds, fold_seed)
     saved = save_plots(st, tune_dir) if plots else []
     counts: dict[str, int] = {}
     for t in st.get_trials(deepcopy=False):
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     summary: dict[str, Any] = {"study": study_name, "storage": _redact(storage),
                                "best_value": None, "best_params": {}, "overlay": overlay,
-                               "plots": saved, "counts": counts, "tune_dir": tune_dir}
+                               "plots": saved, "counts": counts, "tune_dir": tune_dir,
+                               "fold_seed": fold_seed}
     if overlay is None:
         print(f"tune: no trial completed in study '{study_name}' ({counts})", flush=True)
         return summary

@@ -251,18 +251,52 @@ def test_phase2_trains_backbone_with_layer_decay(bert_dir, comp_dir, tmp_path):
 
 
 def test_early_stopping_keeps_best_checkpoint(bert_dir, comp_dir, tmp_path):
-    recipe = recipe_for(bert_dir, comp_dir, tmp_path, epochs_frozen=4, epochs_unfrozen=3,
-                        patience=1, lr_head=0.0, lr_head_unfrozen=0.0, lr_backbone=0.0)
+    """The selection rows carry flipped labels, so their score falls as the model learns while
+    the watched rows' score rises: the kept epoch, the checkpoint, the restored weights and
+    phase 2's start must all be the selection's best, never the watched rows' or the last."""
+    recipe = recipe_for(bert_dir, comp_dir, tmp_path, epochs_frozen=6, epochs_unfrozen=2,
+                        patience=2, lr_head=2e-2, lr_head_unfrozen=1e-2, lr_backbone=1e-2,
+                        schedule="constant", warmup=0.0)
     model = _model(recipe)
-    rows, y = toy_rows(model)
-    calls: list[tuple[int, float]] = []
-    res = fit(model, rows.take(np.arange(16)), rows.take(np.arange(16, 24)), y[16:],
-              recipe.train, ckpt=tmp_path / "m.pt", report=lambda s, v: calls.append((s, v)))
-    # nothing can improve at LR 0: one extra epoch per phase, then stop
-    assert [h["phase"] for h in res.history] == [1, 1, 2]
-    assert res.best_epoch == 1 and [s for s, _ in calls] == [1, 2, 3]
+    rows, y = toy_rows(model, n=60)
+    train, sel, val = rows.take(np.arange(36)), rows.take(np.arange(36, 48)), rows.take(
+        np.arange(48, 60))
+    states: dict[int, dict] = {}  # epoch -> weights at its end
+    phase2_start: list[dict] = []
+
+    def report(epoch, value):
+        states[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def on_batch(texts):  # phase 2's first batch, before its first step
+        unfrozen = any(p.requires_grad for p in model.backbones.parameters())
+        if unfrozen and not phase2_start:
+            phase2_start.append({k: v.clone() for k, v in model.state_dict().items()})
+
+    res = fit(model, train, sel, 1 - y[36:48], recipe.train, ckpt=tmp_path / "m.pt",
+              report=report, on_batch=on_batch, watch=(val, y[48:]))
+    hist = res.history
+    p1 = [h for h in hist if h["phase"] == 1]
+    sel_scores = [h["select_accuracy"] for h in hist]
+    kept = int(np.argmax(sel_scores)) + 1  # the first best: a tie is no improvement
+    assert res.best_epoch == kept and [h["kept"] for h in hist].count(True) == 1
+    assert hist[kept - 1]["kept"] and res.best_score == max(sel_scores)
+    # the choice is not the last epoch, nor the one the watched (validation) rows prefer
+    assert kept < len(hist) and int(np.argmax([h["accuracy"] for h in hist])) + 1 != kept
+    # early stopping: each phase stops `patience` epochs after its best selection score
+    for phase in (1, 2):
+        ph = [h for h in hist if h["phase"] == phase]
+        best_at = int(np.argmax([h["select_accuracy"] for h in ph]))
+        assert len(ph) == min(best_at + 1 + 2, recipe.train.epochs_frozen if phase == 1
+                              else recipe.train.epochs_unfrozen)
     saved = torch.load(tmp_path / "m.pt")
-    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    for k, v in model.state_dict().items():  # restored == checkpoint == the kept epoch's
+        assert torch.equal(saved[k], v) and torch.equal(states[kept][k], v)
+    assert not all(torch.equal(states[len(hist)][k], v) for k, v in saved.items())
+    np.testing.assert_allclose(res.val_proba, predict(model, val), atol=1e-6)
+    # phase 2 started from the best phase-1 weights, which were not phase 1's last
+    best_p1 = int(np.argmax([h["select_accuracy"] for h in p1])) + 1
+    assert phase2_start and best_p1 < len(p1)
+    assert all(torch.equal(phase2_start[0][k], states[best_p1][k]) for k in saved)
 
 
 def test_report_can_stop_training(bert_dir, comp_dir, tmp_path):
@@ -475,7 +509,8 @@ def test_two_process_ddp_trains_shards_and_rank0_writes(bert_dir, comp_dir, tmp_
     assert len(r0["folds"]) == len(r1["folds"]) == 2
     for a, b in zip(r0["folds"], r1["folds"]):
         assert a["sum"] == b["sum"]  # averaged gradients keep the ranks in lockstep
-        assert a["rows"] == b["rows"] == 6  # half of a fold's 12 training rows each
+        # half of a fold's 12 training rows each, once 2 are held out to choose the epoch
+        assert a["rows"] == b["rows"] == 5
     run = tmp_path / "runs" / "toy_fusion"
     assert np.load(run / "oof.npy").shape == (24, 2)
     assert np.load(run / "test.npy").shape == (6, 2)

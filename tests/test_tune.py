@@ -1,3 +1,5 @@
+import json
+
 import optuna
 import pytest
 
@@ -94,14 +96,23 @@ def test_study_writes_overlay_plots_and_continues(small_comp, tmp_path, capsys):
     assert out["overlay"] == overlay
     study = optuna.load_study(study_name="tiny", storage=storage)
     best = trial_overrides(study.best_trial, space)
+    # the values, and the fold table they were chosen on: not the one the CV is reported on
+    assert out["fold_seed"] == r.data.fold_seed + 1000
     assert read_toml(overlay) == {"linear": {"C": best["linear.C"],
-                                             "char_ngram": best["linear.char_ngram"]}}
-    loaded = load_recipe(None, [f"data.dir='{small_comp}'"] + cli._flatten(read_toml(overlay)))
+                                             "char_ngram": best["linear.char_ngram"]},
+                                  "train": {"tuned_fold_seed": r.data.fold_seed + 1000}}
+    loaded = load_recipe(None, [f"data.dir='{small_comp}'"], base=read_toml(overlay))
+    assert loaded.train.tuned_fold_seed == 1042
     assert loaded.linear.C == best["linear.C"]
     assert loaded.linear.char_ngram == tuple(best["linear.char_ngram"])
     # trials ran in their own member dirs and scored fold 0 only
     done = tmp_path / "runs" / "tune" / "tiny" / "trial_0" / "tiny-t0" / "fold0" / "done.json"
     assert done.exists() and not (done.parent.parent / "fold1").exists()
+    # on their own fold table, next to links to the competition's files; its folds.csv untouched
+    tune_data = tmp_path / "runs" / "tune" / "tiny" / "data"
+    assert json.loads((tune_data / "folds.json").read_text())["seed"] == 1042
+    assert (tune_data / "train.csv").resolve() == (small_comp / "train.csv").resolve()
+    assert not (small_comp / "folds.csv").exists()
     assert (tmp_path / "runs" / "tune" / "tiny" / "history.png").stat().st_size > 1000
     assert (tmp_path / "runs" / "tune" / "tiny" / "importances.png").exists()
 
@@ -130,13 +141,13 @@ def _fake_trainer(values_by_trial, calls):
     return train_recipe
 
 
-def test_failing_trial_is_recorded_and_study_goes_on(tmp_path, monkeypatch):
+def test_failing_trial_is_recorded_and_study_goes_on(tmp_path):
     calls = []
-    monkeypatch.setattr(cli, "train_recipe",
-                        _fake_trainer(lambda n, r: None if n == 1 else [0.5, 0.6], calls))
     r = _recipe(tmp_path, space={"linear.C": SPACE["linear.C"]})
     storage = f"sqlite:///{tmp_path / 'opt.db'}"
-    out = run_tune(r, trials=3, storage=storage, overlay_dir=tmp_path / "tuned", plots=False)
+    out = run_tune(r, trials=3, storage=storage, overlay_dir=tmp_path / "tuned", plots=False,
+                   trainer=_fake_trainer(lambda n, r: None if n == 1 else [0.5, 0.6], calls),
+                   fold_seed=r.data.fold_seed)
     assert out["counts"] == {"COMPLETE": 2, "FAIL": 1}
     trials = optuna.load_study(study_name="tiny", storage=storage).trials
     assert trials[1].state == optuna.trial.TrialState.FAIL
@@ -148,18 +159,18 @@ def test_failing_trial_is_recorded_and_study_goes_on(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("pruner", ["median", "hyperband"])
-def test_bad_epochs_get_pruned_with_steps_unique_across_folds(tmp_path, monkeypatch, pruner):
+def test_bad_epochs_get_pruned_with_steps_unique_across_folds(tmp_path, pruner):
     calls = []
 
     def values(n, recipe):  # the first trials are good; later ones are poor from epoch 1
         base = 0.9 if n < 5 else 0.3
         return [base, base + 0.02]
 
-    monkeypatch.setattr(cli, "train_recipe", _fake_trainer(values, calls))
     r = _recipe(tmp_path, space={"linear.C": SPACE["linear.C"]})
     storage = f"sqlite:///{tmp_path / 'opt.db'}"
     out = run_tune(r, trials=8, storage=storage, n_folds=2, pruner=pruner,
-                   overlay_dir=tmp_path / "tuned", plots=False)
+                   overlay_dir=tmp_path / "tuned", plots=False,
+                   trainer=_fake_trainer(values, calls), fold_seed=r.data.fold_seed)
     assert out["counts"].get("PRUNED", 0) >= 2
     trials = optuna.load_study(study_name="tiny", storage=storage).trials
     assert sorted(trials[0].intermediate_values) == [1, 2, 1001, 1002]
@@ -168,12 +179,12 @@ def test_bad_epochs_get_pruned_with_steps_unique_across_folds(tmp_path, monkeypa
     assert out["best_value"] == pytest.approx(0.92)
 
 
-def test_no_pruner_never_prunes(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "train_recipe",
-                        _fake_trainer(lambda n, r: [0.9 if n < 5 else 0.1], []))
+def test_no_pruner_never_prunes(tmp_path):
     r = _recipe(tmp_path, space={"linear.C": SPACE["linear.C"]})
     out = run_tune(r, trials=6, storage=f"sqlite:///{tmp_path / 'opt.db'}", pruner="none",
-                   overlay_dir=tmp_path / "tuned", plots=False)
+                   overlay_dir=tmp_path / "tuned", plots=False,
+                   trainer=_fake_trainer(lambda n, r: [0.9 if n < 5 else 0.1], []),
+                   fold_seed=r.data.fold_seed)
     assert out["counts"] == {"COMPLETE": 6}
 
 
