@@ -400,6 +400,9 @@ def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray) -> dict | Non
         # honest CV after a pseudo-label round needs every fold's rows to be its own
         cv["extra_per_fold"] = all(m.get("extra_per_fold", False) for m in metas
                                    if m.get("n_extra", 0))
+    if recipe.train.tuned_fold_seed >= 0:  # values from `comp tune`: which folds chose them
+        cv["tuned_on"] = {"fold_seed": recipe.train.tuned_fold_seed,
+                          "same_folds": recipe.train.tuned_fold_seed == recipe.data.fold_seed}
     if unl is not None:
         cv.update(n_unlabelled=len(unl), unlabelled_hash=comp.unlabelled_hash)
         unl = unl.astype(np.float32)
