@@ -149,6 +149,10 @@ class TrainConfig:
     ema: float = 0.0  # decay; 0 = off
     cache_frozen: bool = True
     cache_dtype: str = "float32"  # float32 | float16 | bfloat16: storage of cached features
+    # phase 2 trains only each backbone's top N layers; the states below are computed once per
+    # text and cached (comp.fusion.BottomCache), so an epoch costs the top and the head.
+    # 0 = every layer trains
+    unfreeze_top: int = 0
     bucket: bool = True
     seed: int = 42
     pseudo: str = ""  # pseudo-label file joined to training parts only
@@ -170,6 +174,7 @@ class TrainConfig:
         _check(0.0 <= self.ema < 1.0, "train.ema", "must be in [0, 1)")
         _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "must be in [0, 1)")
         _check(self.accum >= 1, "train.accum", "must be >= 1")
+        _check(self.unfreeze_top >= 0, "train.unfreeze_top", "must be >= 0 (0 = all layers)")
         _check(0.0 <= self.inner_val <= 0.5, "train.inner_val", "must be in [0, 0.5]")
         _check(self.cache_dtype in ("float32", "float16", "bfloat16"), "train.cache_dtype",
                "must be float32, float16 or bfloat16")
