@@ -198,7 +198,7 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
             model.load_state_dict(best_state)
             if ema is not None:
                 ema.reset(model)
-        model.freeze_backbones(phase == 1 and len(model.backbones) > 0)
+        model.set_phase(phase, cfg)  # phase 2 with train.unfreeze_top: top layers only
         phase_cache = cache if phase == 1 else None
         opt = torch.optim.AdamW(param_groups(model, cfg, phase))
         batches_per_epoch = len(train_batches(train.lengths, cfg.batch_size, None, False))
