@@ -208,6 +208,9 @@ def test_cli_tune_runs_and_overlay_trains(small_comp, tmp_path, monkeypatch, cap
     assert "best trial" in capsys.readouterr().out
     overlay = tmp_path / "recipes" / "tuned" / "tiny_lr.toml"
     assert (tmp_path / "runs" / "optuna.db").exists() and overlay.exists()
-    assert cli.main(["train", *base, "--overlay", str(overlay), "--folds", "0"]) == 0
+    assert cli.main(["train", *base, "--overlay", str(overlay)]) == 0
     trained = read_toml(tmp_path / "runs" / "tiny_lr" / "recipe.toml")
     assert trained["linear"]["C"] == read_toml(overlay)["linear"]["C"]
+    # the member says its values were chosen on another fold table than its CV's
+    cv = json.loads((tmp_path / "runs" / "tiny_lr" / "cv.json").read_text())
+    assert cv["tuned_on"] == {"fold_seed": 1042, "same_folds": False}
