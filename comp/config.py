@@ -75,6 +75,9 @@ class BackboneConfig:
     kind: str = "bert"  # bert | roberta_wwm | wobert | xlnet | albert
     path: str = "models/bert_tiny"  # local save_pretrained dir or hub id
     max_len: int = 128
+    # phase-2 LR of this backbone's top layer group (0 = train.lr_backbone): a pretrained e5
+    # beside tiny in-task backbones wants ~50x less
+    lr: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,7 @@ class FusionModel(nn.Module):
                                      cfg.dropout, cfg.msd)
         self.frozen = False
         self.top_layers = 0  # > 0: only the top N layers train, the bottom comes from a cache
+        self.cuts: list[int | None] = [None] * len(backbones)  # per backbone; None = whole
         self.bottom_dtype = torch.float32
         # tokens are a pure function of (backbone, text); a trainer shares one memo across folds
         self.tokens = TokenMemo()
@@ -113,6 +114,7 @@ class FusionModel(nn.Module):
         """Freeze (no gradients, eval mode: fixed outputs) or unfreeze every backbone."""
         self.frozen = frozen
         self.top_layers = 0
+        self.cuts = [None] * len(self.backbones)
         for p in self.backbones.parameters():
             p.requires_grad_(not frozen)
         self.train(self.training)
@@ -120,10 +122,13 @@ class FusionModel(nn.Module):
     def unfreeze_top(self, n: int, dtype: torch.dtype = torch.float32) -> None:
         """Train only each backbone's top `n` layers (and what sits above them); embeddings and
         the layers below stay frozen in eval mode and are read from the bottom cache (stored in
-        `dtype`)."""
+        `dtype`). A backbone with `n` layers or fewer, or without a BERT layer stack (XLNet,
+        ALBERT's shared layers), trains whole, as with unfreeze_top = 0."""
         self.freeze_backbones(False)
-        for b in self.backbones:
-            for m in b.bottom_modules(self._cut(b, n)):
+        self.cuts = [b.n_layers - n if b.splittable and b.n_layers > n else None
+                     for b in self.backbones]
+        for b, cut in zip(self.backbones, self.cuts):
+            for m in b.bottom_modules(cut) if cut is not None else []:
                 for p in m.parameters():
                     p.requires_grad_(False)
         self.top_layers = n
@@ -140,26 +145,20 @@ class FusionModel(nn.Module):
         else:
             self.freeze_backbones(False)
 
-    @staticmethod
-    def _cut(backbone: nn.Module, n: int) -> int:
-        """The first trained layer when the top `n` of the backbone's layers train."""
-        return max(0, backbone.n_layers - n)
-
     def train(self, mode: bool = True) -> FusionModel:
         """Like nn.Module.train, but frozen backbones (or frozen bottoms) stay in eval mode."""
         super().train(mode)
         if self.frozen:
             self.backbones.eval()
-        elif self.top_layers:
-            for b in self.backbones:
-                for m in b.bottom_modules(self._cut(b, self.top_layers)):
+        else:
+            for b, cut in zip(self.backbones, self.cuts):
+                for m in b.bottom_modules(cut) if cut is not None else []:
                     m.eval()
         return self
 
     def bottom_cache(self, j: int) -> BottomCache:
         """Backbone j's bottom cache at the current cut (shared through the token memo)."""
-        b = self.backbones[j]
-        key = (j, self._cut(b, self.top_layers), self.max_lens[j], str(self.bottom_dtype))
+        key = (j, self.cuts[j], self.max_lens[j], str(self.bottom_dtype))
         if key not in self.tokens.bottoms:
             self.tokens.bottoms[key] = BottomCache(key[1], self.bottom_dtype)
         return self.tokens.bottoms[key]
@@ -175,7 +174,8 @@ class FusionModel(nn.Module):
             batch = to_device(self.prepare(texts[lo:lo + batch_size], vec_ids=[]),
                               next(self.parameters()).device)
             for j, (b, enc) in enumerate(zip(self.backbones, batch["bb"])):
-                self.bottom_cache(j).states(b, batch["texts"], enc["inputs"])
+                if self.cuts[j] is not None:
+                    self.bottom_cache(j).states(b, batch["texts"], enc["inputs"])
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters outside the backbones: head, classifier, tuned vectors."""
@@ -251,7 +251,7 @@ class FusionModel(nn.Module):
             return None, []
         grids, cls = [], []
         for j, (b, enc) in enumerate(zip(self.backbones, batch["bb"])):
-            if self.top_layers:  # frozen bottom from the cache, top layers live
+            if self.cuts[j] is not None:  # frozen bottom from the cache, top layers live
                 cache = self.bottom_cache(j)
                 mask = enc["inputs"]["attention_mask"]
                 bottom = cache.states(b, batch["texts"], enc["inputs"])  # (B, T, H)

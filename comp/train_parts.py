@@ -224,7 +224,9 @@ def schedule_lambda(kind: str, warmup: float, total_steps: int) -> Callable[[int
 
 def param_groups(model: FusionModel, cfg: TrainConfig, phase: int) -> list[dict]:
     """AdamW groups: the head at its LR; in phase 2 every backbone layer group at
-    lr_backbone * layer_decay^(depth from the top). Biases and norms get no weight decay."""
+    lr * layer_decay^(depth from the top), lr the backbone's own (model.backbones[i].lr) or
+    train.lr_backbone; frozen groups (below train.unfreeze_top's cut) get none. Biases and
+    norms get no weight decay."""
     groups: list[dict] = []
     seen: set[int] = set()
 
@@ -240,11 +242,13 @@ def param_groups(model: FusionModel, cfg: TrainConfig, phase: int) -> list[dict]
     head_lr = cfg.lr_head if phase == 1 or cfg.lr_head_unfrozen <= 0 else cfg.lr_head_unfrozen
     add(model.head_parameters(), head_lr, "head")
     if phase == 2:
-        for b in model.backbones:
+        for j, b in enumerate(model.backbones):
             layers = [g for g in b.layer_groups() if g]
+            bcs = getattr(getattr(model, "cfg", None), "backbones", ())
+            lr = (bcs[j].lr if j < len(bcs) else 0.0) or cfg.lr_backbone  # per backbone
             for i, g in enumerate(layers):
                 depth = len(layers) - 1 - i  # 0 for the top group
-                add(g, cfg.lr_backbone * cfg.layer_decay ** depth, f"{b.kind}.{i}")
+                add(g, lr * cfg.layer_decay ** depth, f"{b.kind}.{i}")
     if not groups:
         raise ValueError("no trainable parameters")
     return groups

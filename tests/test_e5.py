@@ -284,10 +284,25 @@ def test_unfreeze_top_phase_trains_end_to_end(tiny_bert):
     assert model.top_layers == 0 and all(p.requires_grad for p in model.parameters())
 
 
-def test_unfreeze_top_on_a_backbone_without_a_layer_stack_is_a_comp_error(tiny_bert):
-    from comp.utils import CompError
+def test_a_backbone_with_n_layers_or_fewer_trains_whole(tiny_bert):
+    model = _model(tiny_bert)
+    model.unfreeze_top(3)  # all three layers: nothing to cache, the embeddings train too
+    assert model.cuts == [None]
+    assert all(p.requires_grad for p in model.backbones.parameters())
+    model(model.prepare(TEXTS)).sum().backward()
+    assert model.backbones[0].model.embeddings.word_embeddings.weight.grad is not None
+    assert len(model.tokens.bottoms) == 0
+
+
+def test_a_backbone_lr_overrides_train_lr_backbone(tiny_bert):
+    import dataclasses
+
+    from comp.config import TrainConfig
+    from comp.train_parts import param_groups
 
     model = _model(tiny_bert)
-    model.backbones[0].model.encoder = None
-    with pytest.raises(CompError, match="train.unfreeze_top"):
-        model.unfreeze_top(1)
+    cfg = TrainConfig(lr_backbone=1e-3, layer_decay=1.0)
+    assert {g["lr"] for g in param_groups(model, cfg, 2) if g["tag"] != "head"} == {1e-3}
+    bc = dataclasses.replace(model.cfg.backbones[0], lr=5e-5)
+    model.cfg = dataclasses.replace(model.cfg, backbones=(bc,))
+    assert {g["lr"] for g in param_groups(model, cfg, 2) if g["tag"] != "head"} == {5e-5}

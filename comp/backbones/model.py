@@ -107,6 +107,13 @@ class Backbone(nn.Module):
         return m.embeddings, layers
 
     @property
+    def splittable(self) -> bool:
+        """Whether the encoder is a BERT-style layer stack `bottom_states`/`top_states` split."""
+        m = self.model
+        return getattr(m, "embeddings", None) is not None and \
+            getattr(getattr(m, "encoder", None), "layer", None) is not None
+
+    @property
     def n_layers(self) -> int:
         """Transformer layers in the stack."""
         return len(self._stack()[1])
