@@ -23,7 +23,7 @@ table shows both the one-model and the k-fold rows/s per member; the speedup on 
 is the k-fold teacher's time over the student's (one model: the fold-0 student is what is
 scored).
 
-The students are served as `comp.distill.serving_model` serves them: a TextCNN over gensim
+The students are served as `comp.predict.serving_model` serves them: a TextCNN over gensim
 vectors folded into per-vocabulary lookup tables of its convolutions (equal outputs, tested in
 tests/test_distill.py); the plain model forward of the same weights is printed below it.
 
@@ -294,8 +294,9 @@ def run_student(recipe: Recipe, folds: list[int] | None, comp: Competition, trut
     """Train (resumes) and score fold 0's model on the test texts; register its timing jobs:
     served as comp.distill serves it (lookup tables for a TextCNN), the plain model forward,
     and its text -> inputs part (as charged to the teacher's members)."""
-    from comp.distill import load_student, predict_texts, serving_model, train_student
+    from comp.distill import load_student, train_student
     from comp.fusion import count_parameters
+    from comp.predict import predict_texts, serving_model
 
     t0 = time.time()
     cv = train_student(recipe, folds)

@@ -6,8 +6,8 @@
                                               OOF (n_train, C) + test (n_test, C)
       teacher_rows(teacher, ...)              test/unlabelled rows with targets, per fold
       fit_student_fold(ctx, data, teacher)    rows with packed targets -> comp.train.fit
-    serving_model(load_student(run, fold))    a TextCNN folded into lookup tables (TextCNNTables)
-      predict_texts(served, texts, cfg)       raw texts -> (n, C) probabilities
+    comp.predict.serving_model(load_student(run, fold))   TextCNN folded into lookup tables
+      comp.predict.predict_texts(served, texts, cfg)     raw texts -> (n, C) probabilities
 
 The teacher is an ensemble's probabilities. Student fold k learns only from what the teacher's
 fold-k models said (`distill.targets = "fold"`, the default): their blend on fold k's training
@@ -51,9 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from comp.config import ModelConfig, Recipe
+from comp.config import Recipe
 from comp.data import Competition, folds_hash, load_competition, load_folds
-from comp.fusion import FusionModel, build_fusion
+from comp.fusion import FusionModel
 from comp.losses import ClassificationLoss
 from comp.member import ExtraRows, FoldContext, run_member
 from comp.train import (
@@ -62,18 +62,16 @@ from comp.train import (
     finish_fold,
     fit,
     label_loss,
-    predict,
+    predict_fold_texts,
     predict_fold_train,
     selection_split,
     start_fold,
 )
-from comp.train_parts import make_rows
 from comp.utils import CompError, log, read_json, write_json
 
 __all__ = ["Teacher", "DistillLoss", "load_teacher", "teacher_with_fold_targets",
            "teacher_logits", "pack_targets", "teacher_rows",
-           "fit_student_fold", "train_student", "predict_texts", "load_student",
-           "TextCNNTables", "serving_model"]
+           "fit_student_fold", "train_student", "load_student", "TextCNNTables"]
 
 PROBA_FLOOR = 1e-6  # log(0) has no logit; ensembles of calibrated models do reach ~0
 
@@ -395,7 +393,8 @@ def train_student(recipe: Recipe, folds_to_run: list[int] | None = None, force: 
     # looked up at call time, so tests can put a memorising student in its place
     cv = run_member(recipe, lambda ctx: fit_student_fold(ctx, data, teacher),
                     folds_to_run, force, extra, report, comp,
-                    lambda ctx: predict_fold_train(ctx, data))
+                    lambda ctx: predict_fold_train(ctx, data),
+                    lambda ctx: predict_fold_texts(ctx, data))
     if cv is not None and teacher is not None and dcfg.alpha < 1:
         # ensembles take per-fold predictions only from students with honest CV
         cv["teacher_targets"] = dcfg.targets
@@ -601,42 +600,13 @@ def _tables_unsupported(model: FusionModel) -> str:
     return ""
 
 
-def serving_model(model: FusionModel) -> FusionModel | TextCNNTables:
-    """What serves a trained student fastest: its lookup tables when it folds, else itself."""
-    model.eval()
-    return TextCNNTables(model) if not _tables_unsupported(model) else model
-
-
-@torch.no_grad()
-def predict_texts(model: FusionModel | TextCNNTables, texts: Sequence[str], cfg: ModelConfig,
-                  batch_size: int = 512) -> np.ndarray:
-    """Raw texts -> (n, C) probabilities, including text-to-id work (what serving costs).
-
-    Args:
-        model: a trained student, or its `serving_model` form.
-        texts: raw texts.
-        cfg: the student's model section (truncation, windows).
-        batch_size: texts per forward.
-    """
-    c = model.n_classes
-    rows = make_rows(list(texts), cfg, np.zeros((len(texts), c), np.float32))
-    if isinstance(model, TextCNNTables):
-        return rows.average(model.predict_rows(rows.texts, batch_size))
-    rows.vec_ids = model.vector_ids(rows.texts)
-    return predict(model, rows, batch_size, desc="student predict")
-
-
 def load_student(run_dir: str | Path, fold: int, n_classes: int,
                  recipe: Recipe | None = None) -> FusionModel:
     """A trained fold's model from runs/<name>/fold{k}/model.pt (for serving and benchmarks)."""
     from comp.config import load_recipe
+    from comp.predict import load_neural_fold
 
     run_dir = Path(run_dir)
     recipe = recipe or load_recipe(run_dir / "recipe.toml")
-    ckpt = run_dir / f"fold{fold}" / "model.pt"
-    if not ckpt.exists():
-        raise CompError(f"{ckpt}: no checkpoint (fold not trained?)")
-    model = build_fusion(recipe, n_classes)
-    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
-    model.eval()
-    return model
+    return load_neural_fold(run_dir / f"fold{fold}" / "model.pt", recipe, n_classes)
+

@@ -104,12 +104,18 @@ class PrefitSigmoidSVC:
 
     def fit(self, X, y, sample_weight=None):
         """Fit the SVC, then the calibrator on the frozen SVC's training scores."""
+        import warnings
+
         from sklearn.calibration import CalibratedClassifierCV
         from sklearn.frozen import FrozenEstimator
 
         self.svc.fit(X, y, sample_weight=sample_weight)
-        self.cal_ = CalibratedClassifierCV(FrozenEstimator(self.svc), method="sigmoid")
-        self.cal_.fit(X, y, sample_weight=sample_weight)
+        every = np.arange(X.shape[0])  # one "split": the frozen SVC scores every row once
+        self.cal_ = CalibratedClassifierCV(FrozenEstimator(self.svc), method="sigmoid",
+                                           cv=[(every, every)])
+        with warnings.catch_warnings():  # "weights only reach the calibration": the SVC has
+            warnings.filterwarnings("ignore", message=".*FrozenEstimator.*sample_weight")
+            self.cal_.fit(X, y, sample_weight=sample_weight)  # had them in its own fit above
         self.classes_ = self.cal_.classes_
         return self
 
@@ -279,13 +285,20 @@ def train_linear(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
                           full_proba(model, X[ctx.train_idx], comp.n_classes)
                           if ctx.predict_train else None)
 
-    def predict_fold(ctx: FoldContext) -> np.ndarray | None:
-        if not fold_model_path(ctx.dir).exists():
-            return None
+    def kept(ctx: FoldContext):
         import joblib
 
-        model = joblib.load(fold_model_path(ctx.dir))
-        return full_proba(model, feats.X_pred, comp.n_classes)
+        path = fold_model_path(ctx.dir)
+        return joblib.load(path) if path.exists() else None
+
+    def predict_fold(ctx: FoldContext) -> np.ndarray | None:
+        model = kept(ctx)
+        return None if model is None else full_proba(model, feats.X_pred, comp.n_classes)
+
+    def predict_fold_train(ctx: FoldContext) -> np.ndarray | None:
+        model = kept(ctx)
+        return None if model is None else full_proba(model, feats.X[ctx.train_idx],
+                                                     comp.n_classes)
 
     return run_member(recipe, fit_fold, folds_to_run, force, report=report, comp=comp,
-                      predict_fold=predict_fold)
+                      predict_fold_train=predict_fold_train, predict_fold=predict_fold)

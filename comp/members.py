@@ -138,10 +138,9 @@ class FusionMember(MemberKind):
 
     def references(self, recipe):
         """The backbone folders and the vectors files the recipe names."""
-        from comp.vectors import vectors_path
-
         refs = [Path(b.path) for b in recipe.model.backbones if Path(b.path).exists()]
-        refs += [vectors_path(recipe.model.vectors_dir, kind) for kind in recipe.model.vectors]
+        refs += [Path(recipe.model.vectors_dir) / f"w2v-{kind}.kv"
+                 for kind in recipe.model.vectors]
         return refs
 
 

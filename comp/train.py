@@ -502,8 +502,8 @@ def predict_training_part(model: FusionModel, ctx: FoldContext, data: FusionData
                    cfg.amp, desc=f"{ctx.recipe.name} fold {ctx.fold} training rows")
 
 
-def predict_fold_train(ctx: FoldContext, data: FusionData) -> np.ndarray | None:
-    """A done fold's training-part predictions from its kept model.pt; None without one."""
+def _kept_model(ctx: FoldContext, data: FusionData) -> FusionModel | None:
+    """A done fold's kept model.pt, loaded, with the member's rows built; None without one."""
     ckpt = ctx.dir / "model.pt"
     if not ckpt.exists():
         return None
@@ -512,7 +512,24 @@ def predict_fold_train(ctx: FoldContext, data: FusionData) -> np.ndarray | None:
     model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
     model.to(_device())
     data.ensure_rows(model)
-    return predict_training_part(model, ctx, data)
+    return model
+
+
+def predict_fold_train(ctx: FoldContext, data: FusionData) -> np.ndarray | None:
+    """A done fold's training-part predictions from its kept model.pt; None without one."""
+    model = _kept_model(ctx, data)
+    return None if model is None else predict_training_part(model, ctx, data)
+
+
+def predict_fold_texts(ctx: FoldContext, data: FusionData) -> np.ndarray | None:
+    """A done fold's predictions on ctx.predict_texts (new test or unlabelled texts) from its
+    kept model.pt; None without one."""
+    model = _kept_model(ctx, data)
+    if model is None:
+        return None
+    cfg = ctx.recipe.train
+    return predict(model, data.test, cfg.eval_batch_size, None, cfg.bucket, cfg.amp,
+                   desc=f"{ctx.recipe.name} fold {ctx.fold} test")
 
 
 def collect_epochs(run_dir: str | Path, cv: dict | None) -> dict | None:
@@ -552,7 +569,7 @@ def train_fusion(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
     if world == 1:
         return collect_epochs(recipe.run_dir, run_member(
             recipe, lambda ctx: fit_fold(ctx, data), folds_to_run, force, extra, report, comp,
-            lambda ctx: predict_fold_train(ctx, data)))
+            lambda ctx: predict_fold_train(ctx, data), lambda ctx: predict_fold_texts(ctx, data)))
     import torch.distributed as dist
 
     if rank == 0:

@@ -20,6 +20,7 @@ from comp.data import folds_hash, load_competition, load_folds, normalize_text
 from comp.distill import DistillLoss, load_teacher, pack_targets, train_student
 from comp.fusion import grid_texts
 from comp.losses import create_loss, loss_names
+from comp.predict import predict_texts, serving_model
 from comp.utils import CompError
 from comp.vectors import train_vectors
 
@@ -148,7 +149,7 @@ def test_trained_fold_serves_raw_texts(small_comp, vec_dir, tmp_path):
     train_student(r, folds_to_run=[0])
     comp, _ = comp_and_folds(small_comp)
     model = distill.load_student(r.run_dir, 0, comp.n_classes)
-    proba = distill.predict_texts(model, comp.test_texts, r.model, batch_size=64)
+    proba = predict_texts(model, comp.test_texts, r.model, batch_size=64)
     assert np.allclose(proba, fold_proba(r)[1], atol=1e-5)
 
 
@@ -211,14 +212,14 @@ def test_served_tables_equal_the_model(small_comp, vec_dir, tmp_path, kernels, v
         for conv in model.head.convs:
             conv.bias.normal_()  # some channels positive everywhere, some never
     texts = SERVE_TEXTS + comp.test_texts[:40]
-    served = distill.serving_model(model)
+    served = serving_model(model)
     assert isinstance(served, distill.TextCNNTables)
-    want = distill.predict_texts(model, texts, r.model, batch_size=7)
-    got = distill.predict_texts(served, texts, r.model, batch_size=7)
+    want = predict_texts(model, texts, r.model, batch_size=7)
+    got = predict_texts(served, texts, r.model, batch_size=7)
     assert got.shape == (len(texts), comp.n_classes)
     np.testing.assert_allclose(got, want, atol=2e-6)
     # batch size and order do not matter (rows are pooled one by one)
-    np.testing.assert_allclose(distill.predict_texts(served, texts[::-1], r.model, 512),
+    np.testing.assert_allclose(predict_texts(served, texts[::-1], r.model, 512),
                                got[::-1], atol=2e-6)
 
 
@@ -229,7 +230,7 @@ def test_students_that_do_not_fold_serve_as_themselves(small_comp, vec_dir, tmp_
 
     r = student(small_comp, vec_dir, tmp_path / "runs", model=model)
     net = build_fusion(r, 2)
-    assert distill.serving_model(net) is net
+    assert serving_model(net) is net
     with pytest.raises(CompError, match="model.head"):
         distill.TextCNNTables(net)
 
@@ -239,8 +240,8 @@ def test_trained_student_served_from_tables(small_comp, vec_dir, tmp_path):
                 distill={"teacher": str(write_teacher(small_comp, tmp_path / "t"))})
     train_student(r, folds_to_run=[0])
     comp, _ = comp_and_folds(small_comp)
-    served = distill.serving_model(distill.load_student(r.run_dir, 0, comp.n_classes))
-    proba = distill.predict_texts(served, comp.test_texts, r.model, batch_size=64)
+    served = serving_model(distill.load_student(r.run_dir, 0, comp.n_classes))
+    proba = predict_texts(served, comp.test_texts, r.model, batch_size=64)
     assert np.allclose(proba, fold_proba(r)[1], atol=1e-5)  # what the fold predicted
 
 
@@ -513,9 +514,9 @@ def test_a_real_ensemble_teaches_a_student(small_comp, vec_dir, tmp_path):
     with pytest.raises(CompError, match="--prepare-teacher"):
         train_student(r)
     oof0 = np.load(lin.run_dir / "oof.npy")
-    # the member refits (TF-IDF keeps no model) to predict its training rows; blend again
+    # the member's kept fold models predict their training rows; blend again
     teacher = distill.teacher_with_fold_targets(csv_path.with_suffix(".json"))
-    assert teacher.name == "mean_folds_cv0.8125.json"
+    assert teacher.name == csv_path.with_suffix(".json").name.replace("mean_", "mean_folds_")
     assert np.allclose(np.load(lin.run_dir / "oof.npy"), oof0)
     train_k = np.load(lin.run_dir / "train_by_fold.npy")  # (K, n_train, C)
     folds = load_folds(load_competition(data), data)
@@ -683,5 +684,6 @@ def test_cli_names_the_fix_then_prepares_the_teacher(small_comp, vec_dir, tmp_pa
     assert "--prepare-teacher" in err[-1] and str(manifest) in err[-1]
     assert err[-1].startswith("comp distill: error: ")
     assert main(args + ["--prepare-teacher"]) in (0, None)
-    assert (tmp_path / "subs" / "mean_folds_cv0.8125.json").exists()
+    assert [p.name for p in (tmp_path / "subs").glob("mean_folds_cv*.json")] == [
+        manifest.name.replace("mean_", "mean_folds_")]
     assert (tmp_path / "runs" / "student_textcnn" / "fold0" / "done.json").exists()
