@@ -142,17 +142,61 @@ def test_folds_group_identical_normalized_texts():
 
 
 def test_sentiment_folds_never_split_a_text(small_comp):
+    # the shared fixture is de-duplicated: add copies (exact, spaced, full-width, upper-case) of
+    # 60 of its texts, 2-4 copies each, so there is something to keep together
+    rows = list(csv.reader(open(small_comp / "train.csv", encoding="utf-8")))
+    header, body = rows[0], rows[1:]
+    variants = [lambda t: t, lambda t: " ".join(t), lambda t: t.upper() + " ",
+                lambda t: t.translate({ord(c): ord(c) + 0xFEE0 for c in "0123456789"})]
+    copies = [(f"dup{i}_{j}", variants[j % 4](t), y)
+              for i, (_, t, y) in enumerate(body[:60]) for j in range(1 + i % 3 + 1)]
+    _write(small_comp / "train.csv", header, body + copies)
     cfg = DataConfig(dir=str(small_comp), folds=4)
     comp = load_competition(cfg)
+    keys = [normalize_text(t) for t in comp.train_texts]
+    assert len(set(keys)) == len(body) < len(keys)  # the copies are duplicates of real rows
     folds = load_folds(comp, cfg)
     assert set(folds.tolist()) == {0, 1, 2, 3}
     by_key = {}
-    for t, f in zip(comp.train_texts, folds):
-        assert by_key.setdefault(normalize_text(t), f) == f
+    for key, f in zip(keys, folds):
+        assert by_key.setdefault(key, f) == f
     # stratified: each fold's positive share is close to the overall share
     share = comp.labels.mean()
     for f in range(4):
         assert abs(comp.labels[folds == f].mean() - share) < 0.08
+
+
+def test_rare_classes_go_to_distinct_folds_and_are_named_once(capsys):
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 40 + [1] * 40 + [2] + [3] * 2 + [4] * 3 + [5] * 4)
+    rng.shuffle(labels)
+    texts = [f"文本{i}" for i in range(len(labels))]
+    classes = ["a", "b", "one", "two", "three", "four"]
+    folds = make_folds(labels, texts, 5, 0, classes)
+    err = capsys.readouterr().err
+    assert err.count("fewer rows than the 5 folds") == 1
+    assert "'one' (1), 'two' (2), 'three' (3), 'four' (4)" in err and "'a'" not in err
+    for c in range(6):
+        rows = np.flatnonzero(labels == c)
+        assert len(set(folds[rows].tolist())) == min(len(rows), 5), classes[c]
+    # a rare class with 2+ rows is in every fold's training part
+    for c in (3, 4, 5):
+        for f in range(5):
+            assert (labels[folds != f] == c).any()
+
+
+def test_too_few_texts_for_the_folds_is_one_line():
+    with pytest.raises(CompError, match="only 3 distinct train text"):
+        make_folds(np.array([0, 1, 0, 1]), ["a", "b", "c", "c"], 4, 0)
+
+
+def test_sample_with_one_column_per_class(tmp_path):
+    cfg = _comp(tmp_path, [("a", "好", "pos"), ("b", "坏", "neg")], [("c", "一般"), ("d", "行")])
+    _write(tmp_path / "sample_submission.csv", ("id", "pos", "neg"), [("d", 0.5, 0.5),
+                                                                      ("c", 0.5, 0.5)])
+    assert load_competition(cfg).sub_proba_cols == ["pos", "neg"]
+    _write(tmp_path / "sample_submission.csv", ("id", "label"), [("d", "pos"), ("c", "pos")])
+    assert load_competition(cfg).sub_proba_cols == []
 
 
 def test_fold_table_is_reused_and_never_silently_replaced(small_comp):
@@ -262,6 +306,7 @@ def test_unset_unlabelled_changes_neither_folds_nor_fingerprints(small_comp):
     d.pop("runs_dir")
     d["train"].pop("predict_train")  # newer than the runs this fingerprint must keep matching
     d["data"].pop("dir")  # the data are fingerprinted by content, not by where they live
+    d["data"].pop("use_folds")  # which folds ran is each fold marker's business
     assert recipe_fingerprint(plain) == sha1_of([dumps_toml(d)])
     with_unl = load_recipe(None, base + ["data.extra=unlabelled.csv"])
     assert recipe_fingerprint(with_unl) == recipe_fingerprint(plain)

@@ -25,3 +25,45 @@ def test_nblr_predicts_three_classes():
     X = sp.csr_matrix(np.eye(3)[y] * 2 + rng.random((90, 3)) * 0.1)
     p = NBLogisticRegression(C=10).fit(X, y).predict_proba(X)
     assert p.shape == (90, 3) and (p.argmax(1) == y).mean() > 0.9
+
+
+def test_svc_calibration_adapts_to_rare_classes():
+    from comp.linear import svc_calibration
+
+    assert svc_calibration(np.array([0] * 5 + [1] * 3)) == (3, "")
+    folds, note = svc_calibration(np.array([0] * 5 + [1] * 2 + [2] * 4))
+    assert folds == 2 and "2 inner folds instead of 3" in note
+    folds, note = svc_calibration(np.array([0] * 5 + [1] + [2] * 2))
+    assert folds == 0 and "sigmoid on its own training scores" in note
+
+
+@pytest.mark.parametrize("rare", [1, 2])
+def test_svc_fits_and_predicts_a_class_with_one_or_two_rows(rare, capsys):
+    # regression: CalibratedClassifierCV(cv=3) raised "Requesting 3-fold cross-validation but
+    # provided less than 3 examples for at least one class"
+    import scipy.sparse as sp
+
+    from comp.config import LinearConfig
+    from comp.linear import full_proba, make_model
+
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 30 + [1] * 30 + [2] * rare)
+    X = sp.csr_matrix(np.eye(3)[y] * 2 + rng.random((len(y), 3)) * 0.1)
+    model = make_model(LinearConfig(model="svc"), 3, 0, y, name=f"rare{rare}")
+    model.fit(X, y, sample_weight=np.ones(len(y)))
+    p = full_proba(model, X, 3)
+    assert p.shape == (len(y), 3) and np.allclose(p.sum(1), 1)
+    assert (p.argmax(1) == y).mean() > 0.9
+    assert capsys.readouterr().err.count(f"rare{rare}: a class has {rare} training row") == 1
+    make_model(LinearConfig(model="svc"), 3, 0, y, name=f"rare{rare}")  # said once per member
+    assert "training row" not in capsys.readouterr().err
+
+
+def test_liblinear_models_are_seeded():
+    from comp.config import LinearConfig
+    from comp.linear import make_model
+
+    for kind in ("lr", "svc", "nblr"):
+        m = make_model(LinearConfig(model=kind), 2, seed=7)
+        inner = getattr(m, "estimator", m)
+        assert inner.random_state == 7, kind

@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 
 import numpy as np
 import pytest
@@ -58,3 +59,40 @@ def test_label_scores_average_f1_over_the_answer_classes():
     assert out["accuracy"] == 0.75 and out["n"] == 4
     # a: P=1 R=0.5 F1=2/3; b: F1=1; the predicted-only class c is not averaged in
     assert out["macro_f1"] == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_sample_with_one_column_per_class_gets_probabilities(small_comp, tmp_path):
+    # regression: such a sample got label text in its first class column
+    ids = [r[0] for r in csv.reader(open(small_comp / "sample_submission.csv",
+                                         encoding="utf-8"))][1:]
+    with open(small_comp / "sample_submission.csv", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "pos", "neg"])  # not the class order (neg, pos)
+        w.writerows((i, 0.5, 0.5) for i in ids)
+    comp = load_competition(DataConfig(dir=str(small_comp)))
+    proba = np.random.default_rng(0).dirichlet([1, 1], len(comp.test_ids))
+    path = write_submission(comp, proba, comp.classes, tmp_path / "p", {"cv": 0.5})
+    out = list(csv.reader(open(path, encoding="utf-8")))
+    assert out[0] == ["id", "pos", "neg"]
+    by_id = dict(zip(comp.test_ids, proba))
+    for i, pos, neg in out[1:]:
+        assert float(pos) == pytest.approx(by_id[i][comp.classes.index("pos")], abs=1e-6)
+        assert float(neg) == pytest.approx(by_id[i][comp.classes.index("neg")], abs=1e-6)
+    # and such a file is scored by its argmax, like a label file of the same predictions
+    labels = write_submission(dataclasses.replace(comp, sub_proba_cols=[]), proba,
+                              comp.classes, tmp_path / "l", {"cv": 0.5})
+    assert (score_submission(path, small_comp / "answers.csv")
+            == score_submission(labels, small_comp / "answers.csv"))
+
+
+def test_hidden_macro_f1_is_the_cv_function():
+    from comp.metrics import score
+
+    truth = ["a", "b", "b", "c"]
+    pred = ["a", "b", "c", "c"]
+    idx = {"a": 0, "b": 1, "c": 2, "d": 3}  # d: a class the model knows, absent here
+    proba = np.eye(4)[[idx[p] for p in pred]]
+    y = np.array([idx[t] for t in truth])
+    hidden = label_scores(truth, pred)
+    assert hidden["macro_f1"] == pytest.approx(score("macro_f1", y, proba))
+    assert hidden["accuracy"] == score("accuracy", y, proba) == 0.75
