@@ -318,3 +318,14 @@ def test_unset_unlabelled_changes_neither_folds_nor_fingerprints(small_comp):
     folds = load_folds(a, plain.data)
     assert np.array_equal(load_folds(b, with_unl.data), folds)
     assert json.loads((small_comp / "folds.json").read_text())["train_hash"] == a.train_hash
+
+
+def test_spread_rare_moves_a_second_group_out_of_a_shared_fold():
+    from comp.data import _spread_rare
+
+    labels = np.array([0, 0, 0, 0, 1, 1, 0, 0])
+    groups = np.arange(8)
+    folds = np.array([0, 1, 2, 3, 0, 0, 1, 2])  # both rows of class 1 in fold 0
+    _spread_rare(folds, labels, groups, [1], 4, seed=0)
+    assert len(set(folds[labels == 1].tolist())) == 2
+    assert sorted(set(folds.tolist())) == [0, 1, 2, 3]
