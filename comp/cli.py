@@ -189,7 +189,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     from comp.pipeline import run_pipeline
 
     run_pipeline(data=args.data, quick=args.quick, stages=args.stages,
-                 pseudo_rounds=args.pseudo_rounds, metric=args.metric)
+                 pseudo_rounds=args.pseudo_rounds, metric=args.metric, preset=args.preset,
+                 budget=args.budget)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -370,14 +371,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("run", help="the whole pipeline: data -> members -> ensembles -> report")
     sp.add_argument("--data", default=None, help="competition folder (default: embedded)")
-    sp.add_argument("--quick", action="store_true", help="a first submission in minutes")
+    sp.add_argument("--quick", action="store_true",
+                    help="a first submission in minutes (= --preset fast)")
+    sp.add_argument("--preset", choices=["fast", "default", "best"], default=None,
+                    help="fast: 3 TF-IDF members + hill; default: TF-IDF members, then the "
+                    "pretrained e5 member (on as many folds as the budget allows), then fusion "
+                    "variants; best: every member, e5 fully fine-tuned, tiny backbones, tuning, "
+                    "a pseudo-label round (hours on 2 cores)")
+    sp.add_argument("--budget", type=float, default=None, metavar="MINUTES",
+                    help="time the members may take; the plan (members, folds, estimated "
+                    "minutes) is printed first and a member that does not fit is not started "
+                    "(default 20 with the default preset, none otherwise)")
     sp.add_argument("--stages", default=None, help="comma-separated subset of stages")
     sp.add_argument("--metric", default=None, choices=metric_names(),
                     help="the metric every stage scores, selects and blends on (default: "
                     "each recipe's own, accuracy); logloss is lower-is-better throughout")
-    sp.add_argument("--pseudo-rounds", type=int, default=1,
-                    help="train -> ensemble -> pseudo-label -> retrain rounds (default 1, 0 = "
-                         "none; not in --quick)")
+    sp.add_argument("--pseudo-rounds", type=int, default=None,
+                    help="train -> ensemble -> pseudo-label -> retrain rounds (default 1 with "
+                         "--preset best, else 0)")
     sp.set_defaults(func=cmd_run)
     return p
 

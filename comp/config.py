@@ -40,9 +40,15 @@ class DataConfig:
     # one text per line; relative to dir. Members predict them after the test texts, for
     # pseudo-labelling and distillation; they never enter the folds or the recipe fingerprint.
     extra: str = ""
+    # the folds this member trains: () = all. A member on a subset (an expensive one under a
+    # time budget) covers only those folds' rows with OOF predictions; its test prediction is
+    # the mean of those folds' models, and ensembles blend it on the rows every member covers.
+    use_folds: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _check(self.folds >= 2, "data.folds", "must be >= 2")
+        _check(all(0 <= f < self.folds for f in self.use_folds), "data.use_folds",
+               f"fold ids must be in 0..{self.folds - 1}")
         _check(self.format in ("auto", "csv", "tsv", "jsonl", "clue"), "data.format",
                "must be one of auto, csv, tsv, jsonl, clue")
 

@@ -94,6 +94,17 @@ class Teacher:
     test_by_fold: np.ndarray | None = None  # (K, n_test, C)
     unlabelled_by_fold: np.ndarray | None = None  # (K, n_unlabelled, C)
 
+    @property
+    def fingerprint(self) -> str:
+        """Content hash of the targets a student's training rows learn from."""
+        import hashlib
+
+        h = hashlib.sha1()
+        for a in (self.oof, self.train_by_fold):
+            if a is not None:
+                h.update(np.ascontiguousarray(a, dtype=np.float32).tobytes())
+        return h.hexdigest()[:16]
+
     def soft_targets(self, fold: int, train_idx: np.ndarray, mode: str) -> np.ndarray:
         """(len(train_idx), C) targets of fold `fold`'s training rows: from the fold's own
         models ("fold") or the OOF ("oof")."""
@@ -394,7 +405,8 @@ def train_student(recipe: Recipe, folds_to_run: list[int] | None = None, force: 
     cv = run_member(recipe, lambda ctx: fit_student_fold(ctx, data, teacher),
                     folds_to_run, force, extra, report, comp,
                     lambda ctx: predict_fold_train(ctx, data),
-                    lambda ctx: predict_fold_texts(ctx, data))
+                    lambda ctx: predict_fold_texts(ctx, data),
+                    inputs={"teacher": teacher.fingerprint if teacher is not None else ""})
     if cv is not None and teacher is not None and dcfg.alpha < 1:
         # ensembles take per-fold predictions only from students with honest CV
         cv["teacher_targets"] = dcfg.targets

@@ -245,6 +245,13 @@ def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.nd
     X, XT = stack_members(members)
     y, folds = np.asarray(y, dtype=np.int64), np.asarray(folds)
     _check_cv_inputs(X, y, folds)
+    covered = ~np.isnan(X).any(axis=(1, 2))  # members on a subset of folds leave NaN rows
+    rows_note = ""
+    if not covered.all():
+        meta_rows = {"folds_used": np.unique(folds[covered]).tolist(),
+                     "rows_covered": int(covered.sum())}
+        X, y, folds, rows_note = _covered_rows(X, y, folds, covered)
+        members = [dataclasses.replace(m, oof=m.oof[covered]) for m in members]
     params = dict(kw)
     objective = params.pop("objective", None)
     if "metric" in blender_params(method):
@@ -259,6 +266,8 @@ def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.nd
     names = [m.name for m in members]
     meta: dict[str, Any] = {"method": method, "metric": metric, "params": est.get_params(),
                             "member_cv": {m.name: score(metric, y, m.oof) for m in members}}
+    if rows_note:
+        meta["rows"] = rows_note
     fold_ids = np.unique(folds)
     if getattr(est, "needs_labels", True):
         oof, fitted = _nested(est, X, y, folds)
@@ -268,7 +277,9 @@ def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.nd
         oof = in_sample
         fitted = [full] * len(fold_ids)  # nothing learnt: the full fit is every fold's blender
     test_k, unl_k, train_k, why_k = None, None, None, ""
-    if not np.array_equal(fold_ids, np.arange(len(fold_ids))):
+    if rows_note:
+        why_k = "a member covers only some folds"
+    elif not np.array_equal(fold_ids, np.arange(len(fold_ids))):
         why_k = f"fold ids {fold_ids.tolist()} are not 0..K-1"
     else:
         XTK, XUK, why_k = stack_by_fold(members, len(fold_ids))
@@ -291,9 +302,42 @@ def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.nd
                                                     if imp is not None else None)}
     meta["cv"], meta["cv_in_sample"] = cv, cv_in
     meta["unlabelled"] = why or "blended"
+    if rows_note:  # the ensemble's own OOF covers the same rows its members share
+        meta.update(meta_rows)
+        oof_all = np.full((len(covered), oof.shape[1]), np.nan)
+        oof_all[covered] = oof
+        oof = oof_all
     return EnsembleResult(oof=oof, test=test, cv=cv, weights=weights, meta=meta,
                           cv_in_sample=cv_in, unlabelled=unlabelled, test_by_fold=test_k,
                           unlabelled_by_fold=unl_k, train_by_fold=train_k, model=full)
+
+
+def _covered_rows(X: np.ndarray, y: np.ndarray, folds: np.ndarray, covered: np.ndarray,
+                  inner: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """The rows every member covers, with the fold ids their nested CV uses.
+
+    Every member's prediction on a covered row came from a model that never saw its label, so
+    a blender fitted on some covered rows and scored on others is honest. When they span two
+    or more of the shared folds those folds serve; within one fold, its rows are split into
+    `inner` stratified parts (fewer when a class is rarer).
+    """
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    X, y, folds = X[covered], y[covered], folds[covered]
+    used = np.unique(folds).tolist()
+    note = f"{len(y)} rows every member covers (folds {used})"
+    if len(used) >= 2:
+        return X, y, folds, note
+    smallest = int(np.bincount(y)[np.unique(y)].min())
+    n = min(inner, len(y))
+    split = (StratifiedKFold(n, shuffle=True, random_state=0) if smallest >= n
+             else KFold(n, shuffle=True, random_state=0))
+    ids = np.zeros(len(y), dtype=np.int64)
+    for i, (_, part) in enumerate(split.split(np.zeros(len(y)), y)):
+        ids[part] = i
+    log(f"ensemble: members cover fold {used[0]} only; nested CV on {n} inner parts of its "
+        f"{len(y)} rows")
+    return X, y, ids, note + f", nested over {n} inner parts"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,7 +455,8 @@ def run_ensemble(run_dirs: Sequence[str | Path], method: str, data_cfg: Any, met
     common = {"name": stem.name, "kind": "ensemble", "method": method, "metric": metric,
               "cv": res.cv, "cv_in_sample": res.cv_in_sample,
               "fold_scores": res.meta["fold_scores"], "n_train": n_train, "n_test": n_test,
-              **want}
+              **want, **{k: res.meta[k] for k in ("folds_used", "rows_covered", "rows")
+                         if k in res.meta}}
     unl: dict[str, Any] = {}
     if res.unlabelled is not None:
         unl = {"n_unlabelled": len(res.unlabelled),

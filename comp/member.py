@@ -199,7 +199,8 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
                report: Callable[[int, float], None] | None = None,
                comp: Competition | None = None,
                predict_fold_train: PredictFoldTrain | None = None,
-               predict_fold: PredictFold | None = None) -> dict | None:
+               predict_fold: PredictFold | None = None,
+               inputs: dict[str, str] | None = None) -> dict | None:
     """Run (or resume) a member's k folds and write the member files.
 
     Each fold asks its marker whether it is current (comp.rundir.RunDir.fold_status): a fold
@@ -222,6 +223,8 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
             its kept model (None, or returning None: the fold is refitted).
         predict_fold: predicts ctx.predict_texts with a done fold's kept model (None, or
             returning None: the fold is refitted).
+        inputs: more content hashes a fold depends on (e.g. a student's teacher); a change
+            refits.
 
     Returns:
         The cv.json dict once every fold is done, else None.
@@ -232,7 +235,8 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
     rd = RunDir(recipe.run_dir)
     extra = extra if extra is not None else load_pseudo_for(recipe, comp)
     check_extra_folds(extra, k, data_hashes(comp, folds)["folds_hash"])
-    wanted = list(range(k)) if folds_to_run is None else sorted(set(folds_to_run))
+    own = list(recipe.data.use_folds) or list(range(k))  # the folds this member covers
+    wanted = own if folds_to_run is None else sorted(set(folds_to_run))
     bad = [f for f in wanted if not 0 <= f < k]
     if bad:
         raise CompError(f"--folds: fold {bad[0]} does not exist (k={k})")
@@ -247,7 +251,7 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
         fold_extra, dropped = extra_for_fold(extra, [comp.train_texts[i] for i in val_idx], f)
         ctx = FoldContext(f, train_idx, val_idx, rd.fold_dir(f), comp, recipe, fold_extra,
                           report or (lambda step, value: None), want_train)
-        want = fold_inputs(recipe, comp, folds, fold_extra)
+        want = {**fold_inputs(recipe, comp, folds, fold_extra), **(inputs or {})}
         status = (FoldStatus(f, "fit", "--force") if force
                   else rd.fold_status(f, want, recipe_text))
         if status.state == "current" and want_train and not rd.marker(f).get("train_predicted"):
@@ -345,40 +349,45 @@ def _complete_train_proba(ctx: FoldContext, meta: dict,
 
 
 def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray) -> dict | None:
-    """Write oof.npy, test.npy, classes.json, cv.json once every fold is done."""
+    """Write oof.npy, test.npy, classes.json, cv.json once every fold the member covers is done.
+
+    A member on a subset of folds (data.use_folds) has OOF predictions on those folds' rows
+    only: the other rows of oof.npy are NaN, cv.json lists `folds_used`, and its test
+    prediction is the mean of those folds' models.
+    """
     run_dir = recipe.run_dir
     k = recipe.data.folds
-    metas = []
-    for f in range(k):
-        done = run_dir / f"fold{f}" / "done.json"
-        if not done.exists():
-            missing = [g for g in range(k) if not (run_dir / f"fold{g}" / "done.json").exists()]
-            log(f"{recipe.name}: folds {missing} not done yet; member files not written")
-            return None
-        metas.append(read_json(done))
+    own = list(recipe.data.use_folds) or list(range(k))
+    missing = [f for f in own if not (run_dir / f"fold{f}" / "done.json").exists()]
+    if missing:
+        log(f"{recipe.name}: folds {missing} not done yet; member files not written")
+        return None
+    metas = [read_json(run_dir / f"fold{f}" / "done.json") for f in own]
     now = {"recipe": recipe_fingerprint(recipe), **data_hashes(comp, folds),
            "unlabelled_hash": comp.unlabelled_hash}
-    stale = [f for f, m in enumerate(metas)
+    stale = [f for f, m in zip(own, metas)
              if any(m.get("inputs", now).get(key, now[key]) != now[key] for key in now)]
     if stale:  # folds left out of this invocation (--folds) still predict yesterday's data
         log(f"{recipe.name}: folds {stale} are not current (run them too); member files not "
             "written")
         return None
-    oof = np.zeros((len(comp.train_ids), comp.n_classes), dtype=np.float32)
+    n = len(own)
+    oof = np.full((len(comp.train_ids), comp.n_classes), np.nan, dtype=np.float32)
     test = np.zeros((len(comp.test_ids), comp.n_classes), dtype=np.float64)
-    for f in range(k):
+    for f in own:
         oof[folds == f] = np.load(run_dir / f"fold{f}" / "val_proba.npy")
-        test += np.load(run_dir / f"fold{f}" / "test_proba.npy") / k
+        test += np.load(run_dir / f"fold{f}" / "test_proba.npy") / n
+    covered = np.isin(folds, own)
     # unlabelled predictions only when every fold made them for the current texts
     unl = None
     if comp.unlabelled_hash is not None and all(
             m.get("unlabelled_hash") == comp.unlabelled_hash and m.get("unlabelled_predicted")
             for m in metas):
         unl = np.zeros((len(comp.unlabelled_texts), comp.n_classes), dtype=np.float64)
-        for f in range(k):
-            unl += np.load(run_dir / f"fold{f}" / "unlabelled_proba.npy") / k
+        for f in own:
+            unl += np.load(run_dir / f"fold{f}" / "unlabelled_proba.npy") / n
     train_k = None  # (K, n_train, C): fold k's model on every train row
-    if all(m.get("train_predicted") for m in metas):
+    if n == k and all(m.get("train_predicted") for m in metas):
         train_k = np.zeros((k, *oof.shape), dtype=np.float32)
         for f in range(k):
             train_k[f, folds == f] = oof[folds == f]
@@ -387,7 +396,7 @@ def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray) -> dict | Non
         "name": recipe.name,
         "kind": recipe.kind,
         "metric": recipe.metric,
-        "cv": score(recipe.metric, comp.labels, oof),
+        "cv": score(recipe.metric, comp.labels[covered], oof[covered]),
         "fold_scores": [m["score"] for m in metas],
         **data_hashes(comp, folds),
         "recipe": recipe_fingerprint(recipe),
@@ -396,6 +405,9 @@ def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray) -> dict | Non
         "seconds": round(sum(m["seconds"] for m in metas), 2),
         "extra_rows": max(m.get("n_extra", 0) for m in metas),
     }
+    if n < k:
+        cv["folds_used"] = own
+        cv["rows_covered"] = int(covered.sum())
     if cv["extra_rows"]:
         # honest CV after a pseudo-label round needs every fold's rows to be its own
         cv["extra_per_fold"] = all(m.get("extra_per_fold", False) for m in metas
@@ -409,7 +421,8 @@ def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray) -> dict | Non
     write_member_files(run_dir, oof, test.astype(np.float32), comp.classes, cv, unl,
                        train_by_fold=train_k)
     folds_txt = " ".join(f"{s:.4f}" for s in cv["fold_scores"])
-    log(f"{recipe.name}: OOF {recipe.metric}={cv['cv']:.4f} (folds {folds_txt})")
+    part = f" on folds {own} only ({int(covered.sum())} rows)" if n < k else ""
+    log(f"{recipe.name}: OOF {recipe.metric}={cv['cv']:.4f}{part} (folds {folds_txt})")
     return cv
 
 

@@ -29,7 +29,16 @@ TUNE_RECIPE, TUNE_TRIALS = "tfidf_char_svc", 12
 PSEUDO_RECIPES = ["tfidf_char_svc", "textcnn_vectors"]
 
 QUICK_LINEAR = ["tfidf_char_svc", "tfidf_word_lr", "tfidf_nblr"]
-QUICK_FUSION: list[str] = []  # neural members take tens of minutes on 2 cores
+E5 = "fusion_e5_bilstm"  # the packaged pretrained backbone: where the points are on 2 cores
+# members that are a recipe with overrides: name -> (recipe file, overrides)
+VARIANTS = {"fusion_e5_full": (E5, ["train.unfreeze_top=0"])}
+# candidates by expected gain per second: TF-IDF first, then e5, then fusion variants
+PRESETS = {
+    "fast": QUICK_LINEAR,
+    "default": [*LINEAR, E5, "textcnn_vectors"],
+    "best": [*LINEAR, "fusion_e5_full", *FUSION],
+}
+DEFAULT_BUDGET = 20.0  # minutes of the default preset on a 2-core machine
 
 STAGES = ("data", "pretrain", "vectors", "linear", "fusion", "tune", "ensemble", "pseudo",
           "report", "score")
@@ -66,9 +75,10 @@ def member_recipe(layout: Layout, name: str, extra: list[str] | None = None) -> 
     texts."""
     unl = [f"data.extra={layout.unlabelled}"] if layout.unlabelled else []
     metric = [f"metric='{layout.metric}'"] if layout.metric else []
-    recipe = load_recipe(RECIPES / f"{name}.toml",
+    file, variant = VARIANTS.get(name, (name, []))
+    recipe = load_recipe(RECIPES / f"{file}.toml",
                          [f"data.dir={layout.data}", f"runs_dir={layout.runs}", *unl, *metric,
-                          *(extra or [])])
+                          *variant, *([f"name={name}"] if variant else []), *(extra or [])])
     if recipe.kind == "linear":
         return recipe
     model = recipe.model
@@ -250,23 +260,39 @@ def best_submission(paths: list[Path]) -> Path:
 
 
 def run_pipeline(data: str | None = None, quick: bool = False,
-                 stages: str | None = None, pseudo_rounds: int = 1,
-                 metric: str | None = None) -> Path:
-    """Run every stage; print the final one-line summary.
+                 stages: str | None = None, pseudo_rounds: int | None = None,
+                 metric: str | None = None, preset: str | None = None,
+                 budget: float | None = None) -> Path:
+    """Run every stage to a time budget; print the final one-line summary.
 
     Args:
         data: a competition folder; None builds and uses the embedded sentiment one.
-        quick: fewer, cheaper members for a first submission in minutes.
+        quick: the `fast` preset: three TF-IDF members and a hill blend, in minutes.
         stages: comma-separated subset of STAGES.
         pseudo_rounds: train -> ensemble -> pseudo-label -> retrain rounds (0 = none); each
             round labels with the best ensemble so far and ensembles its members anew.
+            Default: 1 with --preset best, else 0.
         metric: a comp.metrics name every member, tuning pass and ensemble scores and selects
             on; None keeps each recipe's own (accuracy).
+        preset: fast | default | best (every member, e5 fully fine-tuned, tiny backbones
+            pretrained, tuning and pseudo-labels).
+        budget: minutes the members may take (default 20 for the default preset, none for
+            the others); the plan is printed before training (comp.plan).
 
     Returns:
         The best submission CSV.
     """
+    from comp.plan import load_speeds, make_plan, print_actual, print_plan, record_speed
+
     t0 = time.time()
+    preset = "fast" if quick else (preset or "default")
+    if preset not in PRESETS:
+        raise CompError(f"--preset: unknown preset '{preset}' (known: {', '.join(PRESETS)})")
+    if budget is None and preset == "default":
+        budget = DEFAULT_BUDGET
+    if budget is not None and budget <= 0:
+        raise CompError(f"--budget: must be > 0 minutes, got {budget}")
+    budget_s = budget * 60 if budget is not None else None
     if metric is not None:
         from comp.metrics import get_metric
 
@@ -277,34 +303,59 @@ def run_pipeline(data: str | None = None, quick: bool = False,
     if unknown:
         raise CompError(f"--stages: unknown stage '{sorted(unknown)[0]}' "
                         f"(known: {', '.join(STAGES)})")
+    if pseudo_rounds is None:
+        pseudo_rounds = 1 if preset == "best" else 0
+    if pseudo_rounds < 0:
+        raise CompError(f"--pseudo-rounds: must be >= 0, got {pseudo_rounds}")
     timings: dict[str, float] = {}
 
-    def timed(stage: str, fn, *args):
+    def timed(stage: str, fn, *args, **kw):
         if stage not in want:
             return None
         t = time.time()
-        out = fn(*args)
+        out = fn(*args, **kw)
         timings[stage] = timings.get(stage, 0.0) + time.time() - t
         return out
 
     timed("data", stage_data, layout)
-    if not quick:
+    n_train, k = _train_size(layout)
+    if preset == "best":
         timed("pretrain", stage_pretrain, layout, BACKBONES)
-    if not quick:
-        timed("vectors", stage_vectors, layout, VECTORS)
-    runs = timed("linear", stage_members, layout, QUICK_LINEAR if quick else LINEAR) or []
-    runs += timed("fusion", stage_members, layout, QUICK_FUSION if quick else FUSION) or []
-    if not quick:
+    speeds_path = layout.runs / "speeds.json"
+    left = budget_s - (time.time() - t0) if budget_s is not None else None
+    steps = make_plan(PRESETS[preset], left, n_train, k, load_speeds(speeds_path))
+    print_plan(steps, budget_s, k)
+    runs: list[Path] = []
+    vectors_done = False
+    for step in steps:
+        if step.folds == []:
+            continue
+        stage = "linear" if step.name.startswith("tfidf") else "fusion"
+        if stage not in want:
+            continue
+        elapsed = time.time() - t0
+        if budget_s is not None and elapsed + step.seconds > budget_s * 1.1:
+            log(f"plan: {step.name} skipped: {elapsed / 60:.1f} of {budget_s / 60:g} minutes "
+                f"used, it needs ~{step.seconds / 60:.1f}")
+            continue
+        if stage == "fusion" and not vectors_done:
+            timed("vectors", stage_vectors, layout, VECTORS)
+            vectors_done = True
+        extra = [f"data.use_folds={step.folds}"] if step.folds else []
+        t = time.time()
+        runs += timed(stage, stage_members, layout, [step.name], extra) or []
+        step.actual = time.time() - t
+        record_speed(speeds_path, step.name, _cv(runs[-1]) if runs else None, k)
+    if preset == "best":
         tuned = timed("tune", stage_tune, layout, TUNE_RECIPE, TUNE_TRIALS)
         runs += [tuned] if tuned else []
+    runs = [r for r in runs if (r / "cv.json").exists()]  # what finished
     if not runs:
-        raise CompError("run: no members selected")
-    methods = ["hill"] if quick else ["hill", "stack"]
+        raise CompError("run: no members finished (raise --budget or use --quick)")
+    methods = ["hill"] if preset == "fast" else ["hill", "stack"]
     subs = timed("ensemble", stage_ensembles, layout, runs, methods) or []
     pl_runs: list[Path] = []
-    if pseudo_rounds < 0:
-        raise CompError(f"--pseudo-rounds: must be >= 0, got {pseudo_rounds}")
-    rounds = pseudo_rounds if not quick and "pseudo" in want and subs else 0
+    rounds = pseudo_rounds if "pseudo" in want and subs else 0
     for r in range(1, rounds + 1):
         new = timed("pseudo", stage_pseudo, layout, best_submission(subs), PSEUDO_RECIPES,
                     0.95, r) or []
@@ -330,9 +381,25 @@ def run_pipeline(data: str | None = None, quick: bool = False,
         line = (f"hidden_accuracy={s['accuracy']:.4f} hidden_macro_f1={s['macro_f1']:.4f} "
                 f"{own}submission={best}")
     write_results(layout, runs + pl_runs, subs, best, line, time.time() - t0, timings)
-    log(f"run: finished in {time.time() - t0:.0f}s")
+    log(f"run: finished in {(time.time() - t0) / 60:.1f} min" + (
+        f" (budget {budget_s / 60:g})" if budget_s else ""))
+    print_actual(steps)
     print(line)
     return best
+
+
+def _train_size(layout: Layout) -> tuple[int, int]:
+    """(train rows, folds) of the competition, for the plan."""
+    from comp.config import DataConfig
+    from comp.data import load_competition
+
+    cfg = DataConfig(dir=str(layout.data))
+    return len(load_competition(cfg).train_ids), cfg.folds
+
+
+def _cv(run_dir: Path) -> dict | None:
+    p = run_dir / "cv.json"
+    return read_json(p) if p.exists() else None
 
 
 def hidden_accuracies(layout: Layout, runs: list[Path], subs: list[Path]) -> dict[str, float]:

@@ -38,7 +38,8 @@ PREDICT_KEYS = ("test_hash", "unlabelled_hash")
 WHAT = {"recipe": "the recipe", "train_hash": "the train rows (texts or labels)",
         "folds_hash": "the fold table", "extra_hash": "the extra training rows (pseudo-labels "
         "or teacher targets)", "test_hash": "the test texts",
-        "unlabelled_hash": "the unlabelled texts (data.extra)"}
+        "unlabelled_hash": "the unlabelled texts (data.extra)",
+        "teacher": "the teacher's targets (distill.teacher)"}
 MEMBER_FILES = ("oof.npy", "test.npy", "classes.json", "cv.json")
 
 
@@ -125,10 +126,11 @@ class RunDir:
         if meta is None:
             return FoldStatus(fold, "fit", "not trained yet")
         have = self.recorded_inputs(meta)
-        stale = [k for k in REFIT_KEYS if k in have and have[k] != want.get(k)
+        refit = [*REFIT_KEYS, *(k for k in want if k not in (*REFIT_KEYS, *PREDICT_KEYS))]
+        stale = [k for k in refit if k in have and have[k] != want.get(k)
                  and not (k == "recipe" and same_recipe(have[k], want[k], self.stored_recipe))]
         if stale:
-            why = ", ".join(WHAT[k] for k in stale)
+            why = ", ".join(WHAT.get(k, k) for k in stale)
             if "recipe" in stale and recipe_text:
                 keys = recipe_changes(self.stored_recipe or "", recipe_text)
                 why = why.replace("the recipe", "the recipe" + (f" ({keys})" if keys else ""))
@@ -180,7 +182,16 @@ class RunDir:
                 raise CompError(f"{d}: missing {f} (not a finished member?)")
         cv = read_json(d / "cv.json")
         classes = [str(c) for c in read_json(d / "classes.json")]
-        oof = check_proba(np.load(d / "oof.npy"), d / "oof.npy", len(classes))
+        oof = np.load(d / "oof.npy")
+        if cv.get("folds_used"):  # a member on a subset of folds: NaN rows are the others
+            have = ~np.isnan(oof).all(axis=1) if oof.ndim == 2 else None
+            if have is None or int(have.sum()) != int(cv.get("rows_covered", -1)):
+                raise CompError(f"{d / 'oof.npy'}: {int(have.sum()) if have is not None else 0}"
+                                f" rows covered but cv.json says {cv.get('rows_covered')}")
+            oof = oof.astype(np.float64)
+            oof[have] = check_proba(oof[have], d / "oof.npy", len(classes))
+        else:
+            oof = check_proba(oof, d / "oof.npy", len(classes))
         test = check_proba(np.load(d / "test.npy"), d / "test.npy", len(classes))
         unl = None
         if (d / "unlabelled.npy").exists():
@@ -309,6 +320,7 @@ def fingerprint_of(d: dict[str, Any], keep_dir: bool = False) -> str:
     d.pop("runs_dir", None)
     data = d.setdefault("data", {})
     data["extra"] = ""
+    data.pop("use_folds", None)  # which folds run is recorded per fold, not in the identity
     if not keep_dir:
         data.pop("dir", None)
     d.get("train", {}).pop("predict_train", None)
@@ -356,7 +368,7 @@ def recipe_changes(old: str, new: str, limit: int = 3) -> str:
         for k, v in d.items():
             if isinstance(v, dict) and k != "tune":
                 out.update(flat(v, f"{prefix}{k}."))
-            elif k not in ("tune", "runs_dir", "dir", "extra", "predict_train"):
+            elif k not in ("tune", "runs_dir", "dir", "extra", "predict_train", "use_folds"):
                 out[f"{prefix}{k}"] = v
         return out
 

@@ -1,0 +1,123 @@
+"""Planning `comp run` to a time budget: which members, on how many folds, in what order.
+
+    steps = make_plan(candidates, budget_s, n_train, k, speeds)
+    print_plan(steps)                 # before training: members, folds, estimated minutes
+    record_speed(speeds_path, cv)     # after a member: what it really cost, for the next plan
+
+A member's cost is a setup (caches, vectors, imports: once per member) plus a per-fold cost that
+grows with the training rows. The priors below were measured on the 2-core machine this toolkit
+is built on; every finished member replaces its prior with what it really cost on this machine
+(runs/speeds.json), so the second plan of a competition is better than the first. Members come
+in the caller's order (expected gain per second: TF-IDF first, then the pretrained e5 member,
+then fusion variants). A member that cannot finish all its folds in what is left either runs on
+as many folds as fit (members whose kind allows it: their OOF covers those folds' rows, see
+comp.member.assemble) or is not started.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from comp.utils import log, read_json, write_json
+
+# name -> (setup seconds, seconds per fold per 1,000 training rows), measured on 2 cores
+PRIORS: dict[str, tuple[float, float]] = {
+    "tfidf_char_svc": (8.0, 1.2),
+    "tfidf_char_lr": (8.0, 2.0),
+    "tfidf_word_lr": (25.0, 1.5),  # jieba over every text once
+    "tfidf_word_svc": (25.0, 1.2),
+    "tfidf_nblr": (8.0, 1.5),
+    "textcnn_vectors": (150.0, 20.0),  # three word2vec files, then 3 epochs of a TextCNN
+    # e5 import + frozen-feature cache + layer-8 cache of every text, vectors; then per fold
+    # two cached phase-1 epochs and two top-4 phase-2 epochs (bench/e5_finetune.py)
+    "fusion_e5_bilstm": (420.0, 40.0),
+    "fusion_e5_full": (420.0, 95.0),  # every layer fine-tuned (--preset best)
+}
+DEFAULT_PRIOR = (60.0, 60.0)  # an unknown neural member: assume it is slow
+# member kinds whose OOF may cover a subset of folds (expensive ones under a budget)
+PARTIAL_OK = ("fusion_e5_bilstm", "fusion_e5_full")
+
+
+@dataclass
+class Step:
+    """One planned member: its folds (None = all), estimated seconds, and the plan's reason."""
+
+    name: str
+    folds: list[int] | None
+    seconds: float
+    note: str = ""
+    actual: float | None = field(default=None)
+
+
+def estimate(name: str, n_train: int, k: int, speeds: dict[str, Any]) -> tuple[float, float]:
+    """(setup seconds, seconds per fold) for a member on this competition."""
+    rec = speeds.get(name)
+    setup, per_1k = PRIORS.get(name, DEFAULT_PRIOR)
+    if rec:  # measured here: the per-fold cost, setup folded in when it could not be told apart
+        per_1k = float(rec["per_fold_per_1k"])
+        setup = float(rec.get("setup", 0.0))
+    rows = n_train * (k - 1) / k / 1000.0  # a fold trains on (k - 1) / k of the rows
+    return setup, per_1k * rows
+
+
+def make_plan(candidates: list[str], budget_s: float | None, n_train: int, k: int,
+              speeds: dict[str, Any]) -> list[Step]:
+    """Members in order, each on all folds, on the folds that fit, or left out (folds = [])."""
+    steps, left = [], budget_s if budget_s is not None else math.inf
+    for name in candidates:
+        setup, per_fold = estimate(name, n_train, k, speeds)
+        whole = setup + k * per_fold
+        if whole <= left:
+            steps.append(Step(name, None, whole))
+            left -= whole
+            continue
+        n = int((left - setup) // per_fold) if per_fold > 0 else 0
+        if name in PARTIAL_OK and n >= 1:
+            cost = setup + n * per_fold
+            steps.append(Step(name, list(range(n)), cost,
+                              f"{n} of {k} folds fit in the budget; its OOF covers those rows"))
+            left -= cost
+        else:
+            steps.append(Step(name, [], whole, f"needs {whole / 60:.1f} min, "
+                              f"{max(left, 0) / 60:.1f} left: not started"))
+    return steps
+
+
+def print_plan(steps: list[Step], budget_s: float | None, k: int) -> None:
+    """The plan, one line per member, before anything trains."""
+    total = sum(s.seconds for s in steps if s.folds != [])
+    head = (f"plan: {total / 60:.1f} of {budget_s / 60:g} budget minutes" if budget_s
+            else f"plan: about {total / 60:.1f} minutes (no budget)")
+    log(head)
+    for s in steps:
+        folds = ("all" if s.folds is None else "none" if not s.folds
+                 else ",".join(map(str, s.folds)))
+        log(f"  {s.name:<26} folds {folds:<6} ~{s.seconds / 60:5.1f} min"
+            + (f"  ({s.note})" if s.note else ""))
+
+
+def print_actual(steps: list[Step]) -> None:
+    """Estimated vs actual minutes of the members that ran."""
+    for s in steps:
+        if s.actual is not None:
+            log(f"  {s.name:<26} planned {s.seconds / 60:5.1f} min, took {s.actual / 60:5.1f}")
+
+
+def load_speeds(path: Path) -> dict[str, Any]:
+    """runs/speeds.json, or {}."""
+    return read_json(path) if path.exists() else {}
+
+
+def record_speed(path: Path, name: str, cv: dict[str, Any] | None, k: int) -> None:
+    """Remember what a member's folds cost here (from its cv.json), for the next plan."""
+    if not cv or not cv.get("seconds") or not cv.get("n_train"):
+        return
+    n_folds = len(cv.get("folds_used") or range(k))
+    rows = cv["n_train"] * (k - 1) / k / 1000.0
+    speeds = load_speeds(path)
+    speeds[name] = {"per_fold_per_1k": cv["seconds"] / n_folds / max(rows, 1e-9),
+                    "setup": 0.0, "n_train": cv["n_train"]}
+    write_json(path, speeds)

@@ -1,0 +1,79 @@
+"""`comp run` plans members and folds to a time budget, prints the plan, and ends with the best
+ensemble of what it ran."""
+
+import numpy as np
+
+import comp.pipeline as pipeline
+import comp.plan as plan
+from comp.plan import make_plan, record_speed
+from comp.utils import read_json
+
+
+def test_the_plan_takes_cheap_members_whole_an_expensive_one_partly_and_skips_the_rest():
+    speeds = {"a": {"per_fold_per_1k": 1.0}, "b": {"per_fold_per_1k": 100.0, "setup": 50.0},
+              "c": {"per_fold_per_1k": 100.0}}
+    plan.PARTIAL_OK = (*plan.PARTIAL_OK, "b")
+    try:
+        steps = make_plan(["a", "b", "c"], 600.0, 5000, 5, speeds)
+    finally:
+        plan.PARTIAL_OK = plan.PARTIAL_OK[:-1]
+    # a: 5 folds x 4k rows x 1 s = 20 s; b: 50 + 400 s a fold -> one fold fits in 580 s
+    assert [(s.name, s.folds) for s in steps] == [("a", None), ("b", [0]), ("c", [])]
+    assert steps[0].seconds == 20.0 and steps[1].seconds == 450.0
+    assert "not started" in steps[2].note
+    assert make_plan(["a", "b", "c"], None, 5000, 5, speeds)[2].folds is None  # no budget
+
+
+def test_a_budgeted_run_prints_its_plan_and_covers_what_fits(small_comp, tmp_path, monkeypatch,
+                                                             capsys):
+    """A fusion member that the recorded speeds say fits on one fold runs on fold 0 only; the
+    ensembles blend on fold 0's rows; a member that fits nowhere is not started."""
+    from comp.vectors import train_vectors
+
+    monkeypatch.chdir(tmp_path)
+    layout = pipeline.Layout(str(small_comp))
+    monkeypatch.setattr(pipeline, "PRESETS", {**pipeline.PRESETS, "default": [
+        "tfidf_char_lr", "textcnn_vectors", "fusion_all"]})
+    monkeypatch.setattr(plan, "PARTIAL_OK", ("textcnn_vectors",))
+
+    def tiny_vectors(layout, kinds):
+        from comp.config import DataConfig
+        from comp.data import load_competition
+
+        c = load_competition(DataConfig(dir=str(layout.data)))
+        for kind in kinds:
+            train_vectors(c.train_texts + c.test_texts, kind, layout.models / f"w2v-{kind}.kv",
+                          dim=8, epochs=1, min_count=1)
+    monkeypatch.setattr(pipeline, "stage_vectors", tiny_vectors)
+    real = pipeline.member_recipe
+
+    def tiny(layout, name, extra=None):
+        small = ["model.channels=8", "model.max_chars=32", "train.epochs_frozen=1"]
+        return real(layout, name, [*(extra or []), *(small if name != "tfidf_char_lr" else [])])
+    monkeypatch.setattr(pipeline, "member_recipe", tiny)
+    # recorded speeds: the TextCNN costs 100 s a fold of 320 rows, fusion_all far more
+    layout.runs.mkdir(parents=True)
+    (layout.runs / "speeds.json").write_text(
+        '{"textcnn_vectors": {"per_fold_per_1k": 312.5, "setup": 0},'
+        ' "fusion_all": {"per_fold_per_1k": 10000, "setup": 0}}', encoding="utf-8")
+    best = pipeline.run_pipeline(str(small_comp), budget=2.5)  # 150 s: one TextCNN fold
+    err = capsys.readouterr().err
+    assert "plan: 1.9 of 2.5 budget minutes" in err
+    assert "textcnn_vectors            folds 0" in err
+    assert "fusion_all                 folds none" in err and "not started" in err
+    cv = read_json(layout.runs / "textcnn_vectors" / "cv.json")
+    assert cv["folds_used"] == [0]
+    man = read_json(best.with_suffix(".json"))
+    assert man["folds_used"] == [0] and sorted(man["member_names"]) == [
+        "textcnn_vectors", "tfidf_char_lr"]
+    assert "took" in err  # planned vs actual minutes at the end
+    # the member's real cost replaced the recorded one
+    assert read_json(layout.runs / "speeds.json")["textcnn_vectors"]["per_fold_per_1k"] != 312.5
+
+
+def test_record_speed_reads_a_members_cv(tmp_path):
+    p = tmp_path / "speeds.json"
+    record_speed(p, "m", {"seconds": 40.0, "n_train": 5000}, 5)
+    assert np.isclose(read_json(p)["m"]["per_fold_per_1k"], 40.0 / 5 / 4.0)
+    record_speed(p, "p", {"seconds": 10.0, "n_train": 5000, "folds_used": [0]}, 5)
+    assert np.isclose(read_json(p)["p"]["per_fold_per_1k"], 10.0 / 1 / 4.0)
