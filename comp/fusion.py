@@ -104,6 +104,7 @@ class FusionModel(nn.Module):
         self.frozen = False
         self.top_layers = 0  # > 0: only the top N layers train, the bottom comes from a cache
         self.cuts: list[int | None] = [None] * len(backbones)  # per backbone; None = whole
+        self._bottom_keys: list[tuple | None] = [None] * len(backbones)
         self.bottom_dtype = torch.float32
         # tokens are a pure function of (backbone, text); a trainer shares one memo across folds
         self.tokens = TokenMemo()
@@ -133,6 +134,9 @@ class FusionModel(nn.Module):
                     p.requires_grad_(False)
         self.top_layers = n
         self.bottom_dtype = dtype
+        # the cache is keyed by the bottom's weights too: states of other weights never mix in
+        self._bottom_keys = [None if cut is None else _fingerprint(b.bottom_modules(cut))
+                             for b, cut in zip(self.backbones, self.cuts)]
         self.train(self.training)
 
     def set_phase(self, phase: int, cfg) -> None:
@@ -158,7 +162,7 @@ class FusionModel(nn.Module):
 
     def bottom_cache(self, j: int) -> BottomCache:
         """Backbone j's bottom cache at the current cut (shared through the token memo)."""
-        key = (j, self.cuts[j], self.max_lens[j], str(self.bottom_dtype))
+        key = (j, self.cuts[j], self.max_lens[j], str(self.bottom_dtype), self._bottom_keys[j])
         if key not in self.tokens.bottoms:
             self.tokens.bottoms[key] = BottomCache(key[1], self.bottom_dtype)
         return self.tokens.bottoms[key]
@@ -303,7 +307,8 @@ class TokenMemo:
     def __init__(self, chunk: int = 256) -> None:
         self.chunk = chunk
         self.rows: dict[tuple[int, int], dict[str, tuple[dict[str, Tensor], Tensor]]] = {}
-        # frozen bottoms are as pure (train.unfreeze_top): (backbone, cut, max_len, dtype) -> cache
+        # frozen bottoms are as pure (train.unfreeze_top): (backbone, cut, max_len, dtype,
+        # weights' fingerprint) -> cache
         self.bottoms: dict[tuple, BottomCache] = {}
 
     def __len__(self) -> int:
@@ -392,6 +397,16 @@ class BottomCache:
 
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@torch.no_grad()
+def _fingerprint(modules: Sequence[nn.Module]) -> tuple[float, ...]:
+    """Sums of the modules' weights (plain and squared): equal for the same weights, and a
+    change anywhere (a fine-tuned bottom, another checkpoint) changes them."""
+    ps = [p.detach() for m in modules for p in m.parameters()]
+    total = sum(float(p.sum(dtype=torch.float64)) for p in ps)
+    norms = sum(float(torch.linalg.vector_norm(p, dtype=torch.float64)) for p in ps)
+    return round(total, 6), round(norms, 6)
 
 
 def _usable_max_len(backbone: nn.Module, max_len: int) -> int:

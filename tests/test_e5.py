@@ -352,3 +352,19 @@ def test_cli_import_prunes_to_a_folder_and_the_recipe_hook_reuses_it(small_comp,
     missing = tmp_path / "other" / "e5-small"
     assert prepare_backbone(missing, DataConfig(dir=str(small_comp)))  # named e5-small: made
     assert json.loads((missing / CARD).read_text())["prune"]["texts"] == 500
+
+
+def test_a_bottom_with_other_weights_gets_its_own_cache(tiny_bert):
+    model = _model(tiny_bert)
+    model.unfreeze_top(1)
+    model.fill_bottom_cache(TEXTS)
+    first = model.bottom_cache(0)
+    with torch.no_grad():  # e.g. a fully fine-tuned model reusing the member's memo
+        model.backbones[0].model.encoder.layer[0].output.dense.bias.add_(0.1)
+    model.unfreeze_top(1)
+    assert model.bottom_cache(0) is not first and len(model.bottom_cache(0)) == 0
+    model.eval()
+    with torch.no_grad():
+        cached = model(model.prepare(TEXTS))
+        model.freeze_backbones(False)
+        torch.testing.assert_close(cached, model(model.prepare(TEXTS)), atol=1e-5, rtol=1e-4)
