@@ -127,3 +127,53 @@ def test_fold_scores_with_rare_classes_absent_from_folds(fewshot, tmp_path, metr
     cv = train_linear(r)
     assert cv["metric"] == metric and np.isfinite(cv["cv"])
     assert all(np.isfinite(cv["fold_scores"]))
+
+
+_TINY_PRETRAIN = ["pretrain.hidden=32", "pretrain.layers=1", "pretrain.heads=2",
+                  "pretrain.intermediate=64", "pretrain.vocab_size=600", "pretrain.steps=2",
+                  "pretrain.batch_size=8", "pretrain.max_len=48", "pretrain.init_vectors=''"]
+_TINY_FUSION = ["model.hidden=8", "model.channels=8", "model.max_chars=40",
+                "train.epochs_frozen=1", "train.epochs_unfrozen=1", "train.batch_size=64"]
+
+
+@pytest.mark.slow  # ~60 s of CPU: five pretraining steps, four members, tuning, pseudo-labels
+def test_full_pipeline_with_tiny_settings_and_logloss(fewshot, tmp_path, monkeypatch, capsys):
+    """Every stage (pretraining, vectors, TF-IDF and fusion members, tuning, hill and stack,
+    a pseudo-label round, report, score) on the few-shot task, scored by log-loss: nothing
+    crashes, and every stage reads the metric as lower-is-better."""
+    import shutil
+
+    import comp.pipeline as pl
+    from comp.config import load_recipe as real_load
+
+    root = tmp_path / "intents"
+    shutil.copytree(fewshot[0], root, ignore=shutil.ignore_patterns("folds.*"))
+
+    def tiny(path, overrides=None, *a, **k):
+        r = real_load(path, overrides, *a, **k)
+        extra = (_TINY_PRETRAIN if "pretrain" in str(path)
+                 else _TINY_FUSION if r.kind == "fusion" else [])
+        return real_load(path, [*(overrides or []), *extra], *a, **k) if extra else r
+
+    members = ["tfidf_char_svc", "tfidf_nblr", "fusion_bert_bilstm", "textcnn_vectors"]
+    monkeypatch.setattr(pl, "load_recipe", tiny)
+    monkeypatch.setattr(pl, "BACKBONES", ["bert"])
+    monkeypatch.setattr(pl, "PRESETS", {**pl.PRESETS, "best": members}, raising=False)
+    monkeypatch.setattr(pl, "TUNE_TRIALS", 2)
+    monkeypatch.setattr(pl, "PSEUDO_RECIPES", ["tfidf_char_svc"])
+    monkeypatch.chdir(tmp_path)
+    best = pl.run_pipeline(str(root), preset="best", metric="logloss", pseudo_rounds=1)
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("hidden_accuracy=") and best.exists()
+    runs = tmp_path / "runs" / "intents"
+    for name in [*members, "tfidf_char_svc_tuned", "tfidf_char_svc_pl"]:
+        cv = read_json(runs / name / "cv.json")
+        assert cv["metric"] == "logloss" and np.isfinite(cv["cv"]), name
+    mans = [read_json(p) for p in (tmp_path / "submissions" / "intents").glob("*_cv*.json")]
+    assert {m["method"] for m in mans} >= {"hill", "stack"}
+    assert all(m["metric"] == "logloss" for m in mans)
+    # the best submission is the lowest log-loss, and no blend is worse than its best member
+    assert read_json(best.with_suffix(".json"))["cv"] == min(m["cv"] for m in mans)
+    hill = next(m for m in mans if m["method"] == "hill" and not m["name"].startswith("pl_"))
+    assert hill["cv"] <= min(hill["member_cv"].values()) + 0.05
+    assert (tmp_path / "reports" / "intents" / "index.html").exists()
