@@ -84,7 +84,12 @@ def greater_is_better(metric: str) -> bool:
 
 
 def is_better(metric: str, a: float, b: float) -> bool:
-    """True if score a beats score b under this metric (NaN never beats anything)."""
+    """True if score a beats score b under this metric; a NaN (undefined) score never beats a
+    number, and any number beats it."""
+    if a != a:
+        return False
+    if b != b:
+        return True
     return a > b if greater_is_better(metric) else a < b
 
 

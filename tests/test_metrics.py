@@ -31,7 +31,8 @@ def test_registry_names_and_directions():
     assert not greater_is_better("logloss")
     assert all(greater_is_better(m) for m in metric_names() if m != "logloss")
     assert is_better("logloss", 0.2, 0.3) and not is_better("accuracy", 0.2, 0.3)
-    assert not is_better("accuracy", float("nan"), 0.1)
+    nan = float("nan")
+    assert not is_better("accuracy", nan, 0.1) and is_better("logloss", 9.0, nan)
     with pytest.raises(CompError, match="unknown metric 'f2'.*accuracy"):
         get_metric("f2")
 
