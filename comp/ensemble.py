@@ -216,6 +216,7 @@ class EnsembleResult:
     unlabelled_by_fold: np.ndarray | None = None  # (K, n_unlabelled, C)
     train_by_fold: np.ndarray | None = None  # (K, n_train, C)
     model: BaseEstimator | None = None  # the blender fitted on every OOF row (predicts test)
+    fold_models: list[BaseEstimator] = field(default_factory=list)  # nested: fold k left out
 
 
 def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.ndarray,
@@ -309,7 +310,8 @@ def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.nd
         oof = oof_all
     return EnsembleResult(oof=oof, test=test, cv=cv, weights=weights, meta=meta,
                           cv_in_sample=cv_in, unlabelled=unlabelled, test_by_fold=test_k,
-                          unlabelled_by_fold=unl_k, train_by_fold=train_k, model=full)
+                          unlabelled_by_fold=unl_k, train_by_fold=train_k, model=full,
+                          fold_models=fitted)
 
 
 def _covered_rows(X: np.ndarray, y: np.ndarray, folds: np.ndarray, covered: np.ndarray,
@@ -476,6 +478,7 @@ def run_ensemble(run_dirs: Sequence[str | Path], method: str, data_cfg: Any, met
                        res.unlabelled, res.test_by_fold, res.unlabelled_by_fold,
                        res.train_by_fold)
     save_model(ens_dir / "blender.joblib", res.model)  # what `comp predict` blends with
+    save_model(ens_dir / "fold_blenders.joblib", res.fold_models)  # fold k's: fitted without k
     manifest = {
         **common,
         "inputs": inputs,

@@ -25,16 +25,16 @@ from comp.utils import log, read_json, write_json
 
 # name -> (setup seconds, seconds per fold per 1,000 training rows), measured on 2 cores
 PRIORS: dict[str, tuple[float, float]] = {
-    "tfidf_char_svc": (8.0, 1.2),
-    "tfidf_char_lr": (8.0, 2.0),
-    "tfidf_word_lr": (25.0, 1.5),  # jieba over every text once
-    "tfidf_word_svc": (25.0, 1.2),
-    "tfidf_nblr": (8.0, 1.5),
+    "tfidf_char_svc": (20.0, 0.5),  # the vectorizer once, then seconds per fold
+    "tfidf_char_lr": (20.0, 0.8),
+    "tfidf_word_lr": (30.0, 0.8),  # jieba over every text once
+    "tfidf_word_svc": (30.0, 0.6),
+    "tfidf_nblr": (20.0, 0.8),
     "textcnn_vectors": (150.0, 20.0),  # three word2vec files, then 3 epochs of a TextCNN
-    # e5 import + frozen-feature cache + layer-8 cache of every text, vectors; then per fold
-    # two cached phase-1 epochs and two top-4 phase-2 epochs (bench/e5_finetune.py)
-    "fusion_e5_bilstm": (420.0, 40.0),
-    "fusion_e5_full": (420.0, 95.0),  # every layer fine-tuned (--preset best)
+    # e5 import, the char/word/bigram vectors, the frozen-feature and layer-8 caches of every
+    # text; then per fold two cached phase-1 epochs and two top-4 phase-2 epochs
+    "fusion_e5_bilstm": (300.0, 45.0),
+    "fusion_e5_full": (300.0, 100.0),  # every layer fine-tuned (--preset best)
 }
 DEFAULT_PRIOR = (60.0, 60.0)  # an unknown neural member: assume it is slow
 # member kinds whose OOF may cover a subset of folds (expensive ones under a budget)

@@ -183,8 +183,11 @@ def _correlation(members: list[Member]) -> str:
     if len(members) < 2:
         return _note("fewer than two comparable members")
     C = members[0].oof.shape[1]
+    # members on a subset of folds (data.use_folds) are compared on the rows all of them cover
+    rows = ~np.isnan(np.stack([m.oof for m in members])).any(axis=(0, 2))  # (n,)
     # Binary: the positive-class probability; multi-class: every class column, flattened.
-    vecs = np.stack([m.oof[:, 1] if C == 2 else m.oof.ravel() for m in members])  # (M, n*)
+    vecs = np.stack([m.oof[rows, 1] if C == 2 else m.oof[rows].ravel()
+                     for m in members])  # (M, n*)
     corr = np.corrcoef(vecs)
     corr = np.nan_to_num(corr, nan=0.0)
     M = len(members)
@@ -207,7 +210,7 @@ def _correlation(members: list[Member]) -> str:
     fig.colorbar(im, ax=ax, fraction=0.046)
     what = "P(positive class)" if C == 2 else "all class probabilities"
     ax.set_title(f"OOF correlation of {what}")
-    preds = np.stack([m.oof.argmax(1) for m in members])  # (M, n)
+    preds = np.stack([m.oof[rows].argmax(1) for m in members])  # (M, n)
     dis = (preds[:, None, :] != preds[None, :, :]).mean(-1)  # (M, M)
     body = [[_esc(names[i])] + [_fmt(dis[i, j], 3) for j in range(M)] for i in range(M)]
     return (_png(fig) + "<p>Share of OOF rows where two members predict different classes "
@@ -279,7 +282,8 @@ def _confusion(best: tuple[dict[str, Any], np.ndarray, list[str]], comp: Any) ->
         y = np.array([idx[str(comp.classes[k])] for k in comp.labels])
     except KeyError as e:
         return _note(f"{r['name']}: class {e} not in its classes.json; no confusion matrix")
-    pred = oof.argmax(1)
+    rows = ~np.isnan(oof).any(1)  # an ensemble over a subset of folds covers those rows
+    y, pred = y[rows], oof[rows].argmax(1)
     C = len(classes)
     cm = confusion_matrix(y, pred, labels=np.arange(C))
     p, rc, f1, sup = precision_recall_fscore_support(y, pred, labels=np.arange(C),
