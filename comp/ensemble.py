@@ -547,6 +547,20 @@ def save_model(path: Path, model: Any) -> None:
 # leaderboard
 
 
+def cv_note(cv: dict[str, Any]) -> str:
+    """What a reader must know about how a CV was obtained (tuning, folds covered)."""
+    notes = []
+    tuned = cv.get("tuned_on")
+    if tuned:
+        notes.append("tuned on the reported folds: CV optimistic" if tuned.get("same_folds")
+                     else f"tuned on another fold table (seed {tuned.get('fold_seed')})")
+    if cv.get("folds_used"):
+        notes.append(f"folds {cv['folds_used']} only ({cv.get('rows_covered')} rows)")
+    if cv.get("extra_rows") and not cv.get("extra_per_fold"):
+        notes.append("same extra rows in every fold: CV optimistic")
+    return "; ".join(notes)
+
+
 def leaderboard_rows(run_dirs: Sequence[str | Path], submissions_dir: str | Path | None
                      ) -> list[dict[str, Any]]:
     """Leaderboard rows: members from cv.json, ensembles from submission manifests."""
@@ -559,7 +573,7 @@ def leaderboard_rows(run_dirs: Sequence[str | Path], submissions_dir: str | Path
         rows.append({"kind": cv.get("kind", "member"), "name": cv.get("name") or Path(d).name,
                      "metric": cv.get("metric", ""), "cv": cv.get("cv"),
                      "fold_scores": cv.get("fold_scores") or [], "in_sample": None,
-                     "source": str(d)})
+                     "source": str(d), "note": cv_note(cv)})
     if submissions_dir is not None and Path(submissions_dir).is_dir():
         for p in sorted(Path(submissions_dir).glob("*.json")):
             try:
@@ -573,7 +587,7 @@ def leaderboard_rows(run_dirs: Sequence[str | Path], submissions_dir: str | Path
                          "name": man.get("name") or p.stem, "metric": man.get("metric", ""),
                          "cv": man.get("cv"), "fold_scores": man.get("fold_scores") or [],
                          "in_sample": man.get("cv_in_sample"), "source": str(p),
-                         "manifest": man})
+                         "manifest": man, "note": man.get("rows", "")})
     return rows
 
 

@@ -125,7 +125,7 @@ def _leaderboard(rows: list[dict[str, Any]], hidden: dict[str, dict]) -> str:
     n_folds = max((len(r["fold_scores"]) for r in rows), default=0)
     header = ["name", "kind", "metric", "cv", "mean ± std"] + [f"fold {k}" for k in
                                                                 range(n_folds)]
-    header += ["in-sample"] + (["hidden acc", "hidden F1"] if hidden else [])
+    header += ["in-sample"] + (["hidden acc", "hidden F1"] if hidden else []) + ["note"]
     body, classes = [], []
     for r in rows:
         fs = [float(x) for x in r["fold_scores"]]
@@ -137,6 +137,7 @@ def _leaderboard(rows: list[dict[str, Any]], hidden: dict[str, dict]) -> str:
             h = hidden.get(str(r["manifest"].get("csv", "")) if "manifest" in r
                            else r["source"], {})
             line += [_fmt(h.get("accuracy")), _fmt(h.get("macro_f1"))]
+        line.append(_esc(r.get("note", "")))  # tuned on which folds, folds covered
         body.append(line)
         classes.append("ens" if "manifest" in r else "")
     return _table(header, body, left=3, row_class=classes)

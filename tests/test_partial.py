@@ -38,6 +38,12 @@ def test_a_member_on_one_fold_covers_its_rows_and_ensembles_blend_there(small_co
     ens = read_member(man["run_dir"])  # the ensemble's own files keep the same rows
     assert (~np.isnan(ens.oof).any(1)).sum() == cv["rows_covered"]
     assert len(list(csv.reader(open(sub, encoding="utf-8")))) == 101
+    from comp.ensemble import leaderboard_rows
+
+    notes = {r["name"]: r["note"] for r in leaderboard_rows([full.run_dir, part.run_dir],
+                                                            tmp_path / "subs")}
+    assert notes["tfidf_word_lr"].startswith("folds [0] only") and not notes["tfidf_char_lr"]
+    assert "nested over" in notes[man["name"]]  # the report's leaderboard shows these
 
     # the same member over two folds: those folds' rows, nested over the two folds
     _, part2 = _recipes(small_comp, tmp_path, "[0,2]")
