@@ -169,7 +169,9 @@ def load_member(run_dir: str | Path, folds: Sequence[int] | None = None,
     classes = [str(c) for c in read_json(d / "classes.json")]
     kind = create_member(recipe)
     k = recipe.data.folds
-    wanted = list(range(k)) if folds is None else [f for f in folds if 0 <= f < k]
+    # the folds whose models made test.npy (a member on a subset of folds lists them)
+    own = read_json(d / "cv.json").get("folds_used") or list(range(k))
+    wanted = own if folds is None else [f for f in folds if f in own]
     loaded, ids = [], []
     for f in wanted:
         if not (d / f"fold{f}").exists():
@@ -409,8 +411,8 @@ def _copy_member(run_dir: Path, dst: Path, folds: Sequence[int] | None,
     rel = Path("members") / run_dir.name
     home = dst / rel
     home.mkdir(parents=True)
-    k = recipe.data.folds
-    wanted = range(k) if not folds else [f for f in folds if 0 <= f < k]
+    own = read_json(run_dir / "cv.json").get("folds_used") or list(range(recipe.data.folds))
+    wanted = own if not folds else [f for f in folds if f in own]
     files = [*kind.member_files(run_dir), Path("classes.json"), Path("cv.json")]
     for f in wanted:
         files += kind.fold_files(run_dir, f)
