@@ -415,8 +415,8 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 @torch.no_grad()
 def _fingerprint(modules: Sequence[nn.Module]) -> tuple[float, ...]:
-    """Sums of the modules' weights (plain and squared): equal for the same weights, and a
-    change anywhere (a fine-tuned bottom, another checkpoint) changes them."""
+    """The sum and the summed L2 norms of the modules' weights: equal for the same weights,
+    while a change anywhere (a fine-tuned bottom, another checkpoint) changes them."""
     ps = [p.detach() for m in modules for p in m.parameters()]
     total = sum(float(p.sum(dtype=torch.float64)) for p in ps)
     norms = sum(float(torch.linalg.vector_norm(p, dtype=torch.float64)) for p in ps)
