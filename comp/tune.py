@@ -528,7 +528,8 @@ def run_tune(recipe: Recipe, trials: int = 20, timeout: float | None = None,
         recipe: the recipe to tune; its `[tune]` table is the search space.
         trials: trials this worker runs (other workers on the same storage add theirs).
         timeout: stop starting new trials after this many seconds.
-        storage: an Optuna RDB URL; default sqlite:///<runs_dir>/optuna.db.
+        storage: an Optuna RDB URL, or "memory" for a study kept in this process only;
+            default sqlite:///<runs_dir>/optuna.db.
         study: study name; default the recipe name.
         n_folds: the objective is the mean validation metric over folds 0..n_folds-1.
         sampler_seed: TPE seed (mixed with each trial's number).
@@ -569,7 +570,8 @@ def run_tune(recipe: Recipe, trials: int = 20, timeout: float | None = None,
             "member's CV is optimistic")
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is printed below
-    rdb = open_storage(storage)
+    # "memory": a throwaway in-process study (quick looks, tests): nothing kept, no other workers
+    rdb = optuna.storages.InMemoryStorage() if storage == "memory" else open_storage(storage)
     st = optuna.create_study(storage=rdb, study_name=study_name, direction=direction,
                              load_if_exists=True, sampler=TrialSeededTPE(seed=sampler_seed),
                              pruner=make_pruner(pruner))
