@@ -145,6 +145,9 @@ class TrainConfig:
     # choose the epoch: early stopping, the kept checkpoint, phase 2's start; the fold's own
     # validation rows are only scored. 0 = no choice: every epoch runs, the last is kept
     inner_val: float = 0.1
+    # after that choice, train the fold again on all its training rows for the chosen epochs
+    # (each phase's schedule unchanged) and keep that model: no rows lost, about twice the time
+    refit: bool = False
     # the fold seed the recipe's tuned values were chosen on (comp tune writes it in its overlay;
     # cv.json reports it as tuned_on); -1 = not tuned
     tuned_fold_seed: int = -1

@@ -64,9 +64,11 @@ from comp.train import (
     label_loss,
     predict_fold_texts,
     predict_fold_train,
+    refit,
     selection_split,
     start_fold,
 )
+from comp.train_parts import Rows
 from comp.utils import CompError, log, read_json, write_json
 
 __all__ = ["Teacher", "DistillLoss", "load_teacher", "teacher_with_fold_targets",
@@ -336,26 +338,41 @@ def fit_student_fold(ctx: FoldContext, data: FusionData, teacher: Teacher | None
     recipe, comp, cfg, dcfg = ctx.recipe, ctx.comp, ctx.recipe.train, ctx.recipe.distill
     c = comp.n_classes
     model, name = start_fold(ctx, data)
+    everything = ctx
     fit_idx, sel_idx, ctx = selection_split(ctx)  # the epoch is chosen on held-out train rows
-    train = data.rows.take(fit_idx)
-    hard = np.eye(c, dtype=np.float32)[comp.labels[fit_idx]]  # (n_fit, C)
-    soft = (teacher.soft_targets(ctx.fold, fit_idx, dcfg.targets) if teacher is not None
-            else hard)  # (n_fit, C)
-    train.targets = pack_targets(hard, soft)[train.source]  # (rows, 2C), windows share
-    if len(ctx.extra):  # teacher-only rows: empty label half
-        targets = pack_targets(np.zeros_like(ctx.extra.targets), ctx.extra.targets)
-        train = train.concat(extra_rows(model, ctx, targets))
+
+    def training_rows(idx: np.ndarray, c: FoldContext) -> Rows:
+        rows = data.rows.take(idx)
+        hard = np.eye(comp.n_classes, dtype=np.float32)[comp.labels[idx]]  # (n, C)
+        soft = (teacher.soft_targets(c.fold, idx, dcfg.targets) if teacher is not None
+                else hard)  # (n, C)
+        rows.targets = pack_targets(hard, soft)[rows.source]  # (rows, 2C), windows share
+        if len(c.extra):  # teacher-only rows: empty label half
+            targets = pack_targets(np.zeros_like(c.extra.targets), c.extra.targets)
+            rows = rows.concat(extra_rows(model, c, targets))
+        return rows
+
+    train = training_rows(fit_idx, ctx)
+    # train.refit: all the training rows again, for the epochs the held-out ones chose
+    full = training_rows(everything.train_idx, everything) if (
+        cfg.refit and len(sel_idx)) else None
     select, val = data.rows.take(sel_idx), data.rows.take(ctx.val_idx)
     for rows in (select, val):  # fit never holds their targets, only scores them
         rows.targets = np.zeros((len(rows), 2 * c), np.float32)
-    cache = data.ensure_cache(model, data.rows.texts + data.test.texts + train.texts)
+    cache = data.ensure_cache(model, data.rows.texts + data.test.texts + train.texts
+                              + (full.texts if full is not None else []))
     alpha = dcfg.alpha if teacher is not None else 1.0
-    loss_fn = DistillLoss(label_loss(ctx), alpha, dcfg.temperature, dcfg.loss)
+
+    def loss() -> DistillLoss:
+        return DistillLoss(label_loss(ctx), alpha, dcfg.temperature, dcfg.loss)
+
+    watch = (val, comp.labels[ctx.val_idx])
     result = fit(model, train, select, comp.labels[sel_idx], cfg, metric=recipe.metric,
-                 loss_fn=loss_fn, cache=cache, ckpt=ctx.dir / "model.pt", report=ctx.report,
-                 seed=cfg.seed + 1000 * ctx.fold, name=name,
-                 watch=(val, comp.labels[ctx.val_idx]))
-    return finish_fold(ctx, data, model, result, cache)
+                 loss_fn=loss(), cache=cache, ckpt=ctx.dir / "model.pt", report=ctx.report,
+                 seed=cfg.seed + 1000 * ctx.fold, name=name, watch=watch)
+    if full is not None:
+        model, result = refit(everything, data, result, full, loss(), cache, watch)
+    return finish_fold(everything, data, model, result, cache)
 
 
 def train_student(recipe: Recipe, folds_to_run: list[int] | None = None, force: bool = False,

@@ -71,7 +71,7 @@ from comp.utils import (
 )
 
 __all__ = ["FitResult", "fit", "predict", "train_fusion", "make_batch", "FusionData",
-           "selection_split"]
+           "selection_split", "chosen_epochs", "refit"]
 
 
 @dataclass
@@ -85,6 +85,7 @@ class FitResult:
     val_proba: np.ndarray
     history: list[dict] = field(default_factory=list)
     train_rows: int = 0  # training rows this rank saw per epoch
+    phase1_epoch: int = 0  # the phase-1 epoch whose weights phase 2 started from
 
 
 def make_batch(model: FusionModel, rows: Rows, idx: np.ndarray, cache: FeatureCache | None,
@@ -138,7 +139,8 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
         cache: FeatureCache | None = None, ckpt: Path | None = None,
         report: Callable[[int, float], None] | None = None,
         on_batch: Callable[[list[str]], None] | None = None, seed: int | None = None,
-        name: str = "fit", watch: tuple[Rows, np.ndarray] | None = None) -> FitResult:
+        name: str = "fit", watch: tuple[Rows, np.ndarray] | None = None,
+        stop_after: tuple[int, int] | None = None) -> FitResult:
     """Train `model` on `train`, choosing the epoch on `select`; leaves the kept weights loaded.
 
     Args:
@@ -161,6 +163,8 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
         name: log prefix.
         watch: (rows, int labels) scored every epoch and never chosen on: a fold's validation
             rows. Their scores are the history's `metric` (the selection's `select_<metric>`).
+        stop_after: (phase-1, phase-2) epochs to run, each phase's LR schedule still spanning
+            its configured epochs: a refit replaying a chosen epoch (`chosen_epochs`).
 
     Returns:
         A FitResult with the kept epoch/phase and its selection score, the kept model's
@@ -188,14 +192,16 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
                                          model.n_classes), np.float32), train_rows=len(train))
     best_state: dict | None = None
     epoch = 0
-    phase_ends = {cfg.epochs_frozen, cfg.epochs_frozen + cfg.epochs_unfrozen}
+    runs = stop_after or (cfg.epochs_frozen, cfg.epochs_unfrozen)  # epochs each phase runs
+    phase_ends = {runs[0], runs[0] + runs[1]}
 
     for phase, n_epochs in ((1, cfg.epochs_frozen), (2, cfg.epochs_unfrozen)):
-        if n_epochs == 0:
+        if min(n_epochs, runs[phase - 1]) == 0:
             continue
         if phase == 2 and best_state is not None:
             # phase 2 starts from the phase-1 state the selection rows chose, not the last
             model.load_state_dict(best_state)
+            best.phase1_epoch = best.best_epoch
             if ema is not None:
                 ema.reset(model)
         model.set_phase(phase, cfg)  # phase 2 with train.unfreeze_top: top layers only
@@ -213,11 +219,13 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
         params = [p for g in opt.param_groups for p in g["params"]]
         stale = 0  # epochs without improvement in this phase
 
-        for _ in range(n_epochs):
+        for in_phase in range(min(n_epochs, runs[phase - 1])):
             epoch += 1
             t0 = time.time()
             model.train()
-            rng = np.random.default_rng([seed, epoch])
+            # seeded by the epoch within its phase: a refit (stop_after) that runs fewer
+            # phase-1 epochs still shuffles phase 2 as the run it replays did
+            rng = np.random.default_rng([seed, phase, in_phase])
             batches = train_batches(train.lengths, cfg.batch_size, rng, cfg.bucket)
             bar = progress(batches, desc=f"{name} p{phase} ep{epoch}")
             loss_sum, loss_n = 0.0, 0
@@ -472,26 +480,62 @@ def selection_split(ctx: FoldContext) -> tuple[np.ndarray, np.ndarray, FoldConte
     return fit_idx, sel_idx, ctx
 
 
+def chosen_epochs(result: FitResult) -> tuple[int, int]:
+    """(phase-1, phase-2) epochs that made the kept weights: phase 2 ran from `phase1_epoch`."""
+    if result.best_phase == 1:
+        return result.best_epoch, 0
+    ran1 = sum(h["phase"] == 1 for h in result.history)
+    return result.phase1_epoch, result.best_epoch - ran1
+
+
+def refit(ctx: FoldContext, data: FusionData, result: FitResult, rows: Rows,
+          loss_fn: nn.Module, cache: FeatureCache | None, watch: tuple[Rows, np.ndarray]
+          ) -> tuple[FusionModel, FitResult]:
+    """`train.refit`: the fold's model again from the same start, on all its training `rows`,
+    for the epochs `result` chose (no choice made, the last kept); returns it and its result,
+    whose history is the choosing run's (the curves and the kept epoch)."""
+    cfg = ctx.recipe.train
+    e1, e2 = chosen_epochs(result)
+    model, name = start_fold(ctx, data)  # same seed: the same initial weights
+    if dist_info()[0] == 0:
+        log(f"{name}: refitting on all {len(ctx.train_idx)} training rows for the chosen "
+            f"{e1} + {e2} epochs (train.refit)")
+    again = fit(model, rows, None, None, cfg, metric=ctx.recipe.metric, loss_fn=loss_fn,
+                cache=cache, ckpt=ctx.dir / "model.pt", seed=cfg.seed + 1000 * ctx.fold,
+                name=f"{name} refit", watch=watch, stop_after=(e1, e2))
+    again.history = result.history
+    return model, again
+
+
 def fit_fold(ctx: FoldContext, data: FusionData) -> tuple[np.ndarray, ...]:
     """One fold: build the model, fit on the training part (+ extra rows) choosing the epoch on
-    held-out training rows, predict val/test (and the training part with ctx.predict_train)."""
+    held-out training rows (then, with train.refit, again on all of them for that many
+    epochs), predict val/test (and the training part with ctx.predict_train)."""
     cfg = ctx.recipe.train
     rank, world = dist_info()
     model, name = start_fold(ctx, data)
+    everything = ctx
     fit_idx, sel_idx, ctx = selection_split(ctx)
-    train = data.rows.take(fit_idx)
-    if len(ctx.extra):
-        train = train.concat(extra_rows(model, ctx, ctx.extra.targets))
+
+    def training_rows(idx: np.ndarray, c: FoldContext) -> Rows:
+        rows = data.rows.take(idx)
+        if len(c.extra):
+            rows = rows.concat(extra_rows(model, c, c.extra.targets))
+        return shard_rows(rows, rank, world, seed=cfg.seed + ctx.fold) if world > 1 else rows
+
+    train = training_rows(fit_idx, ctx)
+    full = training_rows(everything.train_idx, everything) if (
+        cfg.refit and len(sel_idx)) else None
     select = data.rows.take(sel_idx)
-    val = data.rows.take(ctx.val_idx)
-    cache = data.ensure_cache(model, data.rows.texts + data.test.texts + train.texts)
-    if world > 1:
-        train = shard_rows(train, rank, world, seed=cfg.seed + ctx.fold)
+    val = (data.rows.take(ctx.val_idx), ctx.comp.labels[ctx.val_idx])
+    cache = data.ensure_cache(model, data.rows.texts + data.test.texts + train.texts
+                              + (full.texts if full is not None else []))
     result = fit(model, train, select, ctx.comp.labels[sel_idx], cfg, metric=ctx.recipe.metric,
                  loss_fn=label_loss(ctx), cache=cache, ckpt=ctx.dir / "model.pt",
-                 report=ctx.report, seed=cfg.seed + 1000 * ctx.fold, name=name,
-                 watch=(val, ctx.comp.labels[ctx.val_idx]))
-    return finish_fold(ctx, data, model, result, cache)
+                 report=ctx.report, seed=cfg.seed + 1000 * ctx.fold, name=name, watch=val)
+    if full is not None:
+        model, result = refit(everything, data, result, full, label_loss(ctx), cache, val)
+    return finish_fold(everything, data, model, result, cache)
 
 
 def predict_training_part(model: FusionModel, ctx: FoldContext, data: FusionData,

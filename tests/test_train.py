@@ -299,6 +299,46 @@ def test_early_stopping_keeps_best_checkpoint(bert_dir, comp_dir, tmp_path):
     assert all(torch.equal(phase2_start[0][k], states[best_p1][k]) for k in saved)
 
 
+def test_refit_replays_the_chosen_epochs(bert_dir, comp_dir, tmp_path):
+    """A refit (stop_after = chosen_epochs) on the very rows of the choosing run lands on the
+    weights that run kept, through phase 2's start from an earlier phase-1 epoch; on all of a
+    fold's training rows it is that same recipe of epochs with nothing held out."""
+    from comp.train import chosen_epochs
+
+    recipe = recipe_for(bert_dir, comp_dir, tmp_path, epochs_frozen=4, epochs_unfrozen=3,
+                        patience=0, lr_head=5e-3, lr_head_unfrozen=5e-3, lr_backbone=1e-3)
+    recipe = replace(recipe, model=replace(recipe.model, dropout=0.0))
+    model = _model(recipe)
+    rows, y = toy_rows(model, n=48)
+    train, sel = rows.take(np.arange(36)), rows.take(np.arange(36, 48))
+    res = fit(model, train, sel, y[36:], recipe.train)
+    e1, e2 = chosen_epochs(res)
+    assert res.best_phase == 2 and e1 < 4  # phase 2 started from an earlier phase-1 epoch
+    again = _model(recipe)
+    out = fit(again, train, None, None, recipe.train, stop_after=(e1, e2))
+    assert [h["phase"] for h in out.history] == [1] * e1 + [2] * e2
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v, atol=1e-6, rtol=1e-5)
+
+
+def test_refit_member_keeps_the_refitted_model(bert_dir, comp_dir, tmp_path, monkeypatch):
+    recipe = recipe_for(bert_dir, comp_dir, tmp_path / "runs", refit=True, inner_val=0.25)
+    seen: list[int] = []
+    real_fit = train_mod.fit
+
+    def counting_fit(model, train, *a, **k):
+        seen.append(len(train))
+        return real_fit(model, train, *a, **k)
+
+    monkeypatch.setattr(train_mod, "fit", counting_fit)
+    cv = train_fusion(recipe, folds_to_run=[0])
+    assert cv is None  # one fold of three
+    # fold 0: 32 training rows; the choosing run fits 24 of them, the refit all 32
+    assert seen == [24, 32]
+    curves = json.loads((recipe.run_dir / "fold0" / "epochs.json").read_text())
+    assert sum(c["kept"] for c in curves) == 1 and "select_accuracy" in curves[0]
+
+
 def test_report_can_stop_training(bert_dir, comp_dir, tmp_path):
     recipe = recipe_for(bert_dir, comp_dir, tmp_path, epochs_frozen=3, epochs_unfrozen=0)
     model = _model(recipe)
