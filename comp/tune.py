@@ -18,9 +18,14 @@ Trials are scored on another fold table than the one the member's CV is reported
 competition's files seen through runs/tune/<study>/data/ (links, the competition's folds.csv
 left alone) with `data.fold_seed + TUNE_SEED_OFFSET`. Values picked as the best of many trials
 on the reported table would carry the luck of that pick into the reported CV (on random labels,
-above chance). The overlay records the seed (`train.tuned_fold_seed`), which the member's
-cv.json reports as `tuned_on`. A student with a teacher is tuned on the reported table: its
-teacher's per-fold targets exist for that table only (cv.json then says `same_folds`).
+above chance). Another table removes the luck that belongs to a fold table (a seed, an
+initialisation: tests/test_honest.py); luck that belongs to the rows themselves, such as a
+feature subset that happens to fit these labels, partly survives it (TF-IDF on random labels:
+about 40 % of the pick's optimism removed). Only nested tuning, values chosen per fold on that
+fold's training rows, removes all of it. The overlay records the seed
+(`train.tuned_fold_seed`), which the member's cv.json reports as `tuned_on`. A student with a
+teacher is tuned on the reported table: its teacher's per-fold targets exist for that table
+only (cv.json then says `same_folds`).
 
 The study lives in an Optuna RDB storage: SQLite (runs/optuna.db) by default; a PostgreSQL URL
 lets any number of `comp tune` processes on any machines share one study. The best parameters
