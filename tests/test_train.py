@@ -339,6 +339,34 @@ def test_refit_member_keeps_the_refitted_model(bert_dir, comp_dir, tmp_path, mon
     assert sum(c["kept"] for c in curves) == 1 and "select_accuracy" in curves[0]
 
 
+def test_inner_split_is_stratified_grouped_and_survives_rare_classes():
+    from comp.train_parts import inner_split
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], [120, 60, 2])  # class 2: two rows only
+    texts = [f"t{i}" for i in range(len(labels))]
+    # one text three times, over two classes; normalized alike (case and spaces do not count)
+    texts[5], texts[7], texts[130] = "t5", "T5", " T5 "
+    fit_pos, sel = inner_split(labels, texts, 0.2, seed=3)
+    assert sorted(np.concatenate([fit_pos, sel]).tolist()) == list(range(len(labels)))
+    assert 0.15 < len(sel) / len(labels) < 0.25
+    assert abs((labels[sel] == 0).mean() - 120 / 180) < 0.08  # stratified
+    assert not (labels[sel] == 2).any()  # a class of two rows stays where it is learnt
+    from comp.data import normalize_text
+
+    held = {normalize_text(texts[i]) for i in sel}
+    assert not held & {normalize_text(texts[i]) for i in fit_pos}  # copies on one side
+    again = inner_split(labels, texts, 0.2, seed=3)
+    assert np.array_equal(again[1], sel) and not np.array_equal(
+        inner_split(labels, texts, 0.2, seed=4)[1], sel)
+    # few-shot: 63 classes of 1-3 rows, and too few rows to stratify at all
+    few = np.repeat(np.arange(63), rng.integers(1, 4, 63))
+    f, s_ = inner_split(few, [str(i) for i in range(len(few))], 0.1, seed=0)
+    assert len(f) + len(s_) == len(few) and len(f) > 0
+    assert len(inner_split(np.array([0, 1, 0]), ["a", "b", "c"], 0.1, 0)[1]) == 0
+    assert len(inner_split(labels, texts, 0.0, 0)[1]) == 0
+
+
 def test_report_can_stop_training(bert_dir, comp_dir, tmp_path):
     recipe = recipe_for(bert_dir, comp_dir, tmp_path, epochs_frozen=3, epochs_unfrozen=0)
     model = _model(recipe)
