@@ -574,8 +574,10 @@ def load_folds(comp: Competition, cfg: DataConfig) -> np.ndarray:
     meta_path = comp.dir / "folds.json"
     want = {"k": cfg.folds, "seed": cfg.fold_seed, "method": "stratified-group(normalized text)",
             "train_hash": comp.train_hash}
+    if path.exists() and not meta_path.exists():
+        return _user_folds(comp, cfg, path)
     if path.exists():
-        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
         diff = [key for key in want if meta.get(key) != want[key]]
         if diff == ["train_hash"]:
             log(f"folds: the train rows changed since {path} was made; making it anew "
@@ -595,6 +597,51 @@ def load_folds(comp: Competition, cfg: DataConfig) -> np.ndarray:
             raise CompError(f"{path}: train id {e} has no fold") from None
         return folds
     return _write_folds(comp, cfg, path, meta_path, want)
+
+
+def user_fold_count(data_dir: str | Path) -> int | None:
+    """k of a folds.csv the user put in the competition folder, or None when there is none
+    (comp's own tables have a folds.json beside them)."""
+    d = Path(data_dir)
+    if not (d / "folds.csv").exists() or (d / "folds.json").exists():
+        return None
+    try:
+        return max(int(f) for f in read_table(d / "folds.csv").column("fold")) + 1
+    except (ValueError, KeyError, CompError):
+        return None  # load_folds names the problem
+
+
+def _user_folds(comp: Competition, cfg: DataConfig, path: Path) -> np.ndarray:
+    """A folds.csv (id, fold) the user put in the competition folder (no folds.json beside
+    it): used as it is, after checking every train id has one fold and k matches."""
+    table = read_table(path)
+    for col in ("id", "fold"):
+        if col not in table.columns:
+            raise CompError(f"{path}: missing column '{col}' (columns: "
+                            f"{', '.join(table.columns)})")
+    by_id: dict[str, int] = {}
+    for row, n in zip(table.rows, table.row_numbers):
+        i, f = row.get("id") or "", (row.get("fold") or "").strip()
+        if not f.lstrip("-").isdigit() or int(f) < 0:
+            raise CompError(f"{path}: row {n}: column 'fold': '{f}' is not a fold number")
+        if i in by_id:
+            raise CompError(f"{path}: row {n}: column 'id': id '{i}' appears twice")
+        by_id[i] = int(f)
+    missing = [i for i in comp.train_ids if i not in by_id]
+    if missing:
+        raise CompError(f"{path}: column 'id': {len(missing)} train id(s) have no fold, e.g. "
+                        f"'{missing[0]}'")
+    folds = np.array([by_id[i] for i in comp.train_ids], dtype=np.int64)
+    k = int(folds.max()) + 1
+    empty = [f for f in range(k) if not (folds == f).any()]
+    if k < 2 or empty:
+        raise CompError(f"{path}: column 'fold': folds must be 0..k-1 with k >= 2 and none "
+                        f"empty (k={k}, empty: {empty})")
+    if k != cfg.folds:
+        raise CompError(f"{path}: {k} folds, but data.folds={cfg.folds}; set "
+                        f"data.folds={k} (--set data.folds={k})")
+    log(f"folds: using your {path} (k={k}, sizes {np.bincount(folds).tolist()})")
+    return folds
 
 
 def _write_folds(comp: Competition, cfg: DataConfig, path: Path, meta_path: Path,

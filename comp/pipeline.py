@@ -16,7 +16,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from comp.config import Recipe, load_recipe
+from comp.config import DataConfig, Recipe, load_recipe
 from comp.utils import CompError, log, read_json, write_text
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -57,6 +57,12 @@ class Layout:
         self.submissions = Path("submissions") / name if name else Path("submissions")
         self.reports = Path("reports") / name if name else Path("reports")
 
+    def data_config(self) -> DataConfig:
+        """The competition's [data] settings (k from its own folds.csv when it has one)."""
+        from comp.data import user_fold_count
+
+        return DataConfig(dir=str(self.data), folds=user_fold_count(self.data) or 5)
+
     def model_path(self, path: str) -> str:
         """A recipe path under models/ moved to this competition's models folder; others kept."""
         return str(self.models / Path(path).name) if path.startswith("models/") else path
@@ -76,6 +82,10 @@ def member_recipe(layout: Layout, name: str, extra: list[str] | None = None) -> 
     unl = [f"data.extra={layout.unlabelled}"] if layout.unlabelled else []
     metric = [f"metric='{layout.metric}'"] if layout.metric else []
     file, variant = VARIANTS.get(name, (name, []))
+    from comp.data import user_fold_count
+
+    k = user_fold_count(layout.data)  # the competition's own folds.csv sets k
+    variant = [*variant, *([f"data.folds={k}"] if k else [])]
     recipe = load_recipe(RECIPES / f"{file}.toml",
                          [f"data.dir={layout.data}", f"runs_dir={layout.runs}", *unl, *metric,
                           *variant, *([f"name={name}"] if variant else []), *(extra or [])])
@@ -90,7 +100,6 @@ def member_recipe(layout: Layout, name: str, extra: list[str] | None = None) -> 
 
 def stage_data(layout: Layout) -> None:
     """Build the embedded competition if needed; load and validate any competition."""
-    from comp.config import DataConfig
     from comp.data import build_sentiment, load_competition, load_folds
 
     if layout.embedded and not (layout.data / "train.csv").exists():
@@ -98,7 +107,7 @@ def stage_data(layout: Layout) -> None:
         log(f"data: {counts['lines']} lines -> {counts['distinct']} distinct, dropped "
             f"{counts['both_labels']} under both labels: train={counts['train']} "
             f"test={counts['test']}")
-    cfg = DataConfig(dir=str(layout.data))
+    cfg = layout.data_config()
     comp = load_competition(cfg)
     load_folds(comp, cfg)
     log(f"data: {len(comp.train_ids)} train, {len(comp.test_ids)} test, "
@@ -123,11 +132,10 @@ def stage_pretrain(layout: Layout, kinds: list[str]) -> None:
 
 def stage_vectors(layout: Layout, kinds: list[str]) -> None:
     """gensim word2vec for char / word / bigram (skipped when the file exists)."""
-    from comp.config import DataConfig
     from comp.data import load_competition
     from comp.vectors import train_vectors
 
-    comp = load_competition(DataConfig(dir=str(layout.data)))
+    comp = load_competition(layout.data_config())
     for kind in kinds:
         train_vectors(comp.train_texts + comp.test_texts, kind,
                       layout.models / f"w2v-{kind}.kv")
@@ -193,7 +201,6 @@ def stage_tune(layout: Layout, name: str, trials: int) -> Path | None:
 def stage_ensembles(layout: Layout, runs: list[Path], methods: list[str],
                     prefix: str = "") -> list[Path]:
     """One submission per method; returns the CSV paths (existing ones are reused)."""
-    from comp.config import DataConfig
     from comp.ensemble import ensemble_current, run_ensemble
 
     out = []
@@ -209,7 +216,7 @@ def stage_ensembles(layout: Layout, runs: list[Path], methods: list[str],
             log(f"ensemble {stem}: {existing} is stale ({why}); blending again")
             _retire(existing)
         # "" = the members' own metric (cv.json), which --metric set for every member
-        out.append(run_ensemble([str(r) for r in runs], method, DataConfig(dir=str(layout.data)),
+        out.append(run_ensemble([str(r) for r in runs], method, layout.data_config(),
                                 layout.metric or "", layout.submissions / stem))
     return out
 
@@ -365,11 +372,10 @@ def run_pipeline(data: str | None = None, quick: bool = False,
         raise CompError("run: no submission made (the ensemble stage was skipped)")
     best = best_submission(subs)
     if "report" in want:
-        from comp.config import DataConfig
         from comp.report import build_report
 
         timed("report", build_report, runs + pl_runs, layout.submissions,
-              layout.reports / "index.html", DataConfig(dir=str(layout.data)))
+              layout.reports / "index.html", layout.data_config())
     answers = layout.data / "answers.csv"
     line = f"submission={best}"
     if answers.exists() and "score" in want:
@@ -390,10 +396,9 @@ def run_pipeline(data: str | None = None, quick: bool = False,
 
 def _train_size(layout: Layout) -> tuple[int, int]:
     """(train rows, folds) of the competition, for the plan."""
-    from comp.config import DataConfig
     from comp.data import load_competition
 
-    cfg = DataConfig(dir=str(layout.data))
+    cfg = layout.data_config()
     return len(load_competition(cfg).train_ids), cfg.folds
 
 
@@ -407,12 +412,11 @@ def hidden_accuracies(layout: Layout, runs: list[Path], subs: list[Path]) -> dic
     answers = layout.data / "answers.csv"
     if not answers.exists():
         return {}
-    from comp.config import DataConfig
     from comp.data import load_competition
     from comp.report import member_hidden
     from comp.submit import score_submission
 
-    comp = load_competition(DataConfig(dir=str(layout.data)))
+    comp = load_competition(layout.data_config())
     out = {k: v["accuracy"] for k, v in member_hidden([str(r) for r in runs], comp,
                                                         answers).items()}
     for s in subs:

@@ -97,3 +97,28 @@ def test_moving_the_competition_folder_refits_nothing(small_comp, tmp_path, monk
     err = capsys.readouterr().err
     assert "refitting" not in err and "folds 0,1,2 current, skipped" in err
     assert cv["cv"] == read_json(runs / r.name / "cv.json")["cv"]
+
+
+def test_your_own_folds_csv_is_used_as_is(small_comp, tmp_path, monkeypatch, capsys):
+    """A folds.csv the user put in the folder (no folds.json) sets the folds and k; one with
+    a missing id is one line naming the file and an id."""
+    from comp.cli import main
+
+    rows = list(csv.reader(open(small_comp / "train.csv", encoding="utf-8")))[1:]
+    with open(small_comp / "folds.csv", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "fold"])
+        w.writerows((r[0], i % 3) for i, r in enumerate(rows))
+    monkeypatch.chdir(tmp_path)
+    best = run_pipeline(str(small_comp), quick=True)
+    err = capsys.readouterr().err
+    assert "folds: using your" in err and "(k=3" in err
+    cv = read_json(tmp_path / "runs" / small_comp.name / "tfidf_char_svc" / "cv.json")
+    assert len(cv["fold_scores"]) == 3 and best.exists()
+    with open(small_comp / "folds.csv", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "fold"])
+        w.writerows((r[0], i % 3) for i, r in enumerate(rows[1:]))
+    assert main(["run", "--quick", "--data", str(small_comp)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "folds.csv: column 'id': 1 train id(s) have no fold, e.g. 'r0'" in last
