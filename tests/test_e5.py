@@ -390,3 +390,31 @@ def test_the_frozen_phase_fills_the_bottom_cache_phase_2_reads(tiny_bert, monkey
                         lambda self, *a: calls.append(1) or real(self, *a))
     planned(planned.prepare(TEXTS))
     assert calls == []
+
+
+def test_e5_beside_a_tiny_backbone_splits_only_e5(e5_dir, tiny_bert):
+    """fusion_all's shape: e5 trains its top layers over its cache at its own LR, while a
+    two-layer tiny backbone under the same train.unfreeze_top trains whole."""
+    from comp.config import BackboneConfig, ModelConfig, TrainConfig
+    from comp.fusion import FusionModel
+    from comp.train_parts import param_groups
+
+    out, _ = e5_dir
+    cfg = ModelConfig(backbones=(BackboneConfig("bert", str(out), 40, lr=5e-5),
+                                 BackboneConfig("bert", tiny_bert, 40)),
+                      head="bilstm", hidden=8, max_chars=24)
+    model = FusionModel(cfg, 2, [load_backbone("bert", out), load_backbone("bert", tiny_bert)])
+    train = TrainConfig(unfreeze_top=4, lr_backbone=1e-3, layer_decay=1.0)
+    model.set_phase(2, train)
+    assert model.cuts == [8, None]
+    e5, tiny = (b.model for b in model.backbones)
+    assert not any(p.requires_grad for p in e5.encoder.layer[7].parameters())
+    assert all(p.requires_grad for p in tiny.parameters())
+    model.train()
+    model(model.prepare(TEXTS[:3])).sum().backward()
+    assert e5.encoder.layer[8].attention.self.query.weight.grad is not None
+    assert tiny.embeddings.word_embeddings.weight.grad is not None
+    tiny_ids = {id(p) for p in tiny.parameters()}
+    groups = [g for g in param_groups(model, train, 2) if g["tag"] != "head"]
+    assert {g["lr"] for g in groups if id(g["params"][0]) in tiny_ids} == {1e-3}
+    assert {g["lr"] for g in groups if id(g["params"][0]) not in tiny_ids} == {5e-5}
