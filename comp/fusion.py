@@ -133,8 +133,33 @@ class FusionModel(nn.Module):
         self.cuts = [b.n_layers - n if b.splittable and b.n_layers > n else None
                      for b in self.backbones]
         # the cache is keyed by the bottom's weights too: states of other weights never mix in
-        self._bottom_keys = [None if cut is None else _fingerprint(b.bottom_modules(cut))
+        self._bottom_keys = [None if cut is None else self._fingerprint(b, cut)
                              for b, cut in zip(self.backbones, self.cuts)]
+
+    def _fingerprint(self, b: nn.Module, cut: int) -> tuple[float, ...]:
+        """`_fingerprint` of b's bottom, memoised on its tensors' identities and in-place
+        versions (an optimizer step or load_state_dict bumps them), so a check is cheap."""
+        ps = [p for m in b.bottom_modules(cut) for p in m.parameters()]
+        stamp = tuple((id(p), p._version) for p in ps)
+        memo = self.__dict__.setdefault("_fp_memo", {})
+        if stamp not in memo:
+            if len(memo) > 16:
+                memo.clear()
+            memo[stamp] = _fingerprint(b.bottom_modules(cut))
+        return memo[stamp]
+
+    def _inference_cache(self, j: int) -> BottomCache | None:
+        """Without gradients and with `plan_top` set, the cache of backbone j's planned bottom
+        when one was filled with the weights it has now (e.g. predicting after a top-N fit):
+        the same states as the live bottom, read instead of computed."""
+        if not self.plan_top or self.training or torch.is_grad_enabled():
+            return None
+        b = self.backbones[j]
+        if not (b.splittable and b.n_layers > self.plan_top):
+            return None
+        cut = b.n_layers - self.plan_top
+        key = (j, cut, self.max_lens[j], str(self.bottom_dtype), self._fingerprint(b, cut))
+        return self.tokens.bottoms.get(key)
 
     def unfreeze_top(self, n: int, dtype: torch.dtype | None = None) -> None:
         """Train only each backbone's top `n` layers (and what sits above them); embeddings and
@@ -269,8 +294,8 @@ class FusionModel(nn.Module):
             return None, []
         grids, cls = [], []
         for j, (b, enc) in enumerate(zip(self.backbones, batch["bb"])):
-            if self.cuts[j] is not None:  # frozen bottom from the cache, top layers live
-                cache = self.bottom_cache(j)
+            cache = self.bottom_cache(j) if self.cuts[j] is not None else self._inference_cache(j)
+            if cache is not None:  # frozen bottom from the cache, top layers live
                 mask = enc["inputs"]["attention_mask"]
                 bottom = cache.states(b, batch["texts"], enc["inputs"])  # (B, T, H)
                 states = b.top_states(bottom, mask, cache.cut)  # (B, T, H)

@@ -418,3 +418,30 @@ def test_e5_beside_a_tiny_backbone_splits_only_e5(e5_dir, tiny_bert):
     groups = [g for g in param_groups(model, train, 2) if g["tag"] != "head"]
     assert {g["lr"] for g in groups if id(g["params"][0]) in tiny_ids} == {1e-3}
     assert {g["lr"] for g in groups if id(g["params"][0]) not in tiny_ids} == {5e-5}
+
+
+def test_predicting_after_a_top_n_fit_reads_the_bottom_cache(tiny_bert, monkeypatch):
+    model = _model(tiny_bert)
+    model.plan_top = 1
+    model.freeze_backbones(True)
+    model.fill_bottom_cache(TEXTS)  # what phase 1's feature-cache pass leaves behind
+    model.unfreeze_top(1)
+    with torch.no_grad():  # a phase-2 step: the top moves, the bottom does not
+        for p in model.backbones[0].model.encoder.layer[2].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.freeze_backbones(False)  # how fit ends
+    model.eval()
+    tops = []
+    real = type(model.backbones[0]).top_states
+    monkeypatch.setattr(type(model.backbones[0]), "top_states",
+                        lambda self, *a: tops.append(1) or real(self, *a))
+    with torch.no_grad():
+        cached = model(model.prepare(TEXTS))
+    assert len(tops) == 1  # the cached bottom + the live top
+    live = model(model.prepare(TEXTS))  # gradients on: always the whole backbone
+    assert len(tops) == 1
+    torch.testing.assert_close(cached, live.detach(), atol=1e-5, rtol=1e-4)
+    with torch.no_grad():  # a bottom changed since: its states are not in any cache
+        model.backbones[0].model.encoder.layer[0].output.dense.bias.add_(0.1)
+        model(model.prepare(TEXTS))
+    assert len(tops) == 1
