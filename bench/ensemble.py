@@ -60,7 +60,7 @@ HEADLINE_STACK = ("stack", {"meta": "lr"})
 
 def train_members(data: Path, work: Path, neural: bool, epochs: int) -> list[Path]:
     """Train (or resume) the bench members into work/runs; returns their run dirs."""
-    from comp.cli import train_recipe
+    from comp.members import train_recipe
     from comp.member import member_done
 
     over = [f"runs_dir={work / 'runs'}", f"data.dir={data}"]

@@ -120,9 +120,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from comp import cli
-    from comp.config import PretrainConfig, load_recipe, read_toml
+    from comp.config import PretrainConfig, flatten_overlay, load_recipe, read_toml
     from comp.data import load_competition
+    from comp.members import train_recipe
     from comp.pretrain import run_pretrain
     from comp.tune import run_tune
     from comp.utils import read_json
@@ -151,7 +151,7 @@ def main() -> None:
           f"({time.time() - t0:.0f}s)", flush=True)
 
     t1 = time.time()
-    cli.train_recipe(default, folds=[0])
+    train_recipe(default, folds=[0])
     d_score = read_json(default.run_dir / "fold0" / "done.json")["score"]
     d_secs = time.time() - t1
     print(f"default fold-0 accuracy {d_score:.4f} ({d_secs:.0f}s)", flush=True)
@@ -163,8 +163,8 @@ def main() -> None:
     counts = summary["counts"]
     overlay = summary["overlay"]
     tuned = load_recipe(recipe_path, base + ["name='bench_fusion_tuned'"]
-                        + cli._flatten(read_toml(overlay)))
-    cli.train_recipe(tuned, folds=[0])
+                        + flatten_overlay(read_toml(overlay)))
+    train_recipe(tuned, folds=[0])
     t_score = read_json(tuned.run_dir / "fold0" / "done.json")["score"]
     print(f"study: {counts} in {t_secs:.0f}s ({t_secs / max(1, args.trials):.0f}s/trial vs "
           f"{d_secs:.0f}s for one unpruned default run); best trial {summary['best_value']:.4f}, "
