@@ -141,9 +141,9 @@ def find_teacher(submissions: Path, comp: Competition, folds: np.ndarray) -> Pat
 def build_teacher(data: Path, work: Path) -> Path:
     """Train TF-IDF members (+ a BERT fusion member when models/bert_tiny exists) into
     work/runs and blend them by hill climbing; returns the manifest path."""
-    from comp.members import train_recipe
     from comp.ensemble import run_ensemble
     from comp.member import member_done
+    from comp.members import train_recipe
 
     over = [f"runs_dir={work / 'runs'}", f"data.dir={data}"]
     names = list(LINEAR)

@@ -60,8 +60,8 @@ HEADLINE_STACK = ("stack", {"meta": "lr"})
 
 def train_members(data: Path, work: Path, neural: bool, epochs: int) -> list[Path]:
     """Train (or resume) the bench members into work/runs; returns their run dirs."""
-    from comp.members import train_recipe
     from comp.member import member_done
+    from comp.members import train_recipe
 
     over = [f"runs_dir={work / 'runs'}", f"data.dir={data}"]
     recipes = [load_recipe(ROOT / "recipes" / f"{n}.toml", over) for n in LINEAR]
