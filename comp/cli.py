@@ -61,14 +61,15 @@ def cmd_data(args: argparse.Namespace) -> None:
 def cmd_folds(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from comp.config import DataConfig
-    from comp.data import load_competition, load_folds
+    from comp.data import folder_data_config, load_competition, load_folds
 
-    cfg = DataConfig(dir=args.data, folds=args.k, fold_seed=args.seed)
+    # --k, else the folder's competition.toml, else 5
+    cfg = folder_data_config(args.data, fold_seed=args.seed,
+                             **({"folds": args.k} if args.k else {}))
     comp = load_competition(cfg)
     folds = load_folds(comp, cfg)
-    print(f"{Path(args.data) / 'folds.csv'}: k={args.k} sizes "
-          f"{np.bincount(folds, minlength=args.k).tolist()}")
+    print(f"{Path(args.data) / 'folds.csv'}: k={cfg.folds} sizes "
+          f"{np.bincount(folds, minlength=cfg.folds).tolist()}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -95,11 +96,10 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_vectors(args: argparse.Namespace) -> None:
-    from comp.config import DataConfig
-    from comp.data import load_competition
+    from comp.data import folder_data_config, load_competition
     from comp.vectors import train_vectors
 
-    comp = load_competition(DataConfig(dir=args.data))
+    comp = load_competition(folder_data_config(args.data))
     texts = comp.train_texts + comp.test_texts
     for kind in [k.strip() for k in args.kind.split(",") if k.strip()]:
         out = Path(args.out) / f"w2v-{kind}.kv"
@@ -129,14 +129,14 @@ def cmd_pseudo(args: argparse.Namespace) -> None:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> None:
-    from comp.config import DataConfig
+    from comp.data import folder_data_config
     from comp.ensemble import run_ensemble
 
     runs = [r for r in args.runs if Path(r).is_dir() and (Path(r) / "cv.json").exists()]
     if not runs:
         raise CompError("ensemble: none of the given paths is a finished member (no cv.json)")
     # without --data the members' own [data] table (columns, format) describes the competition
-    data = DataConfig(dir=args.data) if args.data else None
+    data = folder_data_config(args.data) if args.data else None
     path = run_ensemble(runs, args.method, data, args.metric, args.out, proba=args.proba)
     print(f"saved {path}")
 
@@ -161,12 +161,12 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from comp.config import DataConfig
+    from comp.data import folder_data_config
     from comp.report import build_report
 
     runs_root = Path(args.runs)
     runs = sorted(p for p in runs_root.iterdir() if (p / "cv.json").exists())
-    data = DataConfig(dir=args.data) if args.data else None
+    data = folder_data_config(args.data) if args.data else None
     out = build_report(runs, Path(args.submissions), Path(args.out), data)
     print(f"saved {out}")
 
@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("folds", help="make (or check) the shared fold table of a competition")
     sp.add_argument("data", help="competition folder")
-    sp.add_argument("--k", type=int, default=5)
+    sp.add_argument("--k", type=int, default=None)
     sp.add_argument("--seed", type=int, default=42)
     sp.set_defaults(func=cmd_folds)
 

@@ -44,9 +44,21 @@ class DataConfig:
     # time budget) covers only those folds' rows with OOF predictions; its test prediction is
     # the mean of those folds' models, and ensembles blend it on the rows every member covers.
     use_folds: tuple[int, ...] = ()
+    # single: the text columns are joined by text_sep; pair: exactly two text columns whose
+    # sides members keep apart (comp.data.PAIR_SEP). A competition.toml sets these (comp.data)
+    task: str = "single"
+    group_col: str = ""  # rows sharing this column's value share a fold (e.g. a user id)
+    label_sep: str = ""  # labels in one delimited column: multi-label tasks (not supported yet)
 
     def __post_init__(self) -> None:
         _check(self.folds >= 2, "data.folds", "must be >= 2")
+        _check(self.task != "multilabel", "data.task",
+               "multilabel is not supported yet (single or pair)")
+        _check(self.task in ("single", "pair"), "data.task", "must be single or pair")
+        _check(self.task != "pair" or len(self.text_cols) == 2, "data.text_cols",
+               "a pair task needs exactly two text columns")
+        _check(not self.label_sep, "data.label_sep", "only multi-label tasks (not supported "
+               "yet) split labels")
         _check(all(0 <= f < self.folds for f in self.use_folds), "data.use_folds",
                f"fold ids must be in 0..{self.folds - 1}")
         _check(self.format in ("auto", "csv", "tsv", "jsonl", "clue"), "data.format",
@@ -66,6 +78,9 @@ class LinearConfig:
     model: str = "lr"  # lr | svc | nblr
     C: float = 4.0
     max_iter: int = 2000
+    # a pair task's features (comp.linear.PairFeatures): each side, |a - b|, a * b and overlap
+    # ratios; false = the features of the two sides' joined text
+    pair: bool = False
 
     def __post_init__(self) -> None:
         _check(self.features in ("char", "word", "char+word"), "linear.features",
@@ -312,6 +327,14 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         raw.setdefault("name", Path(path).stem)
     for ov in overrides or []:
         raw = deep_merge(raw, parse_override(ov))
+    data = raw.get("data")
+    data_dir = data.get("dir", DataConfig.dir) if isinstance(data, dict) else DataConfig.dir
+    if isinstance(data_dir, str):
+        from comp.data import folder_settings
+
+        # the competition folder's competition.toml (or inferred layout) sits under the recipe
+        # file and --set: both win over it
+        raw = deep_merge(folder_settings(data_dir), raw)
     return from_dict(Recipe, raw)
 
 

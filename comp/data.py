@@ -3,6 +3,15 @@
 Every error names the file, the row and the column. Row numbers count the header as row 1, as a
 spreadsheet shows them; JSON lines count from 1.
 
+A competition folder may hold `competition.toml` (columns, task, metric, folds, group column):
+`folder_settings` turns it, or the layout inferred from the train file's header when there is
+none, into recipe defaults that `load_recipe` puts under the recipe and `--set`.
+
+A pair task (`data.task = "pair"`, two text columns) keeps its sides apart: each text is
+`a + PAIR_SEP + b`, a character no side holds, so every member, the pseudo-label and predict
+paths carry pairs as plain texts; `split_pair` gives the sides back, and `normalize_text` keys a
+pair by its unordered sides, so duplicate and swapped pairs share a fold.
+
 An optional file of unlabelled texts (`data.extra`) is read with the test file's text columns.
 Members predict those texts after the test texts (`Competition.predict_texts`), so an
 ensemble's confident predictions on them can become pseudo-labels or distillation targets. They
@@ -21,6 +30,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +41,13 @@ TEXT_FALLBACKS = ("text", "sentence", "content", "review", "comment", "query", "
 EXTENSIONS = (".csv", ".tsv", ".jsonl", ".json", ".txt")
 HASH_KEYS = ("folds_hash", "train_hash", "test_hash")  # see data_hashes
 csv.field_size_limit(1 << 30)
+# joins the two sides of a pair task's text; removed from the sides when read ("SYMBOL FOR
+# RECORD SEPARATOR": no real text holds it, and unlike U+001E it survives control-char cleaning)
+PAIR_SEP = "\u241e"
+SETTINGS_FILE = "competition.toml"
+# column names of the common pair layouts (LCQMC/AFQMC/CLUE json, GLUE, Quora), first match wins
+PAIR_COLUMNS = (("sentence1", "sentence2"), ("text_a", "text_b"), ("query1", "query2"),
+                ("question1", "question2"), ("text1", "text2"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,6 +233,18 @@ class Competition:
     unlabelled_texts: list[str] = field(default_factory=list)
     # the sample's columns when it has one probability column per class (in its order), else []
     sub_proba_cols: list[str] = field(default_factory=list)
+    task: str = "single"  # single | pair (texts are a + PAIR_SEP + b)
+    train_groups: list[str] = field(default_factory=list)  # data.group_col values, or []
+
+    @property
+    def train_pairs(self) -> list[tuple[str, str]]:
+        """(a, b) sides of each train text of a pair task."""
+        return [split_pair(t) for t in self.train_texts]
+
+    @property
+    def test_pairs(self) -> list[tuple[str, str]]:
+        """(a, b) sides of each test text of a pair task."""
+        return [split_pair(t) for t in self.test_texts]
 
     @property
     def n_classes(self) -> int:
@@ -264,6 +293,9 @@ def find_file(data_dir: Path, name: str, stem: str, required: bool = True) -> Pa
 def _text_columns(table: Table, cfg: DataConfig) -> list[str]:
     cols = list(cfg.text_cols)
     missing = [c for c in cols if c not in table.columns]
+    if missing and cfg.task == "pair":  # a pair without one of its sides is not a pair
+        raise CompError(f"{table.path}: missing text column '{missing[0]}' of the pair "
+                        f"{cols} (columns: {', '.join(table.columns)})")
     if missing and cols == ["text"]:
         for alt in TEXT_FALLBACKS:
             if alt in table.columns:
@@ -280,22 +312,45 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def _texts(table: Table, cols: list[str], sep: str, warnings: list[str],
-           empty_fate: str = "kept as empty strings") -> list[str]:
-    out, empty, controlled = [], 0, 0
-    for row in table.rows:
+           empty_fate: str = "kept as empty strings", pair: bool = False) -> list[str]:
+    """Each row's text: its text columns joined by sep, or a pair's two sides by PAIR_SEP."""
+    out, empty, controlled, one_side = [], 0, 0, []
+    for row, n in zip(table.rows, table.row_numbers):
         parts = [_clean(row.get(c)) for c in cols]
-        text = sep.join(p for p in parts if p)
+        if pair:
+            parts = [p.replace(PAIR_SEP, " ") for p in parts]
+            if bool(parts[0]) != bool(parts[1]):
+                one_side.append(n)
+            text = PAIR_SEP.join(parts)
+        else:
+            text = sep.join(p for p in parts if p)
         if _CONTROL.search(text):  # invisible to readers, noise to tokenizers
             text = _CONTROL.sub("", text)
             controlled += 1
-        if not text:
+        if is_empty_text(text):
             empty += 1
         out.append(text)
     if controlled:
         _warn(warnings, f"{table.path}: removed control characters from {controlled} text(s)")
     if empty:
         _warn(warnings, f"{table.path}: {empty} empty or NaN text(s) {empty_fate}")
+    if one_side:
+        # kept, not refused: a test row must still be predicted, and a train pair with one
+        # empty side is still an example (its empty side has no features)
+        _warn(warnings, f"{table.path}: {len(one_side)} pair row(s) with one side empty "
+                        f"(first at row {one_side[0]}, columns {cols[0]}/{cols[1]}); kept")
     return out
+
+
+def is_empty_text(text: str) -> bool:
+    """True for an empty text, or a pair whose two sides are both empty."""
+    return not text.replace(PAIR_SEP, "")
+
+
+def split_pair(text: str) -> tuple[str, str]:
+    """The (a, b) sides of a pair text; a text without PAIR_SEP is (text, "")."""
+    a, _, b = text.partition(PAIR_SEP)
+    return a, b
 
 
 def _warn(warnings: list[str], msg: str) -> None:
@@ -381,8 +436,15 @@ def load_competition(cfg: DataConfig) -> Competition:
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index[v] for v in raw_labels], dtype=np.int64)
 
-    train_texts = _texts(train, _text_columns(train, cfg), cfg.text_sep, warnings)
-    test_texts = _texts(test, _text_columns(test, cfg), cfg.text_sep, warnings)
+    pair = cfg.task == "pair"
+    train_texts = _texts(train, _text_columns(train, cfg), cfg.text_sep, warnings, pair=pair)
+    test_texts = _texts(test, _text_columns(test, cfg), cfg.text_sep, warnings, pair=pair)
+    groups: list[str] = []
+    if cfg.group_col:
+        if cfg.group_col not in train.columns:
+            raise CompError(f"{train_path}: missing group column '{cfg.group_col}' "
+                            f"(recipe key 'data.group_col'; columns: {', '.join(train.columns)})")
+        groups = _non_empty(train, cfg.group_col, ": empty group (data.group_col)")
     train_ids = _ids(train, cfg.id_col, "train-", required=False)
     test_ids = _ids(test, cfg.id_col, "", required=sample_path is not None)
 
@@ -405,7 +467,7 @@ def load_competition(cfg: DataConfig) -> Competition:
             raise CompError(f"{sample_path}: column '{sub_id}': {what}")
     comp = Competition(d, train_path, test_path, sample_path, train_ids, train_texts, labels,
                        classes, test_ids, test_texts, sub_id, sub_label, warnings,
-                       sub_proba_cols=sub_proba)
+                       sub_proba_cols=sub_proba, task=cfg.task, train_groups=groups)
     if cfg.extra:
         comp.unlabelled_path = unlabelled_file(cfg)
         comp.unlabelled_ids, comp.unlabelled_texts = read_unlabelled(comp.unlabelled_path, cfg,
@@ -457,8 +519,9 @@ def read_unlabelled(path: str | Path, cfg: DataConfig,
         raise CompError(f"{path}: no data rows (header only)")
     ids = _ids(table, cfg.id_col, "unlabelled-", required=False)
     # an empty text has nothing to predict or learn from: skipped, unlike test rows
-    texts = _texts(table, cols, cfg.text_sep, warnings, empty_fate="skipped")
-    keep = [k for k, t in enumerate(texts) if t]
+    texts = _texts(table, cols, cfg.text_sep, warnings, empty_fate="skipped",
+                   pair=cfg.task == "pair")
+    keep = [k for k, t in enumerate(texts) if not is_empty_text(t)]
     if not keep:
         raise CompError(f"{path}: every text is empty (columns: {', '.join(cols)})")
     log(f"unlabelled: {len(keep)} texts from {path}")
@@ -466,17 +529,193 @@ def read_unlabelled(path: str | Path, cfg: DataConfig,
 
 
 # ---------------------------------------------------------------------------------------------
+# competition.toml and inferred layouts
+
+# competition.toml key -> recipe key it sets (metric is the recipe's own; the rest are data.*)
+SETTINGS_KEYS = {"text_cols": "data.text_cols", "label_col": "data.label_col",
+                 "id_col": "data.id_col", "task": "data.task", "metric": "metric",
+                 "folds": "data.folds", "group_col": "data.group_col",
+                 "label_sep": "data.label_sep"}
+_settings_cache: dict[tuple, tuple[dict[str, Any], str]] = {}
+_settings_said: set[tuple] = set()
+
+
+def folder_settings(data_dir: str | Path) -> dict[str, Any]:
+    """The recipe overlay a competition folder implies: its competition.toml, else (and for
+    the keys it leaves out) the layout inferred from the train file's header.
+
+    `load_recipe` puts it under the recipe file and `--set`, so both win over it. What was read
+    or inferred is logged in one line, once per folder and process.
+
+    Args:
+        data_dir: the competition folder.
+
+    Returns:
+        A nested dict such as {"data": {"task": "pair", "text_cols": [...]}, "metric": "..."};
+        {} for a folder without a train file.
+    """
+    import copy
+
+    d = Path(data_dir)
+    toml_path = d / SETTINGS_FILE
+    train = find_file(d, "", "train", required=False) if d.is_dir() else None
+    key = (str(d.resolve()), _mtime(toml_path), str(train), _mtime(train))
+    if key not in _settings_cache:
+        _settings_cache[key] = _folder_settings(d, toml_path, train)
+    overlay, line = _settings_cache[key]
+    if line and key not in _settings_said:
+        _settings_said.add(key)
+        log(line)
+    return copy.deepcopy(overlay)
+
+
+def folder_data_config(data_dir: str | Path, **kw: Any) -> DataConfig:
+    """The data section of a competition folder: its settings (`folder_settings`), then kw."""
+    from comp.config import deep_merge, from_dict
+
+    raw = deep_merge(folder_settings(data_dir).get("data", {}), {"dir": str(data_dir), **kw})
+    return from_dict(DataConfig, raw, "data")
+
+
+def _mtime(p: Path | None) -> float | None:
+    return p.stat().st_mtime if p is not None and p.exists() else None
+
+
+def _folder_settings(d: Path, toml_path: Path, train: Path | None) -> tuple[dict, str]:
+    """(overlay, log line) of one folder; every problem is one CompError naming the key."""
+    columns = _header(train) if train is not None else []
+    s = _read_settings(toml_path) if toml_path.exists() else {}
+    if train is None and not s:
+        return {}, ""
+
+    def bad(k: str, msg: str) -> CompError:
+        return CompError(f"{toml_path}: key '{k}': {msg}")
+
+    if s.get("task") == "multilabel":
+        raise bad("task", "multilabel is not supported yet (supported: single, pair)")
+    task = s.get("task")
+    cols = s.get("text_cols")
+    found = ""
+    if cols is None and task in (None, "pair"):
+        pair_cols = next((list(pc) for pc in PAIR_COLUMNS if set(pc) <= set(columns)), None)
+        if pair_cols and not any(c in columns for c in TEXT_FALLBACKS):
+            cols, task = pair_cols, task or "pair"
+            found = "CLUE pair json" if train and train.suffix in (".json", ".jsonl") else "pair"
+        elif task == "pair":
+            raise bad("task", "pair needs text_cols = [\"a\", \"b\"] (no sentence1/sentence2 "
+                      f"columns in {train}: {', '.join(columns)})")
+    task = task or "single"
+    if task == "pair" and cols is not None and len(cols) != 2:
+        raise bad("text_cols", f"a pair task needs exactly two text columns, got {cols}")
+    label = s.get("label_col", "label")
+    id_col = s.get("id_col", "id")
+    if label in (cols or []):
+        raise bad("label_col", f"'{label}' is also a text column")
+    if id_col in (cols or []) or id_col == label:
+        raise bad("id_col", f"'{id_col}' is also the label or a text column")
+    group = s.get("group_col", "")
+    if group and (group in (cols or []) or group == label):
+        raise bad("group_col", f"'{group}' is also the label or a text column")
+    if s.get("label_sep") and task != "multilabel":
+        raise bad("label_sep", f"only a multilabel task splits labels (task is {task})")
+    if columns:
+        named = {"text_cols": cols or [], "label_col": [label] if "label_col" in s else [],
+                 "group_col": [group] if group else []}
+        for k, names in named.items():
+            absent = [c for c in names if c not in columns]
+            if absent and k in s:
+                raise bad(k, f"column '{absent[0]}' is not in {train} "
+                          f"(columns: {', '.join(columns)})")
+    if "folds" in s:
+        k_user = user_fold_count(d)
+        if k_user is not None and k_user != s["folds"]:
+            raise bad("folds", f"{s['folds']}, but {d / 'folds.csv'} has {k_user} folds")
+    data: dict[str, Any] = {key.removeprefix("data."): s[k] for k, key in SETTINGS_KEYS.items()
+                            if k in s and key.startswith("data.")}
+    data["task"] = task
+    if cols is not None:
+        data["text_cols"] = list(cols)
+    overlay: dict[str, Any] = {"data": data}
+    if "metric" in s:
+        overlay["metric"] = s["metric"]
+    shown = cols or [next((c for c in TEXT_FALLBACKS if c in columns), "text")]
+    source = (f"{SETTINGS_FILE}" + (f" + inferred {found} layout" if found else "")
+              if s else f"inferred {found or 'single-text'} layout (no {SETTINGS_FILE})")
+    extras = "".join(f" {k}={s[k]}" for k in ("metric", "folds", "group_col") if k in s)
+    line = (f"data: {d}: {source}: task={task}, text {'+'.join(shown)}, label {label}, "
+            f"id {id_col}{extras}")
+    return overlay, line
+
+
+def _read_settings(path: Path) -> dict[str, Any]:
+    """competition.toml checked key by key: types, allowed values; one line per problem."""
+    import tomllib
+
+    from comp.metrics import METRICS
+
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise CompError(f"{path}: unreadable TOML: {e}") from None
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k not in SETTINGS_KEYS:
+            raise CompError(f"{path}: key '{k}': unknown (known: {', '.join(SETTINGS_KEYS)})")
+        if k == "text_cols":
+            v = [v] if isinstance(v, str) else v
+            if not (isinstance(v, list) and v and all(isinstance(c, str) and c for c in v)):
+                raise CompError(f"{path}: key 'text_cols': expected a column name or a list of "
+                                f"them, got {raw[k]!r}")
+        elif k == "folds":
+            if isinstance(v, bool) or not isinstance(v, int) or v < 2:
+                raise CompError(f"{path}: key 'folds': expected an integer >= 2, got {v!r}")
+        elif not isinstance(v, str):
+            raise CompError(f"{path}: key '{k}': expected a string, got {v!r}")
+        elif k == "task" and v not in ("single", "pair", "multilabel"):
+            raise CompError(f"{path}: key 'task': '{v}' is not single, pair or multilabel")
+        elif k == "metric" and v not in METRICS:
+            raise CompError(f"{path}: key 'metric': '{v}' is not one of {', '.join(METRICS)}")
+        elif k in ("label_col", "id_col") and not v:
+            raise CompError(f"{path}: key '{k}': empty column name")
+        out[k] = v
+    return out
+
+
+def _header(path: Path) -> list[str]:
+    """Column names of a table from its first line (JSON: the first record's keys)."""
+    with open(path, "rb") as f:
+        first = f.readline(1 << 22)
+    try:
+        text, _ = detect_encoding(first, path)
+    except (CompError, UnicodeDecodeError):
+        return []
+    kind = sniff_format(path, text)
+    if kind == "jsonl":
+        try:
+            rec = json.loads(text)
+        except json.JSONDecodeError:  # a JSON array or a record over many lines
+            return read_table(path).columns
+        return list(rec) if isinstance(rec, dict) else []
+    row = next(csv.reader(io.StringIO(text), delimiter="\t" if kind == "tsv" else ","), [])
+    return [c.strip().lstrip("\ufeff") for c in row]
+
+
+# ---------------------------------------------------------------------------------------------
 # folds
 
 
 def normalize_text(text: str) -> str:
-    """The key under which identical texts are grouped: NFKC, case-folded, spaces removed."""
+    """The key under which identical texts are grouped: NFKC, case-folded, spaces removed; a
+    pair's key is its unordered sides, so (a, b), (b, a) and their copies share it."""
+    if PAIR_SEP in text:
+        return PAIR_SEP.join(sorted(normalize_text(side) for side in split_pair(text)))
     return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text)).casefold()
 
 
 def make_folds(labels: np.ndarray, texts: list[str], k: int, seed: int,
-               classes: list[str] | None = None) -> np.ndarray:
-    """StratifiedGroupKFold with identical normalized texts as groups.
+               classes: list[str] | None = None,
+               row_groups: list[str] | None = None) -> np.ndarray:
+    """StratifiedGroupKFold with identical normalized texts (pairs: unordered) as groups.
 
     A class with fewer rows than k cannot be in every fold. Its groups are then spread over
     distinct folds, so that every fold's training part still holds the class when it has 2+
@@ -489,6 +728,8 @@ def make_folds(labels: np.ndarray, texts: list[str], k: int, seed: int,
         k: number of folds.
         seed: shuffling seed.
         classes: class names for the warning (default: '#<index>').
+        row_groups: (n,) values of `data.group_col`: rows sharing one also share a fold (with
+            the rows sharing their text: the groups are merged).
 
     Returns:
         (n,) int fold index per row.
@@ -500,6 +741,9 @@ def make_folds(labels: np.ndarray, texts: list[str], k: int, seed: int,
     keys = [normalize_text(t) for t in texts]
     group_of: dict[str, int] = {}
     groups = np.array([group_of.setdefault(key, len(group_of)) for key in keys])
+    if row_groups:
+        groups = _merge_groups(groups, row_groups)
+        group_of = dict.fromkeys(groups.tolist())
     if k < 2:
         raise CompError(f"data.folds={k}: need at least 2 folds")
     if len(group_of) < k:
@@ -523,6 +767,23 @@ def make_folds(labels: np.ndarray, texts: list[str], k: int, seed: int,
             "their rows go to distinct folds (a 1-row class is absent from its fold's training "
             "part)")
     return folds
+
+
+def _merge_groups(text_groups: np.ndarray, row_groups: list[str]) -> np.ndarray:
+    """Group ids joining rows that share a text group or a group column value (union-find)."""
+    parent = list(range(int(text_groups.max()) + 1))
+
+    def root(g: int) -> int:
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    first: dict[str, int] = {}
+    for g, v in zip(text_groups.tolist(), row_groups):
+        a, b = root(g), root(first.setdefault(v, g))
+        parent[max(a, b)] = min(a, b)
+    return np.array([root(g) for g in text_groups.tolist()], dtype=np.int64)
 
 
 def _spread_rare(folds: np.ndarray, labels: np.ndarray, groups: np.ndarray, rare: list[int],
@@ -572,7 +833,10 @@ def load_folds(comp: Competition, cfg: DataConfig) -> np.ndarray:
     """
     path = comp.dir / "folds.csv"
     meta_path = comp.dir / "folds.json"
-    want = {"k": cfg.folds, "seed": cfg.fold_seed, "method": "stratified-group(normalized text)",
+    method = "stratified-group(normalized text)"
+    if cfg.group_col:  # another grouping is another table
+        method = f"stratified-group(normalized text + column '{cfg.group_col}')"
+    want = {"k": cfg.folds, "seed": cfg.fold_seed, "method": method,
             "train_hash": comp.train_hash}
     if path.exists() and not meta_path.exists():
         return _user_folds(comp, cfg, path)
@@ -648,7 +912,7 @@ def _write_folds(comp: Competition, cfg: DataConfig, path: Path, meta_path: Path
                  want: dict) -> np.ndarray:
     """Make the fold table and write folds.csv + folds.json."""
     folds = make_folds(comp.labels, comp.train_texts, cfg.folds, cfg.fold_seed,
-                       comp.classes)
+                       comp.classes, comp.train_groups or None)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["id", "fold"])

@@ -1,4 +1,10 @@
-"""TF-IDF members: char n-grams and jieba word n-grams with LR, calibrated LinearSVC or NB-LR."""
+"""TF-IDF members: char n-grams and jieba word n-grams with LR, calibrated LinearSVC or NB-LR.
+
+A pair member (`linear.pair`) fits its TF-IDF on both sides of the train pairs and describes a
+pair by each side's vector, |a - b|, a * b and a few overlap ratios (`PairFeatures`); its texts
+are the competition's pair texts (comp.data.PAIR_SEP), so fitting, pseudo rows, saving and
+`comp predict` go through the same paths as every TF-IDF member.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import scipy.sparse as sp
 
 from comp.config import LinearConfig, Recipe
 from comp.member import FoldContext, FoldOutput, run_member
-from comp.utils import log
+from comp.utils import CompError, log
 
 
 def jieba_tokens(text: str) -> list[str]:
@@ -34,7 +40,71 @@ def make_vectorizer(cfg: LinearConfig):
         parts.append(("word", TfidfVectorizer(analyzer="word", tokenizer=jieba_tokens,
                                               token_pattern=None, ngram_range=cfg.word_ngram,
                                               **common)))
-    return parts[0][1] if len(parts) == 1 else FeatureUnion(parts)
+    vec = parts[0][1] if len(parts) == 1 else FeatureUnion(parts)
+    return PairFeatures(vec) if cfg.pair else vec
+
+
+OVERLAP_NAMES = ("cosine", "char_jaccard", "char_containment", "word_jaccard",
+                 "word_containment", "length_ratio", "same")
+
+
+def overlap_features(a: list[str], b: list[str], cosine: np.ndarray) -> np.ndarray:
+    """(n, 7) dense pair columns in [0, 1], named by OVERLAP_NAMES: TF-IDF cosine, Jaccard and
+    containment (shared / smaller side) of character and jieba-word sets, length ratio, and
+    whether the sides are the same text."""
+    from comp.data import normalize_text
+
+    out = np.zeros((len(a), len(OVERLAP_NAMES)), dtype=np.float32)
+    for i, (x, y) in enumerate(zip(a, b)):
+        row = [float(cosine[i])]
+        for sx, sy in ((set(x), set(y)), (set(jieba_tokens(x)), set(jieba_tokens(y)))):
+            shared = len(sx & sy)
+            row += [shared / max(len(sx | sy), 1), shared / max(min(len(sx), len(sy)), 1)]
+        row += [min(len(x), len(y)) / max(len(x), len(y), 1),
+                float(bool(x) and normalize_text(x) == normalize_text(y))]
+        out[i] = row
+    return out
+
+
+class PairFeatures:
+    """Pair texts -> [tfidf(a), tfidf(b), |a - b|, a * b, overlap columns] (sparse).
+
+    The TF-IDF is fitted on both sides of every train pair (no labels), so a and b share one
+    vocabulary and their difference and product line up feature by feature.
+    """
+
+    def __init__(self, base) -> None:
+        self.base = base
+
+    @staticmethod
+    def sides(texts) -> tuple[list[str], list[str]]:
+        """The a and b sides of pair texts."""
+        from comp.data import split_pair
+
+        pairs = [split_pair(t) for t in texts]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def fit(self, texts, y=None):
+        """Fit the TF-IDF on both sides."""
+        a, b = self.sides(texts)
+        self.base.fit(a + b)
+        return self
+
+    def transform(self, texts):
+        """(n, 4F + 7) features of pair texts."""
+        a, b = self.sides(texts)
+        va, vb = self.base.transform(a).tocsr(), self.base.transform(b).tocsr()
+        prod = va.multiply(vb).tocsr()
+        # rows are L2-normalised per TF-IDF part: the product's row sum is the cosine (averaged
+        # over the parts of a char+word union)
+        parts = len(getattr(self.base, "transformer_list", [0]))
+        cosine = np.asarray(prod.sum(1)).ravel() / parts
+        dense = sp.csr_matrix(overlap_features(a, b, cosine))
+        return sp.hstack([va, vb, abs(va - vb), prod, dense], format="csr", dtype=np.float32)
+
+    def fit_transform(self, texts, y=None):
+        """fit, then transform."""
+        return self.fit(texts).transform(texts)
 
 
 class NBLogisticRegression:
@@ -261,6 +331,9 @@ def train_linear(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
 
     comp = load_competition(recipe.data)
     cfg = recipe.linear
+    if cfg.pair and comp.task != "pair":
+        raise CompError(f"recipe key 'linear.pair': {comp.dir} is not a pair task (set "
+                        "data.task='pair' and two data.text_cols, or a competition.toml)")
     feats = LinearFeatures(recipe, comp)
 
     def fit_fold(ctx: FoldContext) -> FoldOutput:

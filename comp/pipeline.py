@@ -38,6 +38,9 @@ PRESETS = {
     "default": [*LINEAR, E5, "textcnn_vectors"],
     "best": [*LINEAR, "fusion_e5_full", *FUSION],
 }
+# a pair task (data.task = "pair"): TF-IDF pair members (recipes/pair/); fusion members read
+# one text and are skipped until they encode pairs
+PAIR_LINEAR = ["tfidf_pair_svc", "tfidf_pair_lr"]
 DEFAULT_BUDGET = 20.0  # minutes of the default preset on a 2-core machine
 
 STAGES = ("data", "pretrain", "vectors", "linear", "fusion", "tune", "ensemble", "pseudo",
@@ -59,9 +62,10 @@ class Layout:
 
     def data_config(self) -> DataConfig:
         """The competition's [data] settings (k from its own folds.csv when it has one)."""
-        from comp.data import user_fold_count
+        from comp.data import folder_data_config, user_fold_count
 
-        return DataConfig(dir=str(self.data), folds=user_fold_count(self.data) or 5)
+        k = user_fold_count(self.data)  # else competition.toml's folds, else 5
+        return folder_data_config(self.data, **({"folds": k} if k else {}))
 
     def model_path(self, path: str) -> str:
         """A recipe path under models/ moved to this competition's models folder; others kept."""
@@ -86,7 +90,10 @@ def member_recipe(layout: Layout, name: str, extra: list[str] | None = None) -> 
 
     k = user_fold_count(layout.data)  # the competition's own folds.csv sets k
     variant = [*variant, *([f"data.folds={k}"] if k else [])]
-    recipe = load_recipe(RECIPES / f"{file}.toml",
+    path = RECIPES / f"{file}.toml"
+    if not path.exists() and (RECIPES / "pair" / path.name).exists():
+        path = RECIPES / "pair" / path.name
+    recipe = load_recipe(path,
                          [f"data.dir={layout.data}", f"runs_dir={layout.runs}", *unl, *metric,
                           *variant, *([f"name={name}"] if variant else []), *(extra or [])])
     if recipe.kind == "linear":
@@ -96,6 +103,18 @@ def member_recipe(layout: Layout, name: str, extra: list[str] | None = None) -> 
                       for b in model.backbones)
     model = dataclasses.replace(model, backbones=backbones, vectors_dir=str(layout.models))
     return dataclasses.replace(recipe, model=model)
+
+
+def task_members(names: list[str], task: str) -> list[str]:
+    """The candidates of a preset that fit the task: a pair task gets the TF-IDF pair members
+    and one log line naming the members it skips."""
+    if task != "pair":
+        return names
+    skipped = [n for n in names if not n.startswith("tfidf")]
+    if skipped:
+        log(f"plan: pair task: {', '.join(skipped)} skipped (fusion members do not support "
+            "text pairs yet)")
+    return list(PAIR_LINEAR)
 
 
 def stage_data(layout: Layout) -> None:
@@ -326,11 +345,13 @@ def run_pipeline(data: str | None = None, quick: bool = False,
 
     timed("data", stage_data, layout)
     n_train, k = _train_size(layout)
-    if preset == "best":
+    pair = layout.data_config().task == "pair"
+    if preset == "best" and not pair:  # tiny backbones only feed fusion members
         timed("pretrain", stage_pretrain, layout, BACKBONES)
     speeds_path = layout.runs / "speeds.json"
     left = budget_s - (time.time() - t0) if budget_s is not None else None
-    steps = make_plan(PRESETS[preset], left, n_train, k, load_speeds(speeds_path))
+    candidates = task_members(PRESETS[preset], "pair" if pair else "single")
+    steps = make_plan(candidates, left, n_train, k, load_speeds(speeds_path))
     print_plan(steps, budget_s, k)
     runs: list[Path] = []
     vectors_done = False
@@ -354,7 +375,8 @@ def run_pipeline(data: str | None = None, quick: bool = False,
         step.actual = time.time() - t
         record_speed(speeds_path, step.name, _cv(runs[-1]) if runs else None, k)
     if preset == "best":
-        tuned = timed("tune", stage_tune, layout, TUNE_RECIPE, TUNE_TRIALS)
+        tuned = timed("tune", stage_tune, layout, PAIR_LINEAR[0] if pair else TUNE_RECIPE,
+                      TUNE_TRIALS)
         runs += [tuned] if tuned else []
     runs = [r for r in runs if (r / "cv.json").exists()]  # what finished
     if not runs:
@@ -364,7 +386,8 @@ def run_pipeline(data: str | None = None, quick: bool = False,
     pl_runs: list[Path] = []
     rounds = pseudo_rounds if "pseudo" in want and subs else 0
     for r in range(1, rounds + 1):
-        new = timed("pseudo", stage_pseudo, layout, best_submission(subs), PSEUDO_RECIPES,
+        new = timed("pseudo", stage_pseudo, layout, best_submission(subs),
+                    PAIR_LINEAR[:1] if pair else PSEUDO_RECIPES,
                     0.95, r) or []
         pl_runs += new
         subs += timed("ensemble", stage_ensembles, layout, runs + new, methods, "pl_" * r) or []

@@ -249,7 +249,7 @@ def read_test(path: str | Path, cfg: DataConfig) -> tuple[list[str], list[str]]:
         raise CompError(f"{path}: no data rows (header only)")
     cols = _text_columns(table, cfg)
     warnings: list[str] = []
-    texts = _texts(table, cols, cfg.text_sep, warnings)
+    texts = _texts(table, cols, cfg.text_sep, warnings, pair=cfg.task == "pair")
     for w in warnings:
         log(f"warning: {w}")
     unknown = [c for c in table.columns if c not in (*cols, cfg.id_col)]

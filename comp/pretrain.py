@@ -104,12 +104,11 @@ def _strip_tags(line: str) -> str:
 
 def _competition_texts(d: Path) -> list[str]:
     try:
-        from comp.config import DataConfig
-        from comp.data import load_competition
+        from comp.data import folder_data_config, load_competition
     except ImportError:
         load_competition = None
     if load_competition is not None:
-        comp = load_competition(DataConfig(dir=str(d)))
+        comp = load_competition(folder_data_config(d))
         return list(comp.train_texts) + list(comp.test_texts)
     texts: list[str] = []
     for name in ("train.csv", "test.csv"):

@@ -200,7 +200,9 @@ def _data_config(man: dict, man_path: Path) -> DataConfig:
             return from_dict(DataConfig, man["data"], "data")
         except CompError as e:
             raise CompError(f"{man_path}: 'data': {e}") from None
-    return DataConfig(dir=man["data_dir"])
+    from comp.data import folder_data_config
+
+    return folder_data_config(man["data_dir"])
 
 
 def _unlabelled_proba(man: dict, man_path: Path, comp: Competition, n_classes: int,
