@@ -30,6 +30,9 @@ PRIORS: dict[str, tuple[float, float]] = {
     "tfidf_word_lr": (30.0, 0.8),  # jieba over every text once
     "tfidf_word_svc": (30.0, 0.6),
     "tfidf_nblr": (20.0, 0.8),
+    # pair members: TF-IDF + jieba overlaps of both sides once (5,250 pairs: 7 s), then folds
+    "tfidf_pair_svc": (15.0, 0.5),
+    "tfidf_pair_lr": (20.0, 1.0),
     "textcnn_vectors": (150.0, 20.0),  # three word2vec files, then 3 epochs of a TextCNN
     # e5 import, the char/word/bigram vectors, the frozen-feature and layer-8 caches of every
     # text; then per fold two cached phase-1 epochs and two top-4 phase-2 epochs
