@@ -220,3 +220,13 @@ def test_quick_run_on_a_pair_folder_without_and_with_a_settings_file(tmp_path, m
     cv = read_json(tmp_path / "runs" / "matching" / "tfidf_pair_svc" / "cv.json")
     assert cv["metric"] == "macro_f1" and len(cv["fold_scores"]) == 3
     assert read_json(best.with_suffix(".json"))["metric"] == "macro_f1"
+
+
+def test_a_pair_task_plans_the_pair_recipes_and_names_the_fusion_members_it_skips(capsys):
+    from comp.pipeline import PAIR_LINEAR, PRESETS, RECIPES, task_members
+
+    assert task_members(PRESETS["default"], "single") == PRESETS["default"]
+    assert task_members(PRESETS["default"], "pair") == PAIR_LINEAR
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fusion_e5_bilstm" in err and "text pairs yet" in err
+    assert all(load_recipe(RECIPES / "pair" / f"{n}.toml").linear.pair for n in PAIR_LINEAR)
