@@ -545,7 +545,8 @@ def folder_settings(data_dir: str | Path) -> dict[str, Any]:
     the keys it leaves out) the layout inferred from the train file's header.
 
     `load_recipe` puts it under the recipe file and `--set`, so both win over it. What was read
-    or inferred is logged in one line, once per folder and process.
+    or inferred (a pair layout) is logged in one line, once per folder and process; the plain
+    text/label layout is not.
 
     Args:
         data_dir: the competition folder.
@@ -644,7 +645,8 @@ def _folder_settings(d: Path, toml_path: Path, train: Path | None) -> tuple[dict
     extras = "".join(f" {k}={s[k]}" for k in ("metric", "folds", "group_col") if k in s)
     line = (f"data: {d}: {source}: task={task}, text {'+'.join(shown)}, label {label}, "
             f"id {id_col}{extras}")
-    return overlay, line
+    # today's text/label layout needs no line: nothing was decided that a user did not expect
+    return overlay, line if s or found else ""
 
 
 def _read_settings(path: Path) -> dict[str, Any]:
