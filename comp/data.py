@@ -505,6 +505,9 @@ def read_unlabelled(path: str | Path, cfg: DataConfig,
     path = Path(path)
     warnings = warnings if warnings is not None else []
     if path.suffix.lower() == ".txt":
+        if cfg.task == "pair":
+            raise CompError(f"{path}: a pair task's unlabelled rows need its two text columns "
+                            f"({', '.join(cfg.text_cols)}); a .txt holds one text per line")
         if not path.exists():
             raise CompError(f"{path}: file not found")
         text, enc = detect_encoding(path.read_bytes(), path, cfg.encoding)

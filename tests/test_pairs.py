@@ -230,3 +230,19 @@ def test_a_pair_task_plans_the_pair_recipes_and_names_the_fusion_members_it_skip
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "fusion_e5_bilstm" in err and "text pairs yet" in err
     assert all(load_recipe(RECIPES / "pair" / f"{n}.toml").linear.pair for n in PAIR_LINEAR)
+
+
+def test_unlabelled_pairs_are_read_as_pairs_and_a_txt_of_single_texts_is_one_line(pair_dir,
+                                                                                  tmp_path):
+    from comp.data import read_unlabelled
+
+    cfg = folder_data_config(pair_dir)
+    f = tmp_path / "unlabelled.csv"
+    write_csv(f, ["sentence1", "sentence2"], [("你好", "您好"), ("", ""), ("天气", "")])
+    ids, texts = read_unlabelled(f, cfg)
+    assert ids == ["unlabelled-0", "unlabelled-2"]  # the row with both sides empty is skipped
+    assert [split_pair(t) for t in texts] == [("你好", "您好"), ("天气", "")]
+    txt = tmp_path / "unlabelled.txt"
+    txt.write_text("你好\n", encoding="utf-8")
+    with pytest.raises(CompError, match="pair task's unlabelled rows need its two text columns"):
+        read_unlabelled(txt, cfg)
