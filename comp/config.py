@@ -327,14 +327,14 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         raw.setdefault("name", Path(path).stem)
     for ov in overrides or []:
         raw = deep_merge(raw, parse_override(ov))
-    data = raw.get("data")
-    data_dir = data.get("dir", DataConfig.dir) if isinstance(data, dict) else DataConfig.dir
-    if isinstance(data_dir, str):
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    data_dir, train = data.get("dir", DataConfig.dir), data.get("train", "")
+    if isinstance(data_dir, str) and isinstance(train, str):
         from comp.data import folder_settings
 
         # the competition folder's competition.toml (or inferred layout) sits under the recipe
         # file and --set: both win over it
-        raw = deep_merge(folder_settings(data_dir), raw)
+        raw = deep_merge(folder_settings(data_dir, train), raw)
     return from_dict(Recipe, raw)
 
 

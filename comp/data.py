@@ -543,7 +543,7 @@ _settings_cache: dict[tuple, tuple[dict[str, Any], str]] = {}
 _settings_said: set[tuple] = set()
 
 
-def folder_settings(data_dir: str | Path) -> dict[str, Any]:
+def folder_settings(data_dir: str | Path, train_name: str = "") -> dict[str, Any]:
     """The recipe overlay a competition folder implies: its competition.toml, else (and for
     the keys it leaves out) the layout inferred from the train file's header.
 
@@ -553,6 +553,7 @@ def folder_settings(data_dir: str | Path) -> dict[str, Any]:
 
     Args:
         data_dir: the competition folder.
+        train_name: `data.train` when a recipe names the train file ("" finds train.*).
 
     Returns:
         A nested dict such as {"data": {"task": "pair", "text_cols": [...]}, "metric": "..."};
@@ -562,7 +563,9 @@ def folder_settings(data_dir: str | Path) -> dict[str, Any]:
 
     d = Path(data_dir)
     toml_path = d / SETTINGS_FILE
-    train = find_file(d, "", "train", required=False) if d.is_dir() else None
+    train: Path | None = d / train_name if train_name else None
+    if train is None or not train.is_file():
+        train = find_file(d, "", "train", required=False) if d.is_dir() else None
     key = (str(d.resolve()), _mtime(toml_path), str(train), _mtime(train))
     if key not in _settings_cache:
         _settings_cache[key] = _folder_settings(d, toml_path, train)
@@ -577,7 +580,8 @@ def folder_data_config(data_dir: str | Path, **kw: Any) -> DataConfig:
     """The data section of a competition folder: its settings (`folder_settings`), then kw."""
     from comp.config import deep_merge, from_dict
 
-    raw = deep_merge(folder_settings(data_dir).get("data", {}), {"dir": str(data_dir), **kw})
+    settings = folder_settings(data_dir, kw.get("train", ""))
+    raw = deep_merge(settings.get("data", {}), {"dir": str(data_dir), **kw})
     return from_dict(DataConfig, raw, "data")
 
 

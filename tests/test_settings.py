@@ -149,3 +149,14 @@ def test_the_settings_are_read_anew_when_the_file_changes(tmp_path):
     later = time.time() + 5  # a coarse file clock must still see a newer file
     os.utime(d / "competition.toml", (later, later))
     assert folder_data_config(d).folds == 2
+
+
+def test_a_train_file_named_by_the_recipe_is_the_one_whose_layout_is_inferred(tmp_path):
+    d = tmp_path / "c"
+    d.mkdir()
+    _csv(d / "round2_train.csv", "id,sentence1,sentence2,label", ["a,好,好的,1", "b,差,好,0"])
+    _csv(d / "test.csv", "id,sentence1,sentence2", ["c,好,好"])
+    recipe = load_recipe(RECIPES / "tfidf_char_lr.toml",
+                         [f"data.dir={d}", "data.train=round2_train.csv"])
+    assert (recipe.data.task, recipe.data.text_cols) == ("pair", ("sentence1", "sentence2"))
+    assert load_competition(recipe.data).train_pairs == [("好", "好的"), ("差", "好")]
