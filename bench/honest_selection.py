@@ -106,7 +106,7 @@ def main() -> None:
                 f"train.patience={args.patience}"]
         print(f"{args.recipe}: {args.rows or 'all'} train rows, {args.folds} folds, "
               f"{args.epochs} epochs, patience {args.patience}", flush=True)
-        from comp.cli import train_recipe
+        from comp.members import train_recipe
 
         gaps = {}
         for name in args.arms.split(","):
