@@ -326,10 +326,10 @@ class _Reporter:
 
 
 def _default_trainer(*args: Any, **kw: Any) -> dict | None:
-    """comp.cli.train_recipe, looked up at call time (it imports every member kind)."""
-    from comp import cli
+    """comp.members.train_recipe, imported at call time (it imports every member kind)."""
+    from comp.members import train_recipe
 
-    return cli.train_recipe(*args, **kw)
+    return train_recipe(*args, **kw)
 
 
 def tune_data(recipe: Recipe, tune_dir: Path, fold_seed: int) -> DataConfig:
@@ -381,7 +381,7 @@ def make_objective(recipe: Recipe, n_folds: int, tune_dir: Path,
         recipe: the recipe being tuned.
         n_folds: folds each trial trains and scores.
         tune_dir: trials go to tune_dir/trial_<n>/.
-        trainer: trains a recipe's folds (`Trainer`); default comp.cli.train_recipe.
+        trainer: trains a recipe's folds (`Trainer`); default comp.members.train_recipe.
         data: the trials' data section (`tune_data`); default the recipe's.
     """
     train_recipe = trainer or _default_trainer
@@ -542,7 +542,7 @@ def run_tune(recipe: Recipe, trials: int = 20, timeout: float | None = None,
         overlay_dir: where <recipe name>.toml with the best values goes.
         plots: save history.png / importances.png under runs/tune/<study>/.
         trainer: trains a recipe's folds, `trainer(recipe, folds=, force=, report=)`; default
-            comp.cli.train_recipe.
+            comp.members.train_recipe.
         fold_seed: the seed of the fold table trials are scored on; default data.fold_seed +
             TUNE_SEED_OFFSET (a student with a teacher: data.fold_seed). The recipe's own seed
             scores trials on the reported table, which makes the tuned member's CV optimistic.
