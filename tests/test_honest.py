@@ -144,7 +144,7 @@ def test_tuned_member_reports_chance_on_noise(tmp_path, monkeypatch):
     member would report that luck as its CV; picked on another table, its CV is chance. (Luck
     that belongs to the rows rather than to a fold table, such as a feature subset that
     happens to fit the labels, survives another table: only nested tuning removes that.)"""
-    from comp import cli
+    from comp import members
     from comp.config import deep_merge, read_toml
     from comp.tune import run_tune
 
@@ -153,7 +153,7 @@ def test_tuned_member_reports_chance_on_noise(tmp_path, monkeypatch):
             "data": {"dir": str(data), "folds": 5}}
     r = load_recipe(None, base={**base, "tune": {"train.seed": {"type": "int", "low": 0,
                                                                   "high": 10**6}}})
-    monkeypatch.setattr(cli, "train_recipe", train_trial)  # the default trainer, looked up
+    monkeypatch.setattr(members, "train_recipe", train_trial)  # the default trainer, looked up
     out = run_tune(r, trials=TRIALS, storage="memory", n_folds=5,
                    pruner="none", overlay_dir=tmp_path / "tuned", plots=False)
     assert out["best_value"] > 0.5 + TOL  # the luck of the pick: reported, it fails below

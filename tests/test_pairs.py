@@ -228,7 +228,7 @@ def test_a_pair_task_plans_the_pair_recipes_and_names_the_fusion_members_it_skip
     assert task_members(PRESETS["default"], "single") == PRESETS["default"]
     assert task_members(PRESETS["default"], "pair") == PAIR_LINEAR
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "fusion_e5_bilstm" in err and "text pairs yet" in err
+    assert err.count("\n") == 1 and "fusion_e5_fast" in err and "text pairs yet" in err
     assert all(load_recipe(RECIPES / "pair" / f"{n}.toml").linear.pair for n in PAIR_LINEAR)
 
 
