@@ -562,6 +562,10 @@ def _ddp_child(rank: int, world: int, port: int, recipe: Recipe, out: str) -> No
         if dist.is_initialized():
             dist.destroy_process_group()
     Path(out, f"rank{rank}.json").write_text(json.dumps({"cv": cv, "folds": record}))
+    # Everything is written; skip interpreter teardown, where a gloo thread's destructor once
+    # aborted a finished child ("terminate called without an active exception", 1 run in ~6
+    # under a loaded full suite), which failed the test after the work had succeeded.
+    os._exit(0)
 
 
 def test_two_process_ddp_trains_shards_and_rank0_writes(bert_dir, comp_dir, tmp_path):
