@@ -153,11 +153,11 @@ PredictFoldTrain = Callable[[FoldContext], np.ndarray | None]
 PredictFold = Callable[[FoldContext], np.ndarray | None]
 
 
-def fold_inputs(recipe: Recipe, comp: Competition, folds: np.ndarray, extra: ExtraRows
-                ) -> dict[str, Any]:
-    """The content hashes a fold marker records: what the fold used (see comp.rundir)."""
+def fold_inputs(recipe: Recipe, comp: Competition, folds: np.ndarray) -> dict[str, Any]:
+    """The content hashes every fold of a member shares (a fold marker adds its extra rows'
+    `extra_hash`): the recipe, the train rows, the fold table, the test and unlabelled texts."""
     return {"recipe": recipe_fingerprint(recipe), **data_hashes(comp, folds),
-            "unlabelled_hash": comp.unlabelled_hash, "extra_hash": extra.fingerprint}
+            "unlabelled_hash": comp.unlabelled_hash}
 
 
 def extra_for_fold(extra: ExtraRows, val_texts: list[str], fold: int | None = None
@@ -234,7 +234,8 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
     k = recipe.data.folds
     rd = RunDir(recipe.run_dir)
     extra = extra if extra is not None else load_pseudo_for(recipe, comp)
-    check_extra_folds(extra, k, data_hashes(comp, folds)["folds_hash"])
+    shared = fold_inputs(recipe, comp, folds)  # hashed once, not once per fold
+    check_extra_folds(extra, k, shared["folds_hash"])
     own = list(recipe.data.use_folds) or list(range(k))  # the folds this member covers
     wanted = own if folds_to_run is None else sorted(set(folds_to_run))
     bad = [f for f in wanted if not 0 <= f < k]
@@ -251,7 +252,7 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
         fold_extra, dropped = extra_for_fold(extra, [comp.train_texts[i] for i in val_idx], f)
         ctx = FoldContext(f, train_idx, val_idx, rd.fold_dir(f), comp, recipe, fold_extra,
                           report or (lambda step, value: None), want_train)
-        want = {**fold_inputs(recipe, comp, folds, fold_extra), **(inputs or {})}
+        want = {**shared, "extra_hash": fold_extra.fingerprint, **(inputs or {})}
         status = (FoldStatus(f, "fit", "--force") if force
                   else rd.fold_status(f, want, recipe_text))
         if status.state == "current" and want_train and not rd.marker(f).get("train_predicted"):
@@ -330,7 +331,7 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
                             "unlabelled_predicted": unl_proba is not None,
                             "train_predicted": train_proba is not None})
         log(f"{recipe.name} fold {f}: {recipe.metric}={s:.4f} ({time.time() - t0:.0f}s)")
-    return assemble(recipe, comp, folds)
+    return assemble(recipe, comp, folds, shared)
 
 
 def _complete_train_proba(ctx: FoldContext, meta: dict,
@@ -348,7 +349,8 @@ def _complete_train_proba(ctx: FoldContext, meta: dict,
     return True
 
 
-def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray) -> dict | None:
+def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray,
+             now: dict[str, Any] | None = None) -> dict | None:
     """Write oof.npy, test.npy, classes.json, cv.json once every fold the member covers is done.
 
     A member on a subset of folds (data.use_folds) has OOF predictions on those folds' rows
@@ -363,8 +365,7 @@ def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray) -> dict | Non
         log(f"{recipe.name}: folds {missing} not done yet; member files not written")
         return None
     metas = [read_json(run_dir / f"fold{f}" / "done.json") for f in own]
-    now = {"recipe": recipe_fingerprint(recipe), **data_hashes(comp, folds),
-           "unlabelled_hash": comp.unlabelled_hash}
+    now = now or fold_inputs(recipe, comp, folds)  # today's inputs, shared by every fold
     stale = [f for f, m in zip(own, metas)
              if any(m.get("inputs", now).get(key, now[key]) != now[key] for key in now)]
     if stale:  # folds left out of this invocation (--folds) still predict yesterday's data
@@ -398,8 +399,7 @@ def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray) -> dict | Non
         "metric": recipe.metric,
         "cv": score(recipe.metric, comp.labels[covered], oof[covered]),
         "fold_scores": [m["score"] for m in metas],
-        **data_hashes(comp, folds),
-        "recipe": recipe_fingerprint(recipe),
+        **{key: now[key] for key in ("folds_hash", "train_hash", "test_hash", "recipe")},
         "n_train": len(comp.train_ids),
         "n_test": len(comp.test_ids),
         "seconds": round(sum(m["seconds"] for m in metas), 2),

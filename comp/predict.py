@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from comp.config import DataConfig, Recipe, from_dict, load_recipe, read_toml
+from comp.config import DataConfig, Recipe, load_recipe, read_toml
 from comp.members import Predictor, create_member
 from comp.utils import CompError, log, read_json, write_json, write_text
 
@@ -212,9 +212,10 @@ def load(path: str | Path, folds: Sequence[int] | None = None) -> MemberModel | 
     """
     p = Path(path)
     if (p / BUNDLE_MANIFEST).exists():
-        return load_ensemble(p / BUNDLE_MANIFEST, folds, root=p) if read_json(
-            p / BUNDLE_MANIFEST).get("blender") else load_member(
-            p / read_json(p / BUNDLE_MANIFEST)["members"][0], folds, root=p)
+        man = read_json(p / BUNDLE_MANIFEST)
+        if man.get("blender"):
+            return load_ensemble(p / BUNDLE_MANIFEST, folds, root=p)
+        return load_member(p / man["members"][0], folds, root=p)
     if p.is_dir():
         return load_member(p, folds)
     if p.suffix == ".csv":
@@ -467,7 +468,3 @@ def _requirements() -> str:
             continue
     return "\n".join(lines) + "\n"
 
-
-def data_config_of(run_dir: Path) -> DataConfig:
-    """The [data] section of a member's recipe.toml."""
-    return from_dict(DataConfig, read_toml(run_dir / "recipe.toml").get("data", {}), "data")
