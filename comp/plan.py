@@ -40,7 +40,8 @@ PRIORS: dict[str, tuple[float, float]] = {
     # 330 s, two phase-1 epochs 62 s, two top-4 phase-2 epochs 541 s, predictions 64 s
     "fusion_e5_bilstm": (480.0, 60.0),  # + 150 s of char/word/bigram word2vec
     "fusion_e5_fast": (310.0, 47.0),  # 128 characters, char vectors only, fixed epochs
-    "fusion_e5_full": (480.0, 130.0),  # every layer fine-tuned (--preset best)
+    # every layer fine-tuned (--preset best), fast's inputs: 2 full epochs of 11k rows ~900 s
+    "fusion_e5_full": (310.0, 92.0),
 }
 DEFAULT_PRIOR = (60.0, 60.0)  # an unknown neural member: assume it is slow
 # member kinds whose OOF may cover a subset of folds (expensive ones under a budget)

@@ -158,11 +158,11 @@ def test_full_pipeline_with_tiny_settings_and_logloss(fewshot, tmp_path, monkeyp
     members = ["tfidf_char_svc", "tfidf_nblr", "fusion_bert_bilstm", "textcnn_vectors"]
     monkeypatch.setattr(pl, "load_recipe", tiny)
     monkeypatch.setattr(pl, "BACKBONES", ["bert"])
-    monkeypatch.setattr(pl, "PRESETS", {**pl.PRESETS, "best": members}, raising=False)
+    monkeypatch.setattr(pl, "PRESETS", {**pl.PRESETS, "all": members}, raising=False)
     monkeypatch.setattr(pl, "TUNE_TRIALS", 2)
     monkeypatch.setattr(pl, "PSEUDO_RECIPES", ["tfidf_char_svc"])
     monkeypatch.chdir(tmp_path)
-    best = pl.run_pipeline(str(root), preset="best", metric="logloss", pseudo_rounds=1)
+    best = pl.run_pipeline(str(root), preset="all", metric="logloss", pseudo_rounds=1)
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("hidden_accuracy=") and best.exists()
     runs = tmp_path / "runs" / "intents"
