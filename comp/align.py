@@ -18,6 +18,8 @@ from comp.utils import CompError
 
 __all__ = [
     "truncate",
+    "pair_budgets",
+    "cut_head_tail",
     "window_starts",
     "windows",
     "char_to_token_index",
@@ -62,6 +64,48 @@ def truncate(text: str, max_chars: int, head_frac: float = 0.5, mode: str = "hea
         return text[:n_head] + (text[len(text) - n_tail:] if n_tail else "")
     raise CompError(f"model.truncation: unknown mode '{mode}' (known: head, head_tail, tail, "
                     "window)")
+
+
+def pair_budgets(n_a: int, n_b: int, budget: int) -> tuple[int, int]:
+    """How many units (characters or tokens) each side of a pair keeps within `budget`.
+
+    Each side gets half; what a shorter side leaves over goes to the other. Symmetric: the
+    swapped pair keeps the same amounts, swapped.
+    """
+    budget = max(0, budget)
+    if n_a + n_b <= budget:
+        return n_a, n_b
+    if n_a == n_b:  # the odd unit would make (a, b) and (b, a) keep different characters
+        return budget // 2, budget // 2
+    short = min(min(n_a, n_b), budget // 2)
+    long = min(max(n_a, n_b), budget - short)
+    return (short, long) if n_a < n_b else (long, short)
+
+
+def cut_head_tail(text: str, spans: Sequence[tuple[int, int]], keep: int,
+                  head_frac: float = 0.5) -> tuple[str, int, int]:
+    """Keep `keep` of a text's tokens, the first round(keep * head_frac) and the last rest, by
+    cutting the characters between them out.
+
+    Args:
+        text: one side of a pair.
+        spans: its tokens' [start, end) character spans, in order (no special tokens).
+        keep: how many tokens to keep.
+        head_frac: share kept from the head.
+
+    Returns:
+        (cut text, head_end, gap): characters at or after head_end in the cut text sit `gap`
+        characters later in `text`; (text, len(text), 0) when nothing is cut.
+    """
+    n = len(spans)
+    if n <= keep:
+        return text, len(text), 0
+    n_head = min(keep, max(0, round(keep * head_frac)))
+    n_tail = keep - n_head
+    head_end = int(spans[n_head - 1][1]) if n_head else 0
+    tail_start = int(spans[n - n_tail][0]) if n_tail else len(text)
+    tail_start = max(tail_start, head_end)
+    return text[:head_end] + text[tail_start:], head_end, tail_start - head_end
 
 
 def window_starts(n: int, max_chars: int, stride: int) -> list[int]:

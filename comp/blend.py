@@ -5,6 +5,13 @@ follows the estimator protocol: `__init__` only stores its arguments, `fit` retu
 fitted attributes end in `_`, and `clone` gives an unfitted copy. That is what lets
 comp.ensemble measure every method with the same honest fold loop. Register a new one with
 `@register_blender("name")`; `create_blender(name, **params)` builds it.
+
+Multi-label tasks: y is (n_rows, L) 0/1 and X holds each member's L independent label
+probabilities (rows do not sum to 1). Blenders learn that from the 2-D y in `fit`
+(`multilabel_`): nothing is renormalised, weights minimise the mean binary log-loss, hill
+climbing scores the metric with each label cut at its best threshold on the fit rows
+(comp.thresholds.tuned_score), and the stack fits one logistic regression per
+label on the members' probabilities of that label.
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ def _loss(metric: str, y: np.ndarray, proba: np.ndarray) -> float:
 
 def _logloss(y: np.ndarray, proba: np.ndarray) -> float:
     # Used as the smooth objective and as a tie-breaker for flat metrics like accuracy.
+    if y.ndim == 2:  # multi-label: mean binary log-loss over every cell
+        p = np.clip(proba, EPS, 1 - EPS)
+        return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
     return float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], EPS, None))))
 
 
@@ -96,9 +106,14 @@ class _Blender(ClassifierMixin, BaseEstimator):
                                 f"{self.n_classes_} classes, got {X.shape[1:]}")
         return X
 
+    def _set_task(self, y: Any) -> None:
+        """multilabel_: a 2-D y (rows, L) of 0/1 makes the columns independent labels."""
+        self.multilabel_ = y is not None and np.ndim(y) == 2
+
     def predict(self, X: Any) -> np.ndarray:
-        """Class indices (argmax of `predict_proba`)."""
-        return self.predict_proba(X).argmax(1)
+        """Class indices (argmax of `predict_proba`); multi-label: 0/1 at 0.5."""
+        p = self.predict_proba(X)
+        return (p >= 0.5).astype(np.int64) if getattr(self, "multilabel_", False) else p.argmax(1)
 
 
 class _EqualWeights(_Blender):
@@ -109,6 +124,7 @@ class _EqualWeights(_Blender):
     def fit(self, X: Any, y: Any = None) -> _EqualWeights:
         """Record the shapes and equal weights_; labels are ignored."""
         X = self._validate(X, fitting=True)
+        self._set_task(y)
         self.weights_ = np.full(self.n_members_, 1.0 / self.n_members_)
         return self
 
@@ -149,6 +165,8 @@ class RankBlender(_EqualWeights):
             _, tie = np.unique(r[:, c], return_inverse=True)
             sums = np.bincount(tie[order], weights=np.sort(mean[:, c]))
             p[:, c] = (sums / np.bincount(tie))[tie]
+        if getattr(self, "multilabel_", False):  # independent labels: no sum to keep
+            return p
         s = p.sum(1, keepdims=True)
         return np.where(s > 0, p / np.where(s > 0, s, 1.0), 1.0 / self.n_classes_)
 
@@ -174,8 +192,14 @@ class WeightBlender(_Blender):
         """Fit weights_ (n_members,) on probabilities X and class indices y."""
         X = self._validate(X, fitting=True)
         y = np.asarray(y, dtype=np.int64)
+        self._set_task(y)
         M = self.n_members_
-        A = X[np.arange(len(y)), :, y]  # (n, M) probability each member gives the true class
+        if self.multilabel_:
+            # each (row, label) cell is a binary decision: the probability of its true side
+            yy = y[:, None, :]
+            A = np.where(yy == 1, X, 1.0 - X).transpose(0, 2, 1).reshape(-1, M)  # (n*L, M)
+        else:
+            A = X[np.arange(len(y)), :, y]  # (n, M) probability each member gives the true class
 
         def f(w: np.ndarray) -> float:
             return float(-np.mean(np.log(np.clip(A @ w, EPS, None))))
@@ -240,12 +264,19 @@ class HillClimbBlender(_Blender):
         self.start = start
 
     def _key(self, y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+        if y.ndim == 2:  # multi-label: the metric once each label is cut at its best threshold
+            from comp.thresholds import tuned_score
+
+            s = tuned_score(y, p, self.metric)
+            s = np.inf if np.isnan(s) else (-s if greater_is_better(self.metric) else s)
+            return (s, _logloss(y, p))
         return (_loss(self.metric, y, p), _logloss(y, p))
 
     def fit(self, X: Any, y: Any) -> HillClimbBlender:
         """Fit weights_ = selection counts / total; history_ holds the in-sample path."""
         X = self._validate(X, fitting=True)
         y = np.asarray(y, dtype=np.int64)
+        self._set_task(y)
         M = self.n_members_
         k = 1 if self.start == "best" else int(self.start)
         if not 1 <= k <= M:
@@ -327,6 +358,9 @@ class StackEnsemble(_Blender):
         """Fit the meta-model (meta_) on OOF probabilities X and class indices y."""
         X = self._validate(X, fitting=True)
         y = np.asarray(y, dtype=np.int64)
+        self._set_task(y)
+        if self.multilabel_:
+            return self._fit_per_label(X, y)
         model = self._make_meta()
         F = self._features(X)
         self.seen_classes_ = np.unique(y)
@@ -339,9 +373,39 @@ class StackEnsemble(_Blender):
                 self.meta_ = model.fit(F, y)
         return self
 
+    def _fit_per_label(self, X: np.ndarray, Y: np.ndarray) -> StackEnsemble:
+        """Multi-label: one meta-model per label on the members' probabilities of that label
+        (n, M); a label constant in the fit rows predicts that value. meta "lr" and "hgb" fit
+        classifiers, "ridge" a regression clipped to [0, 1]."""
+        self.meta_ = []
+        for j in range(Y.shape[1]):
+            y = Y[:, j]
+            if y.min() == y.max():
+                self.meta_.append(float(y[0]))
+                continue
+            model = self._make_meta()
+            with _one_thread():
+                self.meta_.append(model.fit(self._features(X[:, :, j:j + 1]), y))
+        return self
+
+    def _predict_per_label(self, X: np.ndarray) -> np.ndarray:
+        cols = []
+        for j, m in enumerate(self.meta_):
+            if isinstance(m, float):
+                cols.append(np.full(len(X), m))
+                continue
+            F = self._features(X[:, :, j:j + 1])
+            with _one_thread():
+                cols.append(np.clip(m.predict(F), 0.0, 1.0) if self.meta == "ridge"
+                            else m.predict_proba(F)[:, list(m.classes_).index(1)])
+        return np.column_stack(cols)  # (n, L)
+
     def predict_proba(self, X: Any) -> np.ndarray:
-        """(n, C) meta-model probabilities; classes absent from the fit rows get 0."""
+        """(n, C) meta-model probabilities; classes absent from the fit rows get 0. Multi-label:
+        (n, L), one probability per label."""
         X = self._validate(X, fitting=False)
+        if getattr(self, "multilabel_", False):
+            return self._predict_per_label(X)
         n, C = len(X), self.n_classes_
         if self.meta_ is None:
             out = np.zeros((n, C))
@@ -359,6 +423,12 @@ class StackEnsemble(_Blender):
     def member_importance(self) -> np.ndarray | None:
         """(n_members,) share of |coefficient| mass per member (linear metas only)."""
         check_is_fitted(self)
+        if getattr(self, "multilabel_", False):  # one (1, M) coefficient row per label
+            coefs = [np.abs(m.coef_).ravel() for m in self.meta_ if hasattr(m, "coef_")]
+            if not coefs:
+                return None
+            imp = np.sum(coefs, axis=0)
+            return imp / imp.sum() if imp.sum() > 0 else imp
         coef = getattr(self.meta_, "coef_", None)
         if coef is None:
             return None

@@ -137,7 +137,8 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
         raise CompError("ensemble: none of the given paths is a finished member (no cv.json)")
     # without --data the members' own [data] table (columns, format) describes the competition
     data = folder_data_config(args.data) if args.data else None
-    path = run_ensemble(runs, args.method, data, args.metric, args.out, proba=args.proba)
+    path = run_ensemble(runs, args.method, data, args.metric, args.out, proba=args.proba,
+                        **({"class_bias": True} if args.class_bias else {}))
     print(f"saved {path}")
 
 
@@ -311,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="submissions/blend", help="output stem; CV is appended")
     sp.add_argument("--data", default=None, help="competition folder (default: the members')")
     sp.add_argument("--proba", action="store_true", help="also write probability columns")
+    sp.add_argument("--class-bias", action="store_true",
+                    help="per-class biases on the blend fitted to the metric on OOF rows "
+                    "(nested: the CV stays honest); for macro-F1 and other label metrics; "
+                    "`comp run` turns it on for them")
     sp.set_defaults(func=cmd_ensemble)
 
     sp = sub.add_parser("distill", help="train a fast student on an ensemble's probabilities")

@@ -48,17 +48,25 @@ class DataConfig:
     # sides members keep apart (comp.data.PAIR_SEP). A competition.toml sets these (comp.data)
     task: str = "single"
     group_col: str = ""  # rows sharing this column's value share a fold (e.g. a user id)
-    label_sep: str = ""  # labels in one delimited column: multi-label tasks (not supported yet)
+    # multilabel: labels as one 0/1 column each (label_cols; none named = every column of the
+    # train file that is not the id or a text column), or one column (label_col) of labels
+    # joined by label_sep ("a|c"; an empty cell is an error, a row may hold none: "")
+    label_sep: str = ""
+    label_cols: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check(self.folds >= 2, "data.folds", "must be >= 2")
-        _check(self.task != "multilabel", "data.task",
-               "multilabel is not supported yet (single or pair)")
-        _check(self.task in ("single", "pair"), "data.task", "must be single or pair")
+        _check(self.task in ("single", "pair", "multilabel"), "data.task",
+               "must be single, pair or multilabel")
         _check(self.task != "pair" or len(self.text_cols) == 2, "data.text_cols",
                "a pair task needs exactly two text columns")
-        _check(not self.label_sep, "data.label_sep", "only multi-label tasks (not supported "
-               "yet) split labels")
+        _check(not self.label_sep or self.task == "multilabel", "data.label_sep",
+               "only multi-label tasks split labels")
+        _check(not self.label_cols or self.task == "multilabel", "data.label_cols",
+               "only multi-label tasks have several label columns")
+        _check(not (self.label_sep and self.label_cols), "data.label_cols",
+               "either one 0/1 column per label (label_cols) or one delimited column "
+               "(label_sep), not both")
         _check(all(0 <= f < self.folds for f in self.use_folds), "data.use_folds",
                f"fold ids must be in 0..{self.folds - 1}")
         _check(self.format in ("auto", "csv", "tsv", "jsonl", "clue"), "data.format",
@@ -125,6 +133,11 @@ class ModelConfig:
     truncation: str = "head_tail"  # head | head_tail | window
     head_frac: float = 0.5  # share of max_chars taken from the head for head_tail
     window_stride: int = 128
+    # a pair task (data.task = "pair"): joint = one grid a + b with a segment feature, backbones
+    # encode (a, b) as their pair; siamese = one shared head over each side, [u, v, |u-v|, u*v]
+    pair: str = "joint"
+    # predict each pair as (a, b) and (b, a) and average: only for symmetric tasks
+    pair_tta: bool = False
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
@@ -135,6 +148,7 @@ class ModelConfig:
         _check(self.truncation in ("head", "head_tail", "window"), "model.truncation",
                "must be head, head_tail or window")
         _check(self.max_chars > 0, "model.max_chars", "must be > 0")
+        _check(self.pair in ("joint", "siamese"), "model.pair", "must be joint or siamese")
 
 
 @dataclass(frozen=True)
@@ -188,6 +202,8 @@ class TrainConfig:
     # each fold also predicts its own training rows (train_by_fold.npy): the fold-honest
     # targets a distilled student learns from; not part of the recipe's identity
     predict_train: bool = False
+    # a pair task also trains on every pair swapped, (b, a): only for symmetric tasks
+    pair_swap: bool = False
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, "train.batch_size", "must be > 0")

@@ -221,8 +221,8 @@ class Competition:
     sample_path: Path | None
     train_ids: list[str]
     train_texts: list[str]
-    labels: np.ndarray  # (n_train,) int index into classes
-    classes: list[str]
+    labels: np.ndarray  # (n_train,) int index into classes; multilabel: (n_train, L) 0/1
+    classes: list[str]  # multilabel: the label names, in the order of the labels' columns
     test_ids: list[str]
     test_texts: list[str]
     sub_id_col: str = "id"
@@ -233,8 +233,18 @@ class Competition:
     unlabelled_texts: list[str] = field(default_factory=list)
     # the sample's columns when it has one probability column per class (in its order), else []
     sub_proba_cols: list[str] = field(default_factory=list)
-    task: str = "single"  # single | pair (texts are a + PAIR_SEP + b)
+    task: str = "single"  # single | pair (texts are a + PAIR_SEP + b) | multilabel
     train_groups: list[str] = field(default_factory=list)  # data.group_col values, or []
+    # multilabel: the sample's label columns hold 0/1 (write decisions) rather than
+    # probabilities; its one label column joins a row's labels with label_sep
+    sub_binary: bool = True
+    label_sep: str = "|"
+
+    @property
+    def multilabel(self) -> bool:
+        """True for a multi-label task: labels is (n, L) 0/1 and members predict (n, L)
+        independent probabilities."""
+        return self.task == "multilabel"
 
     @property
     def train_pairs(self) -> list[tuple[str, str]]:
@@ -426,15 +436,19 @@ def load_competition(cfg: DataConfig) -> Competition:
     warnings: list[str] = []
 
     label_col = cfg.label_col
-    if label_col not in train.columns:
-        raise CompError(f"{train_path}: missing label column '{label_col}' "
-                        f"(columns: {', '.join(train.columns)})")
-    raw_labels = _non_empty(train, label_col, ": empty or NaN label")
-    classes = class_order(raw_labels)
-    if len(classes) < 2:
-        raise CompError(f"{train_path}: column '{label_col}': only one class ({classes[0]!r})")
-    index = {c: i for i, c in enumerate(classes)}
-    labels = np.array([index[v] for v in raw_labels], dtype=np.int64)
+    if cfg.task == "multilabel":
+        labels, classes = _multilabel_labels(train, cfg)
+    else:
+        if label_col not in train.columns:
+            raise CompError(f"{train_path}: missing label column '{label_col}' "
+                            f"(columns: {', '.join(train.columns)})")
+        raw_labels = _non_empty(train, label_col, ": empty or NaN label")
+        classes = class_order(raw_labels)
+        if len(classes) < 2:
+            raise CompError(f"{train_path}: column '{label_col}': only one class "
+                            f"({classes[0]!r})")
+        index = {c: i for i, c in enumerate(classes)}
+        labels = np.array([index[v] for v in raw_labels], dtype=np.int64)
 
     pair = cfg.task == "pair"
     train_texts = _texts(train, _text_columns(train, cfg), cfg.text_sep, warnings, pair=pair)
@@ -448,7 +462,7 @@ def load_competition(cfg: DataConfig) -> Competition:
     train_ids = _ids(train, cfg.id_col, "train-", required=False)
     test_ids = _ids(test, cfg.id_col, "", required=sample_path is not None)
 
-    sub_id, sub_label, sub_proba = cfg.id_col, label_col, []
+    sub_id, sub_label, sub_proba, sub_binary = cfg.id_col, label_col, [], True
     if sample_path is not None:
         sample = read_table(sample_path, "auto", cfg.encoding)
         sub_id = cfg.id_col if cfg.id_col in sample.columns else sample.columns[0]
@@ -456,6 +470,13 @@ def load_competition(cfg: DataConfig) -> Competition:
         sub_label = label_col if label_col in others else (others[0] if others else label_col)
         if len(others) >= 2 and set(others) == set(classes):
             sub_proba = others  # id,classA,classB,...: one probability column per class
+            if cfg.task == "multilabel":  # one column per label: 0/1 decisions or probabilities
+                sub_binary = all(_clean(r.get(c)) in ("0", "1") for r in sample.rows
+                                 for c in others)
+        elif cfg.task == "multilabel" and len(others) != 1:
+            raise CompError(f"{sample_path}: expected one column per label "
+                            f"({', '.join(classes)}) or one label column, got "
+                            f"{', '.join(others) or 'none'}")
         sample_ids = _ids(sample, sub_id, "", required=True)
         if set(sample_ids) != set(test_ids):
             miss = sorted(set(sample_ids) - set(test_ids))
@@ -467,12 +488,79 @@ def load_competition(cfg: DataConfig) -> Competition:
             raise CompError(f"{sample_path}: column '{sub_id}': {what}")
     comp = Competition(d, train_path, test_path, sample_path, train_ids, train_texts, labels,
                        classes, test_ids, test_texts, sub_id, sub_label, warnings,
-                       sub_proba_cols=sub_proba, task=cfg.task, train_groups=groups)
+                       sub_proba_cols=sub_proba, task=cfg.task, train_groups=groups,
+                       sub_binary=sub_binary, label_sep=cfg.label_sep or "|")
+    if comp.multilabel:
+        _log_multilabel(comp)
     if cfg.extra:
         comp.unlabelled_path = unlabelled_file(cfg)
         comp.unlabelled_ids, comp.unlabelled_texts = read_unlabelled(comp.unlabelled_path, cfg,
                                                                      warnings)
     return comp
+
+
+_BINARY = {"0": 0, "1": 1, "0.0": 0, "1.0": 1}
+_ml_said: set[str] = set()
+
+
+def _multilabel_labels(train: Table, cfg: DataConfig) -> tuple[np.ndarray, list[str]]:
+    """(n, L) 0/1 label matrix and the label names of a multi-label train file.
+
+    Labels come from one 0/1 column each (data.label_cols) or from data.label_col holding a
+    row's labels joined by data.label_sep. A cell that is empty, or not 0/1 in a label column,
+    is a one-line error naming the row and column; a row with no positive label is legal.
+    """
+    path = train.path
+    if cfg.label_sep:
+        col = cfg.label_col
+        if col not in train.columns:
+            raise CompError(f"{path}: missing label column '{col}' (columns: "
+                            f"{', '.join(train.columns)})")
+        raw = _non_empty(train, col, f": empty label cell (labels joined by "
+                                     f"'{cfg.label_sep}')")
+        sets = [[t.strip() for t in v.split(cfg.label_sep) if t.strip()] for v in raw]
+        classes = class_order([t for ts in sets for t in ts])
+        index = {c: i for i, c in enumerate(classes)}
+        labels = np.zeros((len(sets), len(classes)), dtype=np.int64)
+        for i, ts in enumerate(sets):
+            labels[i, [index[t] for t in ts]] = 1
+    else:
+        classes = list(cfg.label_cols)
+        if not classes:
+            raise CompError(f"{path}: a multilabel task needs its label columns (data.label_cols "
+                            "or competition.toml label_cols) or data.label_sep")
+        train.require(classes, " (a label column of data.label_cols)")
+        labels = np.zeros((len(train.rows), len(classes)), dtype=np.int64)
+        for j, c in enumerate(classes):
+            for i, (row, n) in enumerate(zip(train.rows, train.row_numbers)):
+                v = _clean(row.get(c))
+                if not v:
+                    raise CompError(f"{path}: row {n}: column '{c}': empty label cell (a "
+                                    "label column holds 0 or 1)")
+                if v not in _BINARY:
+                    raise CompError(f"{path}: row {n}: column '{c}': '{v}' is not 0 or 1 (a "
+                                    "label column holds 0 or 1)")
+                labels[i, j] = _BINARY[v]
+    if len(classes) < 2:
+        raise CompError(f"{path}: a multilabel task needs 2 or more labels, got "
+                        f"{classes or 'none'}")
+    return labels, classes
+
+
+def _log_multilabel(comp: Competition) -> None:
+    """One line per train file: labels, their positive shares, rows without a label."""
+    key = comp.train_hash
+    if key in _ml_said:
+        return
+    _ml_said.add(key)
+    y = comp.labels
+    shares = ", ".join(f"{c} {m:.0%}" for c, m in zip(comp.classes[:12], y.mean(0)[:12]))
+    more = f" and {len(comp.classes) - 12} more" if len(comp.classes) > 12 else ""
+    never = [c for c, s in zip(comp.classes, y.sum(0)) if s == 0]
+    note = f"; never positive: {', '.join(never)}" if never else ""
+    log(f"data: multilabel: {len(y)} rows, {len(comp.classes)} labels ({shares}{more}), "
+        f"{int((y.sum(1) == 0).sum())} rows with no label, {y.sum(1).mean():.2f} labels a "
+        f"row{note}")
 
 
 def unlabelled_file(cfg: DataConfig) -> Path:
@@ -538,7 +626,7 @@ def read_unlabelled(path: str | Path, cfg: DataConfig,
 SETTINGS_KEYS = {"text_cols": "data.text_cols", "label_col": "data.label_col",
                  "id_col": "data.id_col", "task": "data.task", "metric": "metric",
                  "folds": "data.folds", "group_col": "data.group_col",
-                 "label_sep": "data.label_sep"}
+                 "label_sep": "data.label_sep", "label_cols": "data.label_cols"}
 _settings_cache: dict[tuple, tuple[dict[str, Any], str]] = {}
 _settings_said: set[tuple] = set()
 
@@ -599,11 +687,16 @@ def _folder_settings(d: Path, toml_path: Path, train: Path | None) -> tuple[dict
     def bad(k: str, msg: str) -> CompError:
         return CompError(f"{toml_path}: key '{k}': {msg}")
 
-    if s.get("task") == "multilabel":
-        raise bad("task", "multilabel is not supported yet (supported: single, pair)")
     task = s.get("task")
     cols = s.get("text_cols")
     found = ""
+    ml: dict[str, Any] = {}
+    if task == "multilabel" or (task is None and "label_col" not in s
+                                and "label_sep" not in s):
+        ml = _multilabel_layout(train, columns, s, cols, bad)
+        if ml:
+            task, cols = "multilabel", ml["text_cols"]
+            found = "" if s.get("task") == "multilabel" else "multilabel"
     if cols is None and task in (None, "pair"):
         pair_cols = next((list(pc) for pc in PAIR_COLUMNS if set(pc) <= set(columns)), None)
         if pair_cols and not any(c in columns for c in TEXT_FALLBACKS):
@@ -626,9 +719,11 @@ def _folder_settings(d: Path, toml_path: Path, train: Path | None) -> tuple[dict
         raise bad("group_col", f"'{group}' is also the label or a text column")
     if s.get("label_sep") and task != "multilabel":
         raise bad("label_sep", f"only a multilabel task splits labels (task is {task})")
+    if s.get("label_cols") and task != "multilabel":
+        raise bad("label_cols", f"only a multilabel task has label columns (task is {task})")
     if columns:
         named = {"text_cols": cols or [], "label_col": [label] if "label_col" in s else [],
-                 "group_col": [group] if group else []}
+                 "group_col": [group] if group else [], "label_cols": ml.get("label_cols", [])}
         for k, names in named.items():
             absent = [c for c in names if c not in columns]
             if absent and k in s:
@@ -643,17 +738,81 @@ def _folder_settings(d: Path, toml_path: Path, train: Path | None) -> tuple[dict
     data["task"] = task
     if cols is not None:
         data["text_cols"] = list(cols)
+    if ml.get("label_cols"):
+        data["label_cols"] = list(ml["label_cols"])
     overlay: dict[str, Any] = {"data": data}
     if "metric" in s:
         overlay["metric"] = s["metric"]
+    elif task == "multilabel":
+        overlay["metric"] = "micro_f1"  # accuracy of a label set (exact match) is too harsh
     shown = cols or [next((c for c in TEXT_FALLBACKS if c in columns), "text")]
     source = (f"{SETTINGS_FILE}" + (f" + inferred {found} layout" if found else "")
               if s else f"inferred {found or 'single-text'} layout (no {SETTINGS_FILE})")
     extras = "".join(f" {k}={s[k]}" for k in ("metric", "folds", "group_col") if k in s)
-    line = (f"data: {d}: {source}: task={task}, text {'+'.join(shown)}, label {label}, "
+    labels_txt = f"label {label}"
+    if ml.get("label_cols"):
+        labels_txt = f"labels {'/'.join(ml['label_cols'])} (0/1 columns)"
+    elif task == "multilabel":
+        labels_txt = f"labels in {label} joined by '{s.get('label_sep')}'"
+    if task == "multilabel" and "metric" not in s:
+        extras = f" metric={overlay['metric']}" + extras
+    line = (f"data: {d}: {source}: task={task}, text {'+'.join(shown)}, {labels_txt}, "
             f"id {id_col}{extras}")
     # today's text/label layout needs no line: nothing was decided that a user did not expect
     return overlay, line if s or found else ""
+
+
+def _multilabel_layout(train: Path | None, columns: list[str], s: dict[str, Any],
+                       cols: list[str] | None, bad: Any) -> dict[str, Any]:
+    """A multi-label layout: {"text_cols": [...], "label_cols": [...]}, or {} when there is none.
+
+    With `task = "multilabel"` in the settings: label_sep (one delimited column, {"text_cols":
+    cols} kept) or label_cols, else every column of the train file that is not the id, a text
+    or the group column (2 or more needed). Without settings it is inferred only when the train
+    file has an id, one text column and 2 or more columns holding nothing but 0/1, and no
+    `label` column (Kaggle's layout); its values are read for that, once per file
+    (folder_settings caches it).
+    """
+    declared = s.get("task") == "multilabel" or ("task" not in s and bool(s.get("label_cols")))
+    id_col = s.get("id_col", "id")
+    if declared and s.get("label_sep"):
+        if s.get("label_cols"):
+            raise bad("label_cols", "either label_cols (one 0/1 column each) or label_sep "
+                      "(one delimited column), not both")
+        return {"text_cols": cols} if cols else {}
+    if declared and s.get("label_cols"):
+        labels = list(s["label_cols"])
+        absent = [c for c in labels if columns and c not in columns]
+        if absent:
+            raise bad("label_cols", f"column '{absent[0]}' is not in {train} "
+                      f"(columns: {', '.join(columns)})")
+        if len(labels) < 2:
+            raise bad("label_cols", f"a multilabel task needs 2 or more label columns, got "
+                      f"{labels}")
+        rest = [c for c in columns if c not in labels and c not in (id_col, s.get("group_col"))]
+        return {"text_cols": cols or (rest if len(rest) == 1 else None), "label_cols": labels}
+    rest = [c for c in columns if c not in (id_col, s.get("group_col")) and c not in (cols or [])]
+    if train is None or len(rest) < (2 if cols else 3):
+        if declared:
+            raise bad("task", f"multilabel needs label_cols = [...] or label_sep (no 0/1 label "
+                      f"columns in {train}: {', '.join(columns)})")
+        return {}
+    table = read_table(train)
+    binary = [c for c in rest
+              if all(_clean(r.get(c)) in _BINARY for r in table.rows) and table.rows]
+    text = cols or [c for c in rest if c not in binary]
+    if declared:  # the other columns are the labels; load_competition names bad cells
+        if len(text) != 1:
+            text = [c for c in TEXT_FALLBACKS if c in rest][:1] or text[:1]
+        labels = [c for c in rest if c not in text]
+        if len(labels) < 2:
+            raise bad("task", f"multilabel needs label_cols = [...] or label_sep (fewer than "
+                      f"two label columns in {train}: {', '.join(columns)})")
+        return {"text_cols": text, "label_cols": labels}
+    # a `label` column says single-label (binary, with other 0/1 columns beside it)
+    if len(binary) >= 2 and len(text) == 1 and id_col in columns and "label" not in columns:
+        return {"text_cols": text, "label_cols": binary}
+    return {}
 
 
 def _read_settings(path: Path) -> dict[str, Any]:
@@ -670,10 +829,10 @@ def _read_settings(path: Path) -> dict[str, Any]:
     for k, v in raw.items():
         if k not in SETTINGS_KEYS:
             raise CompError(f"{path}: key '{k}': unknown (known: {', '.join(SETTINGS_KEYS)})")
-        if k == "text_cols":
+        if k in ("text_cols", "label_cols"):
             v = [v] if isinstance(v, str) else v
             if not (isinstance(v, list) and v and all(isinstance(c, str) and c for c in v)):
-                raise CompError(f"{path}: key 'text_cols': expected a column name or a list of "
+                raise CompError(f"{path}: key '{k}': expected a column name or a list of "
                                 f"them, got {raw[k]!r}")
         elif k == "folds":
             if isinstance(v, bool) or not isinstance(v, int) or v < 2:
@@ -724,7 +883,9 @@ def normalize_text(text: str) -> str:
 def make_folds(labels: np.ndarray, texts: list[str], k: int, seed: int,
                classes: list[str] | None = None,
                row_groups: list[str] | None = None) -> np.ndarray:
-    """StratifiedGroupKFold with identical normalized texts (pairs: unordered) as groups.
+    """StratifiedGroupKFold with identical normalized texts (pairs: unordered) as groups;
+    multi-label (labels (n, L)): iterative stratification of the groups' label sets
+    (`iterative_folds`).
 
     A class with fewer rows than k cannot be in every fold. Its groups are then spread over
     distinct folds, so that every fold's training part still holds the class when it has 2+
@@ -758,6 +919,8 @@ def make_folds(labels: np.ndarray, texts: list[str], k: int, seed: int,
     if len(group_of) < k:
         raise CompError(f"data.folds={k}: only {len(group_of)} distinct train text(s); "
                         "lower data.folds")
+    if labels.ndim == 2:
+        return iterative_folds(labels, groups, k, seed)
     counts = np.bincount(labels)
     folds = np.full(len(labels), -1, dtype=np.int64)
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
@@ -775,6 +938,53 @@ def make_folds(labels: np.ndarray, texts: list[str], k: int, seed: int,
         log(f"warning: {len(rare)} class(es) have fewer rows than the {k} folds: {shown}{more}; "
             "their rows go to distinct folds (a 1-row class is absent from its fold's training "
             "part)")
+    return folds
+
+
+def iterative_folds(labels: np.ndarray, groups: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Iterative stratification of label sets (Sechidis, Tsoumakas & Vlahavas 2011), over groups.
+
+    scikit-learn has no multi-label stratified splitter, so this is the paper's algorithm with a
+    group (identical texts, data.group_col) as the unit: each fold wants 1/k of every label's
+    positive rows. The label with the fewest positive rows left goes first: each of its groups
+    goes to the fold that still wants most of that label (ties: most rows wanted overall, then
+    random). Groups with no positive label fill the folds wanting most rows.
+
+    Args:
+        labels: (n, L) 0/1.
+        groups: (n,) group id of each row.
+        k: folds.
+        seed: tie-breaking seed.
+
+    Returns:
+        (n,) int fold index per row.
+    """
+    rng = np.random.default_rng(seed)
+    uniq, inv = np.unique(groups, return_inverse=True)
+    g_labels = np.zeros((len(uniq), labels.shape[1]), dtype=np.int64)  # (G, L) positive rows
+    np.add.at(g_labels, inv, labels)
+    g_size = np.bincount(inv, minlength=len(uniq))
+    want_label = np.tile(g_labels.sum(0) / k, (k, 1)).astype(np.float64)  # (k, L)
+    want_rows = np.full(k, len(labels) / k)
+    g_fold = np.full(len(uniq), -1, dtype=np.int64)
+    left = g_labels > 0  # (G, L) unassigned groups holding each label
+    while left.any():
+        counts = left.sum(0)
+        lab = int(np.flatnonzero(counts)[np.argmin(counts[counts > 0])])  # rarest label left
+        for g in rng.permutation(np.flatnonzero(left[:, lab])):
+            best = np.lexsort((rng.random(k), -want_rows, -want_label[:, lab]))[0]
+            g_fold[g] = best
+            want_label[best] -= g_labels[g]
+            want_rows[best] -= g_size[g]
+            left[g] = False
+    for g in rng.permutation(np.flatnonzero(g_fold < 0)):  # groups with no positive label
+        best = np.lexsort((rng.random(k), -want_rows))[0]
+        g_fold[g] = best
+        want_rows[best] -= g_size[g]
+    folds = g_fold[inv]
+    empty = [f for f in range(k) if not (folds == f).any()]
+    if empty:
+        raise CompError(f"data.folds={k}: folds {empty} got no rows; lower data.folds")
     return folds
 
 
@@ -819,6 +1029,18 @@ def _spread_rare(folds: np.ndarray, labels: np.ndarray, groups: np.ndarray, rare
             seen.add(f)
 
 
+def label_strata(labels: np.ndarray) -> np.ndarray:
+    """1-D int labels to stratify a split by: single-label labels as they are; a multi-label
+    row (n, L) gets its rarest positive label, or L when it has none (splitters such as
+    comp.train_parts.inner_split take one label per row)."""
+    if labels.ndim == 1:
+        return labels
+    rank = np.argsort(np.argsort(labels.sum(0), kind="stable"), kind="stable")  # 0 = rarest
+    keyed = np.where(labels > 0, rank[None, :], labels.shape[1])  # (n, L)
+    best = keyed.argmin(1)
+    return np.where(labels.sum(1) > 0, best, labels.shape[1]).astype(np.int64)
+
+
 def folds_hash(ids: list[str], folds: np.ndarray) -> str:
     """Fingerprint of a fold table (members must agree on it)."""
     return sha1_of([*ids, *map(str, folds.tolist())])
@@ -845,6 +1067,8 @@ def load_folds(comp: Competition, cfg: DataConfig) -> np.ndarray:
     method = "stratified-group(normalized text)"
     if cfg.group_col:  # another grouping is another table
         method = f"stratified-group(normalized text + column '{cfg.group_col}')"
+    if comp.multilabel:
+        method = "iterative-" + method
     want = {"k": cfg.folds, "seed": cfg.fold_seed, "method": method,
             "train_hash": comp.train_hash}
     if path.exists() and not meta_path.exists():

@@ -342,7 +342,7 @@ def fit_student_fold(ctx: FoldContext, data: FusionData, teacher: Teacher | None
     fit_idx, sel_idx, ctx = selection_split(ctx)  # the epoch is chosen on held-out train rows
 
     def training_rows(idx: np.ndarray, c: FoldContext) -> Rows:
-        rows = data.rows.take(idx)
+        rows = data.fit_rows.take(idx)  # pairs in both orders with train.pair_swap
         hard = np.eye(comp.n_classes, dtype=np.float32)[comp.labels[idx]]  # (n, C)
         soft = (teacher.soft_targets(c.fold, idx, dcfg.targets) if teacher is not None
                 else hard)  # (n, C)
@@ -399,6 +399,8 @@ def train_student(recipe: Recipe, folds_to_run: list[int] | None = None, force: 
         raise CompError("recipe key 'train.pseudo': a student takes test rows from its teacher; "
                         "set distill.use_test = true instead")
     comp = load_competition(recipe.data)
+    if comp.multilabel:
+        raise CompError(f"{recipe.name}: distillation is not supported for a multilabel task")
     folds = load_folds(comp, recipe.data)
     teacher = None
     if dcfg.teacher:
@@ -618,6 +620,8 @@ def _tables_unsupported(model: FusionModel) -> str:
 
     if len(model.backbones):
         return "it has backbones"
+    if model.pair:
+        return "it reads text pairs (segments or sides)"
     if not isinstance(model.head, CNNHead) or not isinstance(model.head.pool, MaxMeanPool):
         return "only a CNN head with maxmean pooling folds"
     if not len(model.vectors) or not all(isinstance(v, GridVectors) for v in model.vectors):

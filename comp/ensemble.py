@@ -23,6 +23,13 @@ an ensemble with it has no per-fold predictions.
 Members run with `train.predict_train` also hold train_by_fold.npy (K, n_train, C): fold k's
 model on every train row. The fold-k blender applied to those gives the ensemble's own
 train_by_fold.npy, the targets a distilled student's fold k learns from (comp.distill).
+
+A multi-label task (2-D y, comp.data) blends each label's probabilities, then fits per-label
+thresholds on the ensemble's nested OOF (comp.thresholds): the CV cuts fold k's rows at
+thresholds fitted on the other folds' rows, and the test rows at the thresholds fitted on all.
+Those other folds' ensemble OOF came from blenders that saw fold k's rows, but a blender keeps
+a handful of weights (a few coefficients per label for the stack), which the noise-label test
+(tests/test_multilabel.py) shows does not lift the CV.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, clone
 
+from comp.bias import ClassBias
 from comp.blend import StackEnsemble, blender_params, create_blender
 from comp.data import HASH_KEYS, data_hashes, load_competition, load_folds
 from comp.member import write_member_files
@@ -217,6 +225,7 @@ class EnsembleResult:
     train_by_fold: np.ndarray | None = None  # (K, n_train, C)
     model: BaseEstimator | None = None  # the blender fitted on every OOF row (predicts test)
     fold_models: list[BaseEstimator] = field(default_factory=list)  # nested: fold k left out
+    thresholds: np.ndarray | None = None  # multi-label: (L,) per-label cuts of the test rows
 
 
 def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.ndarray,
@@ -255,9 +264,13 @@ def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.nd
         members = [dataclasses.replace(m, oof=m.oof[covered]) for m in members]
     params = dict(kw)
     objective = params.pop("objective", None)
+    class_bias = bool(params.pop("class_bias", False))
+    class_bias = class_bias and y.ndim == 1  # multi-label: per-label thresholds do that job
     if "metric" in blender_params(method):
         params["metric"] = objective or metric
     est = create_blender(method, **params)
+    if class_bias:  # per-class biases on the blend, fitted inside the same nested loop
+        est = ClassBias(est, metric)
     full = clone(est).fit(X, y)
     test = full.predict_proba(XT)
     XU, why = stack_unlabelled(members)
@@ -265,8 +278,11 @@ def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.nd
     in_sample = full.predict_proba(X)
     cv_in = score(metric, y, in_sample)
     names = [m.name for m in members]
-    meta: dict[str, Any] = {"method": method, "metric": metric, "params": est.get_params(),
-                            "member_cv": {m.name: score(metric, y, m.oof) for m in members}}
+    shown = {**getattr(est, "blender", est).get_params(), **({"class_bias": True} if class_bias
+                                                             else {})}
+    meta: dict[str, Any] = {"method": method, "metric": metric, "params": shown,
+                            "member_cv": {m.name: _member_cv(metric, y, m.oof, folds)
+                                          for m in members}}
     if rows_note:
         meta["rows"] = rows_note
     fold_ids = np.unique(folds)
@@ -295,8 +311,20 @@ def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.nd
     cv = score(metric, y, oof)
     meta["fold_scores"] = [score(metric, y[folds == k], oof[folds == k])
                            for k in np.unique(folds)]
+    thresholds = None
+    if y.ndim == 2:  # multi-label: per-label cuts fitted on other folds' rows score fold k
+        from comp.metrics import is_label_metric
+        from comp.thresholds import apply_thresholds, nested_thresholds
+
+        th = nested_thresholds(y, oof, folds, metric)
+        cv, meta["fold_scores"], thresholds = th.cv, th.fold_scores, th.thresholds
+        meta["thresholded"] = th.summary([m.classes for m in members][0])
+        if is_label_metric(metric):
+            cv_in = score(metric, y, apply_thresholds(in_sample, thresholds))
     weights = dict(zip(names, map(float, full.weights_))) if hasattr(full, "weights_") else None
-    if isinstance(full, StackEnsemble):
+    if class_bias:
+        meta["class_bias"] = [float(b) for b in full.bias_]  # in the members' class order
+    if isinstance(getattr(full, "blender_", full), StackEnsemble):
         imp = full.member_importance()
         meta["meta_model"] = {"meta": full.meta, "use_logits": full.use_logits, "C": full.C,
                               "member_importance": (dict(zip(names, map(float, imp)))
@@ -311,7 +339,17 @@ def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.nd
     return EnsembleResult(oof=oof, test=test, cv=cv, weights=weights, meta=meta,
                           cv_in_sample=cv_in, unlabelled=unlabelled, test_by_fold=test_k,
                           unlabelled_by_fold=unl_k, train_by_fold=train_k, model=full,
-                          fold_models=fitted)
+                          fold_models=fitted, thresholds=thresholds)
+
+
+def _member_cv(metric: str, y: np.ndarray, oof: np.ndarray, folds: np.ndarray) -> float:
+    """A member's score on these rows, measured as its ensemble's is (multi-label: decisions
+    at nested per-label thresholds)."""
+    if y.ndim == 2:
+        from comp.thresholds import nested_thresholds
+
+        return nested_thresholds(y, oof, folds, metric).cv
+    return score(metric, y, oof)
 
 
 def _covered_rows(X: np.ndarray, y: np.ndarray, folds: np.ndarray, covered: np.ndarray,
@@ -330,7 +368,8 @@ def _covered_rows(X: np.ndarray, y: np.ndarray, folds: np.ndarray, covered: np.n
     note = f"{len(y)} rows every member covers (folds {used})"
     if len(used) >= 2:
         return X, y, folds, note
-    smallest = int(np.bincount(y)[np.unique(y)].min())
+    # multi-label rows: plain KFold (no stratified splitter in scikit-learn)
+    smallest = int(np.bincount(y)[np.unique(y)].min()) if y.ndim == 1 else 0
     n = min(inner, len(y))
     split = (StratifiedKFold(n, shuffle=True, random_state=0) if smallest >= n
              else KFold(n, shuffle=True, random_state=0))
@@ -459,6 +498,8 @@ def run_ensemble(run_dirs: Sequence[str | Path], method: str, data_cfg: Any, met
               "fold_scores": res.meta["fold_scores"], "n_train": n_train, "n_test": n_test,
               **want, **{k: res.meta[k] for k in ("folds_used", "rows_covered", "rows")
                          if k in res.meta}}
+    if comp.multilabel:
+        common.update(task="multilabel", **res.meta["thresholded"])
     unl: dict[str, Any] = {}
     if res.unlabelled is not None:
         unl = {"n_unlabelled": len(res.unlabelled),
@@ -488,6 +529,8 @@ def run_ensemble(run_dirs: Sequence[str | Path], method: str, data_cfg: Any, met
         "member_cv": res.meta["member_cv"], "weights": res.weights,
         "fold_weights": res.meta.get("fold_weights"), "meta_model": res.meta.get("meta_model"),
         "params": res.meta["params"], "classes": classes, "run_dir": str(ens_dir),
+        **({"class_bias": dict(zip(classes, res.meta["class_bias"]))}
+           if "class_bias" in res.meta else {}),
         "oof": str(ens_dir / "oof.npy"), "test": str(ens_dir / "test.npy"),
         "seconds": time.time() - t0,
     }
@@ -500,7 +543,8 @@ def run_ensemble(run_dirs: Sequence[str | Path], method: str, data_cfg: Any, met
             manifest["unlabelled_by_fold"] = str(ens_dir / "unlabelled_by_fold.npy")
         if res.train_by_fold is not None:
             manifest["train_by_fold"] = str(ens_dir / "train_by_fold.npy")
-    path = write_submission(comp, res.test, classes, stem, manifest, proba=proba)
+    path = write_submission(comp, res.test, classes, stem, manifest, proba=proba,
+                            thresholds=res.thresholds)
     # the ensemble's directory predicts like a member's (comp.predict.load_member)
     write_json(ens_dir / "manifest.json", read_json(Path(path).with_suffix(".json")))
     log(f"ensemble {stem.name}: cv {res.cv:.5f} (in-sample {res.cv_in_sample:.5f}) -> {path}")

@@ -19,6 +19,14 @@ is seen) and `features` runs only the top N layers on it. A phase-2 epoch then c
 layers and the head. The bottom never trains, so the cache serves every fold of a member; it
 lives on the member's shared TokenMemo. A recipe with unfreeze_top runs its frozen phase-1 pass
 as bottom + top too (`plan_top`), so the FeatureCache pass fills the bottom cache on the way.
+
+Text pairs (data.task = "pair"): a grid text is `a' + PAIR_SEP + b'`, each side cut to its share
+of max_chars (`pair_grid_text`), so every cache above stays keyed by one string. Backbones
+tokenize it as their pair (comp.backbones.Backbone.encode_pairs) with offsets on this grid;
+vectors read it as is (no word or bigram spans the separator). `model.pair` = joint adds a
+segment embedding to the grid; siamese pools each side on its own (`split_sides`). Both orders
+of a pair are two rows of one source (`grid_texts(both_orders=True)`): swap augmentation when
+training, symmetric averaging when predicting.
 """
 
 from __future__ import annotations
@@ -29,28 +37,66 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from comp.align import char_to_token_index, gather_to_grid, truncate, windows
+from comp.align import char_to_token_index, gather_to_grid, pair_budgets, truncate, windows
 from comp.config import ModelConfig, Recipe
-from comp.heads import Classifier, create_head
+from comp.data import PAIR_SEP, split_pair
+from comp.heads import Classifier, create_head, masked_mean
 from comp.utils import CompError, log, progress
 
 __all__ = ["FusionModel", "FeatureCache", "BottomCache", "TokenMemo", "build_fusion",
-           "grid_texts", "to_device"]
+           "grid_texts", "pair_grid_text", "segment_ids", "swap_pair", "to_device"]
 
 
-def grid_texts(text: str, cfg: ModelConfig) -> list[str]:
+def grid_texts(text: str, cfg: ModelConfig, both_orders: bool = False) -> list[str]:
     """The text(s) a model sees for one input: one truncated text, or sliding windows.
+
+    A pair text (`a + PAIR_SEP + b`, comp.data) becomes one grid text `a' + PAIR_SEP + b'`,
+    each side cut to its share of max_chars (`pair_grid_text`); windows do not apply to pairs.
 
     Args:
         text: the full text.
         cfg: model config (max_chars, truncation, head_frac, window_stride).
+        both_orders: a pair also as (b, a), right after (a, b) (swap augmentation and
+            symmetric test-time averaging, which averages rows of one source).
 
     Returns:
         `[truncate(text)]`, or every window when `cfg.truncation == "window"`.
     """
+    if PAIR_SEP in text:
+        grid = pair_grid_text(text, cfg)
+        return [grid, swap_pair(grid)] if both_orders else [grid]
     if cfg.truncation == "window":
         return windows(text, cfg.max_chars, cfg.window_stride)
     return [truncate(text, cfg.max_chars, cfg.head_frac, cfg.truncation)]
+
+
+def pair_grid_text(text: str, cfg: ModelConfig) -> str:
+    """A pair's grid text: each side truncated (head+tail, or cfg.truncation; "window" acts as
+    "head") to its share of max_chars - 1, joined by PAIR_SEP, which takes one position."""
+    a, b = split_pair(text)
+    keep_a, keep_b = pair_budgets(len(a), len(b), cfg.max_chars - 1)
+    mode = "head" if cfg.truncation == "window" else cfg.truncation
+    return (truncate(a, max(keep_a, 1), cfg.head_frac, mode)[:keep_a] + PAIR_SEP
+            + truncate(b, max(keep_b, 1), cfg.head_frac, mode)[:keep_b])
+
+
+def swap_pair(text: str) -> str:
+    """`b + PAIR_SEP + a` for `a + PAIR_SEP + b`."""
+    a, b = split_pair(text)
+    return b + PAIR_SEP + a
+
+
+def segment_ids(texts: Sequence[str], n: int) -> Tensor:
+    """(B, N) segment of each grid position: 0 on side a, 1 from the separator on (side b).
+
+    A text without PAIR_SEP is all side a; padding is 0 (the mask hides it).
+    """
+    out = torch.zeros(len(texts), n, dtype=torch.long)
+    for i, t in enumerate(texts):
+        cut = t.find(PAIR_SEP)
+        if 0 <= cut < n:
+            out[i, cut:len(t)] = 1
+    return out
 
 
 def grid_len(text: str) -> int:
@@ -77,10 +123,17 @@ class FusionModel(nn.Module):
         n_classes: number of classes C.
         backbones: loaded backbones (comp.backbones.Backbone), one per `cfg.backbones` entry.
         vectors: vector layers (comp.vectors.GridVectors), one per `cfg.vectors` entry.
+        pair: the texts are pairs `a + PAIR_SEP + b` (data.task = "pair"). `cfg.pair` = joint:
+            the grid holds a, the separator, then b, with a learned segment embedding
+            (SEGMENT_DIM wide, row 1 from the separator on) beside the other features;
+            backbones encode (a, b) as their tokenizer's pair. siamese: the shared head pools
+            each side on its own; u (and v) is that pooled vector with the mean of the side's
+            grid features, and [u, v, |u - v|, u * v] -> linear + GELU (the head's width)
+            meets the classifier (CLS vectors still join there).
     """
 
     def __init__(self, cfg: ModelConfig, n_classes: int, backbones: Sequence[nn.Module] = (),
-                 vectors: Sequence[nn.Module] = ()) -> None:
+                 vectors: Sequence[nn.Module] = (), pair: bool = False) -> None:
         super().__init__()
         if len(backbones) != len(cfg.backbones):
             raise ValueError(f"{len(backbones)} backbones for {len(cfg.backbones)} configured")
@@ -94,13 +147,22 @@ class FusionModel(nn.Module):
         self.max_lens = [_usable_max_len(b, bc.max_len) for b, bc in zip(backbones, cfg.backbones)]
         self.backbone_dim = sum(int(b.hidden_size) for b in backbones)
         self.vector_dim = sum(int(v.dim) for v in vectors)
-        grid_dim = self.backbone_dim + self.vector_dim
+        self.pair = cfg.pair if pair else ""  # "" | joint | siamese
+        self.segment = nn.Embedding(2, SEGMENT_DIM) if self.pair == "joint" else None
+        self.segment_dim = SEGMENT_DIM if self.segment is not None else 0
+        grid_dim = self.backbone_dim + self.vector_dim + self.segment_dim
         self.proj = nn.Linear(grid_dim, cfg.proj_dim) if cfg.proj_dim else None
         self.head = create_head(cfg.head, cfg.proj_dim or grid_dim, cfg.hidden,
                                 cfg.channels, cfg.kernel_sizes, cfg.pooling, cfg.dropout,
                                 cfg.input_dropout)
         self.cls_dims = [int(b.hidden_size) for b in backbones]
-        self.classifier = Classifier(self.head.out_dim, self.cls_dims, n_classes, cfg.cls_skip,
+        p = self.head.out_dim
+        # a side's vector u: the head's pooled output and the mean of its grid features (a bag
+        # of vectors: how much two sides share shows in |u - v| before any training)
+        side = p + (cfg.proj_dim or grid_dim)
+        self.pair_mlp = (nn.Sequential(nn.Linear(4 * side, p), nn.GELU())
+                         if self.pair == "siamese" else None)
+        self.classifier = Classifier(p, self.cls_dims, n_classes, cfg.cls_skip,
                                      cfg.dropout, cfg.msd)
         self.frozen = False
         self.top_layers = 0  # > 0: only the top N layers train, the bottom comes from a cache
@@ -259,14 +321,17 @@ class FusionModel(nn.Module):
             pad_to: grid length N; default the longest text in the batch.
 
         Returns:
-            {'lens': (B,), 'mask': (B, N) bool, 'vec': [(B, N)], and with backbones
-            'bb': [{'inputs': tokenizer tensors, 'index': (B, N) token per character}]}.
+            {'lens': (B,), 'mask': (B, N) bool, 'vec': [(B, N)], with backbones
+            'bb': [{'inputs': tokenizer tensors, 'index': (B, N) token per character}], and
+            for a pair model 'seg': (B, N) segment ids (`segment_ids`)}.
         """
         texts = list(texts)
         lens = [grid_len(t) for t in texts]
         n = max(lens) if pad_to is None else pad_to
         mask = torch.arange(n)[None, :] < torch.tensor(lens)[:, None]  # (B, N)
         batch: dict = {"lens": torch.tensor(lens), "mask": mask, "texts": texts}
+        if self.pair:
+            batch["seg"] = segment_ids(texts, n)  # (B, N)
         if vec_ids is None:
             batch["vec"] = [v.ids(texts, n).long() for v in self.vectors]
         else:
@@ -316,22 +381,63 @@ class FusionModel(nn.Module):
         """Everything below the head: grid features (B, N, D) and CLS vectors [(B, Hi)]."""
         grid_b, cls = self.backbone_features(batch)
         grid_v = self.vector_features(batch)
+        grid_s = self.segment(batch["seg"]) if self.segment is not None else None  # (B, N, S)
         parts = [g for g in (grid_b, grid_v) if g is not None]
+        if grid_s is not None:
+            parts.append(grid_s.to(parts[0].dtype) if parts else grid_s)
         grid = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)  # (B, N, D)
         return grid, cls
 
-    def top(self, grid: Tensor, mask: Tensor, cls: Sequence[Tensor]) -> Tensor:
-        """Head and classifier: (B, N, D) grid + (B, N) mask + [(B, Hi)] CLS -> (B, C) logits."""
+    def top(self, grid: Tensor, mask: Tensor, cls: Sequence[Tensor],
+            seg: Tensor | None = None) -> Tensor:
+        """Head and classifier: (B, N, D) grid + (B, N) mask + [(B, Hi)] CLS -> (B, C) logits.
+
+        A siamese pair model needs `seg` (B, N): the head then pools each side on its own.
+        """
         x = grid.float()
         if self.proj is not None:  # padding turns into the bias; the head zeroes it again
             x = self.proj(x)  # (B, N, proj_dim)
-        pooled = self.head(x, mask)  # (B, P)
+        if self.pair_mlp is None:
+            pooled = self.head(x, mask)  # (B, P)
+        else:
+            sides, side_mask = split_sides(x, mask, seg)  # (2B, M, D), (2B, M)
+            uv = torch.cat([self.head(sides, side_mask), masked_mean(sides, side_mask)], -1)
+            u, v = uv.chunk(2)  # (B, P + D) each
+            pooled = self.pair_mlp(torch.cat([u, v, (u - v).abs(), u * v], dim=-1))  # (B, P)
         return self.classifier(pooled, [c.float() for c in cls])
 
     def forward(self, batch: dict) -> Tensor:
         """A prepared batch -> (B, C) logits."""
         grid, cls = self.features(batch)
-        return self.top(grid, batch["mask"], cls)
+        return self.top(grid, batch["mask"], cls, batch.get("seg"))
+
+
+def split_sides(x: Tensor, mask: Tensor, seg: Tensor) -> tuple[Tensor, Tensor]:
+    """A pair grid's two sides as separate texts: side a's rows, then side b's.
+
+    Args:
+        x: (B, N, D) features of grid texts `a + PAIR_SEP + b`.
+        mask: (B, N) True on the text's positions (separator included).
+        seg: (B, N) segment ids (`segment_ids`): 0 on a, 1 from the separator on.
+
+    Returns:
+        (2B, M, D) features, each side left-aligned and zero-padded, and its (2B, M) mask; M is
+        the longest side (at least 1). An empty side has no True position.
+    """
+    b, n, d = x.shape
+    len_a = (mask & (seg == 0)).sum(1)  # (B,)
+    len_b = ((mask & (seg == 1)).sum(1) - 1).clamp(min=0)  # the separator is not side b's
+    m = max(1, int(len_a.max()), int(len_b.max()))
+    pos = torch.arange(m, device=x.device)  # (M,)
+    idx_a = pos.clamp(max=n - 1).expand(b, m)  # (B, M)
+    idx_b = (len_a[:, None] + 1 + pos).clamp(max=n - 1)  # (B, M): after the separator
+    idx = torch.cat([idx_a, idx_b])  # (2B, M)
+    side_mask = torch.cat([pos < len_a[:, None], pos < len_b[:, None]])  # (2B, M)
+    sides = torch.cat([x, x]).gather(1, idx.unsqueeze(-1).expand(-1, -1, d))  # (2B, M, D)
+    return sides.masked_fill(~side_mask.unsqueeze(-1), 0.0), side_mask
+
+
+SEGMENT_DIM = 8  # width of a joint pair model's segment embedding
 
 
 class TokenMemo:
@@ -610,13 +716,22 @@ def build_fusion(recipe: Recipe, n_classes: int) -> FusionModel:
                 "features from this backbone")
         backbones.append(b)
     vectors = [_load_grid_vectors(cfg, kind) for kind in cfg.vectors]
-    model = FusionModel(cfg, n_classes, backbones, vectors)
+    pair = recipe.data.task == "pair"
+    if not pair and (cfg.pair != "joint" or cfg.pair_tta or train_swap(recipe)):
+        raise CompError(f"recipe '{recipe.name}': model.pair / model.pair_tta / "
+                        f"train.pair_swap need a pair task (data.task is {recipe.data.task})")
+    model = FusionModel(cfg, n_classes, backbones, vectors, pair=pair)
     train = recipe.train
     if train.unfreeze_top and train.epochs_unfrozen:  # phase 1's frozen passes fill its cache
         model.plan_top = train.unfreeze_top
         model.bottom_dtype = _DTYPES[train.cache_dtype]
     model.train()
     return model
+
+
+def train_swap(recipe: Recipe) -> bool:
+    """Whether a recipe trains on every pair in both orders (train.pair_swap)."""
+    return bool(getattr(recipe.train, "pair_swap", False))
 
 
 def _load_grid_vectors(cfg: ModelConfig, kind: str) -> nn.Module:
@@ -640,9 +755,13 @@ def describe(model: FusionModel) -> str:
     """One line: what feeds the grid and how wide it is."""
     parts = [f"{b.kind}({b.hidden_size})" for b in model.backbones]
     parts += [f"{k}-vectors({v.dim})" for k, v in zip(model.cfg.vectors, model.vectors)]
+    if model.segment is not None:
+        parts.append(f"segment({SEGMENT_DIM})")
     n = count_parameters(model)
     proj = f" -> proj {model.cfg.proj_dim}" if model.proj is not None else ""
-    return (f"{' + '.join(parts)} -> grid {model.backbone_dim + model.vector_dim}{proj} -> "
-            f"{model.cfg.head} -> {model.classifier.in_dim} -> {model.n_classes} "
+    siamese = " per side -> [u, v, |u-v|, u*v]" if model.pair == "siamese" else ""
+    width = model.backbone_dim + model.vector_dim + model.segment_dim
+    return (f"{' + '.join(parts)} -> grid {width}{proj} -> "
+            f"{model.cfg.head}{siamese} -> {model.classifier.in_dim} -> {model.n_classes} "
             f"({n['total'] / 1e6:.2f}M params, {n['head'] / 1e6:.2f}M outside backbones)")
 

@@ -244,6 +244,37 @@ class PriorModel:
         return np.tile(self.prior, (X.shape[0], 1))
 
 
+class PerLabelModel:
+    """A multi-label fold's classifier: one binary model of cfg.model per label column.
+
+    predict_proba gives (n, L) independent positive-class probabilities (classes_ = the label
+    indices, so `full_proba` passes them through); a label constant in the training part
+    predicts its share there.
+    """
+
+    def __init__(self, cfg: LinearConfig, seed: int = 0, name: str = "") -> None:
+        self.cfg, self.seed, self.name = cfg, seed, name
+
+    def fit(self, X, Y: np.ndarray, sample_weight=None) -> PerLabelModel:
+        """Fit one binary model per column of Y (n, L) 0/1."""
+        self.models_: list = []
+        for j in range(Y.shape[1]):
+            y = Y[:, j]
+            if y.min() == y.max():  # nothing to separate: the training part's share
+                self.models_.append(float(y[0]))
+                continue
+            m = make_model(self.cfg, 2, self.seed, y, self.name)
+            self.models_.append(m.fit(X, y, sample_weight=sample_weight))
+        self.classes_ = np.arange(Y.shape[1])
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        """(n, L) probability of each label."""
+        cols = [np.full(X.shape[0], m) if isinstance(m, float)
+                else m.predict_proba(X)[:, list(m.classes_).index(1)] for m in self.models_]
+        return np.column_stack(cols)
+
+
 class LinearFeatures:
     """A TF-IDF member's vectorizer, fitted once on the train texts and kept in the run dir.
 
@@ -340,6 +371,16 @@ def train_linear(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
         X = feats.X
         Xtr, ytr = X[ctx.train_idx], comp.labels[ctx.train_idx]
         w = np.ones(len(ytr))
+        if comp.multilabel:
+            if len(ctx.extra):
+                raise CompError(f"{recipe.name}: pseudo-labels and teacher targets are not "
+                                "supported for a multilabel task (drop train.pseudo)")
+            model = PerLabelModel(cfg, recipe.train.seed, recipe.name).fit(Xtr, ytr)
+            save_model(fold_model_path(ctx.dir), model)
+            return FoldOutput(full_proba(model, X[ctx.val_idx], comp.n_classes),
+                              full_proba(model, feats.X_pred, comp.n_classes),
+                              full_proba(model, Xtr, comp.n_classes)
+                              if ctx.predict_train else None)
         if len(ctx.extra):
             # linear models take hard labels: pseudo rows enter as argmax with their weight
             Xtr = sp.vstack([Xtr, feats.vec.transform(ctx.extra.texts)]).tocsr()

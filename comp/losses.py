@@ -8,6 +8,10 @@ Losses are averaged over rows by the total weight, so a row with weight 0 is exa
 
     loss_fn = create_loss("focal", n_classes=3, class_counts=np.bincount(y), class_weights=True)
     loss = loss_fn(logits, y_batch)
+
+Multi-label tasks (comp.data: targets (B, L) of 0/1, one sigmoid per label) take bce, bce_focal
+or asl (`create_loss(..., multilabel=True)`, where ce means bce and focal bce_focal); each
+row's loss is the mean over its labels, so a row with no positive label counts like any other.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from torch import Tensor, nn
 from comp.utils import CompError
 
 __all__ = ["ClassificationLoss", "register_loss", "create_loss", "loss_names",
-           "inverse_frequency_weights"]
+           "inverse_frequency_weights", "register_multilabel_loss", "multilabel_loss_names"]
 
 _LOSSES: dict[str, type[ClassificationLoss]] = {}
 _EPS = 1e-12
@@ -37,9 +41,25 @@ def loss_names() -> list[str]:
     return sorted(_LOSSES)
 
 
+# multi-label losses live in their own registry: a single-label task never sees them
+_MULTILABEL_LOSSES: dict[str, type[ClassificationLoss]] = {}
+_MULTILABEL_ALIASES = {"ce": "bce", "focal": "bce_focal"}
+
+
+def register_multilabel_loss(cls: type[ClassificationLoss]) -> type[ClassificationLoss]:
+    """Register a multi-label loss (sigmoid per label) under its `name` attribute."""
+    _MULTILABEL_LOSSES[cls.name] = cls
+    return cls
+
+
+def multilabel_loss_names() -> list[str]:
+    """Names of every registered multi-label loss, sorted."""
+    return sorted(_MULTILABEL_LOSSES)
+
+
 def create_loss(name: str, n_classes: int, class_counts: np.ndarray | None = None,
                 label_smoothing: float = 0.0, class_weights: bool = False,
-                focal_gamma: float = 2.0) -> ClassificationLoss:
+                focal_gamma: float = 2.0, multilabel: bool = False) -> ClassificationLoss:
     """Build a registered loss.
 
     Args:
@@ -50,13 +70,24 @@ def create_loss(name: str, n_classes: int, class_counts: np.ndarray | None = Non
         label_smoothing: epsilon mixing the target with the uniform distribution.
         class_weights: weight rows by inverse class frequency (normalised to mean 1).
         focal_gamma: focusing exponent of the focal loss.
+        multilabel: a multi-label task: bce, bce_focal or asl (ce and focal name the first
+            two); the single-label losses are refused, and these are refused without it.
 
     Returns:
         An nn.Module: `forward(logits (B, C), target (B,) long | (B, C) float,
         weight (B,) | None) -> scalar`.
     """
+    if multilabel:
+        name = _MULTILABEL_ALIASES.get(name, name)
+        if name not in _MULTILABEL_LOSSES:
+            raise CompError(f"recipe key 'train.loss': '{name}' is not a multi-label loss (a "
+                            f"multilabel task takes {', '.join(multilabel_loss_names())}; ce "
+                            "means bce, focal bce_focal)")
+        return _MULTILABEL_LOSSES[name](n_classes, focal_gamma=focal_gamma)
     if name not in _LOSSES:
-        raise CompError(f"recipe key 'train.loss': unknown loss '{name}' "
+        more = (" (a multi-label loss: this task has one label per row)"
+                if name in _MULTILABEL_LOSSES else "")
+        raise CompError(f"recipe key 'train.loss': unknown loss '{name}'{more} "
                         f"(known: {', '.join(loss_names())})")
     return _LOSSES[name](n_classes, class_counts=class_counts, label_smoothing=label_smoothing,
                          class_weights=class_weights, focal_gamma=focal_gamma)
@@ -252,3 +283,63 @@ class GHMCLoss(ClassificationLoss):
             beta = torch.where(in_bin > 0, tot / in_bin.clamp_min(_EPS),
                                torch.zeros_like(in_bin)) / filled
         return (r * beta * ce).sum() / tot.clamp_min(_EPS)
+
+
+class _MultiLabelLoss(ClassificationLoss):
+    """Multi-label: (B, L) logits, one sigmoid each, targets (B, L) of 0/1 (or soft).
+
+    Each row's loss is the mean of `cell_loss` over its labels, rows averaged with their sample
+    weights; label smoothing and class weights (single-label notions) are not applied.
+    """
+
+    def combine(self, logits: Tensor, q: Tensor, q_raw: Tensor, w: Tensor) -> Tensor:
+        """Weighted mean over rows of the mean over labels."""
+        per_row = self.cell_loss(logits, q_raw).mean(dim=-1)  # (B,)
+        return (w * per_row).sum() / w.sum().clamp_min(_EPS)
+
+    def cell_loss(self, logits: Tensor, q: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """(B, L) logits and targets -> (B, L) losses."""
+        raise NotImplementedError
+
+
+@register_multilabel_loss
+class BinaryCrossEntropy(_MultiLabelLoss):
+    """Binary cross-entropy of each label's sigmoid (multi-label)."""
+
+    name = "bce"
+
+    def cell_loss(self, logits: Tensor, q: Tensor) -> Tensor:
+        """Per-cell BCE."""
+        return F.binary_cross_entropy_with_logits(logits, q, reduction="none")
+
+
+@register_multilabel_loss
+class BinaryFocalLoss(_MultiLabelLoss):
+    """Binary focal loss per label (Lin et al. 2017): BCE * (1 - p_t)^gamma (multi-label)."""
+
+    name = "bce_focal"
+
+    def cell_loss(self, logits: Tensor, q: Tensor) -> Tensor:
+        """Per-cell focal loss."""
+        bce = F.binary_cross_entropy_with_logits(logits, q, reduction="none")
+        p = torch.sigmoid(logits)
+        p_t = q * p + (1 - q) * (1 - p)
+        return bce * (1 - p_t).clamp_min(_EPS) ** self.focal_gamma
+
+
+@register_multilabel_loss
+class AsymmetricLoss(_MultiLabelLoss):
+    """Asymmetric loss (Ridnik et al. 2021) for many labels with few positives each: negatives
+    are focused harder (gamma_neg = 4, gamma_pos = 1) and their probabilities shifted down by
+    `clip` (easy negatives give no loss)."""
+
+    name = "asl"
+    gamma_pos, gamma_neg, clip = 1.0, 4.0, 0.05
+
+    def cell_loss(self, logits: Tensor, q: Tensor) -> Tensor:
+        """Per-cell asymmetric loss."""
+        p = torch.sigmoid(logits)
+        p_neg = (p - self.clip).clamp_min(0)  # shifted probability of a negative
+        pos = q * (1 - p) ** self.gamma_pos * torch.log(p.clamp_min(_EPS))
+        neg = (1 - q) * p_neg ** self.gamma_neg * torch.log((1 - p_neg).clamp_min(_EPS))
+        return -(pos + neg)

@@ -405,6 +405,15 @@ def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray,
         "seconds": round(sum(m["seconds"] for m in metas), 2),
         "extra_rows": max(m.get("n_extra", 0) for m in metas),
     }
+    if comp.multilabel:
+        # per-label thresholds: the CV cuts fold k's rows at thresholds fitted without them
+        from comp.thresholds import nested_thresholds
+
+        th = nested_thresholds(comp.labels[covered], oof[covered], folds[covered],
+                               recipe.metric)
+        cv.update(task="multilabel", cv=th.cv, **th.summary(comp.classes))
+        if n > 1:  # one fold's rows were cut in inner parts: its score stays one number
+            cv["fold_scores"] = th.fold_scores
     if n < k:
         cv["folds_used"] = own
         cv["rows_covered"] = int(covered.sum())

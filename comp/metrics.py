@@ -14,6 +14,15 @@ Conventions, the same for CV folds, OOF and hidden scores:
 - logloss only reads the probability of each row's true class, so absent classes are fine.
 - qwk (quadratic weighted kappa) takes the class order as ordinal (numeric labels sort as
   numbers); when truth and predictions hold a single class it is 1.0 if they agree, else 0.0.
+
+Multi-label tasks: `score` sees a 2-D y (n, L) of 0/1 and (n, L) independent probabilities, and
+computes the metric's multi-label form (`register_multilabel`). Label metrics threshold the
+probabilities at 0.5 (comp.thresholds fits per-label thresholds and scores 0/1 decisions, on
+which 0.5 changes nothing): micro_f1 / macro_f1 / weighted_f1 / samples_f1 are sklearn's F1
+averages over the label columns (computed from counts, `ml_f1`: sklearn's is too slow to call
+thousands of times) (macro over the labels with a positive in the truth, as for
+classes), accuracy is the exact-match ratio. auc is the macro ROC AUC over the labels whose
+column holds both values, logloss the mean binary log-loss over every cell.
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ class Metric:
 
 METRICS: dict[str, Metric] = {}
 _LABEL_FNS: dict[str, Callable[[np.ndarray, np.ndarray, list[Any]], float]] = {}
+# multi-label forms: (y (n, L) 0/1, proba (n, L)) -> value; metrics without one refuse a matrix
+_MULTILABEL_FNS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {}
 
 
 def register_metric(name: str, greater_is_better: bool, help: str) -> Callable:
@@ -64,6 +75,26 @@ def register_label_metric(name: str, greater_is_better: bool, help: str) -> Call
         return fn
 
     return deco
+
+
+def register_multilabel(name: str) -> Callable:
+    """Register the multi-label form `fn(y (n, L), proba (n, L)) -> float` of metric `name`."""
+
+    def deco(fn: Callable[[np.ndarray, np.ndarray], float]) -> Callable:
+        _MULTILABEL_FNS[name] = fn
+        return fn
+
+    return deco
+
+
+def multilabel_metric_names() -> tuple[str, ...]:
+    """The metrics defined for multi-label tasks."""
+    return tuple(m for m in METRICS if m in _MULTILABEL_FNS)
+
+
+def is_label_metric(metric: str) -> bool:
+    """True when the metric reads decisions only (thresholds change it), not probabilities."""
+    return get_metric(metric).on_labels
 
 
 def metric_names() -> tuple[str, ...]:
@@ -98,8 +129,8 @@ def score(metric: str, y: np.ndarray, proba: np.ndarray) -> float:
 
     Args:
         metric: a registered name (see `metric_names`).
-        y: (n,) int class indices.
-        proba: (n, C) probabilities.
+        y: (n,) int class indices; multi-label: (n, L) 0/1.
+        proba: (n, C) probabilities; multi-label: (n, L), one probability per label.
 
     Returns:
         The metric value (NaN for AUC on rows of one class).
@@ -107,11 +138,16 @@ def score(metric: str, y: np.ndarray, proba: np.ndarray) -> float:
     m = get_metric(metric)
     y = np.asarray(y, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
-    if proba.ndim != 2 or len(proba) != len(y):
+    if proba.ndim != 2 or len(proba) != len(y) or (y.ndim == 2 and y.shape != proba.shape):
         raise CompError(f"metric {metric}: probabilities of shape {proba.shape} for "
-                        f"{len(y)} labels")
+                        f"labels of shape {y.shape}")
     if len(y) == 0:
         raise CompError(f"metric {metric}: no rows to score")
+    if y.ndim == 2:
+        if metric not in _MULTILABEL_FNS:
+            raise CompError(f"metric {metric}: not defined for a multilabel task (use one of "
+                            f"{', '.join(multilabel_metric_names())})")
+        return float(_MULTILABEL_FNS[metric](y, proba))
     return float(m.fn(y, proba))
 
 
@@ -226,3 +262,76 @@ def _auc(y: np.ndarray, proba: np.ndarray) -> float:
     if len(present) == 2:  # sklearn reads a 2-class truth as binary: score the second class
         return float(roc_auc_score(y == present[1], p[:, 1]))
     return float(roc_auc_score(y, p, multi_class="ovr", labels=present))
+
+
+@register_label_metric("samples_f1", True, "multi-label: F1 of each row's label set, averaged "
+                       "over rows (one label per row: accuracy)")
+def _samples_f1(truth: np.ndarray, pred: np.ndarray, order: list[Any]) -> float:
+    return float(np.mean(truth == pred))  # a single-label row's set F1 is 1 or 0
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-label forms: y (n, L) 0/1, proba (n, L); label metrics at the 0.5 cut
+
+
+def _decisions(proba: np.ndarray) -> np.ndarray:
+    return (proba >= 0.5).astype(np.int64)
+
+
+def _ml_f1(average: str) -> Callable[[np.ndarray, np.ndarray], float]:
+    def fn(y: np.ndarray, proba: np.ndarray) -> float:
+        return ml_f1(y, _decisions(proba), average)
+
+    return fn
+
+
+def ml_f1(y: np.ndarray, pred: np.ndarray, average: str) -> float:
+    """sklearn's multi-label f1_score (zero_division=0) from per-label counts.
+
+    sklearn's own takes ~25 ms a call on a few hundred rows, and threshold fitting and hill
+    climbing call it thousands of times; tests/test_multilabel.py checks the two agree. macro
+    and weighted average over the labels with a positive in the truth (as for classes).
+    """
+    y, pred = y.astype(bool), pred.astype(bool)
+    if average == "samples":  # per row: 2|y&p| / (|y| + |p|), 0 when both are empty
+        tp, tot = (y & pred).sum(1), y.sum(1) + pred.sum(1)
+        return float(np.mean(np.where(tot > 0, 2 * tp / np.maximum(tot, 1), 0.0)))
+    tp = (y & pred).sum(0).astype(np.float64)  # (L,)
+    tot = y.sum(0) + pred.sum(0)
+    if average == "micro":
+        return float(2 * tp.sum() / tot.sum()) if tot.sum() else 0.0
+    f1 = np.where(tot > 0, 2 * tp / np.maximum(tot, 1), 0.0)
+    support = y.sum(0)
+    keep = support > 0
+    if not keep.any():
+        return float(not pred.any())
+    if average == "macro":
+        return float(f1[keep].mean())
+    return float(np.average(f1[keep], weights=support[keep]))  # weighted
+
+
+for _avg in ("micro", "macro", "weighted", "samples"):
+    register_multilabel(f"{_avg}_f1")(_ml_f1(_avg))
+
+
+@register_multilabel("accuracy")
+def _ml_accuracy(y: np.ndarray, proba: np.ndarray) -> float:
+    return float(np.mean((_decisions(proba) == y).all(1)))  # exact match of the label set
+
+
+@register_multilabel("logloss")
+def _ml_logloss(y: np.ndarray, proba: np.ndarray) -> float:
+    p = np.clip(proba, 1e-15, 1 - 1e-15)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+@register_multilabel("auc")
+def _ml_auc(y: np.ndarray, proba: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    both = [j for j in range(y.shape[1]) if 0 < y[:, j].sum() < len(y)]
+    if not both:
+        _warn_once("auc is undefined on rows where no label column holds both values; scored "
+                   "as NaN")
+        return float("nan")
+    return float(np.mean([roc_auc_score(y[:, j], proba[:, j]) for j in both]))

@@ -33,15 +33,20 @@ PRIORS: dict[str, tuple[float, float]] = {
     # pair members: TF-IDF + jieba overlaps of both sides once (5,250 pairs: 7 s), then folds
     "tfidf_pair_svc": (15.0, 0.5),
     "tfidf_pair_lr": (20.0, 1.0),
+    # char + word word2vec, then up to 12 epochs of a shared biLSTM over both orders of a pair
+    "siamese_vectors": (60.0, 60.0),
     "textcnn_vectors": (150.0, 20.0),  # three word2vec files, then 3 epochs of a TextCNN
     # e5 import, the char/word/bigram vectors, the frozen-feature and layer-8 caches of every
     # text; then per fold two cached phase-1 epochs and two top-4 phase-2 epochs
     # measured on the embedded competition (13,890 rows, fold 0, quiet 2 cores): caching
     # 330 s, two phase-1 epochs 62 s, two top-4 phase-2 epochs 541 s, predictions 64 s
     "fusion_e5_bilstm": (480.0, 60.0),  # + 150 s of char/word/bigram word2vec
-    "fusion_e5_fast": (310.0, 47.0),  # 128 characters, char vectors only, fixed epochs
-    # every layer fine-tuned (--preset best), fast's inputs: 2 full epochs of 11k rows ~900 s
-    "fusion_e5_full": (310.0, 92.0),
+    # 128 characters, char vectors only, fixed epochs: the default run's fold 0 took 15.4 min
+    # (924 s) on a quiet machine where (310, 47) planned 13.9
+    "fusion_e5_fast": (310.0, 55.0),
+    # every layer fine-tuned for one epoch (--preset best), fast's inputs: fold 0 took 80 s of
+    # head epochs, 960 s for the full epoch and ~100 s of predictions (light other load)
+    "fusion_e5_full": (420.0, 103.0),
 }
 DEFAULT_PRIOR = (60.0, 60.0)  # an unknown neural member: assume it is slow
 # member kinds whose OOF may cover a subset of folds (expensive ones under a budget)

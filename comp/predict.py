@@ -163,6 +163,9 @@ def load_member(run_dir: str | Path, folds: Sequence[int] | None = None,
         return load_ensemble(d / "manifest.json", folds=folds, root=root)
     if not (d / "recipe.toml").exists():
         raise CompError(f"{d}: no recipe.toml (not a member directory?)")
+    if read_json(d / "cv.json").get("task") == "multilabel":
+        raise CompError(f"{d}: predicting new texts with a multilabel member is not supported "
+                        "yet (its test predictions are in test.npy)")
     recipe = load_recipe(d / "recipe.toml")
     if root is not None:
         recipe = _inside(recipe, root)

@@ -99,6 +99,8 @@ def make_pseudo(manifest: str | Path, threshold: float | None = None,
     elif not man.get("unlabelled"):
         cfg = dataclasses.replace(cfg, extra="")  # nothing to label there: do not read it
     comp = load_competition(cfg)
+    if comp.multilabel:
+        raise CompError(f"{man_path}: pseudo-labels are not supported for a multilabel task")
     classes = man["classes"]
     proba = np.load(man["test"])
     if proba.shape != (len(comp.test_ids), len(classes)):

@@ -137,10 +137,44 @@ def _leaderboard(rows: list[dict[str, Any]], hidden: dict[str, dict]) -> str:
             h = hidden.get(str(r["manifest"].get("csv", "")) if "manifest" in r
                            else r["source"], {})
             line += [_fmt(h.get("accuracy")), _fmt(h.get("macro_f1"))]
-        line.append(_esc(r.get("note", "")))  # tuned on which folds, folds covered
+        note = "; ".join(x for x in (r.get("note", ""), pair_note(r.get("source"))) if x)
+        line.append(_esc(note))  # tuned on which folds, folds covered, a pair member's sides
         body.append(line)
         classes.append("ens" if "manifest" in r else "")
     return _table(header, body, left=3, row_class=classes)
+
+
+def pair_note(run_dir: str | Path | None) -> str:
+    """How a pair-task member reads its two sides, from its recipe.toml ('' for other tasks).
+
+    Args:
+        run_dir: a member directory (an ensemble row has none).
+
+    Returns:
+        e.g. "pair siamese: one encoder per side, [u, v, |u - v|, u * v]; char vectors".
+    """
+    f = Path(run_dir) / "recipe.toml" if run_dir else None
+    if f is None or not f.is_file():
+        return ""
+    try:
+        from comp.config import read_toml
+
+        r = read_toml(f)
+    except (CompError, OSError):
+        return ""
+    if r.get("data", {}).get("task") != "pair":
+        return ""
+    if r.get("kind") == "linear":
+        return ("pair: TF-IDF of each side, |a - b|, a * b, char/word overlaps"
+                if r.get("linear", {}).get("pair") else "pair: TF-IDF of the joined sides")
+    m, t = r.get("model", {}), r.get("train", {})
+    feeds = [b.get("path", "?").rsplit("/", 1)[-1] for b in m.get("backbones", [])]
+    feeds += [f"{v} vectors" for v in m.get("vectors", [])]
+    how = ("siamese: one encoder per side, [u, v, |u - v|, u * v]" if m.get("pair") == "siamese"
+           else "joint: grid a + b with a segment feature, backbones encode (a, b) as a pair")
+    extra = [x for x, on in (("swap-trained", t.get("pair_swap")),
+                             ("(a, b)/(b, a) averaged", m.get("pair_tta"))) if on]
+    return f"pair {how}; {' + '.join(feeds)}" + (f"; {', '.join(extra)}" if extra else "")
 
 
 def _fold_plot(rows: list[dict[str, Any]]) -> str:
@@ -314,6 +348,62 @@ def _confusion(best: tuple[dict[str, Any], np.ndarray, list[str]], comp: Any) ->
             + _table(["class", "precision", "recall", "F1", "support"], body))
 
 
+def _per_label(best: tuple[dict[str, Any], np.ndarray, list[str]], comp: Any) -> str:
+    """A multi-label member or ensemble: per-label precision/recall/F1 of its OOF cut at its
+    thresholds (cv.json / manifest), and the thresholds, instead of a confusion matrix."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    r, oof, classes = best
+    if oof.shape != comp.labels.shape or list(classes) != list(comp.classes):
+        return _note(f"{r['name']}: OOF of shape {oof.shape} does not match the labels "
+                     f"{comp.labels.shape}; no per-label table")
+    src = r.get("manifest") or _read_cv(Path(r["source"]))
+    by_label = src.get("thresholds") or {}
+    t = np.array([float(by_label.get(c, 0.5)) for c in classes])
+    rows = ~np.isnan(oof).any(1)
+    y, pred = comp.labels[rows], (oof[rows] >= t).astype(int)
+    p, rc, f1, sup = precision_recall_fscore_support(y, pred, zero_division=0)
+    body = [[_esc(c), _fmt(t[k], 3), _fmt(p[k]), _fmt(rc[k]), _fmt(f1[k]), str(int(sup[k]))]
+            for k, c in enumerate(classes)]
+    return (f"<p>Best by CV: <b>{_esc(r['name'])}</b> ({_esc(r['metric'])} {_fmt(r['cv'])}, "
+            "nested thresholds). Out-of-fold predictions cut at the thresholds fitted on every "
+            "OOF row (the ones the test rows get), so this table is in-sample for the cut:</p>"
+            + _table(["label", "threshold", "precision", "recall", "F1", "positives"], body))
+
+
+def _read_cv(run_dir: Path) -> dict[str, Any]:
+    p = run_dir / "cv.json"
+    return read_json(p) if p.exists() else {}
+
+
+def multilabel_member_hidden(sources: list[str], comp: Any, answers: Path) -> dict[str, dict]:
+    """member_hidden of a multi-label task: each member's test.npy cut at its cv.json
+    thresholds, scored with the multi-label metrics against answers.csv (id + 0/1 columns)."""
+    from comp.metrics import METRICS, multilabel_metric_names, score
+    from comp.submit import _multilabel_answers
+
+    got = _multilabel_answers(answers)
+    if got is None or list(got[1]) != list(comp.classes):
+        return {}
+    pos = {i: k for k, i in enumerate(comp.test_ids)}
+    keep = [pos[i] for i in got[0] if i in pos]
+    y = got[2][[k for k, i in enumerate(got[0]) if i in pos]]
+    out = {}
+    for src in sources:
+        d = Path(src)
+        if not (d / "test.npy").exists():
+            continue
+        test = np.load(d / "test.npy")
+        if test.shape != (len(comp.test_ids), len(comp.classes)):
+            continue
+        by_label = _read_cv(d).get("thresholds") or {}
+        t = np.array([float(by_label.get(c, 0.5)) for c in comp.classes])
+        pred = (test[keep] >= t).astype(float)
+        out[str(src)] = {m: score(m, y, pred) for m in multilabel_metric_names()
+                         if METRICS[m].on_labels} | {"n": len(keep)}
+    return out
+
+
 def _series(obj: Any) -> dict[str, dict[str, list[float]]]:
     """epochs.json -> {group (fold): {metric: values}}; tolerant of list- or dict-shaped logs."""
     out: dict[str, dict[str, list[float]]] = {}
@@ -404,6 +494,8 @@ def member_hidden(sources: list[str], comp: Any, answers: Path) -> dict[str, dic
     from comp.data import read_answers
     from comp.submit import label_scores
 
+    if getattr(comp, "multilabel", False):
+        return multilabel_member_hidden(sources, comp, answers)
     ans = read_answers(answers)
     keep = [k for k, i in enumerate(comp.test_ids) if i in ans]
     if not keep:
@@ -608,7 +700,8 @@ def _sections(rows: list[dict[str, Any]], ens: list[dict[str, Any]], run_dirs: l
     sec.append(("Ensemble weights", _weights(ens)))
     best = _best_oof(rows)
     if best is not None and comp is not None:
-        sec.append(("Best submission: confusion and per-class F1", _confusion(best, comp)))
+        sec.append(("Best submission: confusion and per-class F1",
+                     (_per_label if comp.multilabel else _confusion)(best, comp)))
     else:
         sec.append(("Best submission: confusion and per-class F1",
                     _note("needs OOF probabilities and the competition's labels (--data)")))

@@ -182,6 +182,7 @@ class RunDir:
                 raise CompError(f"{d}: missing {f} (not a finished member?)")
         cv = read_json(d / "cv.json")
         classes = [str(c) for c in read_json(d / "classes.json")]
+        ml = cv.get("task") == "multilabel"  # (n, L) per-label probabilities: rows need no sum
         oof = np.load(d / "oof.npy")
         if cv.get("folds_used"):  # a member on a subset of folds: NaN rows are the others
             have = ~np.isnan(oof).all(axis=1) if oof.ndim == 2 else None
@@ -189,13 +190,14 @@ class RunDir:
                 raise CompError(f"{d / 'oof.npy'}: {int(have.sum()) if have is not None else 0}"
                                 f" rows covered but cv.json says {cv.get('rows_covered')}")
             oof = oof.astype(np.float64)
-            oof[have] = check_proba(oof[have], d / "oof.npy", len(classes))
+            oof[have] = check_proba(oof[have], d / "oof.npy", len(classes), ml)
         else:
-            oof = check_proba(oof, d / "oof.npy", len(classes))
-        test = check_proba(np.load(d / "test.npy"), d / "test.npy", len(classes))
+            oof = check_proba(oof, d / "oof.npy", len(classes), ml)
+        test = check_proba(np.load(d / "test.npy"), d / "test.npy", len(classes), ml)
         unl = None
         if (d / "unlabelled.npy").exists():
-            unl = check_proba(np.load(d / "unlabelled.npy"), d / "unlabelled.npy", len(classes))
+            unl = check_proba(np.load(d / "unlabelled.npy"), d / "unlabelled.npy", len(classes),
+                              ml)
         for key, arr in (("n_train", oof), ("n_test", test), ("n_unlabelled", unl)):
             if arr is not None and key in cv and int(cv[key]) != arr.shape[0]:
                 raise CompError(f"{d}: cv.json {key}={cv[key]} but the array has "
@@ -203,7 +205,7 @@ class RunDir:
         test_k, unl_k = self._read_by_fold(cv, test, unl)
         train_k = None
         if test_k is not None and (d / "train_by_fold.npy").exists():
-            train_k = stacked(d / "train_by_fold.npy", oof, len(test_k))
+            train_k = stacked(d / "train_by_fold.npy", oof, len(test_k), ml)
         return Member(name=str(cv.get("name") or d.name), oof=oof, test=test, classes=classes,
                       cv=cv, path=d, unlabelled=unl, test_by_fold=test_k,
                       unlabelled_by_fold=unl_k, train_by_fold=train_k)
@@ -218,11 +220,12 @@ class RunDir:
         """
         d = self.path
         n_classes = test.shape[1]
+        ml = cv.get("task") == "multilabel"
         if (d / "test_by_fold.npy").exists():
-            test_k = stacked(d / "test_by_fold.npy", test)
+            test_k = stacked(d / "test_by_fold.npy", test, multilabel=ml)
             unl_k = None
             if unl is not None and (d / "unlabelled_by_fold.npy").exists():
-                unl_k = stacked(d / "unlabelled_by_fold.npy", unl, len(test_k))
+                unl_k = stacked(d / "unlabelled_by_fold.npy", unl, len(test_k), ml)
             return test_k, unl_k
         k = len(cv.get("fold_scores") or [])
 
@@ -230,7 +233,7 @@ class RunDir:
             files = [self.fold_dir(f) / name for f in range(k)]
             if k < 2 or not all(f.exists() for f in files):
                 return None
-            a = np.stack([check_proba(np.load(f), f, n_classes) for f in files])  # (K, n, C)
+            a = np.stack([check_proba(np.load(f), f, n_classes, ml) for f in files])  # (K, n, C)
             if a.shape[1:] != like.shape or not np.allclose(a.mean(0), like, atol=1e-4):
                 return None
             return a
@@ -257,7 +260,8 @@ def read_member(run_dir: str | Path) -> Member:
     return RunDir(run_dir).read()
 
 
-def stacked(f: Path, like: np.ndarray, k: int | None = None) -> np.ndarray:
+def stacked(f: Path, like: np.ndarray, k: int | None = None,
+            multilabel: bool = False) -> np.ndarray:
     """A (K, *like.shape) per-fold prediction file, checked (K = k when given: the member's
     number of folds of test predictions)."""
     a = np.load(f)
@@ -267,12 +271,15 @@ def stacked(f: Path, like: np.ndarray, k: int | None = None) -> np.ndarray:
     if k is not None and len(a) != k:
         raise CompError(f"{f}: {len(a)} folds but the member has {k} folds of test "
                         "predictions")
-    return check_proba(a.reshape(-1, like.shape[1]), f, like.shape[1]).reshape(a.shape)
+    return check_proba(a.reshape(-1, like.shape[1]), f, like.shape[1],
+                       multilabel).reshape(a.shape)
 
 
-def check_proba(a: np.ndarray, where: Path, n_classes: int) -> np.ndarray:
+def check_proba(a: np.ndarray, where: Path, n_classes: int,
+                multilabel: bool = False) -> np.ndarray:
     """A (rows, C) probability array checked (finite, non-negative, rows sum to 1) and
-    renormalised; one-line errors name the file and row."""
+    renormalised; one-line errors name the file and row. Multi-label (one independent
+    probability per label): values in [0, 1], rows need not sum to 1, nothing renormalised."""
     if a.ndim != 2 or a.shape[1] != n_classes:
         raise CompError(f"{where}: shape {a.shape}, expected (rows, {n_classes}) "
                         "to match classes.json")
@@ -283,6 +290,12 @@ def check_proba(a: np.ndarray, where: Path, n_classes: int) -> np.ndarray:
     if (a < -1e-6).any():
         bad = int(np.argwhere(a < -1e-6)[0, 0])
         raise CompError(f"{where}: row {bad} has negative values (save probabilities, not logits)")
+    if multilabel:
+        if (a > 1 + 1e-6).any():
+            bad = int(np.argwhere(a > 1 + 1e-6)[0, 0])
+            raise CompError(f"{where}: row {bad} has values above 1 (save probabilities, "
+                            "not logits)")
+        return np.clip(a, 0.0, 1.0)
     sums = a.sum(1)
     off = np.abs(sums - 1.0)
     if len(a) and off.max() > 1e-2:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +40,8 @@ def submission_stem(out_stem: str | Path, cv: float | None) -> Path:
 
 
 def write_submission(comp: Competition, test_proba: np.ndarray, classes: list[str],
-                     out_stem: str | Path, manifest: dict, proba: bool = False) -> Path:
+                     out_stem: str | Path, manifest: dict, proba: bool = False,
+                     thresholds: np.ndarray | None = None) -> Path:
     """Write `<out_stem>_cv<CV>.csv` in sample_submission's format and its `.json` manifest.
 
     Args:
@@ -48,6 +51,10 @@ def write_submission(comp: Competition, test_proba: np.ndarray, classes: list[st
         out_stem: e.g. submissions/hill; the CV from manifest["cv"] is added to the name.
         manifest: method, members, weights, CVs...; commit and time are added.
         proba: also write per-class probability columns (soft-label competitions).
+        thresholds: multi-label: (L,) per-label cuts (comp.thresholds; default 0.5 each). A
+            sample with one column per label gets 0/1 decisions when its values are 0/1, else
+            the probabilities; a sample with one label column gets each row's positive labels
+            joined by data.label_sep ("|" by default; empty when none).
 
     Returns:
         The CSV path. Both files are written atomically.
@@ -69,7 +76,9 @@ def write_submission(comp: Competition, test_proba: np.ndarray, classes: list[st
     pred = test_proba.argmax(1)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    if comp.sub_proba_cols:  # the sample has one probability column per class: fill those
+    if comp.multilabel:
+        _write_multilabel(w, comp, test_proba, classes, order, by_id, proba, thresholds)
+    elif comp.sub_proba_cols:  # the sample has one probability column per class: fill those
         cols = [list(classes).index(c) for c in comp.sub_proba_cols]
         w.writerow([comp.sub_id_col, *comp.sub_proba_cols])
         for i in order:
@@ -94,6 +103,31 @@ def write_submission(comp: Competition, test_proba: np.ndarray, classes: list[st
     return csv_path
 
 
+def _write_multilabel(w: Any, comp: Competition, test_proba: np.ndarray, classes: list[str],
+                      order: list[str], by_id: dict[str, int], proba: bool,
+                      thresholds: np.ndarray | None) -> None:
+    """The rows of a multi-label submission (see write_submission)."""
+    from comp.thresholds import apply_thresholds
+
+    t = np.full(len(classes), 0.5) if thresholds is None else np.asarray(thresholds)
+    decided = apply_thresholds(test_proba, t)  # (n_test, L)
+    if comp.sub_proba_cols:
+        cols = [list(classes).index(c) for c in comp.sub_proba_cols]
+        w.writerow([comp.sub_id_col, *comp.sub_proba_cols])
+        for i in order:
+            k = by_id[i]
+            w.writerow([i, *(decided[k, cols].tolist() if comp.sub_binary
+                             else (f"{p:.6f}" for p in test_proba[k, cols]))])
+        return
+    header = [comp.sub_id_col, comp.sub_label_col] + ([f"p_{c}" for c in classes] if proba
+                                                       else [])
+    w.writerow(header)
+    for i in order:
+        k = by_id[i]
+        row = [i, comp.label_sep.join(c for c, v in zip(classes, decided[k]) if v)]
+        w.writerow(row + ([f"{p:.6f}" for p in test_proba[k]] if proba else []))
+
+
 def score_submission(submission: str | Path, answers: str | Path) -> dict:
     """Label metrics of a submission CSV against answers (id, label).
 
@@ -102,6 +136,9 @@ def score_submission(submission: str | Path, answers: str | Path) -> dict:
     Raises:
         CompError: ids missing on either side, or no label column.
     """
+    multi = _multilabel_answers(answers)
+    if multi is not None:
+        return _score_multilabel(submission, answers, *multi)
     ans = read_answers(answers)
     sub = read_table(submission)
     id_col = "id" if "id" in sub.columns else sub.columns[0]
@@ -142,3 +179,53 @@ def label_scores(truth: Sequence[str], pred: Sequence[str]) -> dict:
     out: dict = {m: label_metric(m, truth, pred, order) for m, spec in METRICS.items()
                  if spec.on_labels}
     return {**out, "n": len(truth)}
+
+
+_SEPS = re.compile(r"[|,; ]+")
+
+
+def _multilabel_answers(answers: str | Path) -> tuple[list[str], list[str], np.ndarray] | None:
+    """Multi-label answers (id, then one 0/1 column per label): (ids, labels, (n, L) 0/1);
+    None for single-label answers (id, label)."""
+    t = read_table(answers)
+    cols = [c for c in t.columns if c != "id"]
+    if "id" not in t.columns or len(cols) < 2 or "label" in cols:
+        return None
+    values = {(r.get(c) or "").strip() for r in t.rows for c in cols}
+    if not values <= {"0", "1"}:
+        return None
+    y = np.array([[int(r[c]) for c in cols] for r in t.rows], dtype=np.int64)
+    return t.column("id"), cols, y
+
+
+def _score_multilabel(submission: str | Path, answers: str | Path, ids: list[str],
+                      labels: list[str], y: np.ndarray) -> dict:
+    """Multi-label metrics of a submission: one column per label (0/1, or probabilities cut
+    at 0.5) or one column of labels joined by '|' (or ',', ';', ' ')."""
+    from comp.metrics import METRICS, multilabel_metric_names, score
+
+    sub = read_table(submission)
+    id_col = "id" if "id" in sub.columns else sub.columns[0]
+    by_id = {r.get(id_col): (r, n) for r, n in zip(sub.rows, sub.row_numbers)}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise CompError(f"{submission}: column '{id_col}': {len(missing)} answer id(s) missing, "
+                        f"e.g. '{missing[0]}'")
+    pred = np.zeros(y.shape, dtype=np.float64)
+    if set(labels) <= set(sub.columns):
+        for k, i in enumerate(ids):
+            row, n = by_id[i]
+            try:
+                pred[k] = [float(row.get(c) or 0) for c in labels]
+            except ValueError:
+                raise CompError(f"{submission}: row {n}: a label column is not a number") from None
+    else:
+        others = [c for c in sub.columns if c != id_col]
+        if not others:
+            raise CompError(f"{submission}: no label column (columns: {', '.join(sub.columns)})")
+        col = others[0]
+        for k, i in enumerate(ids):
+            got = {s for s in _SEPS.split((by_id[i][0].get(col) or "").strip()) if s}
+            pred[k] = [c in got for c in labels]
+    out = {m: score(m, y, pred) for m in multilabel_metric_names() if METRICS[m].on_labels}
+    return {**out, "n": len(ids)}

@@ -39,8 +39,16 @@ import torch
 from torch import nn
 
 from comp.config import Recipe, TrainConfig
-from comp.data import normalize_text
-from comp.fusion import FeatureCache, FusionModel, TokenMemo, build_fusion, describe, to_device
+from comp.data import label_strata, normalize_text
+from comp.fusion import (
+    FeatureCache,
+    FusionModel,
+    TokenMemo,
+    build_fusion,
+    describe,
+    to_device,
+    train_swap,
+)
 from comp.losses import create_loss
 from comp.member import ExtraRows, FoldContext, run_member
 from comp.metrics import is_better, score
@@ -121,7 +129,9 @@ def predict(model: FusionModel, rows: Rows, batch_size: int = 128,
     for idx in progress(mine, desc=desc):
         with autocast():
             logits = model(make_batch(model, rows, idx, cache, device))  # (B, C)
-        proba[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        logits = logits.float()  # a multi-label model (comp.data): one sigmoid per label
+        proba[idx] = (torch.sigmoid(logits) if getattr(model, "multilabel", False)
+                      else torch.softmax(logits, dim=-1)).cpu().numpy()
     if world > 1:
         import torch.distributed as dist
 
@@ -362,6 +372,7 @@ class FusionData:
         self.comp = comp
         self.rows: Rows | None = None
         self.test: Rows | None = None
+        self.fit_rows: Rows | None = None  # rows trained on: pairs in both orders with pair_swap
         self.cache: FeatureCache | None = None
         self.tokens = TokenMemo()
 
@@ -375,12 +386,18 @@ class FusionData:
         # a vocabulary missing most characters trains on [UNK]s: stop before the first fold
         for i, (bc, b) in enumerate(zip(cfg.backbones, model.backbones)):
             check_vocab_coverage(b, comp.train_texts, f"model.backbones[{i}] ({bc.path})")
-        y = np.eye(comp.n_classes, dtype=np.float32)[comp.labels]
+        y = (comp.labels.astype(np.float32) if comp.multilabel  # (n, L) 0/1 already
+             else np.eye(comp.n_classes, dtype=np.float32)[comp.labels])
         self.rows = make_rows(comp.train_texts, cfg, y)
         self.test = make_rows(comp.predict_texts, cfg, np.zeros((len(comp.predict_texts),
                                                                  comp.n_classes), np.float32))
         for r in (self.rows, self.test):
             r.vec_ids = model.vector_ids(r.texts)
+        self.fit_rows = self.rows
+        swap = train_swap(self.recipe)
+        if swap != cfg.pair_tta:  # else the evaluation rows are the same
+            self.fit_rows = make_rows(comp.train_texts, cfg, y, both_orders=swap)
+            self.fit_rows.vec_ids = model.vector_ids(self.fit_rows.texts)
 
     def ensure_cache(self, model: FusionModel, texts: Sequence[str]) -> FeatureCache | None:
         """The frozen-feature cache, extended to cover `texts`; None when not used."""
@@ -405,6 +422,7 @@ def start_fold(ctx: FoldContext, data: FusionData) -> tuple[FusionModel, str]:
     name = f"{recipe.name} fold {ctx.fold}"
     seed_everything(cfg.seed + ctx.fold)
     model = build_fusion(recipe, ctx.comp.n_classes)
+    model.multilabel = ctx.comp.multilabel  # sigmoid outputs in `predict`
     model.tokens = data.tokens  # every fold tokenizes the same texts: once per member
     model.to(_device())
     if world > 1:  # identical starting weights on every rank
@@ -421,7 +439,7 @@ def start_fold(ctx: FoldContext, data: FusionData) -> tuple[FusionModel, str]:
 def extra_rows(model: FusionModel, ctx: FoldContext, targets: np.ndarray) -> Rows:
     """The fold's extra rows (ctx.extra) as model rows with `targets` (one per text)."""
     rows = make_rows(ctx.extra.texts, ctx.recipe.model, targets.astype(np.float32),
-                     ctx.extra.weights.astype(np.float32))
+                     ctx.extra.weights.astype(np.float32), both_orders=train_swap(ctx.recipe))
     rows.vec_ids = model.vector_ids(rows.texts)
     return rows
 
@@ -429,6 +447,8 @@ def extra_rows(model: FusionModel, ctx: FoldContext, targets: np.ndarray) -> Row
 def label_loss(ctx: FoldContext) -> nn.Module:
     """The recipe's hard-label loss, with class counts of the fold's training part."""
     cfg, c = ctx.recipe.train, ctx.comp.n_classes
+    if ctx.comp.multilabel:  # train.loss ce (the default) means bce; focal bce_focal; or asl
+        return create_loss(cfg.loss, c, focal_gamma=cfg.focal_gamma, multilabel=True)
     counts = np.bincount(ctx.comp.labels[ctx.train_idx], minlength=c)
     return create_loss(cfg.loss, c, class_counts=counts, label_smoothing=cfg.label_smoothing,
                        class_weights=cfg.class_weights, focal_gamma=cfg.focal_gamma)
@@ -459,7 +479,7 @@ def selection_split(ctx: FoldContext) -> tuple[np.ndarray, np.ndarray, FoldConte
         learnt that row would hand its label to the choice.
     """
     cfg, comp = ctx.recipe.train, ctx.comp
-    labels = comp.labels[ctx.train_idx]
+    labels = label_strata(comp.labels[ctx.train_idx])  # multi-label: a stratum per row
     fit_pos, sel_pos = inner_split(labels, ctx.train_texts, cfg.inner_val,
                                    cfg.seed + ctx.fold)
     fit_idx, sel_idx = ctx.train_idx[fit_pos], ctx.train_idx[sel_pos]
@@ -518,7 +538,7 @@ def fit_fold(ctx: FoldContext, data: FusionData) -> tuple[np.ndarray, ...]:
     fit_idx, sel_idx, ctx = selection_split(ctx)
 
     def training_rows(idx: np.ndarray, c: FoldContext) -> Rows:
-        rows = data.rows.take(idx)
+        rows = data.fit_rows.take(idx)
         if len(c.extra):
             rows = rows.concat(extra_rows(model, c, c.extra.targets))
         return shard_rows(rows, rank, world, seed=cfg.seed + ctx.fold) if world > 1 else rows
@@ -552,6 +572,7 @@ def _kept_model(ctx: FoldContext, data: FusionData) -> FusionModel | None:
     if not ckpt.exists():
         return None
     model = build_fusion(ctx.recipe, ctx.comp.n_classes)
+    model.multilabel = ctx.comp.multilabel
     model.tokens = data.tokens
     model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
     model.to(_device())

@@ -87,7 +87,7 @@ class Rows:
 
 
 def make_rows(texts: Sequence[str], cfg: ModelConfig, targets: np.ndarray,
-              weights: np.ndarray | None = None) -> Rows:
+              weights: np.ndarray | None = None, both_orders: bool | None = None) -> Rows:
     """Rows for input texts: each text's grid text(s) (`comp.fusion.grid_texts`) with its target.
 
     Args:
@@ -95,13 +95,16 @@ def make_rows(texts: Sequence[str], cfg: ModelConfig, targets: np.ndarray,
         cfg: model config (truncation or windows).
         targets: (n, C) target distributions (one-hot rows for hard labels).
         weights: (n,) loss weights; default 1.
+        both_orders: a pair text also as (b, a) (its own row, same source and target); None =
+            `cfg.pair_tta`, so predictions average both orders when the recipe asks.
 
     Returns:
         Rows; a windowed text gives one row per window, all with the text's target.
     """
+    both = getattr(cfg, "pair_tta", False) if both_orders is None else both_orders
     out_texts, source = [], []
     for i, t in enumerate(texts):
-        g = grid_texts(t, cfg)
+        g = grid_texts(t, cfg, both)
         out_texts.extend(g)
         source.extend([i] * len(g))
     src = np.asarray(source, dtype=np.int64)

@@ -47,10 +47,14 @@ def corpus_tokens(texts: list[str], kind: str) -> list[list[str]]:
     """Token sequences for word2vec; whitespace never forms (part of) a token.
 
     char: the characters; word: jieba.lcut words; bigram: text[i:i+2] for each start i.
+    A pair text (`a + PAIR_SEP + b`, comp.data) is two sentences: no context or bigram spans
+    its sides, and the separator gets no vector (the grid marks it with the segment feature).
     """
+    from comp.data import PAIR_SEP
+
     _check_kind(kind)
     out = []
-    for text in texts:
+    for text in (side for t in texts for side in t.split(PAIR_SEP)):
         if kind == "char":
             out.append([c for c in text if not c.isspace()])
         elif kind == "word":

@@ -223,13 +223,19 @@ def test_quick_run_on_a_pair_folder_without_and_with_a_settings_file(tmp_path, m
 
 
 def test_a_pair_task_plans_the_pair_recipes_and_names_the_fusion_members_it_skips(capsys):
-    from comp.pipeline import PAIR_LINEAR, PRESETS, RECIPES, task_members
+    from comp.pipeline import PAIR_LINEAR, PAIR_NEURAL, PRESETS, RECIPES, task_members
 
     assert task_members(PRESETS["default"], "single") == PRESETS["default"]
-    assert task_members(PRESETS["default"], "pair") == PAIR_LINEAR
+    assert task_members(PRESETS["default"], "pair") == [*PAIR_LINEAR, *PAIR_NEURAL,
+                                                        "fusion_e5_fast", "textcnn_vectors"]
+    assert capsys.readouterr().err == ""  # nothing of the default preset is skipped
+    assert task_members(PRESETS["all"], "pair")[:4] == [*PAIR_LINEAR, *PAIR_NEURAL,
+                                                        "fusion_e5_full"]
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "fusion_e5_fast" in err and "text pairs yet" in err
+    assert err.count("\n") == 1 and "fusion_bert_bilstm" in err and "not pretrained" in err
     assert all(load_recipe(RECIPES / "pair" / f"{n}.toml").linear.pair for n in PAIR_LINEAR)
+    assert all(load_recipe(RECIPES / "pair" / f"{n}.toml").model.pair == "siamese"
+               for n in PAIR_NEURAL)
 
 
 def test_unlabelled_pairs_are_read_as_pairs_and_a_txt_of_single_texts_is_one_line(pair_dir,

@@ -68,7 +68,12 @@ def test_group_col_keeps_each_users_rows_in_one_fold(tmp_path):
 
 @pytest.mark.parametrize("text, key, words", [
     ('colour = "red"\n', "colour", "unknown"),
-    ('task = "multilabel"\n', "task", "not supported yet"),
+    ('task = "multilabel"\ntext_cols = "content"\nlabel_cols = ["tag", "spam"]\n', "label_cols",
+     "column 'spam' is not in"),
+    ('task = "multilabel"\ntext_cols = "content"\nid_col = "qid"\ngroup_col = "user"\n', "task",
+     "multilabel needs label_cols"),
+    ('label_cols = ["tag"]\ntext_cols = "content"\ntask = "single"\n', "label_cols",
+     "only a multilabel task"),
     ('task = "pairs"\n', "task", "not single, pair or multilabel"),
     ('task = "pair"\ntext_cols = ["content", "user", "qid"]\n', "text_cols", "exactly two"),
     ('task = "pair"\n', "task", "needs text_cols"),

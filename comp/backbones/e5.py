@@ -413,12 +413,16 @@ def _package_version() -> str:
 
 def competition_texts(data_dir: str | Path | None = None, data=None) -> list[str]:
     """What pruning keeps pieces for: a competition's train, test and unlabelled texts (never
-    its labels). `data` is a recipe's DataConfig; `data_dir` a folder read with defaults."""
+    its labels), a pair's sides as two texts (the backbone tokenizes them apart). `data` is a
+    recipe's DataConfig; `data_dir` a folder read with defaults."""
     from comp.config import DataConfig
-    from comp.data import load_competition
+    from comp.data import PAIR_SEP, load_competition
 
     comp = load_competition(data if data is not None else DataConfig(dir=str(data_dir)))
-    return list(comp.train_texts) + list(comp.predict_texts)
+    texts = list(comp.train_texts) + list(comp.predict_texts)
+    if comp.task == "pair":
+        return [side for t in texts for side in t.split(PAIR_SEP)]
+    return texts
 
 
 def prepare_backbone(path: str | Path, data=None) -> bool:

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoModel, AutoTokenizer
 
+from comp.align import cut_head_tail, pair_budgets
 from comp.backbones.offsets import align_tokens, clean_offsets
 from comp.backbones.registry import (
     TOKENIZER_FILES,
@@ -21,6 +22,7 @@ from comp.backbones.registry import (
     backbone_spec,
 )
 from comp.backbones.wordseg import save_tokenizer
+from comp.data import PAIR_SEP, split_pair
 from comp.utils import CompError, log
 
 
@@ -40,7 +42,8 @@ class Backbone(nn.Module):
                                               if t and not t.strip("▁ ")), dtype=torch.long)
 
     def encode(self, texts: list[str], max_len: int) -> dict[str, Tensor | dict[str, Tensor]]:
-        """Tokenize a batch, padded to its longest member and cut to `max_len` tokens.
+        """Tokenize a batch, padded to its longest member and cut to `max_len` tokens; a batch
+        of pair texts (`a + PAIR_SEP + b`) goes to `encode_pairs`.
 
         Returns:
             {'inputs': model inputs (input_ids, attention_mask, token_type_ids if used), each
@@ -48,6 +51,8 @@ class Backbone(nn.Module):
             original text, (-1, -1) for special and pad tokens}.
         """
         texts = list(texts)
+        if any(PAIR_SEP in t for t in texts):
+            return self.encode_pairs(texts, max_len)
         tok = self.tokenizer
         if getattr(tok, "is_fast", False):
             enc = tok(texts, padding=True, truncation=True, max_length=max_len,
@@ -60,6 +65,56 @@ class Backbone(nn.Module):
             offsets = self._aligned_offsets(texts, enc)
         special = enc.pop("special_tokens_mask")
         special = special.bool() | torch.isin(enc["input_ids"], self._blank_ids)
+        inputs = {k: v.long() for k, v in enc.items()
+                  if k in ("input_ids", "attention_mask", "token_type_ids")}
+        offsets = clean_offsets(texts, offsets, special, inputs["attention_mask"])
+        return {"inputs": inputs, "offsets": offsets}
+
+    def encode_pairs(self, texts: list[str], max_len: int, head_frac: float = 0.5
+                     ) -> dict[str, Tensor | dict[str, Tensor]]:
+        """Tokenize pair texts `a + PAIR_SEP + b` (comp.data) as the tokenizer's own pairs.
+
+        `tokenizer(a, b)` adds the model's special tokens and segment layout: token_type_ids
+        0 / 1 for BERT-like models, XLNet's segments with its summary token last, no token
+        types for e5 / XLM-R (`<s> a </s></s> b </s>`). Each side keeps its share of the
+        `max_len` - special tokens budget (comp.align.pair_budgets); a longer side keeps its
+        head and tail tokens (`head_frac` from the head). Offsets index the pair text, so side
+        b's characters start after the separator and every token lands on its own side of the
+        character grid.
+
+        Returns:
+            What `encode` returns.
+        """
+        tok = self.tokenizer
+        if not getattr(tok, "is_fast", False):
+            raise CompError(f"backbone '{self.kind}': text pairs need a fast tokenizer (offsets "
+                            f"and sequence ids); {type(tok).__name__} is not one")
+        sides = [split_pair(t) for t in texts]
+        budget = max(2, max_len - tok.num_special_tokens_to_add(pair=True))
+        alone = tok([x for ab in sides for x in ab], add_special_tokens=False,
+                    return_offsets_mapping=True)["offset_mapping"]
+        cuts, shifts = [], []  # per row: the cut sides; (head_end, gap, start) per side
+        for i, (a, b) in enumerate(sides):
+            keep = pair_budgets(len(alone[2 * i]), len(alone[2 * i + 1]), budget)
+            ca, ha, ga = cut_head_tail(a, alone[2 * i], keep[0], head_frac)
+            cb, hb, gb = cut_head_tail(b, alone[2 * i + 1], keep[1], head_frac)
+            cuts.append((ca, cb))
+            shifts.append(((ha, ga, 0), (hb, gb, len(a) + 1)))  # b starts after PAIR_SEP
+        enc = tok([a for a, _ in cuts], [b for _, b in cuts], padding=True,
+                  truncation="longest_first", max_length=max_len, return_offsets_mapping=True,
+                  return_special_tokens_mask=True, return_tensors="pt")
+        offsets = enc.pop("offset_mapping").long()  # (B, T, 2) within each cut side
+        for i in range(len(texts)):
+            seq = torch.tensor([-1 if s is None else s for s in enc.sequence_ids(i)])  # (T,)
+            for side, (head_end, gap, start) in enumerate(shifts[i]):
+                on = seq == side
+                o = offsets[i][on]  # (t, 2)
+                # a start at or past the cut moves by the gap; an end past it too
+                o[:, 0] += torch.where(o[:, 0] >= head_end, gap, 0) + start
+                o[:, 1] += torch.where(o[:, 1] > head_end, gap, 0) + start
+                offsets[i][on] = o
+        special = enc.pop("special_tokens_mask").bool()
+        special |= torch.isin(enc["input_ids"], self._blank_ids)
         inputs = {k: v.long() for k, v in enc.items()
                   if k in ("input_ids", "attention_mask", "token_type_ids")}
         offsets = clean_offsets(texts, offsets, special, inputs["attention_mask"])
