@@ -53,9 +53,13 @@ def fit_bias(proba: np.ndarray, y: np.ndarray, metric: str, passes: int = 3,
     logp = np.log(np.clip(proba, EPS, None))
     bias = np.zeros(n_classes)
 
+    fast = _f1_counts(metric, y, n_classes)
+
     def value(b: np.ndarray) -> float:
-        # label metrics read only the argmax: one-hot rows are the cheapest valid input
         pred = (logp + b).argmax(1)
+        if fast is not None:
+            return sign * fast(pred)
+        # label metrics read only the argmax: one-hot rows are the cheapest valid input
         onehot = np.zeros_like(proba)
         onehot[np.arange(len(pred)), pred] = 1.0
         return sign * score(metric, y, onehot)
@@ -78,6 +82,27 @@ def fit_bias(proba: np.ndarray, y: np.ndarray, metric: str, passes: int = 3,
         if not moved:
             break
     return bias - bias.mean()  # softmax is shift-invariant: a readable, centred vector
+
+
+def _f1_counts(metric: str, y: np.ndarray, n_classes: int):
+    """macro_f1 / weighted_f1 of predicted class indices from per-class counts, the registry's
+    definitions (classes present in the truth), ~50x faster than scoring through scikit-learn
+    for the thousands of candidates a search tries; None for other metrics."""
+    if metric not in ("macro_f1", "weighted_f1"):
+        return None
+    y = np.asarray(y, dtype=np.int64)
+    npos = np.bincount(y, minlength=n_classes).astype(float)
+    present = npos > 0
+
+    def f(pred: np.ndarray) -> float:
+        tp = np.bincount(y[pred == y], minlength=n_classes)
+        tot = npos + np.bincount(pred, minlength=n_classes)
+        f1 = np.where(tot > 0, 2.0 * tp / np.maximum(tot, 1.0), 0.0)
+        if metric == "macro_f1":
+            return float(f1[present].mean())
+        return float((f1 * npos).sum() / npos.sum())
+
+    return f
 
 
 class ClassBias(ClassifierMixin, BaseEstimator):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import joblib
 import numpy as np
+import pytest
 
 from comp.bias import ClassBias, bias_applies, biased, fit_bias
 from comp.blend import create_blender
@@ -89,6 +90,18 @@ def test_class_bias_round_trips_through_joblib(tmp_path):
     np.testing.assert_allclose(back.predict_proba(X), est.predict_proba(X))
     assert np.allclose(back.predict_proba(X).sum(1), 1.0)
     assert back.weights_ is not None
+
+
+@pytest.mark.parametrize("metric", ["macro_f1", "weighted_f1"])
+def test_the_count_based_f1_of_the_search_is_the_registrys(metric):
+    from comp.bias import _f1_counts
+
+    rng = np.random.default_rng(4)
+    y = rng.choice(6, 500, p=[0.5, 0.2, 0.1, 0.1, 0.1, 0.0])  # class 5 absent from the truth
+    for _ in range(5):
+        pred = rng.integers(0, 6, 500)
+        onehot = np.eye(6)[pred]
+        assert _f1_counts(metric, y, 6)(pred) == pytest.approx(score(metric, y, onehot))
 
 
 def test_bias_applies_to_label_metrics_other_than_accuracy():

