@@ -138,9 +138,20 @@ class ModelConfig:
     pair: str = "joint"
     # predict each pair as (a, b) and (b, a) and average: only for symmetric tasks
     pair_tta: bool = False
+    # every dropout inside the backbones set to this rate; -1 keeps the checkpoint's own (0.1
+    # for BERT). On CPU a dropout mask costs about as much as the layer's matmuls: 0 halves a
+    # full fine-tuning step of e5-small (bench/e5_finetune.py)
+    backbone_dropout: float = -1.0
+    # the backbones' attention kernel: "" keeps transformers' default (sdpa); "eager" is the
+    # plain matmul + softmax, whose backward under CPU bf16 with no dropout is 2.4x sdpa's
+    backbone_attention: str = ""
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+        _check(self.backbone_dropout == -1.0 or 0.0 <= self.backbone_dropout < 1.0,
+               "model.backbone_dropout", "must be -1 (the checkpoint's own) or in [0, 1)")
+        _check(self.backbone_attention in ("", "eager", "sdpa"), "model.backbone_attention",
+               "must be \"\" (transformers' default), eager or sdpa")
         _check(self.input_dropout in ("spatial", "element"), "model.input_dropout",
                "must be spatial or element")
         _check(0.0 <= self.head_frac <= 1.0, "model.head_frac", "must be in [0, 1]")
@@ -168,6 +179,8 @@ class TrainConfig:
     warmup: float = 0.06  # fraction of a phase's steps
     clip: float = 1.0
     accum: int = 1
+    # mixed precision: auto = bf16 or fp16 on CUDA, off on CPU; bf16 also runs on a CPU with
+    # native bf16 (AMX / AVX512-BF16: Sapphire Rapids and later), about 1.5x a fine-tuning step
     amp: str = "auto"  # auto | off | bf16 | fp16 (CUDA only)
     patience: int = 2  # early stopping on the inner selection rows, in epochs; 0 = off
     # share of each fold's training rows held out (stratified, seeded, copies kept together) to

@@ -31,7 +31,9 @@ training, symmetric averaging when predicting.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 
 import torch
@@ -143,6 +145,13 @@ class FusionModel(nn.Module):
         self.cfg = cfg
         self.n_classes = n_classes
         self.backbones = nn.ModuleList(backbones)
+        if cfg.backbone_dropout >= 0:  # every nn.Dropout: BERT's attention reads its .p too
+            for module in self.backbones.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = cfg.backbone_dropout
+        if cfg.backbone_attention:
+            for b in backbones:
+                b.model.set_attn_implementation(cfg.backbone_attention)
         self.vectors = nn.ModuleList(vectors)
         self.max_lens = [_usable_max_len(b, bc.max_len) for b, bc in zip(backbones, cfg.backbones)]
         self.backbone_dim = sum(int(b.hidden_size) for b in backbones)
@@ -609,8 +618,10 @@ class FeatureCache:
 
     @torch.no_grad()
     def ensure(self, model: FusionModel, texts: Sequence[str], batch_size: int = 128,
-               desc: str = "caching frozen features") -> None:
-        """Compute and store features for the grid texts not cached yet.
+               desc: str = "caching frozen features",
+               autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
+        """Compute and store features for the grid texts not cached yet (under `autocast`: the
+        training's mixed precision, comp.train_parts.amp_setup).
 
         Under torch.distributed each rank computes a share and all ranks receive the whole.
         """
@@ -627,7 +638,8 @@ class FeatureCache:
                            total=-(-len(mine) // batch_size)):
             chunk = mine[lo:lo + batch_size]
             batch = to_device(model.prepare(chunk, vec_ids=[]), device)
-            grid, cls = model.backbone_features(batch)  # (B, N, ΣH), [(B, Hi)]
+            with autocast():
+                grid, cls = model.backbone_features(batch)  # (B, N, ΣH), [(B, Hi)]
             grid = grid.float().cpu()
             for i, t in enumerate(chunk):
                 flats.append(grid[i, :grid_len(t)].to(self.dtype))

@@ -44,9 +44,10 @@ PRIORS: dict[str, tuple[float, float]] = {
     # 128 characters, char vectors only, fixed epochs: the default run's fold 0 took 15.4 min
     # (924 s) on a quiet machine where (310, 47) planned 13.9
     "fusion_e5_fast": (310.0, 55.0),
-    # every layer fine-tuned for one epoch (--preset best), fast's inputs: fold 0 took 80 s of
-    # head epochs, 960 s for the full epoch and ~100 s of predictions (light other load)
-    "fusion_e5_full": (420.0, 103.0),
+    # every layer fine-tuned for two epochs in bf16 without dropout (--preset best), fast's
+    # inputs: ~0.9 s per step of 32 (one full-precision epoch with dropout took 960 s, fold 0
+    # of the first best run); estimated before its first fold, replaced by what it measures
+    "fusion_e5_full": (300.0, 70.0),
 }
 DEFAULT_PRIOR = (60.0, 60.0)  # an unknown neural member: assume it is slow
 # member kinds whose OOF may cover a subset of folds (expensive ones under a budget)

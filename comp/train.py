@@ -409,8 +409,10 @@ class FusionData:
                      "bfloat16": torch.bfloat16}[cfg.cache_dtype]
             self.cache = FeatureCache(model.cls_dims, dtype)
         model.freeze_backbones(True)
+        autocast, _ = amp_setup(cfg.amp, next(model.parameters()).device)
         self.cache.ensure(model, texts, cfg.eval_batch_size,
-                          desc=f"{self.recipe.name}: caching frozen backbone features")
+                          desc=f"{self.recipe.name}: caching frozen backbone features",
+                          autocast=autocast)
         return self.cache
 
 

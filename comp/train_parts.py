@@ -405,7 +405,13 @@ class EMA:
 
 
 def amp_setup(amp: str, device: torch.device) -> tuple[Callable, object | None]:
-    """(autocast context factory, GradScaler or None). Mixed precision only on CUDA."""
+    """(autocast context factory, GradScaler or None).
+
+    CUDA: bf16 or fp16 (auto picks bf16 where supported). CPU: bf16 only when asked for, and
+    only where oneDNN has native bf16 kernels; elsewhere full precision.
+    """
+    if device.type == "cpu" and amp == "bf16" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)), None
     if device.type != "cuda" or amp == "off":
         return contextlib.nullcontext, None
     if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
