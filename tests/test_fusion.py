@@ -234,3 +234,61 @@ def test_token_memo_repads_like_the_tokenizer(tiny_dirs, kind):
             assert torch.equal(got["inputs"][k], v), k
         assert torch.equal(got["offsets"], want["offsets"])
     assert len(memo) == len(set(TEXTS))
+
+
+def test_backbone_dropout_and_attention_knobs(tiny_dirs):
+    """model.backbone_dropout reaches every dropout inside the backbone (train mode turns
+    deterministic at 0); model.backbone_attention swaps the kernel without changing outputs."""
+    import dataclasses
+
+    base = make_model(tiny_dirs, ("bert",))
+    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in base.backbones.modules())
+    cfg = dataclasses.replace(base.cfg, backbone_dropout=0.0, backbone_attention="eager")
+    torch.manual_seed(0)
+    model = FusionModel(cfg, 3, [load_backbone("bert", tiny_dirs["bert"])])
+    assert all(m.p == 0.0 for m in model.backbones.modules() if isinstance(m, torch.nn.Dropout))
+    assert model.backbones[0].model.config._attn_implementation == "eager"
+    model.train()
+    model.head.eval()  # the head keeps its own dropout: compare backbone features only
+    batch = model.prepare(TEXTS[:4])
+    with torch.no_grad():
+        a, _ = model.backbone_features(batch)
+        b, _ = model.backbone_features(batch)
+    torch.testing.assert_close(a, b)  # no dropout noise left in training mode
+    model.eval()
+    with torch.no_grad():
+        sdpa_model = FusionModel(base.cfg, 3, [load_backbone("bert", tiny_dirs["bert"])])
+        sdpa_model.load_state_dict(model.state_dict())
+        sdpa_model.eval()
+        torch.testing.assert_close(model(batch), sdpa_model(batch), atol=1e-5, rtol=1e-4)
+    with pytest.raises(CompError, match="model.backbone_dropout"):
+        dataclasses.replace(base.cfg, backbone_dropout=1.5)
+    with pytest.raises(CompError, match="model.backbone_attention"):
+        dataclasses.replace(base.cfg, backbone_attention="flash")
+
+
+def test_cpu_bf16_autocast_only_when_asked_and_supported(tiny_dirs):
+    """train.amp = bf16 on a CPU runs the backbone in bf16 where oneDNN has bf16 kernels (the
+    cached features stay close to full precision); auto and off stay in full precision."""
+    from comp.train_parts import amp_setup
+
+    cpu = torch.device("cpu")
+    for amp in ("auto", "off", "fp16"):
+        ctx, scaler = amp_setup(amp, cpu)
+        with ctx():
+            assert not torch.is_autocast_enabled("cpu")
+        assert scaler is None
+    ctx, scaler = amp_setup("bf16", cpu)
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    with ctx():
+        assert torch.is_autocast_enabled("cpu") == native
+    if not native:
+        pytest.skip("this CPU has no native bf16: train.amp=bf16 stays in full precision")
+    model = make_model(tiny_dirs, ("bert",), max_chars=12)
+    model.freeze_backbones(True)
+    full, half = FeatureCache(model.cls_dims), FeatureCache(model.cls_dims)
+    full.ensure(model, TEXTS)
+    half.ensure(model, TEXTS, autocast=ctx)
+    a, b = full.lookup(TEXTS)[0], half.lookup(TEXTS)[0]
+    assert not torch.equal(a, b)  # bf16 really ran
+    torch.testing.assert_close(b, a, atol=0.1, rtol=0.05)
