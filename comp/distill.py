@@ -551,6 +551,7 @@ class TextCNNTables:
         head = model.head
         self.cfg = model.cfg
         self.n_classes = model.n_classes
+        self.multilabel = getattr(model, "multilabel", False)
         self.vectors = list(model.vectors)  # only their ids(): texts -> vocabulary ids
         self.kmax = max(head.kernel_sizes)
         self.classifier = copy.deepcopy(model.classifier).cpu().eval()  # tables serve on CPU
@@ -609,7 +610,9 @@ class TextCNNTables:
             h = h.view(len(idx), n, -1).relu_()  # (B, n, width): conv outputs, 0 outside
             count = torch.from_numpy(lens[idx]).to(h.dtype)[:, None]  # (B, 1)
             pooled = torch.cat([h.amax(dim=1), h.sum(dim=1) / count], dim=-1)  # (B, 2 width)
-            proba[idx] = torch.softmax(self.classifier(pooled, []), dim=-1).numpy()
+            logits = self.classifier(pooled, [])
+            proba[idx] = (torch.sigmoid(logits) if self.multilabel  # one sigmoid per label
+                          else torch.softmax(logits, dim=-1)).numpy()
         return proba
 
 

@@ -50,6 +50,7 @@ def load_neural_fold(ckpt: Path, recipe: Recipe, n_classes: int) -> Any:
         raise CompError(f"{ckpt}: no checkpoint (fold not trained?)")
     model = build_fusion(recipe, n_classes)
     model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    model.multilabel = recipe.data.task == "multilabel"  # one sigmoid per label
     model.eval()
     return model
 
@@ -99,8 +100,46 @@ def neural_predictor(model: Any, recipe: Recipe) -> Predictor:
 # loaded members and ensembles
 
 
+class _Labels:
+    """predict() for both task shapes: a class per text, or (multi-label) the labels whose
+    probability reaches the per-label threshold fitted on every OOF row (comp.thresholds)."""
+
+    classes: list[str]
+    thresholds: np.ndarray | None
+
+    @property
+    def multilabel(self) -> bool:
+        return self.thresholds is not None
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, texts: Sequence[str]) -> list[str] | list[list[str]]:
+        """Class labels; multi-label: each text's list of labels."""
+        p = self.predict_proba(texts)
+        if self.thresholds is None:
+            return [self.classes[i] for i in p.argmax(1)]
+        from comp.thresholds import apply_thresholds
+
+        return [[c for c, v in zip(self.classes, row) if v]
+                for row in apply_thresholds(p, self.thresholds)]
+
+
+def _thresholds(meta: dict, classes: list[str], where: Path) -> np.ndarray | None:
+    """A multi-label cv.json's or manifest's per-label thresholds in class order; None for a
+    single-label one."""
+    if meta.get("task") != "multilabel":
+        return None
+    th = meta.get("thresholds") or {}
+    missing = [c for c in classes if c not in th]
+    if missing:
+        raise CompError(f"{where}: no threshold for label '{missing[0]}' (made before "
+                        "multi-label runs kept theirs?); run it again")
+    return np.array([float(th[c]) for c in classes])
+
+
 @dataclasses.dataclass
-class MemberModel:
+class MemberModel(_Labels):
     """A member's kept fold models: predicts texts as the fold average."""
 
     name: str
@@ -108,25 +147,23 @@ class MemberModel:
     recipe: Recipe
     folds: list[Predictor]
     fold_ids: list[int]
+    thresholds: np.ndarray | None = None  # multi-label: (L,) cuts; None: single-label
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """(n, C) probabilities: the mean of the folds' predictions."""
+        """(n, C) probabilities (multi-label: one per label): the mean of the folds'."""
         texts = list(texts)
         return np.mean([p(texts) for p in self.folds], axis=0)
 
-    def predict(self, texts: Sequence[str]) -> list[str]:
-        """Class labels."""
-        return [self.classes[i] for i in self.predict_proba(texts).argmax(1)]
-
 
 @dataclasses.dataclass
-class EnsembleModel:
+class EnsembleModel(_Labels):
     """Members blended by the blender the ensemble fitted on every OOF row."""
 
     name: str
     classes: list[str]
     members: list[Any]  # MemberModel | EnsembleModel, in the blender's member order
     blender: Any
+    thresholds: np.ndarray | None = None  # multi-label: (L,) cuts; None: single-label
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """(n, C) probabilities of the blend."""
@@ -134,10 +171,6 @@ class EnsembleModel:
         X = np.stack([_columns(m.predict_proba(texts), m.classes, self.classes)
                       for m in self.members], axis=1)  # (n, M, C)
         return self.blender.predict_proba(X)
-
-    def predict(self, texts: Sequence[str]) -> list[str]:
-        """Class labels."""
-        return [self.classes[i] for i in self.predict_proba(texts).argmax(1)]
 
 
 def _columns(proba: np.ndarray, have: list[str], want: list[str]) -> np.ndarray:
@@ -163,17 +196,19 @@ def load_member(run_dir: str | Path, folds: Sequence[int] | None = None,
         return load_ensemble(d / "manifest.json", folds=folds, root=root)
     if not (d / "recipe.toml").exists():
         raise CompError(f"{d}: no recipe.toml (not a member directory?)")
-    if read_json(d / "cv.json").get("task") == "multilabel":
-        raise CompError(f"{d}: predicting new texts with a multilabel member is not supported "
-                        "yet (its test predictions are in test.npy)")
+    cv = read_json(d / "cv.json")
     recipe = load_recipe(d / "recipe.toml")
     if root is not None:
         recipe = _inside(recipe, root)
     classes = [str(c) for c in read_json(d / "classes.json")]
+    thresholds = _thresholds(cv, classes, d / "cv.json")
+    if thresholds is not None and recipe.data.task != "multilabel":  # inferred from the data
+        recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data,
+                                                                      task="multilabel"))
     kind = create_member(recipe)
     k = recipe.data.folds
     # the folds whose models made test.npy (a member on a subset of folds lists them)
-    own = read_json(d / "cv.json").get("folds_used") or list(range(k))
+    own = cv.get("folds_used") or list(range(k))
     wanted = own if folds is None else [f for f in folds if f in own]
     loaded, ids = [], []
     for f in wanted:
@@ -187,7 +222,7 @@ def load_member(run_dir: str | Path, folds: Sequence[int] | None = None,
         ids.append(f)
     if not loaded:
         raise CompError(f"{d}: no fold models to predict with")
-    return MemberModel(recipe.name, classes, recipe, loaded, ids)
+    return MemberModel(recipe.name, classes, recipe, loaded, ids, thresholds)
 
 
 def load_ensemble(manifest: str | Path, folds: Sequence[int] | None = None,
@@ -203,8 +238,9 @@ def load_ensemble(manifest: str | Path, folds: Sequence[int] | None = None,
         raise CompError(f"{p}: no fitted blender (made before ensembles kept theirs?); run "
                         "the ensemble again")
     members = [load_member(base / m, folds, root) for m in man["members"]]
-    return EnsembleModel(str(man.get("name") or p.stem), [str(c) for c in man["classes"]],
-                         members, joblib.load(blender))
+    classes = [str(c) for c in man["classes"]]
+    return EnsembleModel(str(man.get("name") or p.stem), classes, members,
+                         joblib.load(blender), _thresholds(man, classes, p))
 
 
 def load(path: str | Path, folds: Sequence[int] | None = None) -> MemberModel | EnsembleModel:
@@ -300,6 +336,7 @@ def predict_file(source: str | Path, test: str | Path, out: str | Path | None = 
     classes = model.classes
     sample_path = Path(sample) if sample else _competition_sample(cfg, ids)
     id_col, label_col, order, prob_cols = cfg.id_col, cfg.label_col, ids, []
+    binary = False  # multi-label: the sample's label columns hold 0/1 decisions
     if sample_path is not None:
         from comp.data import read_table
 
@@ -310,6 +347,8 @@ def predict_file(source: str | Path, test: str | Path, out: str | Path | None = 
                                                                    else label_col)
         if len(others) >= 2 and set(others) == set(classes):
             prob_cols = others
+            binary = model.multilabel and all((r.get(c) or "").strip() in ("0", "1")
+                                              for r in st.rows for c in others)
         order = [r.get(id_col) or "" for r in st.rows]
         missing = sorted(set(order) - set(ids))
         if missing:
@@ -318,7 +357,12 @@ def predict_file(source: str | Path, test: str | Path, out: str | Path | None = 
     by_id = {i: n for n, i in enumerate(ids)}
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    if prob_cols:
+    if model.multilabel:
+        from comp.submit import write_multilabel_rows
+
+        write_multilabel_rows(w, p, classes, order, by_id, model.thresholds, id_col, label_col,
+                              prob_cols, binary, cfg.label_sep or "|", proba)
+    elif prob_cols:
         cols = [classes.index(c) for c in prob_cols]
         w.writerow([id_col, *prob_cols])
         for i in order:
@@ -395,7 +439,8 @@ def export_bundle(source: str | Path, out: str | Path, members: Sequence[str] | 
         sizes["(blender)"] = (tmp / "blender.joblib").stat().st_size
         man = {"kind": "ensemble", "name": m.get("name"), "method": m.get("method"),
                "cv": m.get("cv"), "metric": m.get("metric"), "classes": m["classes"],
-               "members": names, "blender": "blender.joblib"}
+               "members": names, "blender": "blender.joblib",
+               **{k: m[k] for k in ("task", "thresholds") if k in m}}
     write_json(tmp / BUNDLE_MANIFEST, {**man, "folds": list(folds) if folds else None})
     write_text(tmp / "requirements.txt", _requirements())
     if out.exists():

@@ -107,24 +107,37 @@ def _write_multilabel(w: Any, comp: Competition, test_proba: np.ndarray, classes
                       order: list[str], by_id: dict[str, int], proba: bool,
                       thresholds: np.ndarray | None) -> None:
     """The rows of a multi-label submission (see write_submission)."""
+    write_multilabel_rows(w, test_proba, classes, order, by_id, thresholds, comp.sub_id_col,
+                          comp.sub_label_col, comp.sub_proba_cols, comp.sub_binary,
+                          comp.label_sep, proba)
+
+
+def write_multilabel_rows(w: Any, test_proba: np.ndarray, classes: list[str],
+                          order: list[str], by_id: dict[str, int],
+                          thresholds: np.ndarray | None, id_col: str, label_col: str,
+                          label_cols: list[str], binary: bool, label_sep: str,
+                          proba: bool) -> None:
+    """Multi-label rows in a sample's layout: one column per label (`label_cols`: 0/1
+    decisions when `binary`, else probabilities), or one column of each row's positive labels
+    joined by `label_sep` (plus p_<label> columns with `proba`). Decisions cut each label at
+    its threshold (0.5 when None). Used by submissions and `comp predict`."""
     from comp.thresholds import apply_thresholds
 
     t = np.full(len(classes), 0.5) if thresholds is None else np.asarray(thresholds)
     decided = apply_thresholds(test_proba, t)  # (n_test, L)
-    if comp.sub_proba_cols:
-        cols = [list(classes).index(c) for c in comp.sub_proba_cols]
-        w.writerow([comp.sub_id_col, *comp.sub_proba_cols])
+    if label_cols:
+        cols = [list(classes).index(c) for c in label_cols]
+        w.writerow([id_col, *label_cols])
         for i in order:
             k = by_id[i]
-            w.writerow([i, *(decided[k, cols].tolist() if comp.sub_binary
+            w.writerow([i, *(decided[k, cols].tolist() if binary
                              else (f"{p:.6f}" for p in test_proba[k, cols]))])
         return
-    header = [comp.sub_id_col, comp.sub_label_col] + ([f"p_{c}" for c in classes] if proba
-                                                       else [])
+    header = [id_col, label_col] + ([f"p_{c}" for c in classes] if proba else [])
     w.writerow(header)
     for i in order:
         k = by_id[i]
-        row = [i, comp.label_sep.join(c for c, v in zip(classes, decided[k]) if v)]
+        row = [i, label_sep.join(c for c, v in zip(classes, decided[k]) if v)]
         w.writerow(row + ([f"{p:.6f}" for p in test_proba[k]] if proba else []))
 
 

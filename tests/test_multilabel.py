@@ -328,6 +328,20 @@ def test_submissions_follow_the_sample_layout(tmp_path, sample):
         assert any("|" in c for c in cells)
     s = score_submission(sub, d / "answers.csv")
     assert s["n"] == 40 and 0.5 < s["micro_f1"] <= 1
+    # comp predict on the competition's own test file reproduces the submission, through the
+    # manifest, the member directory and an exported bundle (thresholds travel with each)
+    from comp.predict import export_bundle, load, predict_file
+
+    again = predict_file(sub.with_suffix(".json"), d / "test.csv", out=tmp_path / "again.csv")
+    assert list(csv.reader(open(again, encoding="utf-8"))) == rows
+    export_bundle(sub.with_suffix(".json"), tmp_path / "bundle")
+    bundled = predict_file(tmp_path / "bundle", d / "test.csv", out=tmp_path / "bundled.csv",
+                           sample=d / "sample_submission.csv")  # a bundle has no folder
+    assert list(csv.reader(open(bundled, encoding="utf-8"))) == rows
+    member = load(r.run_dir)
+    assert member.multilabel and member.thresholds.shape == (4,)
+    labels = member.predict(["这家酒店的房间很干净", "书的印刷很差"])
+    assert len(labels) == 2 and all(set(x) <= set(LABELS) for x in labels)
 
 
 def test_blenders_keep_labels_independent():
@@ -497,6 +511,12 @@ def test_a_vectors_member_learns_labels_with_sigmoid_outputs(ml_folder, tmp_path
     assert cv["task"] == "multilabel" and cv["cv"] > chance + 0.2
     assert len(cv["fold_scores"]) == 1 and cv["folds_used"] == [0]
     assert 0 <= oof.min() and oof.max() <= 1 and np.abs(oof.sum(1) - 1).max() > 0.1
+    # the kept fold model predicts new texts with sigmoids, as the run predicted its test file
+    from comp.predict import load
+
+    member = load(r.run_dir)
+    np.testing.assert_allclose(member.predict_proba(comp.test_texts),
+                               np.load(r.run_dir / "test.npy"), atol=1e-4)
 
 
 def load_folds_of(folder: Path) -> np.ndarray:
