@@ -394,10 +394,14 @@ def make_objective(recipe: Recipe, n_folds: int, tune_dir: Path,
             r = recipe
             for key, value in values.items():
                 r = set_key(r, key, value)
-            r = dataclasses.replace(r, name=f"{recipe.name}-t{trial.number}",
-                                    runs_dir=str(trial_dir), data=data or r.data)
-            trial.set_user_attr("run_dir", str(r.run_dir))
             folds = list(range(n_folds))
+            # the trial is a member on its scored folds: its cv.json says what they score
+            # together (a multi-label one at thresholds fitted across them)
+            r = dataclasses.replace(r, name=f"{recipe.name}-t{trial.number}",
+                                    runs_dir=str(trial_dir),
+                                    data=dataclasses.replace(data or r.data,
+                                                             use_folds=tuple(folds)))
+            trial.set_user_attr("run_dir", str(r.run_dir))
             # force: a reused trial number (a study deleted and made again) retrains cleanly
             train_recipe(r, folds=folds, force=True, report=_Reporter(trial))
             scores = []
@@ -406,8 +410,13 @@ def make_objective(recipe: Recipe, n_folds: int, tune_dir: Path,
                 if not done.exists():
                     raise CompError(f"{done}: the trainer wrote no fold score")
                 scores.append(float(read_json(done)["score"]))
-            trial.set_user_attr("fold_scores", scores)
             value = sum(scores) / len(scores)
+            cv = read_json(r.run_dir / "cv.json") if (r.run_dir / "cv.json").exists() else {}
+            if cv.get("task") == "multilabel":
+                # fold scores above cut at 0.5; a multi-label member is judged at per-label
+                # thresholds fitted on the other scored folds (comp.thresholds), as its CV is
+                scores, value = [float(x) for x in cv["fold_scores"]], float(cv["cv"])
+            trial.set_user_attr("fold_scores", scores)
             if not math.isfinite(value):
                 raise CompError(f"non-finite objective {value} (fold scores {scores})")
             return value

@@ -6,6 +6,7 @@ noise-label test), TF-IDF members, hill and stack, submissions, `comp run`."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -523,3 +524,28 @@ def load_folds_of(folder: Path) -> np.ndarray:
     """The fold of each train row, from the folder's folds.csv (in train order)."""
     rows = list(csv.reader(open(folder / "folds.csv", encoding="utf-8")))[1:]
     return np.array([int(f) for _, f in rows])
+
+
+def test_tuning_judges_multilabel_trials_at_fitted_thresholds(ml_folder, tmp_path):
+    """A multi-label trial's value is its nested-threshold CV over the scored folds (what the
+    member reports), not the mean of fold scores cut at 0.5."""
+    import optuna
+
+    from comp.tune import run_tune
+
+    d = _copy(ml_folder, tmp_path / "c")
+    r = load_recipe(RECIPES / "tfidf_char_lr.toml", [f"data.dir={d}",
+                                                     f"runs_dir={tmp_path / 'runs'}"])
+    space = {"linear.C": {"type": "float", "low": 0.5, "high": 8.0, "log": True}}
+    r = dataclasses.replace(r, tune=space)
+    storage = f"sqlite:///{tmp_path / 'opt.db'}"
+    out = run_tune(r, trials=2, storage=storage, n_folds=2, overlay_dir=tmp_path / "tuned",
+                   plots=False)
+    assert out["counts"] == {"COMPLETE": 2}
+    for t in optuna.load_study(study_name=r.name, storage=storage).trials:
+        cv = read_json(Path(t.user_attrs["run_dir"]) / "cv.json")
+        at_half = [read_json(Path(t.user_attrs["run_dir"]) / f"fold{k}" / "done.json")["score"]
+                   for k in (0, 1)]
+        assert t.value == pytest.approx(cv["cv"]) and cv["folds_used"] == [0, 1]
+        assert t.user_attrs["fold_scores"] == pytest.approx(cv["fold_scores"])
+        assert t.value != pytest.approx(sum(at_half) / 2)  # the thresholds moved the score
