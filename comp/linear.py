@@ -373,13 +373,18 @@ def train_linear(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
         w = np.ones(len(ytr))
         if comp.multilabel:
             if len(ctx.extra):
-                raise CompError(f"{recipe.name}: pseudo-labels and teacher targets are not "
-                                "supported for a multilabel task (drop train.pseudo)")
-            model = PerLabelModel(cfg, recipe.train.seed, recipe.name).fit(Xtr, ytr)
+                # pseudo rows join as their decided label sets (soft targets: still the sets)
+                hard = (ctx.extra.labels if ctx.extra.labels is not None
+                        else (ctx.extra.targets >= 0.5).astype(np.int64))
+                Xtr = sp.vstack([Xtr, feats.vec.transform(ctx.extra.texts)]).tocsr()
+                ytr = np.concatenate([ytr, hard.astype(ytr.dtype)])
+                w = np.concatenate([w, ctx.extra.weights])
+            model = PerLabelModel(cfg, recipe.train.seed, recipe.name).fit(
+                Xtr, ytr, sample_weight=w if len(ctx.extra) else None)
             save_model(fold_model_path(ctx.dir), model)
             return FoldOutput(full_proba(model, X[ctx.val_idx], comp.n_classes),
                               full_proba(model, feats.X_pred, comp.n_classes),
-                              full_proba(model, Xtr, comp.n_classes)
+                              full_proba(model, X[ctx.train_idx], comp.n_classes)
                               if ctx.predict_train else None)
         if len(ctx.extra):
             # linear models take hard labels: pseudo rows enter as argmax with their weight

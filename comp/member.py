@@ -66,6 +66,9 @@ class ExtraRows:
     # (m,) the fold each row is for, -1 = every fold; None = every row serves every fold
     folds: np.ndarray | None = None
     folds_hash: str = ""  # the fold table `folds` refers to ("" = not recorded)
+    # multi-label pseudo rows: (m, L) the decided 0/1 label sets (targets may be soft); None
+    # elsewhere (members that need hard labels take the targets' argmax)
+    labels: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -81,14 +84,17 @@ class ExtraRows:
         if not len(self):
             return ""
         return sha1_of([*self.texts, np.asarray(self.targets, np.float32).tobytes().hex(),
-                        np.asarray(self.weights, np.float32).tobytes().hex()])
+                        np.asarray(self.weights, np.float32).tobytes().hex(),
+                        *([np.asarray(self.labels, np.int8).tobytes().hex()]
+                          if self.labels is not None else [])])
 
     def subset(self, keep: np.ndarray) -> ExtraRows:
         """The rows where keep is True."""
         idx = np.flatnonzero(keep)
         return ExtraRows([self.texts[i] for i in idx], self.targets[idx], self.weights[idx],
                          self.source, self.folds[idx] if self.folds is not None else None,
-                         self.folds_hash)
+                         self.folds_hash,
+                         self.labels[idx] if self.labels is not None else None)
 
 
 @dataclass
@@ -472,7 +478,8 @@ def _check_shape(a: np.ndarray, shape: tuple[int, int], what: str) -> None:
 
 
 def load_pseudo_for(recipe: Recipe, comp: Competition) -> ExtraRows:
-    """The recipe's pseudo-label file (train.pseudo) as extra rows, or none.
+    """The recipe's pseudo-label file (train.pseudo) as extra rows, or none (a multilabel
+    task's: label sets joined by data.label_sep, comp.pseudo).
 
     A file without per-fold rows (no `fold` column, or empty cells) gives every fold the same
     rows; that is logged, since the member's CV then flatters it.
@@ -482,7 +489,8 @@ def load_pseudo_for(recipe: Recipe, comp: Competition) -> ExtraRows:
     from comp.pseudo import read_pseudo
 
     rows = read_pseudo(recipe.train.pseudo, comp.classes, soft=recipe.train.pseudo_soft,
-                       weight=recipe.train.pseudo_weight)
+                       weight=recipe.train.pseudo_weight,
+                       label_sep=comp.label_sep if comp.multilabel else None)
     if len(rows) and not rows.per_fold:
         n = len(rows) if rows.folds is None else int((rows.folds < 0).sum())
         log(f"{recipe.name}: {n} pseudo row(s) of {recipe.train.pseudo} serve every fold; "

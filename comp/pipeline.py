@@ -431,14 +431,15 @@ def run_pipeline(data: str | None = None, quick: bool = False,
     subs = timed("ensemble", stage_ensembles, layout, runs, methods) or []
     pl_runs: list[Path] = []
     rounds = pseudo_rounds if "pseudo" in want and subs else 0
-    if rounds and task == "multilabel":
-        log("pseudo: skipped (pseudo-labels are not supported for a multilabel task yet)")
-        rounds = 0
+    # multilabel: every label of a row must be sure, so the cut is lower (comp.pseudo)
+    from comp.pseudo import MULTILABEL_THRESHOLD
+
+    cut = MULTILABEL_THRESHOLD if task == "multilabel" else 0.95
     for r in range(1, rounds + 1):
         new = timed("pseudo", stage_pseudo, layout, best_submission(subs),
                     PAIR_LINEAR[:1] if pair else
                     [n for n in PSEUDO_RECIPES if preset == "all" or n in PRESETS[preset]],
-                    0.95, r) or []
+                    cut, r) or []
         pl_runs += new
         subs += timed("ensemble", stage_ensembles, layout, runs + new, methods, "pl_" * r) or []
     if not subs:

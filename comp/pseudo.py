@@ -13,6 +13,25 @@ validation text could carry that row's label back into fold k's training and fla
 An ensemble without per-fold predictions (or `per_fold=False`) still gives one global block
 (empty fold cells) that every fold trains with. Either way the runner also drops any row whose
 text duplicates one of the fold's validation texts.
+
+A multi-label task (the manifest's competition has data.task = "multilabel") keeps the same
+file and the same blocks; only a row's label and confidence change. The p_<label> columns hold
+each label's own probability (rows need not sum to 1), and `label` holds the decided label set:
+the labels whose probability reaches the label's threshold, joined by the competition's
+`data.label_sep` ("|" when it has label columns; empty for a row with no label). That column is
+what members read back (`read_pseudo(..., label_sep=...)`: an unknown label in it is an error);
+with train.pseudo_soft the fusion members learn the p_<label> columns instead (BCE takes them
+as they are) while TF-IDF members keep the decided set. The thresholds are the ensemble's
+(manifest "thresholds"); fold k's block is cut at "fold_thresholds"[k], fitted without fold k's
+rows. `threshold` keeps its single-label meaning, the probability that the decision is right,
+now per label: a label decided present (p >= its threshold t) is right with probability p, one
+decided absent with 1 - p (`label_confidence`), and a row's confidence (the `confidence`
+column) is its least sure label's. A row is kept when every label is far from its threshold on
+the side it was decided: p >= max(t, threshold), or p < t and p <= 1 - threshold. Every label
+of a row has to pass, so a multi-label round cuts lower than a single-label one: the pipeline
+uses MULTILABEL_THRESHOLD (0.8: 0.95 of each of 4 labels kept no row of a TF-IDF member on the
+multi-label fixture, 0.8 about a sixth of the test rows). `per_class` groups rows by their
+decided label set.
 """
 
 from __future__ import annotations
@@ -28,6 +47,9 @@ from comp.config import DataConfig, from_dict
 from comp.data import Competition, load_competition, normalize_text, read_table
 from comp.member import ExtraRows
 from comp.utils import CompError, log, read_json, write_text
+
+# the pipeline's cut for a multilabel task (module docstring); a single-label round uses 0.95
+MULTILABEL_THRESHOLD = 0.8
 
 
 def select_confident(proba: np.ndarray, threshold: float | None = None,
@@ -54,7 +76,52 @@ def select_confident(proba: np.ndarray, threshold: float | None = None,
     pred = proba.argmax(1)
     groups = [np.flatnonzero(pred == c) for c in range(proba.shape[1])] if per_class \
         else [np.arange(len(proba))]
-    keep = np.zeros(len(proba), dtype=bool)
+    return _cut(conf, groups, threshold, top_frac)
+
+
+def label_confidence(proba: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """(n, L) probability that each multi-label decision is right: p for a label decided
+    present (p >= its threshold), 1 - p for one decided absent (at 0.5: max(p, 1 - p))."""
+    p = np.asarray(proba, dtype=np.float64)
+    return np.where(p >= np.asarray(thresholds, dtype=np.float64)[None, :], p, 1 - p)
+
+
+def select_confident_multilabel(proba: np.ndarray, thresholds: np.ndarray,
+                                threshold: float | None = None, top_frac: float | None = None,
+                                per_class: bool = False) -> np.ndarray:
+    """Boolean mask of multi-label rows to pseudo-label: every label far from its threshold.
+
+    Args:
+        proba: (n, L) per-label probabilities.
+        thresholds: (L,) the labels' decision thresholds.
+        threshold: keep rows whose least confident label (`label_confidence`) is >= threshold.
+        top_frac: keep the most confident fraction of rows (by that least confident label).
+        per_class: apply the cut within each decided label set.
+
+    Returns:
+        (n,) bool mask.
+    """
+    if (threshold is None) == (top_frac is None):
+        raise CompError("pseudo: give exactly one of threshold or top_frac")
+    if threshold is not None and not 0.0 < threshold <= 1.0:
+        raise CompError(f"pseudo: threshold must be in (0, 1], got {threshold}")
+    if top_frac is not None and not 0.0 < top_frac <= 1.0:
+        raise CompError(f"pseudo: top-frac must be in (0, 1], got {top_frac}")
+    conf = label_confidence(proba, thresholds).min(1) if len(proba) else np.zeros(0)
+    if per_class and len(proba):
+        decided = (np.asarray(proba) >= np.asarray(thresholds)[None, :])
+        _, group = np.unique(decided, axis=0, return_inverse=True)
+        group = np.asarray(group).ravel()
+        groups = [np.flatnonzero(group == g) for g in range(int(group.max()) + 1)]
+    else:
+        groups = [np.arange(len(proba))]
+    return _cut(conf, groups, threshold, top_frac)
+
+
+def _cut(conf: np.ndarray, groups: list[np.ndarray], threshold: float | None,
+         top_frac: float | None) -> np.ndarray:
+    """(n,) mask: within each group of rows, confidence >= threshold or the top fraction."""
+    keep = np.zeros(len(conf), dtype=bool)
     for idx in groups:
         if not len(idx):
             continue
@@ -75,7 +142,9 @@ def make_pseudo(manifest: str | Path, threshold: float | None = None,
     Args:
         manifest: a submission .json written by `comp ensemble`.
         threshold, top_frac, per_class: see select_confident (applied to test and unlabelled
-            rows together, and to each fold's rows separately when per fold).
+            rows together, and to each fold's rows separately when per fold); for a multilabel
+            task select_confident_multilabel, at the ensemble's per-label thresholds (module
+            docstring).
         out: output CSV; default `<manifest stem>.pseudo.csv`.
         extra: the unlabelled file the members predicted, when the manifest's [data] table
             does not lead to it (e.g. it moved); its texts must be the ones the members saw.
@@ -99,9 +168,8 @@ def make_pseudo(manifest: str | Path, threshold: float | None = None,
     elif not man.get("unlabelled"):
         cfg = dataclasses.replace(cfg, extra="")  # nothing to label there: do not read it
     comp = load_competition(cfg)
-    if comp.multilabel:
-        raise CompError(f"{man_path}: pseudo-labels are not supported for a multilabel task")
     classes = man["classes"]
+    cuts = _label_thresholds(man, man_path, comp, classes) if comp.multilabel else None
     proba = np.load(man["test"])
     if proba.shape != (len(comp.test_ids), len(classes)):
         raise CompError(f"{man['test']}: shape {proba.shape} does not match the competition's "
@@ -127,20 +195,32 @@ def make_pseudo(manifest: str | Path, threshold: float | None = None,
     n_test = len(comp.test_ids)
     kept, counts, dups = [], np.zeros(len(classes), dtype=np.int64), 0
     for fold, p in blocks:
-        keep, dup = _choose(p, texts, threshold, top_frac, per_class)
+        if cuts is None:
+            keep, dup = _choose(p, texts, threshold, top_frac, per_class)
+            counts += np.bincount(p[keep].argmax(1), minlength=len(classes))
+            labels = [classes[int(j)] for j in p.argmax(1)]
+            conf = p.max(1)
+        else:  # fold k's rows at the thresholds fitted without fold k's rows
+            t = cuts[1].get(fold, cuts[0])
+            keep, dup = _choose(p, texts, threshold, top_frac, per_class, t)
+            decided = p >= t[None, :]
+            counts += decided[keep].sum(0)
+            labels = [comp.label_sep.join(c for c, d in zip(classes, row) if d)
+                      for row in decided]
+            conf = label_confidence(p, t).min(1)
         dups += dup
         kept.append((int(keep[:n_test].sum()), int(keep[n_test:].sum())))
-        counts += np.bincount(p[keep].argmax(1), minlength=len(classes))
         for i in np.flatnonzero(keep):
-            w.writerow([ids[i], texts[i], classes[int(p[i].argmax())], f"{p[i].max():.6f}",
+            w.writerow([ids[i], texts[i], labels[i], f"{conf[i]:.6f}",
                         *[f"{x:.6f}" for x in p[i]], source[i], fold, folds_hash])
     out_path = Path(out) if out else man_path.with_name(man_path.stem + ".pseudo.csv")
     write_text(out_path, buf.getvalue())
     what = "/".join(str(t) for t, _ in kept) + f" of {n_test} test rows"
     if unl is not None:
         what += " + " + "/".join(str(u) for _, u in kept) + f" of {len(unl)} unlabelled rows"
-    where = (f"per fold ({len(blocks)} folds; classes summed over them" if by_fold is not None
-             else "for every fold (classes")
+    what_counts = "positives per label" if cuts is not None else "classes"
+    where = (f"per fold ({len(blocks)} folds; {what_counts} summed over them"
+             if by_fold is not None else f"for every fold ({what_counts}")
     log(f"pseudo: {what} kept {where} {dict(zip(classes, counts.tolist()))}"
         + (f"; {dups} duplicate text(s) dropped" if dups else "") + f") -> {out_path}")
     if by_fold is None:
@@ -150,9 +230,13 @@ def make_pseudo(manifest: str | Path, threshold: float | None = None,
 
 
 def _choose(proba: np.ndarray, texts: list[str], threshold: float | None,
-            top_frac: float | None, per_class: bool) -> tuple[np.ndarray, int]:
-    """select_confident, then one row per text; returns ((n,) mask, duplicates dropped)."""
-    keep = select_confident(proba, threshold, top_frac, per_class)
+            top_frac: float | None, per_class: bool,
+            label_thresholds: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """select_confident (select_confident_multilabel given per-label thresholds), then one row
+    per text; returns ((n,) mask, duplicates dropped)."""
+    keep = (select_confident(proba, threshold, top_frac, per_class)
+            if label_thresholds is None else
+            select_confident_multilabel(proba, label_thresholds, threshold, top_frac, per_class))
     # one row per text: a text in both files (or twice) would count double in training
     seen: set[str] = set()
     dup = 0
@@ -163,6 +247,30 @@ def _choose(proba: np.ndarray, texts: list[str], threshold: float | None,
             dup += 1
         seen.add(key)
     return keep, dup
+
+
+def _label_thresholds(man: dict, man_path: Path, comp: Competition, classes: list[str]
+                      ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A multilabel ensemble's (L,) thresholds and {fold cell: (L,) fitted without that fold}.
+
+    A manifest without thresholds cuts every label at 0.5 (logged); a fold without its own
+    thresholds takes the global ones.
+    """
+    bad = [c for c in classes if comp.label_sep in c]
+    if bad:
+        raise CompError(f"{man_path}: label '{bad[0]}' contains the label separator "
+                        f"'{comp.label_sep}' the pseudo-label file joins labels with; set "
+                        "data.label_sep to a string no label holds")
+    got = man.get("thresholds")
+    if not isinstance(got, dict) or any(c not in got for c in classes):
+        log(f"pseudo: {man_path.name} records no per-label thresholds; labels are decided at "
+            "0.5")
+        return np.full(len(classes), 0.5), {}
+    t = np.array([float(got[c]) for c in classes])
+    by_fold = {str(k): np.array(v, dtype=np.float64)
+               for k, v in (man.get("fold_thresholds") or {}).items()
+               if len(v) == len(classes)}
+    return t, by_fold
 
 
 def _by_fold_proba(man: dict, man_path: Path, comp: Competition, n_classes: int,
@@ -235,33 +343,44 @@ def _unlabelled_proba(man: dict, man_path: Path, comp: Competition, n_classes: i
 
 
 def read_pseudo(path: str | Path, classes: list[str], soft: bool = False,
-                weight: float = 1.0) -> ExtraRows:
+                weight: float = 1.0, label_sep: str | None = None) -> ExtraRows:
     """Read a pseudo-label file as extra training rows.
 
     Args:
         path: the CSV written by make_pseudo (or any file with text and label columns).
-        classes: the competition's classes (labels must be among them).
-        soft: use the p_<class> columns as targets instead of one-hot labels.
+        classes: the competition's classes (labels must be among them); a multilabel task's
+            label names.
+        soft: use the p_<class> columns as targets instead of one-hot labels (multilabel: each
+            label's probability as it is).
         weight: sample weight of every pseudo row.
+        label_sep: a multilabel task's separator: each `label` cell is a set of labels joined
+            by it (empty: no label); None for a single-label task.
 
     Returns:
         ExtraRows with (m, C) targets; `folds` (m,) holds each row's fold (-1 for an empty
         cell: every fold), or None when the file has no fold numbers (an older, global file);
-        `folds_hash` the fold table those numbers refer to.
+        `folds_hash` the fold table those numbers refer to. Multilabel: `labels` (m, L) holds
+        the decided 0/1 label sets (the targets too unless soft).
     """
     table = read_table(path)
     table.require(("text", "label"))
     index = {c: i for i, c in enumerate(classes)}
-    texts, targets, folds = [], [], []
+    texts, targets, folds, sets = [], [], [], []
     hashes: set[str] = set()
     pcols = [f"p_{c}" for c in classes]
     if soft:
         table.require(pcols, " needed for soft pseudo-labels")
     for row, n in zip(table.rows, table.row_numbers):
         label = (row.get("label") or "").strip()
-        if label not in index:
-            raise CompError(f"{path}: row {n}: column 'label': unseen label '{label}' "
-                            f"(classes: {', '.join(classes)})")
+        names = ([t.strip() for t in label.split(label_sep) if t.strip()]
+                 if label_sep is not None else [label])
+        for name in names:
+            if name not in index:
+                raise CompError(f"{path}: row {n}: column 'label': unseen label '{name}' "
+                                f"({'labels' if label_sep is not None else 'classes'}: "
+                                f"{', '.join(classes)})")
+        if label_sep is not None:
+            sets.append(np.isin(np.arange(len(classes)), [index[x] for x in names]))
         fold = (row.get("fold") or "").strip()
         if fold and not (fold.isascii() and fold.isdigit()):
             raise CompError(f"{path}: row {n}: column 'fold': '{fold}' is not a fold number "
@@ -274,7 +393,14 @@ def read_pseudo(path: str | Path, classes: list[str], soft: bool = False,
                 p = np.array([float(row[c]) for c in pcols])
             except (TypeError, ValueError):
                 raise CompError(f"{path}: row {n}: a p_<class> column is not a number") from None
-            targets.append(p / p.sum())
+            if label_sep is not None:  # independent labels: each probability as it is
+                if not ((p >= 0) & (p <= 1)).all():
+                    raise CompError(f"{path}: row {n}: a p_<label> column is outside [0, 1]")
+                targets.append(p)
+            else:
+                targets.append(p / p.sum())
+        elif label_sep is not None:
+            targets.append(sets[-1].astype(np.float64))
         else:
             targets.append(np.eye(len(classes))[index[label]])
         texts.append(row.get("text") or "")
@@ -283,5 +409,8 @@ def read_pseudo(path: str | Path, classes: list[str], soft: bool = False,
                         f"({', '.join(sorted(hashes))}); one file serves one fold table")
     t = np.array(targets, dtype=np.float64).reshape(len(texts), len(classes))
     f = np.array(folds, dtype=np.int64)
+    decided = (np.array(sets, dtype=np.int64).reshape(len(texts), len(classes))
+               if label_sep is not None else None)
     return ExtraRows(texts, t, np.full(len(texts), float(weight)), source=str(path),
-                     folds=f if (f >= 0).any() else None, folds_hash=next(iter(hashes), ""))
+                     folds=f if (f >= 0).any() else None, folds_hash=next(iter(hashes), ""),
+                     labels=decided)

@@ -426,8 +426,8 @@ _TINY_FUSION = ["model.hidden=8", "model.channels=8", "model.max_chars=40",
 @pytest.mark.slow  # ~60 s of CPU: pretraining steps, vectors, a fusion and a vectors member
 def test_full_pipeline_with_tiny_neural_members(ml_folder, tmp_path, monkeypatch, capsys):
     """Every stage on the multi-label fixture with tiny neural members: they train with BCE
-    and predict one sigmoid per label, tuning runs, the pseudo-label round is skipped with a
-    line, and the ensembles and report take them."""
+    and predict one sigmoid per label, tuning runs, the pseudo-label round retrains members on
+    each fold's own sure rows, and the ensembles and report take them."""
     import comp.pipeline as pl
     from comp.config import load_recipe as real_load
     from comp.rundir import read_member
@@ -450,7 +450,9 @@ def test_full_pipeline_with_tiny_neural_members(ml_folder, tmp_path, monkeypatch
     best = pl.run_pipeline(str(folder), preset="all")
     captured = capsys.readouterr()
     _check_run(best, folder, captured.out.strip().splitlines()[-1])
-    assert "pseudo: skipped (pseudo-labels are not supported for a multilabel task" in captured.err
+    assert "positives per label summed over them" in captured.err and all(  # the pseudo round
+        read_json(tmp_path / "runs" / "reviews" / n / "cv.json")["task"] == "multilabel"
+        for n in ("tfidf_char_svc_pl", "textcnn_vectors_pl"))  # ran, per fold, and retrained
     runs = tmp_path / "runs" / "reviews"
     for name in ["fusion_bert_bilstm", "textcnn_vectors"]:
         m = read_member(runs / name)
