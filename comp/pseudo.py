@@ -52,6 +52,16 @@ from comp.utils import CompError, log, read_json, write_text
 MULTILABEL_THRESHOLD = 0.8
 
 
+def _check_cut(threshold: float | None, top_frac: float | None) -> None:
+    """Exactly one of threshold / top_frac, each in (0, 1]."""
+    if (threshold is None) == (top_frac is None):
+        raise CompError("pseudo: give exactly one of threshold or top_frac")
+    if threshold is not None and not 0.0 < threshold <= 1.0:
+        raise CompError(f"pseudo: threshold must be in (0, 1], got {threshold}")
+    if top_frac is not None and not 0.0 < top_frac <= 1.0:
+        raise CompError(f"pseudo: top-frac must be in (0, 1], got {top_frac}")
+
+
 def select_confident(proba: np.ndarray, threshold: float | None = None,
                      top_frac: float | None = None, per_class: bool = False) -> np.ndarray:
     """Boolean mask of rows to pseudo-label.
@@ -66,12 +76,7 @@ def select_confident(proba: np.ndarray, threshold: float | None = None,
     Returns:
         (n,) bool mask.
     """
-    if (threshold is None) == (top_frac is None):
-        raise CompError("pseudo: give exactly one of threshold or top_frac")
-    if threshold is not None and not 0.0 < threshold <= 1.0:
-        raise CompError(f"pseudo: threshold must be in (0, 1], got {threshold}")
-    if top_frac is not None and not 0.0 < top_frac <= 1.0:
-        raise CompError(f"pseudo: top-frac must be in (0, 1], got {top_frac}")
+    _check_cut(threshold, top_frac)
     conf = proba.max(1)
     pred = proba.argmax(1)
     groups = [np.flatnonzero(pred == c) for c in range(proba.shape[1])] if per_class \
@@ -101,12 +106,7 @@ def select_confident_multilabel(proba: np.ndarray, thresholds: np.ndarray,
     Returns:
         (n,) bool mask.
     """
-    if (threshold is None) == (top_frac is None):
-        raise CompError("pseudo: give exactly one of threshold or top_frac")
-    if threshold is not None and not 0.0 < threshold <= 1.0:
-        raise CompError(f"pseudo: threshold must be in (0, 1], got {threshold}")
-    if top_frac is not None and not 0.0 < top_frac <= 1.0:
-        raise CompError(f"pseudo: top-frac must be in (0, 1], got {top_frac}")
+    _check_cut(threshold, top_frac)
     conf = label_confidence(proba, thresholds).min(1) if len(proba) else np.zeros(0)
     if per_class and len(proba):
         decided = (np.asarray(proba) >= np.asarray(thresholds)[None, :])
