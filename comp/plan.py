@@ -41,9 +41,10 @@ PRIORS: dict[str, tuple[float, float]] = {
     # measured on the embedded competition (13,890 rows, fold 0, quiet 2 cores): caching
     # 330 s, two phase-1 epochs 62 s, two top-4 phase-2 epochs 541 s, predictions 64 s
     "fusion_e5_bilstm": (480.0, 60.0),  # + 150 s of char/word/bigram word2vec
-    # 128 characters, char vectors only, fixed epochs: the default run's fold 0 took 15.4 min
-    # (924 s) on a quiet machine where (310, 47) planned 13.9
-    "fusion_e5_fast": (310.0, 55.0),
+    # 128 characters, char vectors only, fixed epochs: in full precision with dropout the
+    # default run's fold 0 took 15.4 min (caching 282 s, head epochs 66 s, top-4 epochs 546 s);
+    # bf16 without dropout: estimated from the step costs (bench/e5_finetune.py)
+    "fusion_e5_fast": (180.0, 28.0),
     # every layer fine-tuned for two epochs in bf16 without dropout (--preset best), fast's
     # inputs: ~0.9 s per step of 32 (one full-precision epoch with dropout took 960 s, fold 0
     # of the first best run); estimated before its first fold, replaced by what it measures
