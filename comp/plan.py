@@ -49,10 +49,11 @@ PRIORS: dict[str, tuple[float, float]] = {
     # inputs: ~0.9 s per step of 32 (one full-precision epoch with dropout took 960 s, fold 0
     # of the first best run); estimated before its first fold, replaced by what it measures
     "fusion_e5_full": (300.0, 70.0),
+    "fusion_e5_full160": (300.0, 80.0),  # the same at 160 characters: ~15 % more pieces
 }
 DEFAULT_PRIOR = (60.0, 60.0)  # an unknown neural member: assume it is slow
 # member kinds whose OOF may cover a subset of folds (expensive ones under a budget)
-PARTIAL_OK = ("fusion_e5_bilstm", "fusion_e5_fast", "fusion_e5_full")
+PARTIAL_OK = ("fusion_e5_bilstm", "fusion_e5_fast", "fusion_e5_full", "fusion_e5_full160")
 
 
 @dataclass
