@@ -241,6 +241,12 @@ class Competition:
     label_sep: str = "|"
 
     @property
+    def layout(self) -> SampleLayout:
+        """The sample submission's layout (id, label, per-class columns, 0/1 cells)."""
+        return SampleLayout(self.sub_id_col, self.sub_label_col, self.sub_proba_cols,
+                            self.sub_binary)
+
+    @property
     def multilabel(self) -> bool:
         """True for a multi-label task: labels is (n, L) 0/1 and members predict (n, L)
         independent probabilities."""
@@ -371,6 +377,40 @@ def _warn(warnings: list[str], msg: str) -> None:
 _NAN = {"", "nan", "NaN", "NAN", "null", "None", "NULL"}
 
 
+@dataclass(frozen=True)
+class SampleLayout:
+    """What a sample submission asks for: its id column, its label column, and when it has
+    one column per class (in its order) those columns; `binary`: multi-label cells are 0/1
+    decisions rather than probabilities."""
+    id_col: str = "id"
+    label_col: str = "label"
+    proba_cols: list[str] = field(default_factory=list)
+    binary: bool = True
+
+
+def sample_layout(sample: Table, path: str | Path, id_col: str, label_col: str,
+                  classes: list[str], multilabel: bool) -> SampleLayout:
+    """The layout of a sample submission (for submissions and `comp predict` alike): the id
+    column is `id_col` when present, else the first; the label column `label_col` when present,
+    else the first other; one column per class when the other columns are exactly the classes.
+
+    Raises:
+        CompError: a multi-label sample with neither one column per label nor one label column.
+    """
+    sid = id_col if id_col in sample.columns else sample.columns[0]
+    others = [c for c in sample.columns if c != sid]
+    label = label_col if label_col in others else (others[0] if others else label_col)
+    if len(others) >= 2 and set(others) == set(classes):
+        # one column per class: probabilities; multi-label cells may be 0/1 decisions
+        binary = multilabel and all(_clean(r.get(c)) in ("0", "1")
+                                    for r in sample.rows for c in others)
+        return SampleLayout(sid, label, others, binary or not multilabel)
+    if multilabel and len(others) != 1:
+        raise CompError(f"{path}: expected one column per label ({', '.join(classes)}) or one "
+                        f"label column, got {', '.join(others) or 'none'}")
+    return SampleLayout(sid, label)
+
+
 def _clean(v: str | None) -> str:
     if v is None or v.strip() in _NAN:
         return ""
@@ -462,22 +502,12 @@ def load_competition(cfg: DataConfig) -> Competition:
     train_ids = _ids(train, cfg.id_col, "train-", required=False)
     test_ids = _ids(test, cfg.id_col, "", required=sample_path is not None)
 
-    sub_id, sub_label, sub_proba, sub_binary = cfg.id_col, label_col, [], True
+    lay = SampleLayout(cfg.id_col, label_col)
     if sample_path is not None:
         sample = read_table(sample_path, "auto", cfg.encoding)
-        sub_id = cfg.id_col if cfg.id_col in sample.columns else sample.columns[0]
-        others = [c for c in sample.columns if c != sub_id]
-        sub_label = label_col if label_col in others else (others[0] if others else label_col)
-        if len(others) >= 2 and set(others) == set(classes):
-            sub_proba = others  # id,classA,classB,...: one probability column per class
-            if cfg.task == "multilabel":  # one column per label: 0/1 decisions or probabilities
-                sub_binary = all(_clean(r.get(c)) in ("0", "1") for r in sample.rows
-                                 for c in others)
-        elif cfg.task == "multilabel" and len(others) != 1:
-            raise CompError(f"{sample_path}: expected one column per label "
-                            f"({', '.join(classes)}) or one label column, got "
-                            f"{', '.join(others) or 'none'}")
-        sample_ids = _ids(sample, sub_id, "", required=True)
+        lay = sample_layout(sample, sample_path, cfg.id_col, label_col, classes,
+                            cfg.task == "multilabel")
+        sample_ids = _ids(sample, lay.id_col, "", required=True)
         if set(sample_ids) != set(test_ids):
             miss = sorted(set(sample_ids) - set(test_ids))
             extra = sorted(set(test_ids) - set(sample_ids))
@@ -485,11 +515,11 @@ def load_competition(cfg: DataConfig) -> Competition:
                 what = f"{len(miss)} sample id(s) missing from the test file, e.g. '{miss[0]}'"
             else:
                 what = f"{len(extra)} test id(s) absent from the sample, e.g. '{extra[0]}'"
-            raise CompError(f"{sample_path}: column '{sub_id}': {what}")
+            raise CompError(f"{sample_path}: column '{lay.id_col}': {what}")
     comp = Competition(d, train_path, test_path, sample_path, train_ids, train_texts, labels,
-                       classes, test_ids, test_texts, sub_id, sub_label, warnings,
-                       sub_proba_cols=sub_proba, task=cfg.task, train_groups=groups,
-                       sub_binary=sub_binary, label_sep=cfg.label_sep or "|")
+                       classes, test_ids, test_texts, lay.id_col, lay.label_col, warnings,
+                       sub_proba_cols=lay.proba_cols, task=cfg.task, train_groups=groups,
+                       sub_binary=lay.binary, label_sep=cfg.label_sep or "|")
     if comp.multilabel:
         _log_multilabel(comp)
     if cfg.extra:

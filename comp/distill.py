@@ -137,7 +137,8 @@ def load_teacher(path: str | Path, comp: Competition, folds: np.ndarray) -> Teac
         folds: the student's fold table (n_train,).
 
     Returns:
-        The Teacher, columns reordered to comp.classes, rows renormalised. Its unlabelled
+        The Teacher, columns reordered to comp.classes, rows renormalised (multi-label: one
+        probability per label, as they are). Its unlabelled
         probabilities are kept only when they are for comp.unlabelled_texts. Per-fold arrays
         (manifest keys "train_by_fold", "test_by_fold", "unlabelled_by_fold"; a member
         directory's train_by_fold.npy and fold dirs) are read when present.
@@ -201,6 +202,11 @@ def load_teacher(path: str | Path, comp: Competition, folds: np.ndarray) -> Teac
         if not np.isfinite(a).all() or (a < 0).any():
             raise CompError(f"{f}: teacher {key} probabilities are not finite and >= 0")
         a = a[..., order].astype(np.float64)
+        if comp.multilabel:  # one probability per label: nothing to renormalise
+            if (a > 1).any():
+                raise CompError(f"{f}: teacher {key} probabilities exceed 1 (a multi-label "
+                                "teacher gives one probability per label)")
+            return a
         return a / np.maximum(a.sum(-1, keepdims=True), 1e-12)
 
     def read(key: str) -> tuple[np.ndarray, Path]:
@@ -244,13 +250,22 @@ def _teacher_unlabelled(info: dict, p: Path, comp: Competition) -> bool:
     return True
 
 
-def teacher_logits(proba: Tensor, floor: float = PROBA_FLOOR) -> Tensor:
-    """Teacher probabilities (B, C) -> logits (B, C): log-probabilities, floored."""
-    return torch.log(proba.float().clamp_min(floor))
+def teacher_logits(proba: Tensor, floor: float = PROBA_FLOOR, multilabel: bool = False
+                   ) -> Tensor:
+    """Teacher probabilities (B, C) -> logits (B, C): log-probabilities, floored; multi-label:
+    each label's log-odds, its probability kept in [floor, 1 - floor]."""
+    p = proba.float()
+    if multilabel:
+        return torch.logit(p.clamp(floor, 1.0 - floor))
+    return torch.log(p.clamp_min(floor))
+
+
+UNLABELLED = -1.0  # the hard half of a teacher-only row (a 0/1 label set may be all zeros)
 
 
 def pack_targets(hard: np.ndarray, soft: np.ndarray) -> np.ndarray:
-    """(n, C) one-hot labels (zero rows = unlabelled) + (n, C) teacher probabilities -> (n, 2C)."""
+    """(n, C) one-hot labels or 0/1 label sets (rows of UNLABELLED = teacher-only) + (n, C)
+    teacher probabilities -> (n, 2C)."""
     if hard.shape != soft.shape:
         raise ValueError(f"hard {hard.shape} and soft {soft.shape} targets differ in shape")
     return np.concatenate([hard, soft], axis=1).astype(np.float32)
@@ -269,10 +284,13 @@ class DistillLoss(nn.Module):
         temperature: softening temperature T of the KL term (scaled by T^2 so its gradients
             keep their size as T changes).
         kind: "kl" or "mse" (on centred logits; T unused).
+        multilabel: one sigmoid per label: "kl" is each label's binary KL between the softened
+            teacher and student (sigmoid of logits / T), averaged over labels; "mse" compares
+            log-odds.
     """
 
     def __init__(self, hard: ClassificationLoss, alpha: float = 0.5, temperature: float = 2.0,
-                 kind: str = "kl") -> None:
+                 kind: str = "kl", multilabel: bool = False) -> None:
         super().__init__()
         if kind not in ("kl", "mse"):
             raise CompError(f"recipe key 'distill.loss': must be kl or mse, got '{kind}'")
@@ -281,11 +299,21 @@ class DistillLoss(nn.Module):
         self.temperature = float(temperature)
         self.kind = kind
         self.n_classes = hard.n_classes
+        self.multilabel = multilabel
 
     def soft_rows(self, logits: Tensor, teacher: Tensor) -> Tensor:
         """Per-row KD loss: (B, C) student logits, (B, C) teacher probabilities -> (B,)."""
         s = logits.float()
-        t = teacher_logits(teacher)
+        t = teacher_logits(teacher, multilabel=self.multilabel)
+        if self.multilabel:
+            if self.kind == "mse":
+                return ((s - t) ** 2).mean(dim=-1)
+            tau = self.temperature
+            p = torch.sigmoid(t / tau)  # (B, L) teacher, softened; the student's log-odds:
+            log_q1, log_q0 = F.logsigmoid(s / tau), F.logsigmoid(-s / tau)
+            kl = (p * (torch.log(p.clamp_min(1e-12)) - log_q1)
+                  + (1 - p) * (torch.log((1 - p).clamp_min(1e-12)) - log_q0))
+            return tau * tau * kl.mean(dim=-1)
         if self.kind == "mse":
             s = s - s.mean(dim=-1, keepdim=True)
             t = t - t.mean(dim=-1, keepdim=True)
@@ -300,7 +328,8 @@ class DistillLoss(nn.Module):
 
         Args:
             logits: (B, C) student logits.
-            target: (B, 2C) packed [one-hot label | teacher probabilities].
+            target: (B, 2C) packed [one-hot label or 0/1 label set (UNLABELLED for
+                teacher-only rows) | teacher probabilities].
             weight: (B,) row weights; default 1.
         """
         c = self.n_classes
@@ -311,8 +340,11 @@ class DistillLoss(nn.Module):
         hard, soft = target[:, :c].float(), target[:, c:].float()  # (B, C) each
         total = logits.new_zeros(())
         if self.alpha > 0:
-            labelled = (hard.sum(dim=-1) > 0).float()  # (B,) unlabelled rows weigh 0
-            total = total + self.alpha * self.hard(logits, hard, w * labelled)
+            labelled = (hard >= 0).all(dim=-1)  # (B,) teacher-only rows weigh 0
+            if not self.multilabel:
+                labelled &= hard.sum(dim=-1) > 0  # an all-zero one-hot row: unlabelled too
+            total = total + self.alpha * self.hard(logits, hard.clamp_min(0),
+                                                   w * labelled.float())
         if self.alpha < 1:
             kd = (w * self.soft_rows(logits, soft)).sum() / w.sum().clamp_min(1e-12)
             total = total + (1.0 - self.alpha) * kd
@@ -343,12 +375,13 @@ def fit_student_fold(ctx: FoldContext, data: FusionData, teacher: Teacher | None
 
     def training_rows(idx: np.ndarray, c: FoldContext) -> Rows:
         rows = data.fit_rows.take(idx)  # pairs in both orders with train.pair_swap
-        hard = np.eye(comp.n_classes, dtype=np.float32)[comp.labels[idx]]  # (n, C)
+        hard = (comp.labels[idx].astype(np.float32) if comp.multilabel  # (n, C) label sets
+                else np.eye(comp.n_classes, dtype=np.float32)[comp.labels[idx]])  # one-hot
         soft = (teacher.soft_targets(c.fold, idx, dcfg.targets) if teacher is not None
                 else hard)  # (n, C)
         rows.targets = pack_targets(hard, soft)[rows.source]  # (rows, 2C), windows share
-        if len(c.extra):  # teacher-only rows: empty label half
-            targets = pack_targets(np.zeros_like(c.extra.targets), c.extra.targets)
+        if len(c.extra):  # teacher-only rows: no label half
+            targets = pack_targets(np.full_like(c.extra.targets, UNLABELLED), c.extra.targets)
             rows = rows.concat(extra_rows(model, c, targets))
         return rows
 
@@ -364,7 +397,7 @@ def fit_student_fold(ctx: FoldContext, data: FusionData, teacher: Teacher | None
     alpha = dcfg.alpha if teacher is not None else 1.0
 
     def loss() -> DistillLoss:
-        return DistillLoss(label_loss(ctx), alpha, dcfg.temperature, dcfg.loss)
+        return DistillLoss(label_loss(ctx), alpha, dcfg.temperature, dcfg.loss, comp.multilabel)
 
     watch = (val, comp.labels[ctx.val_idx])
     result = fit(model, train, select, comp.labels[sel_idx], cfg, metric=recipe.metric,
@@ -399,14 +432,14 @@ def train_student(recipe: Recipe, folds_to_run: list[int] | None = None, force: 
         raise CompError("recipe key 'train.pseudo': a student takes test rows from its teacher; "
                         "set distill.use_test = true instead")
     comp = load_competition(recipe.data)
-    if comp.multilabel:
-        raise CompError(f"{recipe.name}: distillation is not supported for a multilabel task")
     folds = load_folds(comp, recipe.data)
     teacher = None
     if dcfg.teacher:
         teacher = load_teacher(dcfg.teacher, comp, folds)
-        log(f"{recipe.name}: teacher {teacher.path} (OOF accuracy "
-            f"{(teacher.oof.argmax(1) == comp.labels).mean():.4f}), alpha={dcfg.alpha} "
+        fit = (f"label accuracy at 0.5 {((teacher.oof >= 0.5) == comp.labels).mean():.4f}"
+               if comp.multilabel else
+               f"accuracy {(teacher.oof.argmax(1) == comp.labels).mean():.4f}")
+        log(f"{recipe.name}: teacher {teacher.path} (OOF {fit}), alpha={dcfg.alpha} "
             f"T={dcfg.temperature} loss={dcfg.loss} targets={dcfg.targets}")
         if dcfg.alpha < 1:
             check_fold_targets(teacher, dcfg.targets, dcfg.use_test, int(folds.max()) + 1)

@@ -325,6 +325,9 @@ def predict_file(source: str | Path, test: str | Path, out: str | Path | None = 
     import csv
     import io
 
+    from comp.data import SampleLayout, read_table, sample_layout
+    from comp.submit import sample_order, write_rows
+
     model = load(source, folds)
     cfg = _first_recipe(model).data
     ids, texts = read_test(test, cfg)
@@ -335,43 +338,15 @@ def predict_file(source: str | Path, test: str | Path, out: str | Path | None = 
         "rows/s)")
     classes = model.classes
     sample_path = Path(sample) if sample else _competition_sample(cfg, ids)
-    id_col, label_col, order, prob_cols = cfg.id_col, cfg.label_col, ids, []
-    binary = False  # multi-label: the sample's label columns hold 0/1 decisions
+    lay, order = SampleLayout(cfg.id_col, cfg.label_col), ids
     if sample_path is not None:
-        from comp.data import read_table
-
         st = read_table(sample_path)
-        id_col = cfg.id_col if cfg.id_col in st.columns else st.columns[0]
-        others = [c for c in st.columns if c != id_col]
-        label_col = cfg.label_col if cfg.label_col in others else (others[0] if others
-                                                                   else label_col)
-        if len(others) >= 2 and set(others) == set(classes):
-            prob_cols = others
-            binary = model.multilabel and all((r.get(c) or "").strip() in ("0", "1")
-                                              for r in st.rows for c in others)
-        order = [r.get(id_col) or "" for r in st.rows]
-        missing = sorted(set(order) - set(ids))
-        if missing:
-            raise CompError(f"{sample_path}: column '{id_col}': id '{missing[0]}' is not in "
-                            f"{test} ({len(missing)} missing)")
-    by_id = {i: n for n, i in enumerate(ids)}
+        lay = sample_layout(st, sample_path, cfg.id_col, cfg.label_col, classes,
+                            model.multilabel)
+        order = sample_order(st, sample_path, lay.id_col, ids, str(test))
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    if model.multilabel:
-        from comp.submit import write_multilabel_rows
-
-        write_multilabel_rows(w, p, classes, order, by_id, model.thresholds, id_col, label_col,
-                              prob_cols, binary, cfg.label_sep or "|", proba)
-    elif prob_cols:
-        cols = [classes.index(c) for c in prob_cols]
-        w.writerow([id_col, *prob_cols])
-        for i in order:
-            w.writerow([i, *(f"{x:.6f}" for x in p[by_id[i], cols])])
-    else:
-        w.writerow([id_col, label_col] + ([f"p_{c}" for c in classes] if proba else []))
-        for i in order:
-            row = [i, classes[int(p[by_id[i]].argmax())]]
-            w.writerow(row + ([f"{x:.6f}" for x in p[by_id[i]]] if proba else []))
+    write_rows(csv.writer(buf, lineterminator="\n"), p, classes, ids, order, lay,
+               model.multilabel, model.thresholds, cfg.label_sep or "|", proba)
     out = Path(out) if out else Path(test).with_name(Path(test).stem + "_pred.csv")
     write_text(out, buf.getvalue())
     log(f"predict: wrote {out} ({len(order)} rows)")

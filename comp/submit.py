@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from comp.data import Competition, read_answers, read_table
+from comp.data import Competition, SampleLayout, read_answers, read_table
 from comp.utils import CompError, write_json, write_text
 
 
@@ -65,34 +65,13 @@ def write_submission(comp: Competition, test_proba: np.ndarray, classes: list[st
     if test_proba.shape != (len(comp.test_ids), len(classes)):
         raise CompError(f"test probabilities have shape {test_proba.shape}, expected "
                         f"({len(comp.test_ids)}, {len(classes)})")
-    by_id = dict(zip(comp.test_ids, range(len(comp.test_ids))))
     order = comp.test_ids
     if comp.sample_path is not None:
-        sample = read_table(comp.sample_path)
-        order = [r.get(comp.sub_id_col) or "" for r in sample.rows]
-        missing = [i for i in order if i not in by_id]
-        if missing:
-            raise CompError(f"{comp.sample_path}: id '{missing[0]}' is not in the test file")
-    pred = test_proba.argmax(1)
+        order = sample_order(read_table(comp.sample_path), comp.sample_path, comp.sub_id_col,
+                             comp.test_ids, "the test file")
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    if comp.multilabel:
-        _write_multilabel(w, comp, test_proba, classes, order, by_id, proba, thresholds)
-    elif comp.sub_proba_cols:  # the sample has one probability column per class: fill those
-        cols = [list(classes).index(c) for c in comp.sub_proba_cols]
-        w.writerow([comp.sub_id_col, *comp.sub_proba_cols])
-        for i in order:
-            w.writerow([i, *(f"{p:.6f}" for p in test_proba[by_id[i], cols])])
-    else:
-        header = [comp.sub_id_col, comp.sub_label_col]
-        if proba:
-            header += [f"p_{c}" for c in classes]
-        w.writerow(header)
-        for i in order:
-            row = [i, classes[pred[by_id[i]]]]
-            if proba:
-                row += [f"{p:.6f}" for p in test_proba[by_id[i]]]
-            w.writerow(row)
+    write_rows(csv.writer(buf, lineterminator="\n"), test_proba, classes, comp.test_ids, order,
+               comp.layout, comp.multilabel, thresholds, comp.label_sep, proba)
     stem = submission_stem(out_stem, manifest.get("cv"))
     csv_path = stem.with_name(stem.name + ".csv")
     write_text(csv_path, buf.getvalue())
@@ -103,42 +82,58 @@ def write_submission(comp: Competition, test_proba: np.ndarray, classes: list[st
     return csv_path
 
 
-def _write_multilabel(w: Any, comp: Competition, test_proba: np.ndarray, classes: list[str],
-                      order: list[str], by_id: dict[str, int], proba: bool,
-                      thresholds: np.ndarray | None) -> None:
-    """The rows of a multi-label submission (see write_submission)."""
-    write_multilabel_rows(w, test_proba, classes, order, by_id, thresholds, comp.sub_id_col,
-                          comp.sub_label_col, comp.sub_proba_cols, comp.sub_binary,
-                          comp.label_sep, proba)
+def sample_order(sample: Any, path: str | Path, id_col: str, ids: Sequence[str],
+                 test_name: str) -> list[str]:
+    """The sample's ids in its row order (its column `id_col`), every one of them among `ids`.
+
+    Raises:
+        CompError: a sample id that the test file (`test_name`) does not have.
+    """
+    order = [r.get(id_col) or "" for r in sample.rows]
+    missing = sorted(set(order) - set(ids))
+    if missing:
+        raise CompError(f"{path}: column '{id_col}': id '{missing[0]}' is not in {test_name} "
+                        f"({len(missing)} missing)")
+    return order
 
 
-def write_multilabel_rows(w: Any, test_proba: np.ndarray, classes: list[str],
-                          order: list[str], by_id: dict[str, int],
-                          thresholds: np.ndarray | None, id_col: str, label_col: str,
-                          label_cols: list[str], binary: bool, label_sep: str,
-                          proba: bool) -> None:
-    """Multi-label rows in a sample's layout: one column per label (`label_cols`: 0/1
-    decisions when `binary`, else probabilities), or one column of each row's positive labels
-    joined by `label_sep` (plus p_<label> columns with `proba`). Decisions cut each label at
-    its threshold (0.5 when None). Used by submissions and `comp predict`."""
+def write_rows(w: Any, test_proba: np.ndarray, classes: list[str], ids: Sequence[str],
+               order: Sequence[str], layout: SampleLayout, multilabel: bool,
+               thresholds: np.ndarray | None, label_sep: str, proba: bool) -> None:
+    """The rows of a submission in a sample's layout (used by submissions and `comp predict`):
+    `test_proba` row k belongs to `ids[k]`; rows are written in `order`.
+
+    Single-label: one probability column per class when the layout has them, else id + the
+    argmax class (+ p_<class> columns with `proba`). Multi-label: one column per label (0/1
+    decisions when `layout.binary`, else probabilities), or one column of each row's positive
+    labels joined by `label_sep` (+ p_<label> with `proba`); decisions cut each label at its
+    threshold (0.5 when None).
+    """
     from comp.thresholds import apply_thresholds
 
-    t = np.full(len(classes), 0.5) if thresholds is None else np.asarray(thresholds)
-    decided = apply_thresholds(test_proba, t)  # (n_test, L)
-    if label_cols:
-        cols = [list(classes).index(c) for c in label_cols]
-        w.writerow([id_col, *label_cols])
-        for i in order:
-            k = by_id[i]
-            w.writerow([i, *(decided[k, cols].tolist() if binary
-                             else (f"{p:.6f}" for p in test_proba[k, cols]))])
+    by_id = {i: k for k, i in enumerate(ids)}
+    rows = [by_id[i] for i in order]
+    classes = list(classes)
+    if layout.proba_cols:
+        cols = [classes.index(c) for c in layout.proba_cols]
+        w.writerow([layout.id_col, *layout.proba_cols])
+        if multilabel and layout.binary:
+            t = np.full(len(classes), 0.5) if thresholds is None else np.asarray(thresholds)
+            cells = apply_thresholds(test_proba[rows][:, cols], t[cols]).tolist()
+        else:
+            cells = [[f"{p:.6f}" for p in test_proba[k, cols]] for k in rows]
+        for i, c in zip(order, cells):
+            w.writerow([i, *c])
         return
-    header = [id_col, label_col] + ([f"p_{c}" for c in classes] if proba else [])
-    w.writerow(header)
-    for i in order:
-        k = by_id[i]
-        row = [i, label_sep.join(c for c, v in zip(classes, decided[k]) if v)]
-        w.writerow(row + ([f"{p:.6f}" for p in test_proba[k]] if proba else []))
+    w.writerow([layout.id_col, layout.label_col] + ([f"p_{c}" for c in classes] if proba else []))
+    if multilabel:
+        t = np.full(len(classes), 0.5) if thresholds is None else np.asarray(thresholds)
+        decided = apply_thresholds(test_proba[rows], t)
+        labels = [label_sep.join(c for c, v in zip(classes, d) if v) for d in decided]
+    else:
+        labels = [classes[int(j)] for j in test_proba[rows].argmax(1)]
+    for i, k, lab in zip(order, rows, labels):
+        w.writerow([i, lab] + ([f"{p:.6f}" for p in test_proba[k]] if proba else []))
 
 
 def score_submission(submission: str | Path, answers: str | Path) -> dict:

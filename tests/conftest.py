@@ -10,6 +10,11 @@ os.environ.setdefault("COMP_QUIET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# no timing assertions: hypothesis's default 200 ms deadline per example fails on a busy machine
+settings.register_profile("comp", deadline=None)
+settings.load_profile("comp")
 
 _real_connect = socket.socket.connect
 

@@ -17,7 +17,7 @@ from torch import nn
 import comp.distill as distill
 from comp.config import DataConfig, Recipe, load_recipe
 from comp.data import folds_hash, load_competition, load_folds, normalize_text
-from comp.distill import DistillLoss, load_teacher, pack_targets, train_student
+from comp.distill import UNLABELLED, DistillLoss, load_teacher, pack_targets, train_student
 from comp.fusion import grid_texts
 from comp.losses import create_loss, loss_names
 from comp.predict import predict_texts, serving_model
@@ -412,7 +412,7 @@ def test_no_validation_row_is_taught_or_seen(small_comp, vec_dir, tmp_path, monk
     assert len(keep) == len(comp.test_texts) - len(planted)
     eye = np.eye(comp.n_classes)
     want = np.concatenate([pack_targets(eye[comp.labels[train_idx]], want_train),
-                           pack_targets(np.zeros((len(keep), 2)), want_test[keep])])
+                           pack_targets(np.full((len(keep), 2), UNLABELLED), want_test[keep])])
     assert np.allclose(seen["train_targets"], want, atol=1e-6)
     assert np.allclose(seen["train_weights"][len(train_idx):], 0.7)
     grid = [grid_texts(comp.train_texts[i], r.model)[0] for i in train_idx]
@@ -569,7 +569,7 @@ def test_teacher_unlabelled_rows_teach_the_student(small_comp, vec_dir, tmp_path
     assert seen["train_texts"][-4:] == grid  # after the test rows
     assert len(seen["train_texts"]) == n_tr + len(comp.test_texts) + 4
     got = seen["train_targets"][n_tr:]  # teacher rows: empty label half, teacher half
-    assert not got[:, :2].any()
+    assert (got[:, :2] == UNLABELLED).all()
     assert np.allclose(got[:, 2:], np.concatenate([test / test.sum(1, keepdims=True),
                                                    unl / unl.sum(1, keepdims=True)]),
                        atol=1e-6)
