@@ -381,8 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--preset", choices=["fast", "default", "best", "all"], default=None,
                     help="fast: 3 TF-IDF members + hill; default: TF-IDF members, then the "
                     "pretrained e5 member (on as many folds as the budget allows), then fusion "
-                    "variants; best: TF-IDF members and e5 fully fine-tuned on every fold, a "
-                    "tuned member, a pseudo-label round (under 2 hours on 2 cores); all: best "
+                    "variants; best: TF-IDF members and two e5 members fully fine-tuned on every "
+                    "fold, a tuned member, a pseudo-label round (about 2.8 hours on 2 cores); "
+                    "all: best "
                     "plus every fusion member on tiny backbones (many hours on 2 cores)")
     sp.add_argument("--budget", type=float, default=None, metavar="MINUTES",
                     help="time the members may take; the plan (members, folds, estimated "
