@@ -105,26 +105,47 @@ def write_train_test(root, texts, labels, test_texts):
 def near_memoriser(ctx):
     """Knows its training texts' labels (pseudo rows included) and answers for any text one
     character away from one of them; nothing else. On noise labels that is pure leakage.
-    Predicts its training rows too when the fold asks (train.predict_train)."""
+    Predicts its training rows too when the fold asks (train.predict_train). Multi-label: it
+    knows label sets (extra rows: their probabilities cut at 0.5) and answers 0.5 per label
+    for a text it does not know."""
     import numpy as np
 
     from comp.data import normalize_text as _norm
 
-    known = {_norm(ctx.comp.train_texts[i]): int(ctx.comp.labels[i])
-             for i in ctx.train_idx}
-    known.update((_norm(t), int(p.argmax()))
+    multi = ctx.comp.multilabel
+    c = ctx.comp.n_classes
+
+    def label(y):  # a known row's answer: one class, or a label set
+        return (0.01 + 0.98 * np.asarray(y, dtype=float)) if multi else \
+            np.where(np.arange(c) == int(y), 0.99, 0.01)
+
+    known = {_norm(ctx.comp.train_texts[i]): label(ctx.comp.labels[i]) for i in ctx.train_idx}
+    known.update((_norm(t), label(np.asarray(p) >= 0.5 if multi else np.argmax(p)))
                  for t, p in zip(ctx.extra.texts, ctx.extra.targets))
     by_prefix = {k[:-1]: y for k, y in known.items()}
 
     def proba(texts):
-        out = np.full((len(texts), 2), 0.5)
+        out = np.full((len(texts), c), 0.5)
         for j, t in enumerate(map(_norm, texts)):
             y = known.get(t, known.get(t[:-1], by_prefix.get(t)))
             if y is not None:
-                out[j] = 0.01
-                out[j, y] = 0.99
+                out[j] = y
         return out
 
     if ctx.predict_train:
         return proba(ctx.val_texts), proba(ctx.predict_texts), proba(ctx.train_texts)
     return proba(ctx.val_texts), proba(ctx.predict_texts)
+
+
+def memorising_student(ctx, data, teacher):
+    """A stand-in for comp.distill.fit_student_fold: a student that learns only the teacher's
+    targets for its training rows (alpha = 0) and memorises them (`near_memoriser`)."""
+    import dataclasses
+
+    import numpy as np
+
+    from comp.member import ExtraRows
+
+    soft = teacher.soft_targets(ctx.fold, ctx.train_idx, ctx.recipe.distill.targets)
+    taught = ExtraRows(ctx.train_texts, soft, np.ones(len(soft)))  # no hard labels
+    return near_memoriser(dataclasses.replace(ctx, train_idx=ctx.train_idx[:0], extra=taught))

@@ -5,7 +5,6 @@ competition or fold table."""
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 from pathlib import Path
 
@@ -620,10 +619,10 @@ def test_student_cv_never_sees_a_validation_label_through_its_teacher(tmp_path, 
     'predicts' its validation row from that copy: CV 1.0 on pairs split across folds, all of it
     leaked. Taught by fold k's own models only, it learns each copy's own label, which says
     nothing about the validation row: the student's CV is what noise gives."""
-    from conftest import near_memoriser
+    from conftest import memorising_student, near_memoriser
 
     from comp.ensemble import run_ensemble
-    from comp.member import ExtraRows, run_member
+    from comp.member import run_member
 
     data = _pairs_competition(tmp_path / "pairs")
     over = [f"data.dir={data}", f"data.folds={K}", f"runs_dir={tmp_path / 'runs'}"]
@@ -632,12 +631,6 @@ def test_student_cv_never_sees_a_validation_label_through_its_teacher(tmp_path, 
     manifest = run_ensemble([teacher_r.run_dir], "mean", None, "accuracy",
                             tmp_path / "subs" / "mean").with_suffix(".json")
 
-    def memorising_student(ctx, data, teacher):
-        """A student that learns only the teacher's targets (alpha = 0) and memorises them."""
-        soft = teacher.soft_targets(ctx.fold, ctx.train_idx, ctx.recipe.distill.targets)
-        taught = ExtraRows(ctx.train_texts, soft, np.ones(len(soft)))  # no hard labels
-        return near_memoriser(dataclasses.replace(ctx, train_idx=ctx.train_idx[:0],
-                                                  extra=taught))
 
     monkeypatch.setattr(distill, "fit_student_fold", memorising_student)
     r = student(data, vec_dir, tmp_path / "runs", name=f"stu_{targets}",

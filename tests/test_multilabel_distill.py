@@ -16,7 +16,7 @@ from test_pairs import write_csv
 
 import comp.distill as distill
 from comp.config import load_recipe
-from comp.data import folder_data_config, load_competition, load_folds, normalize_text
+from comp.data import folder_data_config, load_competition, load_folds
 from comp.distill import UNLABELLED, DistillLoss, pack_targets, train_student
 from comp.losses import create_loss
 from comp.utils import read_json
@@ -141,28 +141,6 @@ def _near_copy_folder(root: Path, n: int = 150, seed: int = 3) -> Path:
     return root
 
 
-def _memoriser(ctx):
-    """Knows its training rows' label sets (teacher rows: their probabilities cut at 0.5) and
-    answers them for any text one character away; 0.5 for everything else."""
-    known = {normalize_text(ctx.comp.train_texts[i]): ctx.comp.labels[i].astype(float)
-             for i in ctx.train_idx}
-    known.update((normalize_text(t), (np.asarray(p) >= 0.5).astype(float))
-                 for t, p in zip(ctx.extra.texts, ctx.extra.targets))
-    by_prefix = {k[:-1]: y for k, y in known.items()}
-
-    def proba(texts):
-        out = np.full((len(texts), ctx.comp.n_classes), 0.5)
-        for j, t in enumerate(map(normalize_text, texts)):
-            y = known.get(t, known.get(t[:-1], by_prefix.get(t)))
-            if y is not None:
-                out[j] = 0.01 + 0.98 * y
-        return out
-
-    if ctx.predict_train:
-        return proba(ctx.val_texts), proba(ctx.predict_texts), proba(ctx.train_texts)
-    return proba(ctx.val_texts), proba(ctx.predict_texts)
-
-
 @pytest.mark.parametrize("targets", ["fold", "oof"])
 def test_multilabel_student_never_sees_a_validation_label_through_its_teacher(
         tmp_path, vec_dir, monkeypatch, targets):
@@ -171,21 +149,19 @@ def test_multilabel_student_never_sees_a_validation_label_through_its_teacher(
     A memorising student fold k taught the OOF answers its validation rows with their own
     labels (all leaked); taught by fold k's own teacher models it answers with the copy's own
     labels, which agree with the validation row's only by chance."""
+    from conftest import memorising_student, near_memoriser
+
     from comp.ensemble import run_ensemble
-    from comp.member import ExtraRows, run_member
+    from comp.member import run_member
 
     folder = _near_copy_folder(tmp_path / "pairs")
     over = [f"data.dir={folder}", f"data.folds={K}", f"runs_dir={tmp_path / 'runs'}"]
     teacher_r = load_recipe(None, over + ["name=memo", "train.predict_train=true"])
-    run_member(teacher_r, _memoriser)
+    run_member(teacher_r, near_memoriser)
     manifest = run_ensemble([teacher_r.run_dir], "mean", None, "",
                             tmp_path / "subs" / "mean").with_suffix(".json")
     assert read_json(manifest)["train_by_fold"]
 
-    def memorising_student(ctx, data, teacher):
-        soft = teacher.soft_targets(ctx.fold, ctx.train_idx, ctx.recipe.distill.targets)
-        taught = ExtraRows(ctx.train_texts, soft, np.ones(len(soft)))  # no hard labels
-        return _memoriser(dataclasses.replace(ctx, train_idx=ctx.train_idx[:0], extra=taught))
 
     monkeypatch.setattr(distill, "fit_student_fold", memorising_student)
     r = _student(folder, vec_dir, tmp_path / "runs", f"stu_{targets}", teacher=str(manifest),
