@@ -149,3 +149,17 @@ def memorising_student(ctx, data, teacher):
     soft = teacher.soft_targets(ctx.fold, ctx.train_idx, ctx.recipe.distill.targets)
     taught = ExtraRows(ctx.train_texts, soft, np.ones(len(soft)))  # no hard labels
     return near_memoriser(dataclasses.replace(ctx, train_idx=ctx.train_idx[:0], extra=taught))
+
+
+def memorised_teacher(data_dir, root, k: int):
+    """A teacher manifest from one `near_memoriser` member (with per-fold predictions on its
+    training rows) on `data_dir`'s k folds; runs under root/runs, the manifest under root/subs."""
+    from comp.config import load_recipe
+    from comp.ensemble import run_ensemble
+    from comp.member import run_member
+
+    over = [f"data.dir={data_dir}", f"data.folds={k}", f"runs_dir={root / 'runs'}"]
+    teacher_r = load_recipe(None, over + ["name=memo", "train.predict_train=true"])
+    run_member(teacher_r, near_memoriser)
+    return run_ensemble([teacher_r.run_dir], "mean", None, "",
+                        root / "subs" / "mean").with_suffix(".json")

@@ -619,17 +619,10 @@ def test_student_cv_never_sees_a_validation_label_through_its_teacher(tmp_path, 
     'predicts' its validation row from that copy: CV 1.0 on pairs split across folds, all of it
     leaked. Taught by fold k's own models only, it learns each copy's own label, which says
     nothing about the validation row: the student's CV is what noise gives."""
-    from conftest import memorising_student, near_memoriser
-
-    from comp.ensemble import run_ensemble
-    from comp.member import run_member
+    from conftest import memorised_teacher, memorising_student
 
     data = _pairs_competition(tmp_path / "pairs")
-    over = [f"data.dir={data}", f"data.folds={K}", f"runs_dir={tmp_path / 'runs'}"]
-    teacher_r = load_recipe(None, over + ["name=memo", "train.predict_train=true"])
-    run_member(teacher_r, near_memoriser)
-    manifest = run_ensemble([teacher_r.run_dir], "mean", None, "accuracy",
-                            tmp_path / "subs" / "mean").with_suffix(".json")
+    manifest = memorised_teacher(data, tmp_path, K)
 
 
     monkeypatch.setattr(distill, "fit_student_fold", memorising_student)

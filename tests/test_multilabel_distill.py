@@ -149,17 +149,10 @@ def test_multilabel_student_never_sees_a_validation_label_through_its_teacher(
     A memorising student fold k taught the OOF answers its validation rows with their own
     labels (all leaked); taught by fold k's own teacher models it answers with the copy's own
     labels, which agree with the validation row's only by chance."""
-    from conftest import memorising_student, near_memoriser
-
-    from comp.ensemble import run_ensemble
-    from comp.member import run_member
+    from conftest import memorised_teacher, memorising_student
 
     folder = _near_copy_folder(tmp_path / "pairs")
-    over = [f"data.dir={folder}", f"data.folds={K}", f"runs_dir={tmp_path / 'runs'}"]
-    teacher_r = load_recipe(None, over + ["name=memo", "train.predict_train=true"])
-    run_member(teacher_r, near_memoriser)
-    manifest = run_ensemble([teacher_r.run_dir], "mean", None, "",
-                            tmp_path / "subs" / "mean").with_suffix(".json")
+    manifest = memorised_teacher(folder, tmp_path, K)
     assert read_json(manifest)["train_by_fold"]
 
 
