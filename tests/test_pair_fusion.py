@@ -313,6 +313,35 @@ def test_a_tiny_joint_fusion_member_with_a_bert_trains_k_fold_on_pairs_and_predi
                                atol=1e-5)
 
 
+def test_a_siamese_student_learns_from_the_pair_tfidf_teacher(root, siamese, tmp_path, capsys):
+    """`comp distill` on pairs: the siamese member as a student (swap-trained: both orders of a
+    pair share its packed targets) of the TF-IDF pair member, each fold taught by that fold's
+    own teacher models and the teacher's test rows. It trains k-fold, its test predictions
+    follow the teacher's, and it scores above the same member trained on the labels alone."""
+    from comp.distill import teacher_with_fold_targets, train_student
+    from comp.ensemble import run_ensemble
+
+    out, cvs = siamese
+    runs = tmp_path / "runs"
+    over = [f"data.dir={root / 'lcqmc'}", f"runs_dir={runs}", f"data.folds={K}"]
+    lin = load_recipe(RECIPES / "pair" / "tfidf_pair_svc.toml", over)
+    teacher_cv = train_recipe(lin)["cv"]
+    man = run_ensemble([str(lin.run_dir)], "mean", None, "", tmp_path / "subs" / "mean")
+    teacher = teacher_with_fold_targets(man.with_suffix(".json"))
+    r = load_recipe(RECIPES / "pair" / "siamese_vectors.toml", [
+        *over, "kind=student", "name=siamese_student", f"model.vectors_dir={root}",
+        *SIAMESE_TINY, f"distill.teacher={teacher}", "distill.alpha=0.3",
+        "distill.use_test=true"])
+    cv = train_student(r)
+    with capsys.disabled():
+        print(f"\npair distillation OOF accuracy: student {cv['cv']:.3f}, siamese on labels "
+              f"{cvs['siamese_vectors']:.3f}, teacher {teacher_cv:.3f}")
+    assert cv["teacher_targets"] == "fold" and len(cv["fold_scores"]) == K
+    assert cv["cv"] > cvs["siamese_vectors"]
+    test, taught = np.load(r.run_dir / "test.npy"), np.load(lin.run_dir / "test.npy")
+    assert np.corrcoef(test[:, 1], taught[:, 1])[0, 1] > 0.5
+
+
 def test_a_siamese_model_takes_a_pair_with_an_empty_side(root):
     cfg = ModelConfig(max_chars=40, vectors=("char",), vectors_dir=str(root), pair="siamese",
                       head="bilstm", hidden=8)
