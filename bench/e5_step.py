@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from comp.pipeline import Layout, member_recipe  # noqa: E402
+from comp.pipeline import Layout, member_recipe, stage_vectors  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,11 +50,7 @@ def main() -> None:
     base = member_recipe(layout, "fusion_e5_full")
     comp = load_competition(base.data)
     prepare_backbone(base.model.backbones[0].path, base.data)
-    kv = Path(base.model.vectors_dir) / "w2v-char.kv"
-    if not kv.exists():  # what `comp run`'s vectors stage writes
-        from comp.vectors import train_vectors
-
-        train_vectors(comp.train_texts + comp.test_texts, "char", kv)
+    stage_vectors(layout, ["char"])  # `comp run`'s vectors stage (skipped when present)
     rng = np.random.default_rng(0)
     rows_idx = rng.permutation(len(comp.train_texts))[:32 * (args.steps + 2)]
     y = np.eye(comp.n_classes, dtype=np.float32)[comp.labels[rows_idx]]

@@ -388,6 +388,11 @@ class SampleLayout:
     binary: bool = True
 
 
+def sample_id_col(sample: Table, id_col: str) -> str:
+    """A sample submission's id column: `id_col` when it has one, else its first column."""
+    return id_col if id_col in sample.columns else sample.columns[0]
+
+
 def sample_layout(sample: Table, path: str | Path, id_col: str, label_col: str,
                   classes: list[str], multilabel: bool) -> SampleLayout:
     """The layout of a sample submission (for submissions and `comp predict` alike): the id
@@ -397,7 +402,7 @@ def sample_layout(sample: Table, path: str | Path, id_col: str, label_col: str,
     Raises:
         CompError: a multi-label sample with neither one column per label nor one label column.
     """
-    sid = id_col if id_col in sample.columns else sample.columns[0]
+    sid = sample_id_col(sample, id_col)
     others = [c for c in sample.columns if c != sid]
     label = label_col if label_col in others else (others[0] if others else label_col)
     if len(others) >= 2 and set(others) == set(classes):

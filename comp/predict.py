@@ -355,7 +355,7 @@ def predict_file(source: str | Path, test: str | Path, out: str | Path | None = 
 
 def _competition_sample(cfg: DataConfig, ids: list[str]) -> Path | None:
     """The competition's sample submission when it lists exactly these ids."""
-    from comp.data import find_file, read_table
+    from comp.data import find_file, read_table, sample_id_col
 
     d = Path(cfg.dir)
     if not d.is_dir():
@@ -364,7 +364,7 @@ def _competition_sample(cfg: DataConfig, ids: list[str]) -> Path | None:
     if path is None:
         return None
     st = read_table(path)
-    col = cfg.id_col if cfg.id_col in st.columns else st.columns[0]
+    col = sample_id_col(st, cfg.id_col)
     return path if sorted(r.get(col) or "" for r in st.rows) == sorted(ids) else None
 
 
