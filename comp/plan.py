@@ -25,11 +25,14 @@ from comp.utils import log, read_json, write_json
 
 # name -> (setup seconds, seconds per fold per 1,000 training rows), measured on 2 cores
 PRIORS: dict[str, tuple[float, float]] = {
-    "tfidf_char_svc": (20.0, 0.5),  # the vectorizer once, then seconds per fold
-    "tfidf_char_lr": (20.0, 0.8),
-    "tfidf_word_lr": (30.0, 0.8),  # jieba over every text once
-    "tfidf_word_svc": (30.0, 0.6),
-    "tfidf_nblr": (20.0, 0.8),
+    # the vectorizer once, then seconds per fold; the default run on the embedded competition
+    # (13,890 rows, 5 folds) measured 18-47 s a member (runs/speeds.json), ~2x below the first
+    # priors, which had the plan give e5 less of the budget than it could use
+    "tfidf_char_svc": (5.0, 0.25),
+    "tfidf_char_lr": (5.0, 0.27),
+    "tfidf_word_lr": (10.0, 0.3),  # jieba over every text once
+    "tfidf_word_svc": (10.0, 0.28),
+    "tfidf_nblr": (5.0, 0.75),
     # pair members: TF-IDF + jieba overlaps of both sides once (5,250 pairs: 7 s), then folds
     "tfidf_pair_svc": (15.0, 0.5),
     "tfidf_pair_lr": (20.0, 1.0),
@@ -41,15 +44,13 @@ PRIORS: dict[str, tuple[float, float]] = {
     # measured on the embedded competition (13,890 rows, fold 0, quiet 2 cores): caching
     # 330 s, two phase-1 epochs 62 s, two top-4 phase-2 epochs 541 s, predictions 64 s
     "fusion_e5_bilstm": (480.0, 60.0),  # + 150 s of char/word/bigram word2vec
-    # 128 characters, char vectors only, fixed epochs: in full precision with dropout the
-    # default run's fold 0 took 15.4 min (caching 282 s, head epochs 66 s, top-4 epochs 546 s);
-    # bf16 without dropout: estimated from the step costs (bench/e5_finetune.py)
-    "fusion_e5_fast": (180.0, 28.0),
+    # 128 characters, char vectors only, fixed epochs, bf16 without dropout: the default run
+    # measured 16.1 min for folds 0 and 1 (caching 3.0 min, ~6.5 min a fold)
+    "fusion_e5_fast": (180.0, 35.0),
     # every layer fine-tuned for two epochs in bf16 without dropout (--preset best), fast's
-    # inputs: ~0.9 s per step of 32 (one full-precision epoch with dropout took 960 s, fold 0
-    # of the first best run); estimated before its first fold, replaced by what it measures
-    "fusion_e5_full": (300.0, 70.0),
-    "fusion_e5_full160": (300.0, 80.0),  # the same at 160 characters: ~15 % more pieces
+    # inputs: measured 77.0 min for five folds (13-19 min a fold)
+    "fusion_e5_full": (180.0, 80.0),
+    "fusion_e5_full160": (180.0, 87.0),  # the same at 160 characters: measured 83.6 min
 }
 DEFAULT_PRIOR = (60.0, 60.0)  # an unknown neural member: assume it is slow
 # member kinds whose OOF may cover a subset of folds (expensive ones under a budget)

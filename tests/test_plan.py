@@ -24,6 +24,17 @@ def test_the_plan_takes_cheap_members_whole_an_expensive_one_partly_and_skips_th
     assert make_plan(["a", "b", "c"], None, 5000, 5, speeds)[2].folds is None  # no budget
 
 
+def test_the_default_first_plan_on_the_embedded_competition_fits_20_minutes_with_two_e5_folds():
+    """Before anything is measured (no speeds.json) the priors plan the default run on the
+    embedded competition (13,890 rows, 5 folds): every TF-IDF member, e5 on the folds that fit
+    (the measured run: two, 16.1 min), the TextCNN left out; the plan stays inside 20 minutes."""
+    steps = make_plan(pipeline.PRESETS["default"], 20 * 60.0, 13890, 5, {})
+    folds = {s.name: s.folds for s in steps}
+    assert all(folds[n] is None for n in pipeline.LINEAR)
+    assert folds["fusion_e5_fast"] == [0, 1] and folds["textcnn_vectors"] == []
+    assert sum(s.seconds for s in steps if s.folds != []) <= 20 * 60.0
+
+
 def test_a_budgeted_run_prints_its_plan_and_covers_what_fits(small_comp, tmp_path, monkeypatch,
                                                              capsys):
     """A fusion member that the recorded speeds say fits on one fold runs on fold 0 only; the
