@@ -53,7 +53,8 @@ def grid_texts(text: str, cfg: ModelConfig, both_orders: bool = False) -> list[s
     """The text(s) a model sees for one input: one truncated text, or sliding windows.
 
     A pair text (`a + PAIR_SEP + b`, comp.data) becomes one grid text `a' + PAIR_SEP + b'`,
-    each side cut to its share of max_chars (`pair_grid_text`); windows do not apply to pairs.
+    each side cut to its share of max_chars (`pair_grid_text`); windows do not apply to pairs
+    (build_fusion refuses truncation = "window" on a pair task).
 
     Args:
         text: the full text.
@@ -737,6 +738,10 @@ def build_fusion(recipe: Recipe, n_classes: int) -> FusionModel:
     if not pair and (cfg.pair != "joint" or cfg.pair_tta or train_swap(recipe)):
         raise CompError(f"recipe '{recipe.name}': model.pair / model.pair_tta / "
                         f"train.pair_swap need a pair task (data.task is {recipe.data.task})")
+    if pair and cfg.truncation == "window":  # a pair is one grid: each side cut to its share
+        raise CompError(f"recipe '{recipe.name}': model.truncation = \"window\" does not apply "
+                        "to text pairs (each side is cut to its share of model.max_chars); use "
+                        "head or head_tail")
     model = FusionModel(cfg, n_classes, backbones, vectors, pair=pair)
     train = recipe.train
     if train.unfreeze_top and train.epochs_unfrozen:  # phase 1's frozen passes fill its cache

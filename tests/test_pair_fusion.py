@@ -177,6 +177,13 @@ def test_pair_switches_on_a_single_text_task_are_one_line(root):
         ModelConfig(pair="cross")
 
 
+def test_sliding_windows_on_a_pair_task_are_one_line(root):
+    cfg = ModelConfig(max_chars=40, vectors=("char",), vectors_dir=str(root), pair="siamese",
+                      truncation="window")
+    with pytest.raises(CompError, match='truncation = "window" does not apply to text pairs'):
+        build_fusion(Recipe(kind="fusion", model=cfg, data=folder_data_config(root / "lcqmc")), 2)
+
+
 def test_symmetric_tta_makes_the_prediction_independent_of_the_order(root):
     """A joint model reads (a, b) and (b, a) differently; with model.pair_tta it averages both
     orders, so swapping the sides gives the same probabilities."""
