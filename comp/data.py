@@ -407,9 +407,9 @@ def sample_layout(sample: Table, path: str | Path, id_col: str, label_col: str,
     label = label_col if label_col in others else (others[0] if others else label_col)
     if len(others) >= 2 and set(others) == set(classes):
         # one column per class: probabilities; multi-label cells may be 0/1 decisions
-        binary = multilabel and all(_clean(r.get(c)) in ("0", "1")
-                                    for r in sample.rows for c in others)
-        return SampleLayout(sid, label, others, binary or not multilabel)
+        binary = not multilabel or all(_clean(r.get(c)) in ("0", "1")
+                                       for r in sample.rows for c in others)
+        return SampleLayout(sid, label, others, binary)
     if multilabel and len(others) != 1:
         raise CompError(f"{path}: expected one column per label ({', '.join(classes)}) or one "
                         f"label column, got {', '.join(others) or 'none'}")

@@ -30,30 +30,35 @@ PSEUDO_RECIPES = ["tfidf_char_svc", "textcnn_vectors"]
 
 QUICK_LINEAR = ["tfidf_char_svc", "tfidf_word_lr", "tfidf_nblr"]
 E5 = "fusion_e5_bilstm"  # the packaged pretrained backbone: where the points are on 2 cores
+
+
+def e5_inputs(max_chars: int) -> list[str]:
+    """Overrides for e5 reading `max_chars` characters: the grid and e5's pieces (<s> + </s>
+    + a few pieces that cover more than one character)."""
+    return [f"model.max_chars={max_chars}",
+            f"model.backbones=[{{kind='bert', path='models/e5-small', max_len={max_chars + 4}}}]"]
+
+
 # members that are a recipe with overrides: name -> (recipe file, overrides)
-E5_FAST = ["model.vectors=['char']", "model.max_chars=128",
-           "model.backbones=[{kind='bert', path='models/e5-small', max_len=132}]",
-           "train.inner_val=0.0",
+E5_FAST = ["model.vectors=['char']", *e5_inputs(128), "train.inner_val=0.0",
            # bf16 where the CPU has it, no dropout inside e5, eager attention: a training step
-           # 2.3-3x cheaper on 2 cores (bench/e5_finetune.py)
+           # 2.3-3x cheaper on 2 cores (bench/e5_step.py)
            "train.amp=bf16", "model.backbone_dropout=0.0", "model.backbone_attention=eager"]
+E5_FULL = ["train.unfreeze_top=0", "train.epochs_unfrozen=2"]  # every layer, two epochs
 VARIANTS = {
     # --preset best's e5 member: every layer fine-tuned on every fold, two full epochs after the
     # two head-only ones, with the fast variant's inputs (char vectors, 128 characters, fixed
     # epochs). In full precision with dropout a full epoch of 11k rows took 13-16 min on 2
     # cores; bf16 (where the CPU has it), no dropout inside e5 and eager attention make a step
-    # 2.3-3x cheaper (bench/e5_finetune.py), so two epochs cost what one did
-    "fusion_e5_full": (E5, ["train.unfreeze_top=0", "train.epochs_unfrozen=2", *E5_FAST]),
+    # 2.3-3x cheaper (bench/e5_step.py), so two epochs cost what one did
+    "fusion_e5_full": (E5, [*E5_FULL, *E5_FAST]),
     # the default run's e5 member, cut to fit 20 minutes on 2 cores: char vectors only (no
     # jieba or bigram word2vec to train), 128 characters, and fixed epochs (inner_val = 0: no
     # rows held back for choosing, still honest: nothing is chosen on validation labels)
     "fusion_e5_fast": (E5, E5_FAST),
     # a second fully fine-tuned e5 for --preset best: another seed and 160 characters (18 % of
     # the embedded texts are longer than 128), so its errors differ from the first one's
-    "fusion_e5_full160": (E5, ["train.unfreeze_top=0", "train.epochs_unfrozen=2", *E5_FAST,
-                               "model.max_chars=160", "train.seed=7",
-                               "model.backbones=[{kind='bert', path='models/e5-small', "
-                               "max_len=164}]"]),
+    "fusion_e5_full160": (E5, [*E5_FULL, *E5_FAST, *e5_inputs(160), "train.seed=7"]),
 }
 # candidates by expected gain per second: TF-IDF first, then e5, then fusion variants
 PRESETS = {

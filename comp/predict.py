@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from comp.config import DataConfig, Recipe, load_recipe, read_toml
+from comp.data import Table
 from comp.members import Predictor, create_member
 from comp.utils import CompError, log, read_json, write_json, write_text
 
@@ -337,10 +338,10 @@ def predict_file(source: str | Path, test: str | Path, out: str | Path | None = 
     log(f"predict: {len(texts)} texts in {secs:.1f}s ({len(texts) / max(secs, 1e-9):.1f} "
         "rows/s)")
     classes = model.classes
-    sample_path = Path(sample) if sample else _competition_sample(cfg, ids)
+    found = (Path(sample), read_table(sample)) if sample else _competition_sample(cfg, ids)
     lay, order = SampleLayout(cfg.id_col, cfg.label_col), ids
-    if sample_path is not None:
-        st = read_table(sample_path)
+    if found is not None:
+        sample_path, st = found
         lay = sample_layout(st, sample_path, cfg.id_col, cfg.label_col, classes,
                             model.multilabel)
         order = sample_order(st, sample_path, lay.id_col, ids, str(test))
@@ -353,8 +354,9 @@ def predict_file(source: str | Path, test: str | Path, out: str | Path | None = 
     return out
 
 
-def _competition_sample(cfg: DataConfig, ids: list[str]) -> Path | None:
-    """The competition's sample submission when it lists exactly these ids."""
+def _competition_sample(cfg: DataConfig, ids: list[str]) -> tuple[Path, Table] | None:
+    """The competition's sample submission (its path and table, read once) when it lists
+    exactly these ids."""
     from comp.data import find_file, read_table, sample_id_col
 
     d = Path(cfg.dir)
@@ -365,7 +367,7 @@ def _competition_sample(cfg: DataConfig, ids: list[str]) -> Path | None:
         return None
     st = read_table(path)
     col = sample_id_col(st, cfg.id_col)
-    return path if sorted(r.get(col) or "" for r in st.rows) == sorted(ids) else None
+    return (path, st) if sorted(r.get(col) or "" for r in st.rows) == sorted(ids) else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -114,11 +114,11 @@ def write_rows(w: Any, test_proba: np.ndarray, classes: list[str], ids: Sequence
     by_id = {i: k for k, i in enumerate(ids)}
     rows = [by_id[i] for i in order]
     classes = list(classes)
+    t = np.full(len(classes), 0.5) if thresholds is None else np.asarray(thresholds)
     if layout.proba_cols:
         cols = [classes.index(c) for c in layout.proba_cols]
         w.writerow([layout.id_col, *layout.proba_cols])
         if multilabel and layout.binary:
-            t = np.full(len(classes), 0.5) if thresholds is None else np.asarray(thresholds)
             cells = apply_thresholds(test_proba[rows][:, cols], t[cols]).tolist()
         else:
             cells = [[f"{p:.6f}" for p in test_proba[k, cols]] for k in rows]
@@ -127,7 +127,6 @@ def write_rows(w: Any, test_proba: np.ndarray, classes: list[str], ids: Sequence
         return
     w.writerow([layout.id_col, layout.label_col] + ([f"p_{c}" for c in classes] if proba else []))
     if multilabel:
-        t = np.full(len(classes), 0.5) if thresholds is None else np.asarray(thresholds)
         decided = apply_thresholds(test_proba[rows], t)
         labels = [label_sep.join(c for c, v in zip(classes, d) if v) for d in decided]
     else:
