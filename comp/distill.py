@@ -309,10 +309,10 @@ class DistillLoss(nn.Module):
             if self.kind == "mse":
                 return ((s - t) ** 2).mean(dim=-1)
             tau = self.temperature
-            p = torch.sigmoid(t / tau)  # (B, L) teacher, softened; the student's log-odds:
-            log_q1, log_q0 = F.logsigmoid(s / tau), F.logsigmoid(-s / tau)
-            kl = (p * (torch.log(p.clamp_min(1e-12)) - log_q1)
-                  + (1 - p) * (torch.log((1 - p).clamp_min(1e-12)) - log_q0))
+            p = torch.sigmoid(t / tau)  # (B, L) teacher, softened
+            # binary KL(p || q) = cross-entropy(p, q) - entropy(p), both from torch's stable BCE
+            kl = (F.binary_cross_entropy_with_logits(s / tau, p, reduction="none")
+                  - F.binary_cross_entropy_with_logits(t / tau, p, reduction="none"))
             return tau * tau * kl.mean(dim=-1)
         if self.kind == "mse":
             s = s - s.mean(dim=-1, keepdim=True)
@@ -436,10 +436,10 @@ def train_student(recipe: Recipe, folds_to_run: list[int] | None = None, force: 
     teacher = None
     if dcfg.teacher:
         teacher = load_teacher(dcfg.teacher, comp, folds)
-        fit = (f"label accuracy at 0.5 {((teacher.oof >= 0.5) == comp.labels).mean():.4f}"
-               if comp.multilabel else
-               f"accuracy {(teacher.oof.argmax(1) == comp.labels).mean():.4f}")
-        log(f"{recipe.name}: teacher {teacher.path} (OOF {fit}), alpha={dcfg.alpha} "
+        agree = (f"label accuracy at 0.5 {((teacher.oof >= 0.5) == comp.labels).mean():.4f}"
+                 if comp.multilabel else
+                 f"accuracy {(teacher.oof.argmax(1) == comp.labels).mean():.4f}")
+        log(f"{recipe.name}: teacher {teacher.path} (OOF {agree}), alpha={dcfg.alpha} "
             f"T={dcfg.temperature} loss={dcfg.loss} targets={dcfg.targets}")
         if dcfg.alpha < 1:
             check_fold_targets(teacher, dcfg.targets, dcfg.use_test, int(folds.max()) + 1)
