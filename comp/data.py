@@ -211,6 +211,17 @@ def _num_str(v: object) -> str:
 # the competition
 
 
+@dataclass(frozen=True)
+class SampleLayout:
+    """What a sample submission asks for: its id column, its label column, and when it has
+    one column per class (in its order) those columns; `binary`: multi-label cells are 0/1
+    decisions rather than probabilities."""
+    id_col: str = "id"
+    label_col: str = "label"
+    proba_cols: list[str] = field(default_factory=list)
+    binary: bool = True
+
+
 @dataclass
 class Competition:
     """A competition's train and test rows, its classes, and its submission format."""
@@ -225,26 +236,17 @@ class Competition:
     classes: list[str]  # multilabel: the label names, in the order of the labels' columns
     test_ids: list[str]
     test_texts: list[str]
-    sub_id_col: str = "id"
-    sub_label_col: str = "label"
     warnings: list[str] = field(default_factory=list)
     unlabelled_path: Path | None = None  # data.extra, resolved; None when not configured
     unlabelled_ids: list[str] = field(default_factory=list)
     unlabelled_texts: list[str] = field(default_factory=list)
-    # the sample's columns when it has one probability column per class (in its order), else []
-    sub_proba_cols: list[str] = field(default_factory=list)
     task: str = "single"  # single | pair (texts are a + PAIR_SEP + b) | multilabel
     train_groups: list[str] = field(default_factory=list)  # data.group_col values, or []
-    # multilabel: the sample's label columns hold 0/1 (write decisions) rather than
-    # probabilities; its one label column joins a row's labels with label_sep
-    sub_binary: bool = True
-    label_sep: str = "|"
-
-    @property
-    def layout(self) -> SampleLayout:
-        """The sample submission's layout (id, label, per-class columns, 0/1 cells)."""
-        return SampleLayout(self.sub_id_col, self.sub_label_col, self.sub_proba_cols,
-                            self.sub_binary)
+    label_sep: str = "|"  # multilabel: joins a row's labels in one label column
+    # the sample submission's layout (id, label, per-class columns, 0/1 cells) and its ids in
+    # its row order (read once here; [] without a sample: submissions follow the test file)
+    layout: SampleLayout = field(default_factory=SampleLayout)
+    sub_order: list[str] = field(default_factory=list)
 
     @property
     def multilabel(self) -> bool:
@@ -377,17 +379,6 @@ def _warn(warnings: list[str], msg: str) -> None:
 _NAN = {"", "nan", "NaN", "NAN", "null", "None", "NULL"}
 
 
-@dataclass(frozen=True)
-class SampleLayout:
-    """What a sample submission asks for: its id column, its label column, and when it has
-    one column per class (in its order) those columns; `binary`: multi-label cells are 0/1
-    decisions rather than probabilities."""
-    id_col: str = "id"
-    label_col: str = "label"
-    proba_cols: list[str] = field(default_factory=list)
-    binary: bool = True
-
-
 def sample_id_col(sample: Table, id_col: str) -> str:
     """A sample submission's id column: `id_col` when it has one, else its first column."""
     return id_col if id_col in sample.columns else sample.columns[0]
@@ -507,7 +498,7 @@ def load_competition(cfg: DataConfig) -> Competition:
     train_ids = _ids(train, cfg.id_col, "train-", required=False)
     test_ids = _ids(test, cfg.id_col, "", required=sample_path is not None)
 
-    lay = SampleLayout(cfg.id_col, label_col)
+    lay, sample_ids = SampleLayout(cfg.id_col, label_col), []
     if sample_path is not None:
         sample = read_table(sample_path, "auto", cfg.encoding)
         lay = sample_layout(sample, sample_path, cfg.id_col, label_col, classes,
@@ -522,9 +513,9 @@ def load_competition(cfg: DataConfig) -> Competition:
                 what = f"{len(extra)} test id(s) absent from the sample, e.g. '{extra[0]}'"
             raise CompError(f"{sample_path}: column '{lay.id_col}': {what}")
     comp = Competition(d, train_path, test_path, sample_path, train_ids, train_texts, labels,
-                       classes, test_ids, test_texts, lay.id_col, lay.label_col, warnings,
-                       sub_proba_cols=lay.proba_cols, task=cfg.task, train_groups=groups,
-                       sub_binary=lay.binary, label_sep=cfg.label_sep or "|")
+                       classes, test_ids, test_texts, warnings=warnings, task=cfg.task,
+                       train_groups=groups, label_sep=cfg.label_sep or "|", layout=lay,
+                       sub_order=sample_ids)
     if comp.multilabel:
         _log_multilabel(comp)
     if cfg.extra:

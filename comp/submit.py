@@ -65,10 +65,7 @@ def write_submission(comp: Competition, test_proba: np.ndarray, classes: list[st
     if test_proba.shape != (len(comp.test_ids), len(classes)):
         raise CompError(f"test probabilities have shape {test_proba.shape}, expected "
                         f"({len(comp.test_ids)}, {len(classes)})")
-    order = comp.test_ids
-    if comp.sample_path is not None:
-        order = sample_order(read_table(comp.sample_path), comp.sample_path, comp.sub_id_col,
-                             comp.test_ids, "the test file")
+    order = comp.sub_order or comp.test_ids  # load_competition checked the sample's ids
     buf = io.StringIO()
     write_rows(csv.writer(buf, lineterminator="\n"), test_proba, classes, comp.test_ids, order,
                comp.layout, comp.multilabel, thresholds, comp.label_sep, proba)

@@ -194,9 +194,9 @@ def test_sample_with_one_column_per_class(tmp_path):
     cfg = _comp(tmp_path, [("a", "好", "pos"), ("b", "坏", "neg")], [("c", "一般"), ("d", "行")])
     _write(tmp_path / "sample_submission.csv", ("id", "pos", "neg"), [("d", 0.5, 0.5),
                                                                       ("c", 0.5, 0.5)])
-    assert load_competition(cfg).sub_proba_cols == ["pos", "neg"]
+    assert load_competition(cfg).layout.proba_cols == ["pos", "neg"]
     _write(tmp_path / "sample_submission.csv", ("id", "label"), [("d", "pos"), ("c", "pos")])
-    assert load_competition(cfg).sub_proba_cols == []
+    assert load_competition(cfg).layout.proba_cols == []
 
 
 def test_fold_table_is_reused_and_never_silently_replaced(small_comp):

@@ -79,7 +79,8 @@ def test_sample_with_one_column_per_class_gets_probabilities(small_comp, tmp_pat
         assert float(pos) == pytest.approx(by_id[i][comp.classes.index("pos")], abs=1e-6)
         assert float(neg) == pytest.approx(by_id[i][comp.classes.index("neg")], abs=1e-6)
     # and such a file is scored by its argmax, like a label file of the same predictions
-    labels = write_submission(dataclasses.replace(comp, sub_proba_cols=[]), proba,
+    label_file = dataclasses.replace(comp, layout=dataclasses.replace(comp.layout, proba_cols=[]))
+    labels = write_submission(label_file, proba,
                               comp.classes, tmp_path / "l", {"cv": 0.5})
     assert (score_submission(path, small_comp / "answers.csv")
             == score_submission(labels, small_comp / "answers.csv"))
