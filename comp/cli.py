@@ -381,10 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--preset", choices=["fast", "default", "best", "all"], default=None,
                     help="fast: 3 TF-IDF members + hill; default: TF-IDF members, then the "
                     "pretrained e5 member (on as many folds as the budget allows), then fusion "
-                    "variants; best: TF-IDF members and two e5 members fully fine-tuned on every "
-                    "fold, a tuned member, a pseudo-label round (about 2.8 hours on 2 cores); "
-                    "all: best "
-                    "plus every fusion member on tiny backbones (many hours on 2 cores)")
+                    "variants; best: TF-IDF members and e5 fully fine-tuned on every fold, a "
+                    "tuned member, then a pseudo-label round that fine-tunes a second e5 with the "
+                    "confident test rows (about 3 hours on 2 cores); all: best plus every "
+                    "fusion member on tiny backbones (many hours on 2 cores)")
     sp.add_argument("--budget", type=float, default=None, metavar="MINUTES",
                     help="time the members may take; the plan (members, folds, estimated "
                     "minutes) is printed first and a member that does not fit is not started "
@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "each recipe's own, accuracy); logloss is lower-is-better throughout")
     sp.add_argument("--pseudo-rounds", type=int, default=None,
                     help="train -> ensemble -> pseudo-label -> retrain rounds (default 1 with "
-                         "--preset best, else 0)")
+                         "--preset best or all, else 0); the plan names what a round trains")
     sp.set_defaults(func=cmd_run)
     return p
 

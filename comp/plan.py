@@ -1,7 +1,8 @@
 """Planning `comp run` to a time budget: which members, on how many folds, in what order.
 
     steps = make_plan(candidates, budget_s, n_train, k, speeds)
-    print_plan(steps)                 # before training: members, folds, estimated minutes
+    later = pseudo_steps(names, rounds, n_train, k, speeds)  # the pseudo-label rounds' members
+    print_plan(steps, budget_s, k, later)  # before training: members, folds, estimated minutes
     record_speed(speeds_path, cv)     # after a member: what it really cost, for the next plan
 
 A member's cost is a setup (caches, vectors, imports: once per member) plus a per-fold cost that
@@ -50,7 +51,9 @@ PRIORS: dict[str, tuple[float, float]] = {
     # every layer fine-tuned for two epochs in bf16 without dropout (--preset best), fast's
     # inputs: measured 77.0 min for five folds (13-19 min a fold)
     "fusion_e5_full": (180.0, 80.0),
-    "fusion_e5_full160": (180.0, 87.0),  # the same at 160 characters: measured 83.6 min
+    # the same at 160 characters: measured 83.6 min; as --preset best's pseudo-round member
+    # (~1,460 pseudo rows joining each fold's 11,112) 94.1 min, what this prior plans
+    "fusion_e5_full160": (180.0, 100.0),
 }
 DEFAULT_PRIOR = (60.0, 60.0)  # an unknown neural member: assume it is slow
 # member kinds whose OOF may cover a subset of folds (expensive ones under a budget)
@@ -102,13 +105,29 @@ def make_plan(candidates: list[str], budget_s: float | None, n_train: int, k: in
     return steps
 
 
-def print_plan(steps: list[Step], budget_s: float | None, k: int) -> None:
-    """The plan, one line per member, before anything trains."""
+def pseudo_steps(names: list[str], rounds: int, n_train: int, k: int,
+                 speeds: dict[str, Any]) -> list[Step]:
+    """The pseudo-label rounds' members, for the printed plan: each costs what its recipe costs
+    here (measured or prior) on the training rows; the confident test rows add to that."""
+    steps = []
+    for r in range(1, rounds + 1):
+        for name in names:
+            setup, per_fold = estimate(name, n_train, k, speeds)
+            steps.append(Step(name + "_pl" * r, None, setup + k * per_fold,
+                              f"pseudo-label round {r}, + its confident test rows"))
+    return steps
+
+
+def print_plan(steps: list[Step], budget_s: float | None, k: int,
+               later: list[Step] = ()) -> None:
+    """The plan, one line per member, before anything trains; `later`: the pseudo-label
+    rounds' members, which run after the ensembles, outside the budget."""
     total = sum(s.seconds for s in steps if s.folds != [])
+    more = sum(s.seconds for s in later)
     head = (f"plan: {total / 60:.1f} of {budget_s / 60:g} budget minutes" if budget_s
             else f"plan: about {total / 60:.1f} minutes (no budget)")
-    log(head)
-    for s in steps:
+    log(head + (f", then ~{more / 60:.1f} for the pseudo-label round" if later else ""))
+    for s in [*steps, *later]:
         folds = ("all" if s.folds is None else "none" if not s.folds
                  else ",".join(map(str, s.folds)))
         log(f"  {s.name:<26} folds {folds:<6} ~{s.seconds / 60:5.1f} min"

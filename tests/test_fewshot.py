@@ -160,7 +160,7 @@ def test_full_pipeline_with_tiny_settings_and_logloss(fewshot, tmp_path, monkeyp
     monkeypatch.setattr(pl, "BACKBONES", ["bert"])
     monkeypatch.setattr(pl, "PRESETS", {**pl.PRESETS, "all": members}, raising=False)
     monkeypatch.setattr(pl, "TUNE_TRIALS", 2)
-    monkeypatch.setattr(pl, "PSEUDO_RECIPES", ["tfidf_char_svc"])
+    monkeypatch.setattr(pl, "PSEUDO_RECIPES", {**pl.PSEUDO_RECIPES, "all": ["tfidf_char_svc"]})
     monkeypatch.chdir(tmp_path)
     best = pl.run_pipeline(str(root), preset="all", metric="logloss", pseudo_rounds=1)
     line = capsys.readouterr().out.strip().splitlines()[-1]

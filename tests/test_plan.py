@@ -88,3 +88,19 @@ def test_record_speed_reads_a_members_cv(tmp_path):
     assert np.isclose(read_json(p)["m"]["per_fold_per_1k"], 40.0 / 5 / 4.0)
     record_speed(p, "p", {"seconds": 10.0, "n_train": 5000, "folds_used": [0]}, 5)
     assert np.isclose(read_json(p)["p"]["per_fold_per_1k"], 10.0 / 1 / 4.0)
+
+
+def test_the_plan_names_the_pseudo_rounds_members_and_their_minutes(capsys):
+    """--preset best retrains an e5 member in its pseudo-label round: the printed plan lists
+    it with its minutes instead of leaving an hour and a half out of the estimate."""
+    names = pipeline.PSEUDO_RECIPES["best"]
+    later = plan.pseudo_steps(names, 1, 13890, 5, {})
+    assert [s.name for s in later] == [f"{n}_pl" for n in names]
+    setup, per_1k = plan.PRIORS["fusion_e5_full160"]
+    assert np.isclose(later[-1].seconds, setup + 5 * per_1k * 13890 * 4 / 5 / 1000)
+    plan.print_plan(make_plan(pipeline.PRESETS["best"], None, 13890, 5, {}), None, 5, later)
+    err = capsys.readouterr().err
+    assert f"then ~{sum(s.seconds for s in later) / 60:.1f} for the pseudo-label round" in err
+    assert "fusion_e5_full160_pl" in err and "pseudo-label round 1" in err
+    assert plan.pseudo_steps(names, 2, 13890, 5, {})[-1].name == "fusion_e5_full160_pl_pl"
+    assert plan.pseudo_steps(names, 0, 13890, 5, {}) == []
