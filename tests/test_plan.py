@@ -2,6 +2,7 @@
 ensemble of what it ran."""
 
 import numpy as np
+import pytest
 
 import comp.pipeline as pipeline
 import comp.plan as plan
@@ -35,17 +36,10 @@ def test_the_default_first_plan_on_the_embedded_competition_fits_20_minutes_with
     assert sum(s.seconds for s in steps if s.folds != []) <= 20 * 60.0
 
 
-def test_a_budgeted_run_prints_its_plan_and_covers_what_fits(small_comp, tmp_path, monkeypatch,
-                                                             capsys):
-    """A fusion member that the recorded speeds say fits on one fold runs on fold 0 only; the
-    ensembles blend on fold 0's rows; a member that fits nowhere is not started."""
+@pytest.fixture
+def tiny_members(monkeypatch):
+    """Word2vec files and fusion members small enough to train in seconds."""
     from comp.vectors import train_vectors
-
-    monkeypatch.chdir(tmp_path)
-    layout = pipeline.Layout(str(small_comp))
-    monkeypatch.setattr(pipeline, "PRESETS", {**pipeline.PRESETS, "default": [
-        "tfidf_char_lr", "textcnn_vectors", "fusion_all"]})
-    monkeypatch.setattr(plan, "PARTIAL_OK", ("textcnn_vectors",))
 
     def tiny_vectors(layout, kinds):
         from comp.config import DataConfig
@@ -60,8 +54,19 @@ def test_a_budgeted_run_prints_its_plan_and_covers_what_fits(small_comp, tmp_pat
 
     def tiny(layout, name, extra=None):
         small = ["model.channels=8", "model.max_chars=32", "train.epochs_frozen=1"]
-        return real(layout, name, [*(extra or []), *(small if name != "tfidf_char_lr" else [])])
+        return real(layout, name, [*(extra or []), *([] if name.startswith("tfidf") else small)])
     monkeypatch.setattr(pipeline, "member_recipe", tiny)
+
+
+def test_a_budgeted_run_prints_its_plan_and_covers_what_fits(small_comp, tmp_path, monkeypatch,
+                                                             capsys, tiny_members):
+    """A fusion member that the recorded speeds say fits on one fold runs on fold 0 only; the
+    ensembles blend on fold 0's rows; a member that fits nowhere is not started."""
+    monkeypatch.chdir(tmp_path)
+    layout = pipeline.Layout(str(small_comp))
+    monkeypatch.setattr(pipeline, "PRESETS", {**pipeline.PRESETS, "default": [
+        "tfidf_char_lr", "textcnn_vectors", "fusion_all"]})
+    monkeypatch.setattr(plan, "PARTIAL_OK", ("textcnn_vectors",))
     # recorded speeds: the TextCNN costs 100 s a fold of 320 rows, fusion_all far more
     layout.runs.mkdir(parents=True)
     (layout.runs / "speeds.json").write_text(
@@ -104,3 +109,24 @@ def test_the_plan_names_the_pseudo_rounds_members_and_their_minutes(capsys):
     assert "fusion_e5_full160_pl" in err and "pseudo-label round 1" in err
     assert plan.pseudo_steps(names, 2, 13890, 5, {})[-1].name == "fusion_e5_full160_pl_pl"
     assert plan.pseudo_steps(names, 0, 13890, 5, {}) == []
+
+
+def test_a_pseudo_round_member_that_the_first_round_did_not_run_gets_its_vectors(
+        small_comp, tmp_path, monkeypatch, capsys, tiny_members):
+    """As --preset best's second e5: a member only the pseudo-label round trains. Its word2vec
+    files are made before it trains (the first round made none), the plan lists it, and it
+    joins the pl_ ensembles."""
+    monkeypatch.chdir(tmp_path)
+    layout = pipeline.Layout(str(small_comp))
+    monkeypatch.setattr(pipeline, "PRESETS", {**pipeline.PRESETS, "default": ["tfidf_char_lr"]})
+    monkeypatch.setattr(pipeline, "PSEUDO_RECIPES",
+                        {**pipeline.PSEUDO_RECIPES, "default": ["textcnn_vectors"]})
+    best = pipeline.run_pipeline(str(small_comp), pseudo_rounds=1)
+    err = capsys.readouterr().err
+    assert "then ~" in err and "textcnn_vectors_pl" in err.split("member ")[0]  # in the plan
+    assert all((layout.models / f"w2v-{k}.kv").exists() for k in ("char", "word", "bigram"))
+    cv = read_json(layout.runs / "textcnn_vectors_pl" / "cv.json")
+    assert np.isfinite(cv["cv"]) and not (layout.runs / "textcnn_vectors").exists()
+    pl = [read_json(p) for p in layout.submissions.glob("pl_*_cv*.json")]
+    assert pl and all("textcnn_vectors_pl" in m["member_names"] for m in pl)
+    assert best.exists()
