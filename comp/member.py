@@ -200,6 +200,30 @@ def check_extra_folds(extra: ExtraRows, k: int, folds_hash: str) -> None:
                         "pseudo-labels from members on this fold table")
 
 
+def folds_done(recipe: Recipe, comp: Competition | None = None) -> set[int]:
+    """The folds a run of this member would skip today (trained on today's recipe, rows, fold
+    table and extra rows; test or unlabelled texts may still want predicting, which is cheap):
+    what the planner leaves out of its estimate. run_member decides per fold for itself."""
+    rd = RunDir(recipe.run_dir)
+    k = recipe.data.folds
+    marked = [f for f in range(k) if rd.marker(f) is not None]
+    if not marked:  # nothing trained yet: no hashing
+        return set()
+    comp = comp or load_competition(recipe.data)
+    folds = load_folds(comp, recipe.data)
+    extra = load_pseudo_for(recipe, comp)
+    shared = fold_inputs(recipe, comp, folds)
+    text = recipe.to_toml()
+    done = set()
+    for f in marked:
+        fold_extra, _ = extra_for_fold(extra, [comp.train_texts[i]
+                                               for i in np.flatnonzero(folds == f)], f)
+        if rd.fold_status(f, {**shared, "extra_hash": fold_extra.fingerprint},
+                          text).state != "fit":
+            done.add(f)
+    return done
+
+
 def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None = None,
                force: bool = False, extra: ExtraRows | None = None,
                report: Callable[[int, float], None] | None = None,

@@ -371,6 +371,7 @@ def run_pipeline(data: str | None = None, quick: bool = False,
     Returns:
         The best submission CSV.
     """
+    from comp.member import folds_done
     from comp.plan import (
         load_speeds,
         make_plan,
@@ -423,7 +424,8 @@ def run_pipeline(data: str | None = None, quick: bool = False,
     left = budget_s - (time.time() - t0) if budget_s is not None else None
     candidates = task_members(PRESETS[preset], task)
     speeds = load_speeds(speeds_path)
-    steps = make_plan(candidates, left, n_train, k, speeds)
+    done = {n: folds_done(member_recipe(layout, n)) for n in candidates}
+    steps = make_plan(candidates, left, n_train, k, speeds, done)
     pl_names = (PAIR_LINEAR[:1] if pair else task_members(PSEUDO_RECIPES[preset], task))
     print_plan(steps, budget_s, k, pseudo_steps(pl_names, pseudo_rounds if "pseudo" in want
                                                 else 0, n_train, k, speeds))

@@ -83,21 +83,29 @@ def estimate(name: str, n_train: int, k: int, speeds: dict[str, Any]) -> tuple[f
 
 
 def make_plan(candidates: list[str], budget_s: float | None, n_train: int, k: int,
-              speeds: dict[str, Any]) -> list[Step]:
-    """Members in order, each on all folds, on the folds that fit, or left out (folds = [])."""
+              speeds: dict[str, Any], done: dict[str, set[int]] | None = None) -> list[Step]:
+    """Members in order, each on all folds, on the folds that fit, or left out (folds = []).
+
+    done: per member, the folds already trained on today's inputs (comp.member.folds_done):
+    they cost nothing, so a resumed run spends its budget on the folds still missing."""
     steps, left = [], budget_s if budget_s is not None else math.inf
     for name in candidates:
         setup, per_fold = estimate(name, n_train, k, speeds)
-        whole = setup + k * per_fold
+        have = set((done or {}).get(name, ()))
+        todo = [f for f in range(k) if f not in have]
+        whole = (setup if todo else 0.0) + len(todo) * per_fold
         if whole <= left:
-            steps.append(Step(name, None, whole))
+            steps.append(Step(name, None, whole, "" if todo else "current"))
             left -= whole
             continue
         n = int((left - setup) // per_fold) if per_fold > 0 else 0
-        if name in PARTIAL_OK and n >= 1:
-            cost = setup + n * per_fold
-            steps.append(Step(name, list(range(n)), cost,
-                              f"{n} of {k} folds fit in the budget; its OOF covers those rows"))
+        if name in PARTIAL_OK and (n >= 1 or have):
+            n = max(n, 0)
+            cost = (setup if n else 0.0) + n * per_fold
+            use = sorted(have | set(todo[:n]))
+            steps.append(Step(name, use, cost, f"{len(use)} of {k} folds fit in the budget"
+                              + (f" ({len(have)} already trained)" if have else "")
+                              + "; its OOF covers those rows"))
             left -= cost
         else:
             steps.append(Step(name, [], whole, f"needs {whole / 60:.1f} min, "

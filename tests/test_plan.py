@@ -25,6 +25,25 @@ def test_the_plan_takes_cheap_members_whole_an_expensive_one_partly_and_skips_th
     assert make_plan(["a", "b", "c"], None, 5000, 5, speeds)[2].folds is None  # no budget
 
 
+def test_folds_already_trained_cost_nothing_so_a_resumed_run_spends_the_budget_on_the_rest():
+    speeds = {"a": {"per_fold_per_1k": 1.0}, "b": {"per_fold_per_1k": 100.0, "setup": 50.0}}
+    plan.PARTIAL_OK = (*plan.PARTIAL_OK, "b")
+    try:
+        # b's fold 0 is trained: 580 s left after a buy fold 1 (50 + 400), not fold 0 again
+        steps = make_plan(["a", "b"], 600.0, 5000, 5, speeds, {"b": {0}})
+        assert steps[1].folds == [0, 1] and steps[1].seconds == 450.0
+        assert "1 already trained" in steps[1].note
+        # no time left: b keeps the folds it has, at no cost
+        steps = make_plan(["a", "b"], 100.0, 5000, 5, speeds, {"b": {0, 2}})
+        assert steps[1].folds == [0, 2] and steps[1].seconds == 0.0
+    finally:
+        plan.PARTIAL_OK = plan.PARTIAL_OK[:-1]
+    # every fold trained: current, free, and the next member gets the budget
+    steps = make_plan(["b", "a"], 30.0, 5000, 5, speeds, {"b": set(range(5))})
+    assert [(s.folds, s.seconds, s.note) for s in steps] == [(None, 0.0, "current"),
+                                                            (None, 20.0, "")]
+
+
 def test_the_default_first_plan_on_the_embedded_competition_fits_20_minutes_with_two_e5_folds():
     """Before anything is measured (no speeds.json) the priors plan the default run on the
     embedded competition (13,890 rows, 5 folds): every TF-IDF member, e5 on the folds that fit
@@ -85,6 +104,11 @@ def test_a_budgeted_run_prints_its_plan_and_covers_what_fits(small_comp, tmp_pat
     assert "took" in err  # planned vs actual minutes at the end
     # the member's real cost replaced the recorded one
     assert read_json(layout.runs / "speeds.json")["textcnn_vectors"]["per_fold_per_1k"] != 312.5
+
+    # run again: the plan knows what is trained (folds_done) and estimates it at nothing
+    pipeline.run_pipeline(str(small_comp), budget=2.5)
+    err = capsys.readouterr().err
+    assert "tfidf_char_lr              folds all    ~  0.0 min  (current)" in err
 
 
 def test_record_speed_reads_a_members_cv(tmp_path):
