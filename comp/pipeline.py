@@ -301,6 +301,28 @@ def stage_ensembles(layout: Layout, runs: list[Path], methods: list[str],
     return out
 
 
+def pseudo_file(layout: Layout, round_: int) -> Path:
+    """submissions/pseudo.csv (round 1) or pseudo_r<round>.csv."""
+    return layout.submissions / ("pseudo.csv" if round_ == 1 else f"pseudo_r{round_}.csv")
+
+
+def pseudo_folds_done(layout: Layout, names: list[str], rounds: int) -> dict[str, set[int]]:
+    """For the plan: the pseudo members' folds that are current on the pseudo files the last
+    run left (the round writes them anew; from an unchanged ensemble they come out the same)."""
+    from comp.member import folds_done
+
+    done: dict[str, set[int]] = {}
+    for r in range(1, rounds + 1):
+        f = pseudo_file(layout, r)
+        for name in names if f.exists() else []:
+            try:
+                done[name + "_pl" * r] = folds_done(member_recipe(
+                    layout, name, [f"train.pseudo={f}", f"name={name}{'_pl' * r}"]))
+            except CompError:  # a file the round will replace (other classes, ...)
+                pass
+    return done
+
+
 def stage_pseudo(layout: Layout, best: Path, names: list[str], threshold: float = 0.95,
                  round_: int = 1) -> list[Path]:
     """One pseudo-label round: confident test (and unlabelled) rows of the best ensemble so far
@@ -311,7 +333,7 @@ def stage_pseudo(layout: Layout, best: Path, names: list[str], threshold: float 
     """
     from comp.pseudo import make_pseudo
 
-    pseudo = layout.submissions / ("pseudo.csv" if round_ == 1 else f"pseudo_r{round_}.csv")
+    pseudo = pseudo_file(layout, round_)
     make_pseudo(best.with_suffix(".json"), threshold=threshold, per_class=True, out=pseudo)
     return stage_members(layout, names, [f"train.pseudo={pseudo}"], suffix="_pl" * round_)
 
@@ -427,8 +449,9 @@ def run_pipeline(data: str | None = None, quick: bool = False,
     done = {n: folds_done(member_recipe(layout, n)) for n in candidates}
     steps = make_plan(candidates, left, n_train, k, speeds, done)
     pl_names = (PAIR_LINEAR[:1] if pair else task_members(PSEUDO_RECIPES[preset], task))
-    print_plan(steps, budget_s, k, pseudo_steps(pl_names, pseudo_rounds if "pseudo" in want
-                                                else 0, n_train, k, speeds))
+    pl_rounds = pseudo_rounds if "pseudo" in want else 0
+    print_plan(steps, budget_s, k, pseudo_steps(pl_names, pl_rounds, n_train, k, speeds,
+                                                pseudo_folds_done(layout, pl_names, pl_rounds)))
     runs: list[Path] = []
     vectors_done: set[str] = set()
     for step in steps:

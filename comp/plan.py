@@ -114,15 +114,19 @@ def make_plan(candidates: list[str], budget_s: float | None, n_train: int, k: in
 
 
 def pseudo_steps(names: list[str], rounds: int, n_train: int, k: int,
-                 speeds: dict[str, Any]) -> list[Step]:
+                 speeds: dict[str, Any], done: dict[str, set[int]] | None = None) -> list[Step]:
     """The pseudo-label rounds' members, for the printed plan: each costs what its recipe costs
-    here (measured or prior) on the training rows; the confident test rows add to that."""
+    here (measured or prior) on the training rows, the confident test rows add to that; `done`:
+    folds current on the last run's pseudo rows (free if the round writes the same rows)."""
     steps = []
     for r in range(1, rounds + 1):
         for name in names:
             setup, per_fold = estimate(name, n_train, k, speeds)
-            steps.append(Step(name + "_pl" * r, None, setup + k * per_fold,
-                              f"pseudo-label round {r}, + its confident test rows"))
+            left = k - len((done or {}).get(name + "_pl" * r, ()))
+            steps.append(Step(name + "_pl" * r, None, (setup if left else 0.0) + left * per_fold,
+                              f"pseudo-label round {r}, "
+                              + ("+ its confident test rows" if left else
+                                 "current if its pseudo rows come out the same")))
     return steps
 
 

@@ -149,6 +149,10 @@ def test_a_pseudo_round_member_that_the_first_round_did_not_run_gets_its_vectors
     err = capsys.readouterr().err
     assert "then ~" in err and "textcnn_vectors_pl" in err.split("member ")[0]  # in the plan
     assert all((layout.models / f"w2v-{k}.kv").exists() for k in ("char", "word", "bigram"))
+    # run again: the plan finds the pseudo member current on the pseudo rows the run left
+    pipeline.run_pipeline(str(small_comp), pseudo_rounds=1)
+    assert "(pseudo-label round 1, current if its pseudo rows come out the same)" in (
+        capsys.readouterr().err)
     cv = read_json(layout.runs / "textcnn_vectors_pl" / "cv.json")
     assert np.isfinite(cv["cv"]) and not (layout.runs / "textcnn_vectors").exists()
     pl = [read_json(p) for p in layout.submissions.glob("pl_*_cv*.json")]
