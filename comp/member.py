@@ -214,14 +214,19 @@ def folds_done(recipe: Recipe, comp: Competition | None = None) -> set[int]:
     extra = load_pseudo_for(recipe, comp)
     shared = fold_inputs(recipe, comp, folds)
     text = recipe.to_toml()
-    done = set()
-    for f in marked:
-        fold_extra, _ = extra_for_fold(extra, [comp.train_texts[i]
-                                               for i in np.flatnonzero(folds == f)], f)
-        if rd.fold_status(f, {**shared, "extra_hash": fold_extra.fingerprint},
-                          text).state != "fit":
-            done.add(f)
-    return done
+    return {f for f in marked
+            if rd.fold_status(f, fold_want(shared, extra, comp, folds, f)[2], text).state != "fit"}
+
+
+def fold_want(shared: dict[str, Any], extra: ExtraRows, comp: Competition, folds: np.ndarray,
+              fold: int, inputs: dict[str, str] | None = None
+              ) -> tuple[ExtraRows, int, dict[str, Any]]:
+    """(the fold's extra rows, how many were dropped as copies of its validation texts, the
+    inputs its done marker must match: `shared` + those rows' fingerprint + `inputs`)."""
+    val_texts = [comp.train_texts[i] for i in np.flatnonzero(folds == fold)]
+    fold_extra, dropped = extra_for_fold(extra, val_texts, fold)
+    return fold_extra, dropped, {**shared, "extra_hash": fold_extra.fingerprint,
+                                 **(inputs or {})}
 
 
 def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None = None,
@@ -279,10 +284,9 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
     for f in wanted:  # every fold's status before anything is written (recipe.toml tells)
         train_idx = np.flatnonzero(folds != f)
         val_idx = np.flatnonzero(folds == f)
-        fold_extra, dropped = extra_for_fold(extra, [comp.train_texts[i] for i in val_idx], f)
+        fold_extra, dropped, want = fold_want(shared, extra, comp, folds, f, inputs)
         ctx = FoldContext(f, train_idx, val_idx, rd.fold_dir(f), comp, recipe, fold_extra,
                           report or (lambda step, value: None), want_train)
-        want = {**shared, "extra_hash": fold_extra.fingerprint, **(inputs or {})}
         status = (FoldStatus(f, "fit", "--force") if force
                   else rd.fold_status(f, want, recipe_text))
         if status.state == "current" and want_train and not rd.marker(f).get("train_predicted"):

@@ -448,12 +448,23 @@ def run_pipeline(data: str | None = None, quick: bool = False,
     speeds = load_speeds(speeds_path)
     done = {n: folds_done(member_recipe(layout, n)) for n in candidates}
     steps = make_plan(candidates, left, n_train, k, speeds, done)
-    pl_names = (PAIR_LINEAR[:1] if pair else task_members(PSEUDO_RECIPES[preset], task))
     pl_rounds = pseudo_rounds if "pseudo" in want else 0
+    pl_names = ([] if not pl_rounds else PAIR_LINEAR[:1] if pair
+                else task_members(PSEUDO_RECIPES[preset], task))
     print_plan(steps, budget_s, k, pseudo_steps(pl_names, pl_rounds, n_train, k, speeds,
                                                 pseudo_folds_done(layout, pl_names, pl_rounds)))
     runs: list[Path] = []
     vectors_done: set[str] = set()
+
+    def vectors_for(names: list[str], extra: list[str] | None = None) -> None:
+        """The word2vec files these members read, each trained once."""
+        kinds = list(dict.fromkeys(v for n in names if not n.startswith("tfidf")
+                                   for v in member_recipe(layout, n, extra).model.vectors
+                                   if v not in vectors_done))
+        if kinds:
+            timed("vectors", stage_vectors, layout, kinds)
+            vectors_done.update(kinds)
+
     for step in steps:
         if step.folds == []:
             continue
@@ -466,12 +477,7 @@ def run_pipeline(data: str | None = None, quick: bool = False,
                 f"used, it needs ~{step.seconds / 60:.1f}")
             continue
         extra = [f"data.use_folds={step.folds}"] if step.folds else []
-        if stage == "fusion":  # the word2vec files this member reads, trained once each
-            kinds = [v for v in member_recipe(layout, step.name, extra).model.vectors
-                     if v not in vectors_done]
-            if kinds:
-                timed("vectors", stage_vectors, layout, kinds)
-                vectors_done.update(kinds)
+        vectors_for([step.name], extra)
         t = time.time()
         runs += timed(stage, stage_members, layout, [step.name], extra) or []
         step.actual = time.time() - t
@@ -491,10 +497,8 @@ def run_pipeline(data: str | None = None, quick: bool = False,
     from comp.pseudo import MULTILABEL_THRESHOLD
 
     cut = MULTILABEL_THRESHOLD if task == "multilabel" else 0.95
-    kinds = {v for n in pl_names if rounds and not n.startswith("tfidf")
-             for v in member_recipe(layout, n).model.vectors} - vectors_done
-    if kinds:  # a pseudo member's word2vec files, when its first-round twin did not run
-        timed("vectors", stage_vectors, layout, sorted(kinds))
+    if rounds:  # a pseudo member's word2vec files, when its first-round twin did not run
+        vectors_for(pl_names)
     for r in range(1, rounds + 1):
         new = timed("pseudo", stage_pseudo, layout, best_submission(subs), pl_names, cut,
                     r) or []
