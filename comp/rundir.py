@@ -392,3 +392,31 @@ def recipe_changes(old: str, new: str, limit: int = 3) -> str:
     keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:limit])
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# model files a fold reads
+
+
+def path_digest(path: str | Path) -> str:
+    """A content fingerprint of a file, or of a folder's files (names and bytes); a path that
+    does not exist (a hub id) is its own fingerprint. Hashed once per file version."""
+    p = Path(path)
+    if not p.exists():
+        return f"id:{path}"
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode("utf-8") + b"\0")
+        h.update(_file_sha256(str(f), st.st_size, st.st_mtime_ns).encode())
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -45,9 +45,16 @@ from comp.fusion import (
     FusionModel,
     TokenMemo,
     build_fusion,
+    checkpoint_state,
     describe,
+    fold_backbones,
+    load_checkpoint,
+    log_unknown,
+    model_inputs,
+    resolve_backbones,
     to_device,
     train_swap,
+    write_fold_backbones,
 )
 from comp.losses import create_loss
 from comp.member import ExtraRows, FoldContext, run_member
@@ -243,11 +250,13 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
                 if on_batch is not None:
                     on_batch([train.texts[j] for j in idx])
                 batch = make_batch(model, train, idx, phase_cache, device)
+                # the epoch's last accumulation group may hold fewer batches: average over them
+                group = min(cfg.accum, len(batches) - i // cfg.accum * cfg.accum)
 
-                def batch_loss(batch: dict = batch) -> torch.Tensor:
+                def batch_loss(batch: dict = batch, group: int = group) -> torch.Tensor:
                     with autocast():
                         logits = model(batch)  # (B, C)
-                    return loss_fn(logits, batch["targets"], batch["weights"]) / cfg.accum
+                    return loss_fn(logits, batch["targets"], batch["weights"]) / group
 
                 def backward(loss: torch.Tensor) -> None:
                     (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -260,7 +269,7 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
                 else:
                     loss = batch_loss()
                     backward(loss)
-                loss_sum += float(loss.detach()) * cfg.accum
+                loss_sum += float(loss.detach()) * group
                 loss_n += 1
 
                 if (i + 1) % cfg.accum == 0 or i + 1 == len(batches):
@@ -305,7 +314,7 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
                         best_state = copy.deepcopy(model.state_dict())
                         if ckpt is not None and rank == 0:
                             with atomic_path(ckpt) as tmp:
-                                torch.save(best_state, tmp)
+                                torch.save(checkpoint_state(model, best_state), tmp)
             stale = 0 if improved else stale + 1
             entry = {"epoch": epoch, "phase": phase, "loss": loss_sum / max(1, loss_n),
                      "seconds": round(time.time() - t0, 2),
@@ -375,6 +384,7 @@ class FusionData:
         self.fit_rows: Rows | None = None  # rows trained on: pairs in both orders with pair_swap
         self.cache: FeatureCache | None = None
         self.tokens = TokenMemo()
+        self.backbone_paths: list[str] | None = None  # the folders new folds train with
 
     def ensure_rows(self, model: FusionModel) -> None:
         """Grid texts and vector ids of every train and test text (once per member)."""
@@ -423,7 +433,11 @@ def start_fold(ctx: FoldContext, data: FusionData) -> tuple[FusionModel, str]:
     rank, world = dist_info()
     name = f"{recipe.name} fold {ctx.fold}"
     seed_everything(cfg.seed + ctx.fold)
-    model = build_fusion(recipe, ctx.comp.n_classes)
+    if data.backbone_paths is None:  # a pruned e5 is found (or made) once per member
+        data.backbone_paths = resolve_backbones(recipe)
+    model = build_fusion(recipe, ctx.comp.n_classes, data.backbone_paths)
+    if rank == 0:
+        write_fold_backbones(ctx.dir, recipe, data.backbone_paths)
     model.multilabel = ctx.comp.multilabel  # sigmoid outputs in `predict`
     model.tokens = data.tokens  # every fold tokenizes the same texts: once per member
     model.to(_device())
@@ -573,10 +587,10 @@ def _kept_model(ctx: FoldContext, data: FusionData) -> FusionModel | None:
     ckpt = ctx.dir / "model.pt"
     if not ckpt.exists():
         return None
-    model = build_fusion(ctx.recipe, ctx.comp.n_classes)
+    model = build_fusion(ctx.recipe, ctx.comp.n_classes, fold_backbones(ctx.dir, ctx.recipe))
     model.multilabel = ctx.comp.multilabel
     model.tokens = data.tokens
-    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    load_checkpoint(model, ckpt)
     model.to(_device())
     data.ensure_rows(model)
     return model
@@ -594,6 +608,7 @@ def predict_fold_texts(ctx: FoldContext, data: FusionData) -> np.ndarray | None:
     model = _kept_model(ctx, data)
     if model is None:
         return None
+    log_unknown(model, ctx.comp.predict_texts, f"{ctx.recipe.name} fold {ctx.fold}")
     cfg = ctx.recipe.train
     return predict(model, data.test, cfg.eval_batch_size, None, cfg.bucket, cfg.amp,
                    desc=f"{ctx.recipe.name} fold {ctx.fold} test")
@@ -636,7 +651,8 @@ def train_fusion(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
     if world == 1:
         return collect_epochs(recipe.run_dir, run_member(
             recipe, lambda ctx: fit_fold(ctx, data), folds_to_run, force, extra, report, comp,
-            lambda ctx: predict_fold_train(ctx, data), lambda ctx: predict_fold_texts(ctx, data)))
+            lambda ctx: predict_fold_train(ctx, data), lambda ctx: predict_fold_texts(ctx, data),
+            inputs=model_inputs(recipe)))
     import torch.distributed as dist
 
     if rank == 0:
@@ -646,7 +662,8 @@ def train_fusion(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
 
         try:
             return collect_epochs(recipe.run_dir, run_member(recipe, lead, folds_to_run, force,
-                                                             extra, report, comp))
+                                                             extra, report, comp,
+                                                             inputs=model_inputs(recipe)))
         finally:
             dist.broadcast_object_list([None], 0)  # release the other ranks
     while True:

@@ -336,7 +336,7 @@ def test_e5_tokens_cover_the_character_grid(e5_dir, truncation):
 
 
 def test_cli_import_prunes_to_a_folder_and_the_recipe_hook_reuses_it(small_comp, tmp_path):
-    from comp.backbones.e5 import competition_texts, prepare_backbone
+    from comp.backbones.e5 import competition_texts, prepare_backbone, resolve_backbone
     from comp.cli import main
     from comp.config import DataConfig
 
@@ -349,9 +349,14 @@ def test_cli_import_prunes_to_a_folder_and_the_recipe_hook_reuses_it(small_comp,
     assert prepare_backbone(out, DataConfig(dir=str(small_comp)))  # current: kept as it is
     assert (out / "model.safetensors").stat().st_mtime_ns == stamp
     assert not prepare_backbone(tmp_path / "models" / "bert_tiny")  # not ours: left alone
+    # named e5-small and missing: a pruned import beside it, named by its pieces, made once
     missing = tmp_path / "other" / "e5-small"
-    assert prepare_backbone(missing, DataConfig(dir=str(small_comp)))  # named e5-small: made
-    assert json.loads((missing / CARD).read_text())["prune"]["texts"] == 500
+    made = Path(resolve_backbone(missing, DataConfig(dir=str(small_comp))))
+    assert not missing.exists() and made.name.startswith("e5-small.pruned-")
+    assert json.loads((made / CARD).read_text())["prune"]["texts"] == 500
+    stamp = (made / "model.safetensors").stat().st_mtime_ns
+    assert resolve_backbone(missing, DataConfig(dir=str(small_comp))) == str(made)
+    assert (made / "model.safetensors").stat().st_mtime_ns == stamp
 
 
 def test_a_bottom_with_other_weights_gets_its_own_cache(tiny_bert):
@@ -441,7 +446,11 @@ def test_predicting_after_a_top_n_fit_reads_the_bottom_cache(tiny_bert, monkeypa
     live = model(model.prepare(TEXTS))  # gradients on: always the whole backbone
     assert len(tops) == 1
     torch.testing.assert_close(cached, live.detach(), atol=1e-5, rtol=1e-4)
-    with torch.no_grad():  # a bottom changed since: its states are not in any cache
-        model.backbones[0].model.encoder.layer[0].output.dense.bias.add_(0.1)
-        model(model.prepare(TEXTS))
-    assert len(tops) == 1
+    with torch.no_grad():  # a bottom changed since: its old states are never read
+        bias = model.backbones[0].model.encoder.layer[0].output.dense.bias
+        bias.add_(0.5 * torch.randn_like(bias))  # not uniform: LayerNorm would cancel that
+        changed = model(model.prepare(TEXTS))
+    assert len(tops) == 2  # a cache of its own, filled now
+    torch.testing.assert_close(changed, model(model.prepare(TEXTS)).detach(), atol=1e-5,
+                               rtol=1e-4)
+    assert not torch.allclose(changed, cached, atol=1e-4)

