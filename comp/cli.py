@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
 
-from comp.utils import CompError
+from comp.utils import LOGGER, CompError
 
 EPILOG = """examples:
   comp data sentiment --out data/sentiment
@@ -232,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="comp", description="Text-classification competition toolkit: k-fold members, "
         "multi-backbone fusion, tuning, pseudo-labels, ensembling.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quiet", action="store_true",
+                   help="only warnings and errors on stderr: no progress lines or bars")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     def recipe_args(sp: argparse.ArgumentParser) -> None:
@@ -404,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors for CompError, exit code 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    level = LOGGER.level
+    if args.quiet:
+        LOGGER.setLevel(logging.WARNING)
     try:
         args.func(args)
     except CompError as e:
@@ -412,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"comp {args.cmd}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        LOGGER.setLevel(level)  # main() called in-process (tests, scripts) leaves no trace
     return 0
 
 

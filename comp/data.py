@@ -1015,20 +1015,24 @@ def iterative_folds(labels: np.ndarray, groups: np.ndarray, k: int, seed: int) -
 
 
 def _merge_groups(text_groups: np.ndarray, row_groups: list[str]) -> np.ndarray:
-    """Group ids joining rows that share a text group or a group column value (union-find)."""
-    parent = list(range(int(text_groups.max()) + 1))
+    """Group ids joining rows that share a text group or a group column value.
 
-    def root(g: int) -> int:
-        while parent[g] != g:
-            parent[g] = parent[parent[g]]
-            g = parent[g]
-        return g
+    Text groups and group-column values are the nodes of a graph whose edges are the rows; each
+    row gets the smallest text-group id of its connected component, so a group no value joins
+    keeps its id (StratifiedGroupKFold's shuffle follows the sorted ids: same ids, same folds).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    first: dict[str, int] = {}
-    for g, v in zip(text_groups.tolist(), row_groups):
-        a, b = root(g), root(first.setdefault(v, g))
-        parent[max(a, b)] = min(a, b)
-    return np.array([root(g) for g in text_groups.tolist()], dtype=np.int64)
+    n_text = int(text_groups.max()) + 1
+    value_of: dict[str, int] = {}
+    values = np.array([value_of.setdefault(v, len(value_of)) for v in row_groups], dtype=np.int64)
+    n = n_text + len(value_of)
+    edges = coo_matrix((np.ones(len(values)), (text_groups, n_text + values)), shape=(n, n))
+    _, component = connected_components(edges, directed=False)
+    smallest = np.full(n, n_text, dtype=np.int64)
+    np.minimum.at(smallest, component[:n_text], np.arange(n_text))
+    return smallest[component[text_groups]]
 
 
 def _spread_rare(folds: np.ndarray, labels: np.ndarray, groups: np.ndarray, rare: list[int],

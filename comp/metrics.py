@@ -239,9 +239,14 @@ def _qwk(truth: np.ndarray, pred: np.ndarray, order: list[Any]) -> float:
 
 @register_metric("logloss", False, "mean negative log-probability of the true class")
 def _logloss(y: np.ndarray, proba: np.ndarray) -> float:
+    from sklearn.metrics import log_loss
+
+    if np.isnan(proba).any():  # a diverged member scores NaN (never best), not an error
+        return float("nan")
+    # sklearn clips at float64's eps (2.2e-16), neither renormalises nor accepts values outside
+    # [0, 1]: clip at 1e-15 and renormalise first, so a zero probability costs -log(1e-15)
     p = np.clip(proba, 1e-15, 1.0)
-    p = p / p.sum(1, keepdims=True)
-    return float(-np.log(p[np.arange(len(y)), y]).mean())
+    return float(log_loss(y, p / p.sum(1, keepdims=True), labels=np.arange(proba.shape[1])))
 
 
 @register_metric("auc", True, "ROC AUC: binary, or one-vs-rest macro over the present classes")
@@ -321,8 +326,13 @@ def _ml_accuracy(y: np.ndarray, proba: np.ndarray) -> float:
 
 @register_multilabel("logloss")
 def _ml_logloss(y: np.ndarray, proba: np.ndarray) -> float:
+    from sklearn.metrics import log_loss
+
+    if np.isnan(proba).any():
+        return float("nan")
+    # every cell is one binary prediction; clipped at 1e-15 as the single-label form
     p = np.clip(proba, 1e-15, 1 - 1e-15)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return float(log_loss(y.ravel(), p.ravel(), labels=[0, 1]))
 
 
 @register_multilabel("auc")

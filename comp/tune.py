@@ -28,7 +28,9 @@ teacher is tuned on the reported table: its teacher's per-fold targets exist for
 only (cv.json then says `same_folds`).
 
 The study lives in an Optuna RDB storage: SQLite (runs/optuna.db) by default; a PostgreSQL URL
-lets any number of `comp tune` processes on any machines share one study. The best parameters
+lets any number of `comp tune` processes on any machines share one study. Each process seeds its
+TPE sampler with `--seed` mixed with its worker index (`claim_worker`), so workers started alike
+draw different points and a rerun draws the same ones. The best parameters
 are written as a TOML overlay (recipes/tuned/<name>.toml) for `comp train RECIPE --overlay ...`,
 and the optimisation history and parameter importances as PNGs next to the trials.
 """
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import random
@@ -48,6 +51,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 
 from comp.config import (
@@ -75,6 +79,7 @@ _FIELDS = {"float": {"low", "high", "log", "step"}, "int": {"low", "high", "log"
 FOLD_STEPS = 1000
 OVERLAY_DIR = "recipes/tuned"
 TUNE_SEED_OFFSET = 1000  # trials' fold table: data.fold_seed + this
+WORKERS_SUFFIX = ".workers"  # the companion study that numbers a study's workers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,25 +271,33 @@ def _first_line(e: BaseException | None) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-class TrialSeededTPE(optuna.samplers.TPESampler):
-    """TPE whose random stream is reseeded from (seed, trial number) before every trial.
+def claim_worker(storage: optuna.storages.BaseStorage, study_name: str) -> int:
+    """This process's index among the workers that joined the study: 0, 1, 2, ...
 
-    Trial numbers are unique within a study, so workers started with the same seed still draw
-    different startup points, while a single worker's study stays reproducible.
+    Indices are the trial numbers of a companion study `<study_name>.workers`, which the storage
+    hands out under a lock, so workers started at the same moment on any machines still get
+    distinct ones, and a study's history of runs numbers them the same way every time.
     """
+    name = study_name + WORKERS_SUFFIX
+    optuna.create_study(storage=storage, study_name=name, load_if_exists=True)
+    # the storage's own calls: Study.ask on a storage with heartbeats warns outside optimize()
+    trial_id = storage.create_new_trial(storage.get_study_id_from_name(name))
+    storage.set_trial_state_values(trial_id, optuna.trial.TrialState.COMPLETE, [0.0])
+    return storage.get_trial_number_from_id(trial_id)
 
-    def __init__(self, seed: int = 42, **kw: Any) -> None:
-        super().__init__(seed=seed, **kw)
-        self._base_seed = seed
 
-    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """Reseed, then let TPE do its own bookkeeping."""
-        s = (self._base_seed * 1_000_003 + trial.number) % 2**32
-        for owner in (self, getattr(self, "_random_sampler", None)):
-            lazy = getattr(owner, "_rng", None)
-            if lazy is not None and hasattr(lazy, "rng"):
-                lazy.rng.seed(s)
-        super().before_trial(study, trial)
+def worker_seed(seed: int, worker: int) -> int:
+    """The TPE seed of worker `worker` of a study tuned with base `seed`.
+
+    Workers of one study share the base seed (`comp tune --seed`), so each needs a seed of its
+    own to draw other points; SeedSequence mixes the two into independent streams.
+    """
+    return int(np.random.SeedSequence([seed % 2**64, worker]).generate_state(1)[0])
+
+
+def make_sampler(seed: int, worker: int) -> optuna.samplers.TPESampler:
+    """This worker's TPE sampler: reproducible for (seed, worker), distinct across workers."""
+    return optuna.samplers.TPESampler(seed=worker_seed(seed, worker))
 
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
@@ -535,7 +548,8 @@ def run_tune(recipe: Recipe, trials: int = 20, timeout: float | None = None,
              storage: str | None = None, study: str | None = None, n_folds: int = 1,
              sampler_seed: int = 42, pruner: str = "median",
              overlay_dir: str | Path = OVERLAY_DIR, plots: bool = True,
-             trainer: Trainer | None = None, fold_seed: int | None = None) -> dict[str, Any]:
+             trainer: Trainer | None = None, fold_seed: int | None = None,
+             worker: int | None = None) -> dict[str, Any]:
     """Run `trials` more trials of the recipe's `[tune]` space (continuing an existing study).
 
     Args:
@@ -546,7 +560,7 @@ def run_tune(recipe: Recipe, trials: int = 20, timeout: float | None = None,
             default sqlite:///<runs_dir>/optuna.db.
         study: study name; default the recipe name.
         n_folds: the objective is the mean validation metric over folds 0..n_folds-1.
-        sampler_seed: TPE seed (mixed with each trial's number).
+        sampler_seed: base TPE seed, shared by the study's workers (mixed with `worker`).
         pruner: median | hyperband | none, fed by per-epoch validation scores.
         overlay_dir: where <recipe name>.toml with the best values goes.
         plots: save history.png / importances.png under runs/tune/<study>/.
@@ -555,6 +569,8 @@ def run_tune(recipe: Recipe, trials: int = 20, timeout: float | None = None,
         fold_seed: the seed of the fold table trials are scored on; default data.fold_seed +
             TUNE_SEED_OFFSET (a student with a teacher: data.fold_seed). The recipe's own seed
             scores trials on the reported table, which makes the tuned member's CV optimistic.
+        worker: this worker's index, which seeds its sampler; default: claimed from the storage
+            (`claim_worker`: 0 for a study's first worker, then 1, 2, ...).
 
     Returns:
         {"study", "storage", "best_value", "best_params", "overlay", "plots", "counts",
@@ -578,16 +594,18 @@ def run_tune(recipe: Recipe, trials: int = 20, timeout: float | None = None,
             fold_seed = recipe.data.fold_seed
             log(f"tune: '{recipe.name}' is a student: its teacher's per-fold targets exist for "
                 f"the reported fold table only, so trials are scored on it (seed {fold_seed}) "
-                "and the tuned member's CV is optimistic")
+                "and the tuned member's CV is optimistic", level=logging.WARNING)
     elif fold_seed == recipe.data.fold_seed:
         log(f"tune: trials are scored on the reported fold table (seed {fold_seed}); the tuned "
-            "member's CV is optimistic")
+            "member's CV is optimistic", level=logging.WARNING)
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is printed below
     # "memory": a throwaway in-process study (quick looks, tests): nothing kept, no other workers
     rdb = optuna.storages.InMemoryStorage() if storage == "memory" else open_storage(storage)
+    if worker is None:
+        worker = claim_worker(rdb, study_name)
     st = optuna.create_study(storage=rdb, study_name=study_name, direction=direction,
-                             load_if_exists=True, sampler=TrialSeededTPE(seed=sampler_seed),
+                             load_if_exists=True, sampler=make_sampler(sampler_seed, worker),
                              pruner=make_pruner(pruner))
     if st.direction.name.lower() != direction:
         raise CompError(f"study '{study_name}' in {_redact(storage)} was made to "
@@ -596,7 +614,8 @@ def run_tune(recipe: Recipe, trials: int = 20, timeout: float | None = None,
     before = len(st.trials)
     log(f"tune: study '{study_name}' ({direction} {recipe.metric} over {n_folds} fold(s)) in "
         f"{_redact(storage)}: {before} trial(s) so far, {trials} more here "
-        f"(pid {os.getpid()}); trials in {tune_dir} on the fold table with seed {fold_seed}")
+        f"(pid {os.getpid()}, worker {worker}); trials in {tune_dir} on the fold table with seed "
+        f"{fold_seed}")
     data = tune_data(recipe, tune_dir, fold_seed)
     objective = make_objective(recipe, n_folds, tune_dir, trainer, data)
     overlay_path = Path(overlay_dir) / f"{recipe.name}.toml"

@@ -1,10 +1,11 @@
-"""Small shared helpers: atomic writes, seeding, progress bars, hashing."""
+"""Small shared helpers: atomic writes, seeding, progress bars, hashing, logging."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import random
 import sys
@@ -86,11 +87,14 @@ def seed_everything(seed: int) -> None:
 
 
 def progress(iterable: Iterable, desc: str = "", total: int | None = None, **kw: Any):
-    """A tqdm progress bar on stderr; quiet when COMP_QUIET=1 or stderr is not a terminal in CI."""
+    """A tqdm progress bar on stderr, drawn only on a terminal: redirected to a file or pipe,
+    its redraws would fill the log with `\\r` frames. Off as well under COMP_QUIET=1 and
+    `comp --quiet`. A bar that does not draw still iterates and takes `set_postfix`."""
     from tqdm.auto import tqdm
 
-    disable = os.environ.get("COMP_QUIET") == "1"
-    return tqdm(iterable, desc=desc, total=total, disable=disable, leave=False,
+    quiet = os.environ.get("COMP_QUIET") == "1" or not LOGGER.isEnabledFor(logging.INFO)
+    # disable=None: tqdm's own "off unless the output is a TTY"
+    return tqdm(iterable, desc=desc, total=total, disable=True if quiet else None, leave=False,
                 dynamic_ncols=True, **kw)
 
 
@@ -116,6 +120,39 @@ def sha1_of(items: Iterable[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def log(msg: str) -> None:
-    """Print a progress line to stderr (stdout stays clean for results)."""
-    print(msg, file=sys.stderr, flush=True)
+class _StderrHandler(logging.StreamHandler):
+    """Writes each record to the sys.stderr of that moment, not of the handler's creation, so
+    that pytest's capsys and contextlib.redirect_stderr see the lines as they did print's."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+# The toolkit's progress and warning lines: the bare message on stderr (stdout stays clean for
+# results), INFO for progress and WARNING for "warning: ..." lines, so `comp --quiet` (level
+# WARNING) keeps only the latter. Not propagated: a root handler set up by the embedding program
+# would print every line a second time.
+LOGGER = logging.getLogger("comp")
+if not LOGGER.handlers:
+    _handler = _StderrHandler()
+    _handler.setFormatter(logging.Formatter("%(message)s"))
+    LOGGER.addHandler(_handler)
+    LOGGER.setLevel(logging.INFO)
+    LOGGER.propagate = False
+
+
+def log(msg: str, level: int | None = None) -> None:
+    """Log a line to stderr through the "comp" logger.
+
+    Args:
+        msg: the line, shown as it is.
+        level: a logging level; default WARNING when `msg` starts with "warning", else INFO.
+    """
+    if level is None:
+        level = logging.WARNING if msg.startswith("warning") else logging.INFO
+    LOGGER.log(level, msg)

@@ -80,3 +80,27 @@ def test_train_then_score_end_to_end(small_comp, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "OOF accuracy=" in r.stdout
     assert (runs / "tfidf_char_svc" / "oof.npy").exists()
+
+
+def test_quiet_keeps_warnings_and_results_but_not_progress_lines(tmp_path, capsys):
+    import csv
+    import logging
+
+    rows = [(f"r{i}", f"text number {i}", "ab"[i % 2]) for i in range(20)] + [("r99", "x", "c")]
+    outs = {}
+    for quiet in (False, True):
+        d = tmp_path / f"quiet{quiet}"
+        d.mkdir()
+        for name, header, body in (("train.csv", ("id", "text", "label"), rows),
+                                   ("test.csv", ("id", "text"), [("t1", "y")])):
+            with open(d / name, "w", newline="", encoding="utf-8") as f:
+                csv.writer(f).writerows([header, *body])
+        assert main(["--quiet"] * quiet + ["folds", str(d), "--k", "3"]) == 0
+        outs[quiet] = capsys.readouterr()
+    # class 'c' has 1 row for 3 folds: a warning; writing folds.csv: a progress line
+    loud = outs[False].err.splitlines()
+    assert any(x.startswith("warning: 1 class(es)") for x in loud)
+    assert any(x.startswith("folds: wrote") for x in loud)
+    assert outs[True].err.splitlines() == [x for x in loud if x.startswith("warning:")]
+    assert outs[True].out.replace("quietTrue", "quietFalse") == outs[False].out
+    assert logging.getLogger("comp").getEffectiveLevel() == logging.INFO  # restored

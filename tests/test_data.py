@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from comp.config import DataConfig
 from comp.data import (
+    _merge_groups,
     load_competition,
     load_folds,
     make_folds,
@@ -183,6 +184,24 @@ def test_rare_classes_go_to_distinct_folds_and_are_named_once(capsys):
     for c in (3, 4, 5):
         for f in range(5):
             assert (labels[folds != f] == c).any()
+
+
+def test_group_column_merges_text_groups_under_their_smallest_id():
+    # texts 0 and 2 share user u; 1 and 4 share v; 5 joins 1 through its text and x; 3, 6 alone
+    groups = _merge_groups(np.array([0, 1, 2, 3, 4, 1, 5, 6]),
+                           ["u", "v", "u", "w", "v", "x", "x", "y"])
+    assert groups.tolist() == [0, 1, 0, 3, 1, 1, 1, 6]
+
+
+def test_folds_with_a_group_column_are_pinned():
+    # the splitter's shuffle follows the group ids: another numbering of the same groups gives
+    # another table, and folds.csv must not change under existing competitions
+    users = [18, 12, 13, 17, 11, 15, 16, 4, 1, 6, 5, 17, 18, 0, 9, 16, 2, 15, 2, 9, 16, 6, 6, 5,
+             14, 5, 19, 8, 9, 10]
+    folds = make_folds(np.arange(30) % 3, [f"文本{i % 18}" for i in range(30)], 3, 7,
+                       row_groups=[f"user{u}" for u in users])
+    assert folds.tolist() == [1, 0, 2, 1, 1, 0, 2, 0, 2, 1, 0, 1, 1, 2, 0, 2, 1, 0, 1, 0, 2, 1,
+                              1, 0, 2, 0, 2, 1, 0, 1]
 
 
 def test_too_few_texts_for_the_folds_is_one_line():

@@ -102,6 +102,28 @@ def test_logloss_with_a_class_absent_from_a_fold():
     assert score("logloss", y, p) == pytest.approx(skm.log_loss(y, p, labels=[0, 1, 2]))
 
 
+def test_logloss_clips_at_1e15_and_renormalises():
+    # a zero on the true class costs -log(1e-15) (sklearn alone would clip at 2.2e-16); rows
+    # that do not sum to 1, or stray outside [0, 1], are clipped then renormalised
+    y = np.array([0, 1, 2])
+    p = np.array([[0.0, 0.5, 0.5], [0.2, 0.6, 0.2], [-0.1, 0.3, 1.2]])
+    q = np.clip(p, 1e-15, 1.0)
+    q /= q.sum(1, keepdims=True)
+    assert score("logloss", y, p) == pytest.approx(-np.log(q[[0, 1, 2], y]).mean(), abs=1e-9)
+    assert score("logloss", y[:1], p[:1]) == pytest.approx(-np.log(1e-15 / 1.000000000000001),
+                                                             abs=1e-9)
+    assert np.isnan(score("logloss", y, np.where(p < 0, np.nan, p)))
+
+
+def test_multilabel_logloss_is_the_mean_binary_loss_of_every_cell():
+    y = np.array([[1, 0, 1], [0, 0, 1]])
+    p = np.array([[0.9, 0.0, 1.0], [0.2, 0.4, 0.7]])
+    c = np.clip(p, 1e-15, 1 - 1e-15)
+    want = -np.mean(y * np.log(c) + (1 - y) * np.log(1 - c))
+    assert score("logloss", y, p) == pytest.approx(want, abs=1e-9)
+    assert np.isnan(score("logloss", y, np.where(p == 0.0, np.nan, p)))
+
+
 def test_qwk_on_one_class_is_agreement():
     assert label_metric("qwk", ["1", "1"], ["1", "1"]) == 1.0
     assert label_metric("qwk", ["1", "1"], ["1", "2"], order=["1", "2"]) < 1.0

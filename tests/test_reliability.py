@@ -235,3 +235,64 @@ def test_linear_member_is_deterministic(small_comp, tmp_path):
         train_linear(r)
         out.append(np.load(r.run_dir / "oof.npy"))
     assert np.array_equal(out[0], out[1])
+
+
+def test_log_lines_go_to_the_stderr_of_the_moment_bare(capsys):
+    import contextlib
+    import io
+    import logging
+
+    from comp.utils import LOGGER, log
+
+    log("members: 3 trained")
+    log("warning: fold 2 is small")
+    assert capsys.readouterr() == ("", "members: 3 trained\nwarning: fold 2 is small\n")
+    buf = io.StringIO()
+    with contextlib.redirect_stderr(buf):
+        log("into the redirect")
+    assert buf.getvalue() == "into the redirect\n" and capsys.readouterr().err == ""
+    LOGGER.setLevel(logging.WARNING)  # comp --quiet
+    try:
+        log("progress")
+        log("warning: kept")
+        log("a notice", level=logging.WARNING)
+    finally:
+        LOGGER.setLevel(logging.INFO)
+    assert capsys.readouterr().err == "warning: kept\na notice\n"
+
+
+class _Terminal:
+    """A stand-in stderr that says it is a terminal."""
+
+    def __init__(self):
+        self.text = []
+
+    def write(self, s):
+        self.text.append(s)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+def test_progress_draws_on_a_terminal_only(monkeypatch, capsys):
+    from comp.utils import progress
+
+    monkeypatch.delenv("COMP_QUIET", raising=False)
+    # redirected (capsys: not a TTY): nothing drawn, the API still works
+    bar = progress(range(500), desc="epoch 1")
+    seen = []
+    for i in bar:
+        seen.append(i)
+        bar.set_postfix(loss=f"{1 / (i + 1):.3f}")
+    bar.close()
+    assert seen == list(range(500)) and capsys.readouterr().err == ""
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    assert list(progress(range(3), desc="epoch 2")) == [0, 1, 2]
+    assert "epoch 2" in "".join(term.text)
+    monkeypatch.setenv("COMP_QUIET", "1")  # set by the test suite, CI and DDP children
+    term.text.clear()
+    assert list(progress(range(3), desc="epoch 3")) == [0, 1, 2] and not term.text

@@ -5,7 +5,16 @@ import pytest
 
 from comp import cli
 from comp.config import load_recipe, read_toml
-from comp.tune import check_space, run_tune, suggest, trial_overrides
+from comp.tune import (
+    check_space,
+    claim_worker,
+    make_sampler,
+    open_storage,
+    run_tune,
+    suggest,
+    trial_overrides,
+    worker_seed,
+)
 from comp.utils import CompError, write_json
 
 SPACE = {
@@ -186,6 +195,40 @@ def test_no_pruner_never_prunes(tmp_path):
                    trainer=_fake_trainer(lambda n, r: [0.9 if n < 5 else 0.1], []),
                    fold_seed=r.data.fold_seed)
     assert out["counts"] == {"COMPLETE": 6}
+
+
+def test_workers_get_distinct_reproducible_samplers(tmp_path):
+    assert worker_seed(42, 0) == worker_seed(42, 0) != worker_seed(42, 1)
+    assert worker_seed(43, 0) != worker_seed(42, 0)
+
+    def first_points(worker):
+        study = optuna.create_study(sampler=make_sampler(42, worker))
+        return [study.ask().suggest_float("x", 0.0, 1.0) for _ in range(3)]
+
+    assert first_points(0) == first_points(0) and first_points(1) == first_points(1)
+    assert not set(first_points(0)) & set(first_points(1))
+    # the workers joining a study are numbered in turn, each study on its own
+    storage = open_storage(f"sqlite:///{tmp_path / 'opt.db'}")
+    assert [claim_worker(storage, "s") for _ in range(3)] == [0, 1, 2]
+    assert claim_worker(storage, "other") == 0
+
+
+def test_workers_with_one_seed_draw_other_points_and_repeat_them(tmp_path):
+    def tune(name, **kw):
+        r = _recipe(tmp_path / name, space={"linear.C": SPACE["linear.C"]})
+        storage = f"sqlite:///{tmp_path / name / 'opt.db'}"
+        run_tune(r, trials=2, storage=storage, overlay_dir=tmp_path / name / "tuned",
+                 plots=False, trainer=_fake_trainer(lambda n, r: [0.5], []),
+                 fold_seed=r.data.fold_seed, **kw)
+        return [t.params["linear.C"] for t in
+                optuna.load_study(study_name="tiny", storage=storage).trials]
+
+    tune("a")
+    shared = tune("a")  # a second worker on the same study, same --seed
+    assert len(set(shared)) == 4
+    tune("b")
+    assert tune("b") == shared  # the same history of workers draws the same points
+    assert tune("c", worker=1) == shared[2:]  # the index alone picks a worker's points
 
 
 def test_bad_storage_and_folds_are_one_line_errors(tmp_path):
