@@ -23,15 +23,16 @@ table shows both the one-model and the k-fold rows/s per member; the speedup on 
 is the k-fold teacher's time over the student's (one model: the fold-0 student is what is
 scored).
 
-The students are served as `comp.predict.serving_model` serves them: a TextCNN over gensim
+The students are served as `comp.nn.serving.serving_model` serves them: a TextCNN over gensim
 vectors folded into per-vocabulary lookup tables of its convolutions (equal outputs, tested in
 tests/test_distill.py); the plain model forward of the same weights is printed below it.
 
 Students are trained on --folds (default fold 0) of the shared fold table; pass --folds all to
 train every fold (the member files then exist too). Student fold k learns from the teacher's
 fold-k models only (distill.targets = "fold"): the teacher's members first predict their
-training rows per fold (`comp.distill.teacher_with_fold_targets`: fusion members from their
-kept fold models, TF-IDF members refitted) and are blended again the same way into --work.
+training rows per fold (`comp.workflows.distill.teacher_with_fold_targets`: fusion members
+from their kept fold models, TF-IDF members refitted) and are blended again the same way into
+--work.
 
   .venv/bin/python bench/distill.py
   .venv/bin/python bench/distill.py --recipe recipes/student_bilstm.toml --teacher X.json
@@ -55,13 +56,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comp.config import DataConfig, ModelConfig, Recipe, load_recipe  # noqa: E402
-from comp.data import Competition, load_competition, load_folds, read_answers  # noqa: E402
-from comp.utils import CompError, log, read_json  # noqa: E402
+from comp.config.schema import DataConfig, ModelConfig, Recipe
+from comp.core.utils import CompError, log, read_json  # noqa: E402
+from comp.data.competition import Competition, load_competition
+from comp.data.folds import load_folds
+from comp.data.readers import read_answers  # noqa: E402
+from comp.data.recipes import load_recipe  # noqa: E402
 
 if TYPE_CHECKING:
-    from comp.fusion import FusionModel, TokenMemo
-    from comp.train_parts import Rows
+    from comp.nn.fusion import FusionModel, TokenMemo
+    from comp.nn.rows import Rows
 
 ROOT = Path(__file__).resolve().parents[1]
 LINEAR = ["tfidf_char_lr", "tfidf_word_lr", "tfidf_nblr"]
@@ -114,7 +118,7 @@ def has_backbone(run_dir: Path) -> bool:
 def find_teacher(submissions: Path, comp: Competition, folds: np.ndarray) -> Path | None:
     """The manifest with a fusion member that matches this competition, or None: one with a
     backbone member (a transformer teacher) first, then the best CV."""
-    from comp.distill import load_teacher
+    from comp.members.student import load_teacher
 
     best: tuple[tuple[bool, float], Path] | None = None
     for man in sorted(submissions.glob("*.json")):
@@ -141,9 +145,9 @@ def find_teacher(submissions: Path, comp: Competition, folds: np.ndarray) -> Pat
 def build_teacher(data: Path, work: Path) -> Path:
     """Train TF-IDF members (+ a BERT fusion member when models/bert_tiny exists) into
     work/runs and blend them by hill climbing; returns the manifest path."""
-    from comp.ensemble import run_ensemble
-    from comp.member import member_done
-    from comp.members import train_recipe
+    from comp.blend.ensemble import run_ensemble
+    from comp.kfold.runner import member_done
+    from comp.members.registry import train_recipe
 
     over = [f"runs_dir={work / 'runs'}", f"data.dir={data}"]
     names = list(LINEAR)
@@ -201,7 +205,7 @@ def fold_models(run_dir: Path) -> int:
 def linear_member(run_dir: Path, recipe: Recipe, comp: Competition,
                   watch: Stopwatch) -> Callable[[dict[str, float]], Cost]:
     """A TF-IDF member: vectorizing once, then one fold-sized model's predict_proba."""
-    from comp.linear import full_proba, make_model, make_vectorizer
+    from comp.members.linear import full_proba, make_model, make_vectorizer
 
     vec = make_vectorizer(recipe.linear)
     vec.fit(comp.train_texts + comp.test_texts)  # as train_linear does
@@ -221,8 +225,8 @@ def neural_inputs(model: FusionModel, texts: list[str],
                   cfg: ModelConfig) -> tuple[Rows, TokenMemo]:
     """Rows with vector ids, and every backbone's tokens in a fresh memo (what prediction
     would otherwise tokenize batch by batch)."""
-    from comp.fusion import TokenMemo
-    from comp.train_parts import make_rows
+    from comp.nn.fusion import TokenMemo
+    from comp.nn.rows import make_rows
 
     rows = make_rows(texts, cfg, np.zeros((len(texts), model.n_classes), np.float32))
     rows.vec_ids = model.vector_ids(rows.texts)
@@ -236,8 +240,8 @@ def neural_member(run_dir: Path, recipe: Recipe, comp: Competition, watch: Stopw
                   batch_sizes: list[int]) -> Callable[[dict[str, float]], Cost]:
     """A fusion (or student) member: inputs once, then fold 0's model at the fastest of
     `batch_sizes` (the student's eval batch size and the member's own)."""
-    from comp.distill import load_student
-    from comp.train import predict
+    from comp.nn.serving import load_student
+    from comp.nn.trainer import predict
 
     model = load_student(run_dir, 0, comp.n_classes, recipe)
     texts = comp.test_texts
@@ -278,7 +282,7 @@ def student_recipe(path: Path, work: Path, data: Path, teacher: Path, plain: boo
     Its run dir is named after the recipe's fingerprint, so a rerun resumes the same student
     and an edited recipe trains a new one instead of clashing with the old folds.
     """
-    from comp.member import recipe_fingerprint
+    from comp.kfold.runner import recipe_fingerprint
 
     stem = path.stem
     over = [f"runs_dir={work / 'runs'}", f"data.dir={data}", f"distill.teacher={teacher}",
@@ -292,11 +296,11 @@ def student_recipe(path: Path, work: Path, data: Path, teacher: Path, plain: boo
 def run_student(recipe: Recipe, folds: list[int] | None, comp: Competition, truth: np.ndarray,
                 watch: Stopwatch) -> dict:
     """Train (resumes) and score fold 0's model on the test texts; register its timing jobs:
-    served as comp.distill serves it (lookup tables for a TextCNN), the plain model forward,
-    and its text -> inputs part (as charged to the teacher's members)."""
-    from comp.distill import load_student, train_student
-    from comp.fusion import count_parameters
-    from comp.predict import predict_texts, serving_model
+    served as comp.nn.serving serves it (lookup tables for a TextCNN), the plain model
+    forward, and its text -> inputs part (as charged to the teacher's members)."""
+    from comp.members.student import train_student
+    from comp.nn.fusion import count_parameters
+    from comp.nn.serving import load_student, predict_texts, serving_model
 
     t0 = time.time()
     cv = train_student(recipe, folds)
@@ -380,7 +384,7 @@ def main() -> None:
         raise SystemExit("--folds must include fold 0 (its model is the one scored and timed)")
 
     # vectors the student needs, where its recipe looks for them
-    from comp.vectors import train_vectors
+    from comp.nn.vectors import train_vectors
 
     probe = load_recipe(Path(args.recipe))
     for kind in probe.model.vectors:
@@ -395,7 +399,7 @@ def main() -> None:
         source = f"built in {work}"
         teacher = build_teacher(data, work)
     if probe.distill.targets == "fold":  # fold-honest targets: the student's CV is honest too
-        from comp.distill import teacher_with_fold_targets
+        from comp.workflows.distill import teacher_with_fold_targets
 
         name = read_json(teacher).get("name") or teacher.stem
         teacher = teacher_with_fold_targets(teacher, work / "teacher" / f"{name}_folds")

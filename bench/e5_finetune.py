@@ -42,13 +42,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from comp.backbones.e5 import prepare_backbone  # noqa: E402
-from comp.config import DataConfig, load_recipe  # noqa: E402
-from comp.data import load_competition, load_folds  # noqa: E402
-from comp.fusion import FeatureCache, build_fusion  # noqa: E402
-from comp.linear import full_proba, make_model, make_vectorizer  # noqa: E402
-from comp.train import fit  # noqa: E402
-from comp.train_parts import make_rows  # noqa: E402
+from comp.config.schema import DataConfig
+from comp.data.competition import load_competition
+from comp.data.folds import load_folds  # noqa: E402
+from comp.data.recipes import load_recipe  # noqa: E402
+from comp.members.linear import full_proba, make_model, make_vectorizer  # noqa: E402
+from comp.nn.backbones.e5 import prepare_backbone  # noqa: E402
+from comp.nn.fusion import FeatureCache, build_fusion  # noqa: E402
+from comp.nn.rows import make_rows  # noqa: E402
+from comp.nn.trainer import fit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

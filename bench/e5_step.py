@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from comp.pipeline import Layout, member_recipe, stage_vectors  # noqa: E402
+from comp.workflows.pipeline import Layout, member_recipe, stage_vectors  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,11 +39,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     args = ap.parse_args()
 
-    from comp.backbones.e5 import prepare_backbone
-    from comp.data import load_competition
-    from comp.fusion import build_fusion
-    from comp.train import make_batch
-    from comp.train_parts import amp_setup, make_rows, train_batches
+    from comp.data.competition import load_competition
+    from comp.nn.backbones.e5 import prepare_backbone
+    from comp.nn.distributed import amp_setup
+    from comp.nn.fusion import build_fusion
+    from comp.nn.rows import make_rows, train_batches
+    from comp.nn.trainer import make_batch
 
     os.chdir(ROOT)
     layout = Layout(None)

@@ -34,11 +34,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comp.config import DataConfig, load_recipe  # noqa: E402
-from comp.data import load_competition, load_folds, read_answers  # noqa: E402
-from comp.ensemble import ensemble, load_members  # noqa: E402
-from comp.metrics import score  # noqa: E402
-from comp.utils import log  # noqa: E402
+from comp.blend.ensemble import ensemble, load_members  # noqa: E402
+from comp.config.schema import DataConfig
+from comp.core.metrics import score  # noqa: E402
+from comp.core.utils import log  # noqa: E402
+from comp.data.competition import load_competition
+from comp.data.folds import load_folds
+from comp.data.readers import read_answers  # noqa: E402
+from comp.data.recipes import load_recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LINEAR = ["tfidf_char_lr", "tfidf_word_lr", "tfidf_nblr", "tfidf_char_svc", "tfidf_word_svc"]
@@ -60,8 +63,8 @@ HEADLINE_STACK = ("stack", {"meta": "lr"})
 
 def train_members(data: Path, work: Path, neural: bool, epochs: int) -> list[Path]:
     """Train (or resume) the bench members into work/runs; returns their run dirs."""
-    from comp.member import member_done
-    from comp.members import train_recipe
+    from comp.kfold.runner import member_done
+    from comp.members.registry import train_recipe
 
     over = [f"runs_dir={work / 'runs'}", f"data.dir={data}"]
     recipes = [load_recipe(ROOT / "recipes" / f"{n}.toml", over) for n in LINEAR]
@@ -80,7 +83,7 @@ def train_members(data: Path, work: Path, neural: bool, epochs: int) -> list[Pat
 
 def neural_recipe(data: Path, work: Path, epochs: int):
     """A small TextCNN over skip-gram character vectors (the vectors are trained once)."""
-    from comp.vectors import train_vectors
+    from comp.nn.vectors import train_vectors
 
     models = work / "models"
     kv = models / "w2v-char.kv"
@@ -119,7 +122,7 @@ def main() -> None:
 
     data = Path(args.data)
     if not (data / "train.csv").exists():
-        from comp.data import build_sentiment
+        from comp.data.embedded import build_sentiment
 
         build_sentiment(data)
     runs = ([Path(r) for r in args.runs] if args.runs else

@@ -8,7 +8,7 @@ To fit a CPU budget both arms train on a seeded sample of the sentiment training
 5-fold table) and run the first `--folds` folds; the score is the accuracy over those folds'
 out-of-fold rows. Missing backbones (models/<kind>_tiny) are pretrained with
 recipes/pretrain/<kind>_tiny.toml when present (else PretrainConfig defaults); missing vectors
-(models/w2v-{char,word,bigram}.kv) are trained with comp.vectors. Last line:
+(models/w2v-{char,word,bigram}.kv) are trained with comp.nn.vectors. Last line:
     single_oof=<acc> fusion_oof=<acc>
 
     .venv/bin/python bench/fusion_gain.py [--rows 3000] [--folds 2] [--epochs-frozen 2]
@@ -32,9 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from comp.config import DataConfig, PretrainConfig, load_recipe  # noqa: E402
-from comp.data import load_competition, load_folds  # noqa: E402
-from comp.train import train_fusion  # noqa: E402
+from comp.config.schema import DataConfig, PretrainConfig
+from comp.data.competition import load_competition
+from comp.data.folds import load_folds  # noqa: E402
+from comp.data.recipes import load_recipe  # noqa: E402
+from comp.nn.trainer import train_fusion  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("bert", "roberta_wwm", "wobert", "xlnet", "albert")
@@ -42,8 +44,8 @@ KINDS = ("bert", "roberta_wwm", "wobert", "xlnet", "albert")
 
 def ensure_models() -> None:
     """Pretrain missing tiny backbones and train missing vectors (cached under models/)."""
-    from comp.pretrain import run_pretrain
-    from comp.vectors import train_vectors
+    from comp.nn.pretrain import run_pretrain
+    from comp.nn.vectors import train_vectors
 
     for kind in KINDS:
         out = ROOT / "models" / f"{kind}_tiny"

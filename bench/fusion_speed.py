@@ -17,7 +17,7 @@
 3. Inference rows/s on the test set: length-sorted batches vs every row padded to the fixed
    maximum length (what a static-shape pipeline does); unsorted dynamic padding for reference.
    Each arm: the median of three passes after an untimed one.
-Tokenization is a one-time cost per member (comp.fusion.TokenMemo; datasets.map for HF), so it
+Tokenization is a one-time cost per member (comp.nn.fusion.TokenMemo; datasets.map for HF), so it
 is done before the timers start in every arm.
 
 Tiny backbones come from models/<kind>_tiny when present, else random-init ones of the same size
@@ -44,11 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from comp.config import BackboneConfig, PretrainConfig, load_recipe  # noqa: E402
-from comp.data import load_competition  # noqa: E402
-from comp.fusion import FeatureCache, FusionModel, build_fusion  # noqa: E402
-from comp.train import fit, predict  # noqa: E402
-from comp.train_parts import make_rows  # noqa: E402
+from comp.config.schema import BackboneConfig, PretrainConfig
+from comp.data.competition import load_competition  # noqa: E402
+from comp.data.recipes import load_recipe  # noqa: E402
+from comp.nn.fusion import FeatureCache, FusionModel, build_fusion  # noqa: E402
+from comp.nn.rows import make_rows  # noqa: E402
+from comp.nn.trainer import fit, predict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("bert", "roberta_wwm", "wobert", "xlnet", "albert")
@@ -56,7 +57,7 @@ KINDS = ("bert", "roberta_wwm", "wobert", "xlnet", "albert")
 
 def backbone_dirs(kinds, tmp: Path) -> dict[str, str]:
     """models/<kind>_tiny, or a random-init tiny backbone of the same shape in `tmp`."""
-    from comp.pretrain import run_pretrain
+    from comp.nn.pretrain import run_pretrain
 
     out = {}
     for kind in kinds:
@@ -79,7 +80,7 @@ CHECKPOINT_SHAPES = (("rbt3-size bert (3 x 768)", 3, 768, 12, 3072),
 
 def shaped_backbone(tmp: Path, layers: int, hidden: int, heads: int, intermediate: int) -> str:
     """A random-init BERT of the given shape with an in-task tokenizer."""
-    from comp.pretrain import run_pretrain
+    from comp.nn.pretrain import run_pretrain
 
     cfg = PretrainConfig(kind="bert", out=str(tmp / f"bert_{layers}x{hidden}"), hidden=hidden,
                          layers=layers, heads=heads, intermediate=intermediate, vocab_size=6000,
@@ -153,7 +154,7 @@ def hf_rows_per_s(path: str, recipe, comp, idx) -> float:
     )
     from transformers.utils import logging as hf_logging
 
-    from comp.align import truncate
+    from comp.nn.align import truncate
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

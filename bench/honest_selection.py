@@ -34,8 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from comp.config import DataConfig, load_recipe  # noqa: E402
-from comp.data import build_sentiment, load_competition, load_folds  # noqa: E402
+from comp.config.schema import DataConfig
+from comp.data.competition import load_competition
+from comp.data.embedded import build_sentiment
+from comp.data.folds import load_folds  # noqa: E402
+from comp.data.recipes import load_recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ARMS = {"inner": [], "refit": ["train.refit=true"], "fixed": ["train.inner_val=0"]}
@@ -95,7 +98,7 @@ def main() -> None:
         data = copy_task(src, Path(tmp) / "sentiment", args.rows, args.seed)
         vec = Path("models/w2v-char.kv")
         if not vec.exists():
-            from comp.vectors import train_vectors
+            from comp.nn.vectors import train_vectors
 
             comp = load_competition(DataConfig(dir=str(data)))
             vec = Path(tmp) / "w2v-char.kv"
@@ -106,7 +109,7 @@ def main() -> None:
                 f"train.patience={args.patience}"]
         print(f"{args.recipe}: {args.rows or 'all'} train rows, {args.folds} folds, "
               f"{args.epochs} epochs, patience {args.patience}", flush=True)
-        from comp.members import train_recipe
+        from comp.members.registry import train_recipe
 
         gaps = {}
         for name in args.arms.split(","):

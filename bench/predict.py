@@ -30,8 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comp.config import load_recipe  # noqa: E402
-from comp.utils import CompError, read_json  # noqa: E402
+from comp.core.utils import CompError, read_json  # noqa: E402
+from comp.data.recipes import load_recipe  # noqa: E402
 
 
 def _has_e5(manifest: Path) -> bool:
@@ -62,7 +62,8 @@ def whole_folds(bundle: Path) -> int:
     """Re-save every neural fold of a bundle with its full state dict; returns the count."""
     import torch
 
-    from comp.predict import bundled_recipe, load_neural_fold
+    from comp.nn.serving import load_neural_fold
+    from comp.serving.predictor import bundled_recipe
 
     n = 0
     for ckpt in sorted(bundle.glob("members/*/fold*/model.pt")):
@@ -86,13 +87,13 @@ def main() -> None:
     import torch
 
     import comp
-    from comp.predict import export_bundle
+    from comp.serving.bundle import export_bundle
 
     torch.set_num_threads(args.threads)
     manifest = args.manifest or pick_manifest()
     man = read_json(manifest)
     first = load_recipe(Path(man["members"][0]) / "recipe.toml")
-    from comp.data import load_competition
+    from comp.data.competition import load_competition
 
     texts = list(load_competition(first.data).test_texts)
     print(f"manifest {manifest}: {len(man['members'])} members, {len(texts)} test texts")

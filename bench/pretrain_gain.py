@@ -35,12 +35,14 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from comp.backbones import Backbone, backbone_spec, load_backbone, quiet_transformers  # noqa: E402
-from comp.backbones.build import build_model  # noqa: E402
-from comp.config import DataConfig, PretrainConfig, load_recipe  # noqa: E402
-from comp.data import load_competition, make_folds  # noqa: E402
-from comp.pretrain import eval_loss, run_pretrain  # noqa: E402
-from comp.utils import log, progress, seed_everything  # noqa: E402
+from comp.config.schema import DataConfig, PretrainConfig  # noqa: E402
+from comp.core.utils import log, progress, seed_everything  # noqa: E402
+from comp.data.competition import load_competition  # noqa: E402
+from comp.data.folds import make_folds  # noqa: E402
+from comp.data.recipes import load_recipe  # noqa: E402
+from comp.nn.backbones import Backbone, backbone_spec, load_backbone, quiet_transformers  # noqa: E402
+from comp.nn.backbones.build import build_model  # noqa: E402
+from comp.nn.pretrain import eval_loss, run_pretrain  # noqa: E402
 
 
 def competition(data_dir: Path):
@@ -162,8 +164,8 @@ def main() -> None:
         seed_everything(cfg.seed)
         fresh = build_model(kind, tok, cfg)
         if init_vectors:
-            from comp.backbones.build import init_from_vectors
-            from comp.vectors import load_vectors
+            from comp.nn.backbones.build import init_from_vectors
+            from comp.nn.vectors import load_vectors
 
             init_from_vectors(fresh, tok, load_vectors(init_vectors))
         mlm_texts = val[0][:args.n_mlm]

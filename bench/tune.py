@@ -95,8 +95,8 @@ def hidden_test_accuracy(run_dir: Path, data: Path) -> float:
     """Accuracy of fold 0's test probabilities against the hidden answers."""
     import numpy as np
 
-    from comp.config import DataConfig
-    from comp.data import load_competition
+    from comp.config.schema import DataConfig
+    from comp.data.competition import load_competition
 
     comp = load_competition(DataConfig(dir=str(data)))
     with open(data / "answers.csv", encoding="utf-8", newline="") as f:
@@ -120,13 +120,14 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from comp.config import PretrainConfig, flatten_overlay, load_recipe, read_toml
-    from comp.data import load_competition
-    from comp.members import train_recipe
-    from comp.pretrain import run_pretrain
-    from comp.tune import run_tune
-    from comp.utils import read_json
-    from comp.vectors import train_vectors
+    from comp.config.schema import PretrainConfig, flatten_overlay, read_toml
+    from comp.core.utils import read_json
+    from comp.data.competition import load_competition
+    from comp.data.recipes import load_recipe
+    from comp.members.registry import train_recipe
+    from comp.nn.pretrain import run_pretrain
+    from comp.nn.vectors import train_vectors
+    from comp.workflows.tune import run_tune
 
     t0 = time.time()
     out = Path(args.out)

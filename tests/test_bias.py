@@ -1,4 +1,4 @@
-"""Per-class biases for label metrics (comp.bias): better macro-F1 on imbalanced classes, an
+"""Per-class biases for label metrics (comp.blend.bias): better macro-F1 on imbalanced classes, an
 honest nested CV (a noise-label check), and a blender that predicts after a round trip."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import joblib
 import numpy as np
 import pytest
 
-from comp.bias import ClassBias, bias_applies, biased, fit_bias
-from comp.blend import create_blender
-from comp.ensemble import ensemble
-from comp.metrics import score
-from comp.rundir import Member
+from comp.blend.bias import ClassBias, bias_applies, biased, fit_bias
+from comp.blend.blenders import create_blender
+from comp.blend.ensemble import ensemble
+from comp.core.metrics import score
+from comp.kfold.rundir import Member
 
 K = 5
 
@@ -94,9 +94,9 @@ def test_class_bias_round_trips_through_joblib(tmp_path):
 
 @pytest.mark.parametrize("metric", ["macro_f1", "weighted_f1"])
 def test_the_count_based_f1_of_the_search_is_the_registrys(metric):
-    """The bias search scores one-hot rows with comp.metrics.ml_f1: the single-label
+    """The bias search scores one-hot rows with comp.core.metrics.ml_f1: the single-label
     registry's value, classes absent from the truth left out."""
-    from comp.metrics import ml_f1
+    from comp.core.metrics import ml_f1
 
     rng = np.random.default_rng(4)
     y = rng.choice(6, 500, p=[0.5, 0.2, 0.1, 0.1, 0.1, 0.0])  # class 5 absent from the truth
@@ -122,9 +122,9 @@ def test_macro_f1_run_biases_its_blend_and_predict_reproduces_the_submission(tmp
 
     from test_pipeline import _many_class_competition
 
-    from comp.pipeline import run_pipeline
-    from comp.predict import predict_file
-    from comp.utils import read_json
+    from comp.core.utils import read_json
+    from comp.serving.predictor import predict_file
+    from comp.workflows.pipeline import run_pipeline
 
     root, _ = _many_class_competition(tmp_path / "tags")
     monkeypatch.chdir(tmp_path)

@@ -4,8 +4,8 @@ test_ensemble.py)."""
 import numpy as np
 import pytest
 
-from comp.blend import create_blender
-from comp.metrics import score
+from comp.blend.blenders import create_blender
+from comp.core.metrics import score
 
 
 def _members(y, noises, seed=0):

@@ -20,10 +20,10 @@ import pytest
 import torch
 from checkpoint_fixtures import LAYOUTS, install_in_hub_cache, write_lines
 
-from comp.backbones import check_vocab_coverage, jieba_spans, load_backbone
-from comp.backbones.spiece import read_spiece
-from comp.config import load_recipe
-from comp.utils import CompError
+from comp.core.utils import CompError
+from comp.data.recipes import load_recipe
+from comp.nn.backbones import check_vocab_coverage, jieba_spans, load_backbone
+from comp.nn.backbones.spiece import read_spiece
 
 PROBES = [
     "今天天气非常好，我们去公园散步。",
@@ -257,8 +257,8 @@ def fusion_recipe(comp_dir: Path, runs: Path, kind: str, path: str):
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_recipe_line_trains_one_fold(checkpoints, hub, small_comp, tmp_path, name):
-    from comp.data import load_competition
-    from comp.train import train_fusion
+    from comp.data.competition import load_competition
+    from comp.nn.trainer import train_fusion
 
     lay = LAYOUTS[name]
     hub_id = hub(checkpoints[name], lay.hub_id)
@@ -349,7 +349,7 @@ def english_bert(src: Path, dst: Path, chars: list[str]) -> Path:
 
 def test_vocabulary_missing_most_characters_is_a_comp_error(checkpoints, tmp_path, small_comp,
                                                            capsys):
-    from comp.data import load_competition
+    from comp.data.competition import load_competition
 
     texts = load_competition(load_recipe(None, [f"data.dir={json.dumps(str(small_comp))}"])
                              .data).train_texts
@@ -379,7 +379,7 @@ GPU_LAYOUT = {"bert": "bert_wwm_full", "roberta_wwm": "roberta_wwm_bin", "wobert
 
 
 def test_gpu_recipes_cover_every_backbone_kind_and_the_full_fusion():
-    from comp.backbones import backbone_kinds
+    from comp.nn.backbones import backbone_kinds
 
     names = {p.stem for p in GPU_RECIPES}
     assert names == {f"fusion_{k}_bilstm" for k in backbone_kinds()} | {"fusion_all"}
@@ -389,8 +389,8 @@ def test_gpu_recipes_cover_every_backbone_kind_and_the_full_fusion():
 def test_gpu_recipe_builds_through_the_hub_path(checkpoints, hub, small_comp, tmp_path, path):
     """Each hub id in a GPU recipe resolves (from an offline cache holding that repo's layout,
     tiny weights) through the same loader users hit, and the model gives logits."""
-    from comp.data import load_competition
-    from comp.fusion import build_fusion, to_device
+    from comp.data.competition import load_competition
+    from comp.nn.fusion import build_fusion, to_device
 
     recipe = load_recipe(path, [f"data.dir={json.dumps(str(small_comp))}", "model.vectors=[]",
                                 "model.hidden=8", "model.channels=4"])

@@ -43,7 +43,7 @@ def test_set_beats_overlay(tmp_path):
 
 
 def test_metric_choices_come_from_the_registry(capsys):
-    from comp.metrics import metric_names
+    from comp.core.metrics import metric_names
 
     p = build_parser()
     for name in metric_names():

@@ -2,8 +2,9 @@ import tomllib
 
 import pytest
 
-from comp.config import Recipe, from_dict, load_recipe, parse_override, set_key
-from comp.utils import CompError
+from comp.config.schema import Recipe, from_dict, parse_override, set_key
+from comp.core.utils import CompError
+from comp.data.recipes import load_recipe
 
 
 def test_overrides_parse_toml_values_and_bare_strings():

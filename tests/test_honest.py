@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from comp.config import load_recipe
-from comp.train import train_fusion
-from comp.vectors import train_vectors
+from comp.data.recipes import load_recipe
+from comp.nn.trainer import train_fusion
+from comp.nn.vectors import train_vectors
 
 N = 100  # rows; an OOF accuracy on N coin flips has a standard deviation of 0.5 / sqrt(N)
 TOL = 2 * 0.5 / np.sqrt(N)  # two standard deviations: 0.1
@@ -39,8 +39,8 @@ def noise_competition(root: Path, n: int = N, seed: int = 0) -> Path:
 @pytest.fixture(scope="module")
 def noise(tmp_path_factory) -> tuple[Path, Path]:
     """(competition dir, vectors dir with tiny char vectors of its texts)."""
-    from comp.config import DataConfig
-    from comp.data import load_competition
+    from comp.config.schema import DataConfig
+    from comp.data.competition import load_competition
 
     root = tmp_path_factory.mktemp("noise")
     data = noise_competition(root / "comp")
@@ -78,7 +78,8 @@ def test_fusion_member_with_early_stopping_reports_chance_on_noise(noise, tmp_pa
 
 
 def _folds(r) -> np.ndarray:
-    from comp.data import load_competition, load_folds
+    from comp.data.competition import load_competition
+    from comp.data.folds import load_folds
 
     return load_folds(load_competition(r.data), r.data)
 
@@ -112,8 +113,9 @@ def seeded_learner(seed: int, fold: int, train_texts, train_y, texts) -> np.ndar
 def train_trial(recipe, folds=None, force=False, report=None, extra=None):
     """A trial for `comp tune`: the seeded learner's validation accuracy on the recipe's fold
     table, written where the objective reads it (fold{k}/done.json)."""
-    from comp.data import load_competition, load_folds
-    from comp.utils import write_json
+    from comp.core.utils import write_json
+    from comp.data.competition import load_competition
+    from comp.data.folds import load_folds
 
     comp = load_competition(recipe.data)
     table = load_folds(comp, recipe.data)
@@ -127,7 +129,7 @@ def train_trial(recipe, folds=None, force=False, report=None, extra=None):
 
 def train_member(recipe):
     """The tuned member, through the k-fold runner: cv.json with its OOF score."""
-    from comp.member import run_member
+    from comp.kfold.runner import run_member
 
     def fit_fold(ctx):
         seed, k = ctx.recipe.train.seed, ctx.fold
@@ -144,9 +146,9 @@ def test_tuned_member_reports_chance_on_noise(tmp_path, monkeypatch):
     member would report that luck as its CV; picked on another table, its CV is chance. (Luck
     that belongs to the rows rather than to a fold table, such as a feature subset that
     happens to fit the labels, survives another table: only nested tuning removes that.)"""
-    from comp import members
-    from comp.config import deep_merge, read_toml
-    from comp.tune import run_tune
+    from comp.config.schema import deep_merge, read_toml
+    from comp.members import registry as members
+    from comp.workflows.tune import run_tune
 
     data = noise_competition(tmp_path / "noise")
     base = {"name": "noise_tuned", "runs_dir": str(tmp_path / "runs"),

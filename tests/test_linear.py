@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from comp.config import load_recipe
-from comp.linear import NBLogisticRegression, train_linear
+from comp.data.recipes import load_recipe
+from comp.members.linear import NBLogisticRegression, train_linear
 
 
 @pytest.mark.parametrize("features, model", [("char", "lr"), ("char", "svc"), ("word", "lr"),
@@ -28,7 +28,7 @@ def test_nblr_predicts_three_classes():
 
 
 def test_svc_calibration_adapts_to_rare_classes():
-    from comp.linear import svc_calibration
+    from comp.members.linear import svc_calibration
 
     assert svc_calibration(np.array([0] * 5 + [1] * 3)) == (3, "")
     folds, note = svc_calibration(np.array([0] * 5 + [1] * 2 + [2] * 4))
@@ -43,8 +43,8 @@ def test_svc_fits_and_predicts_a_class_with_one_or_two_rows(rare, capsys):
     # provided less than 3 examples for at least one class"
     import scipy.sparse as sp
 
-    from comp.config import LinearConfig
-    from comp.linear import full_proba, make_model
+    from comp.config.schema import LinearConfig
+    from comp.members.linear import full_proba, make_model
 
     rng = np.random.default_rng(0)
     y = np.array([0] * 30 + [1] * 30 + [2] * rare)
@@ -60,8 +60,8 @@ def test_svc_fits_and_predicts_a_class_with_one_or_two_rows(rare, capsys):
 
 
 def test_liblinear_models_are_seeded():
-    from comp.config import LinearConfig
-    from comp.linear import make_model
+    from comp.config.schema import LinearConfig
+    from comp.members.linear import make_model
 
     for kind in ("lr", "svc", "nblr"):
         m = make_model(LinearConfig(model=kind), 2, seed=7)

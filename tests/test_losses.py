@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from comp.losses import create_loss, inverse_frequency_weights, loss_names
-from comp.utils import CompError
+from comp.core.utils import CompError
+from comp.nn.losses import create_loss, inverse_frequency_weights, loss_names
 
 C = 3
 COUNTS = np.array([60, 30, 10])

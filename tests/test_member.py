@@ -4,10 +4,12 @@ import json
 import numpy as np
 import pytest
 
-from comp.config import load_recipe
-from comp.data import data_hashes, load_competition, load_folds, normalize_text
-from comp.member import ExtraRows, extra_for_fold, run_member, write_member_files
-from comp.utils import CompError, read_json
+from comp.core.utils import CompError, read_json
+from comp.data.competition import load_competition
+from comp.data.folds import data_hashes, load_folds, normalize_text
+from comp.data.recipes import load_recipe
+from comp.kfold.extra import ExtraRows, extra_for_fold
+from comp.kfold.runner import run_member, write_member_files
 
 
 def _recipe(small_comp, tmp_path, name="m", k=3):
@@ -58,8 +60,8 @@ def test_folds_from_before_a_new_recipe_key_still_resume(small_comp, tmp_path):
     lack it) resumes: it trained with the key's default. Any real change refits."""
     import tomllib
 
-    from comp.config import dumps_toml
-    from comp.rundir import fingerprint_of as _fingerprint_of
+    from comp.config.schema import dumps_toml
+    from comp.kfold.rundir import fingerprint_of as _fingerprint_of
 
     r = _recipe(small_comp, tmp_path)
     calls: list[int] = []
@@ -177,7 +179,7 @@ def test_members_write_fold_averaged_unlabelled_predictions(small_comp, tmp_path
     run_member(r, _predicting_fit(calls))
     assert calls == [0, 1, 2]  # resumed: done folds predicted these very texts
 
-    from comp.ensemble import read_member
+    from comp.blend.ensemble import read_member
 
     assert read_member(d).unlabelled.shape == (3, 2)
 
@@ -195,7 +197,7 @@ def test_changed_unlabelled_texts_refit_folds_and_old_runs_still_load(small_comp
     run_member(plain, _predicting_fit(calls))
     assert calls == [0, 1, 2] and not (d / "unlabelled.npy").exists()
 
-    from comp.ensemble import read_member
+    from comp.blend.ensemble import read_member
 
     assert read_member(d).unlabelled is None
     r = _with_unlabelled(small_comp, tmp_path, ["甲", "乙"])  # same name and recipe
@@ -207,7 +209,7 @@ def test_changed_unlabelled_texts_refit_folds_and_old_runs_still_load(small_comp
 
 
 def test_write_member_files_round_trips_and_drops_a_stale_unlabelled_file(tmp_path):
-    from comp.ensemble import read_member
+    from comp.blend.ensemble import read_member
 
     rng = np.random.default_rng(0)
     oof, test, unl = (rng.dirichlet(np.ones(3), n) for n in (6, 4, 2))  # (n, C=3)
@@ -296,7 +298,7 @@ def test_extra_for_fold_keeps_its_fold_and_every_fold_rows():
 
 
 def test_read_member_has_the_folds_predictions_and_ignores_stale_ones(small_comp, tmp_path):
-    from comp.ensemble import read_member
+    from comp.blend.ensemble import read_member
 
     r = _with_unlabelled(small_comp, tmp_path, ["甲", "乙"])
     run_member(r, _predicting_fit([]))
@@ -311,7 +313,7 @@ def test_read_member_has_the_folds_predictions_and_ignores_stale_ones(small_comp
 
 
 def test_write_member_files_per_fold_arrays_round_trip_and_stale_ones_go(tmp_path):
-    from comp.ensemble import read_member
+    from comp.blend.ensemble import read_member
 
     rng = np.random.default_rng(1)
     oof, test, unl = (rng.dirichlet(np.ones(2), n) for n in (6, 4, 3))

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from comp.metrics import (
+from comp.blend.submit import label_scores
+from comp.core.metrics import (
     METRICS,
     get_metric,
     greater_is_better,
@@ -13,8 +14,7 @@ from comp.metrics import (
     metric_names,
     score,
 )
-from comp.submit import label_scores
-from comp.utils import CompError
+from comp.core.utils import CompError
 
 
 def _data(n=300, c=4, seed=0):

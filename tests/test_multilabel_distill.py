@@ -14,12 +14,15 @@ import torch
 from test_multilabel import LABELS, RECIPES, best_constant_f1, make_multilabel_folder
 from test_pairs import write_csv
 
-import comp.distill as distill
-from comp.config import load_recipe
-from comp.data import folder_data_config, load_competition, load_folds
-from comp.distill import UNLABELLED, DistillLoss, pack_targets, train_student
-from comp.losses import create_loss
-from comp.utils import read_json
+import comp.members.student as distill
+import comp.workflows.distill as teacher_wf
+from comp.core.utils import read_json
+from comp.data.competition import load_competition
+from comp.data.folds import load_folds
+from comp.data.recipes import load_recipe
+from comp.data.settings import folder_data_config
+from comp.members.student import UNLABELLED, DistillLoss, pack_targets, train_student
+from comp.nn.losses import create_loss
 
 K = 3
 
@@ -65,7 +68,7 @@ def test_multilabel_kd_loss_by_hand():
 
 @pytest.fixture(scope="module")
 def vec_dir(tmp_path_factory) -> Path:
-    from comp.vectors import train_vectors
+    from comp.nn.vectors import train_vectors
 
     root = tmp_path_factory.mktemp("mlvec")
     folder = make_multilabel_folder(root / "reviews")
@@ -94,8 +97,8 @@ def test_a_tfidf_ensemble_teaches_a_multilabel_student(vec_dir, tmp_path):
     student with its test rows: the student's OOF has one probability per label, its nested CV
     is well above the best constant label set, and its test probabilities follow the
     teacher's."""
-    from comp.ensemble import run_ensemble
-    from comp.members import train_recipe
+    from comp.blend.ensemble import run_ensemble
+    from comp.members.registry import train_recipe
 
     folder = vec_dir / "reviews"
     runs = tmp_path / "runs"
@@ -103,7 +106,7 @@ def test_a_tfidf_ensemble_teaches_a_multilabel_student(vec_dir, tmp_path):
                       [f"data.dir={folder}", f"data.folds={K}", f"runs_dir={runs}"])
     train_recipe(lin)
     man = run_ensemble([str(lin.run_dir)], "mean", None, "", tmp_path / "subs" / "mean")
-    teacher = distill.teacher_with_fold_targets(man.with_suffix(".json"))
+    teacher = teacher_wf.teacher_with_fold_targets(man.with_suffix(".json"))
     r = _student(folder, vec_dir, runs, "stu", teacher=str(teacher), use_test=True)
     cv = train_student(r)
     comp = load_competition(r.data)

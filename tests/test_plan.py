@@ -4,10 +4,10 @@ ensemble of what it ran."""
 import numpy as np
 import pytest
 
-import comp.pipeline as pipeline
-import comp.plan as plan
-from comp.plan import make_plan, record_speed
-from comp.utils import read_json
+import comp.workflows.pipeline as pipeline
+import comp.workflows.plan as plan
+from comp.core.utils import read_json
+from comp.workflows.plan import make_plan, record_speed
 
 
 def test_the_plan_takes_cheap_members_whole_an_expensive_one_partly_and_skips_the_rest():
@@ -44,25 +44,28 @@ def test_folds_already_trained_cost_nothing_so_a_resumed_run_spends_the_budget_o
                                                             (None, 20.0, "")]
 
 
-def test_the_default_first_plan_on_the_embedded_competition_fits_20_minutes_with_two_e5_folds():
-    """Before anything is measured (no speeds.json) the priors plan the default run on the
-    embedded competition (13,890 rows, 5 folds): every TF-IDF member, e5 on the folds that fit
-    (the measured run: two, 16.1 min), the TextCNN left out; the plan stays inside 20 minutes."""
-    steps = make_plan(pipeline.PRESETS["default"], 20 * 60.0, 13890, 5, {})
-    folds = {s.name: s.folds for s in steps}
-    assert all(folds[n] is None for n in pipeline.LINEAR)
-    assert folds["fusion_e5_fast"] == [0, 1] and folds["textcnn_vectors"] == []
-    assert sum(s.seconds for s in steps if s.folds != []) <= 20 * 60.0
+@pytest.mark.parametrize("minutes,rows", [(5, 2000), (20, 13890), (60, 13890), (20, 60000)])
+def test_a_first_plan_stays_inside_its_budget_and_cuts_members_by_whole_folds(minutes, rows):
+    """Before anything is measured (no speeds.json) the priors plan the default preset: the
+    planned minutes stay inside the budget, every member runs on all folds, on its first folds
+    (a member allowed to run partly), or not at all, in the preset's order."""
+    steps = make_plan(pipeline.PRESETS["default"], minutes * 60.0, rows, 5, {})
+    assert sum(s.seconds for s in steps if s.folds != []) <= minutes * 60.0
+    for s in steps:
+        assert s.folds is None or s.folds == list(range(len(s.folds)))
+        if s.folds not in (None, []):
+            assert s.name in plan.PARTIAL_OK
+    assert [s.name for s in steps] == list(pipeline.PRESETS["default"])
 
 
 @pytest.fixture
 def tiny_members(monkeypatch):
     """Word2vec files and fusion members small enough to train in seconds."""
-    from comp.vectors import train_vectors
+    from comp.nn.vectors import train_vectors
 
     def tiny_vectors(layout, kinds):
-        from comp.config import DataConfig
-        from comp.data import load_competition
+        from comp.config.schema import DataConfig
+        from comp.data.competition import load_competition
 
         c = load_competition(DataConfig(dir=str(layout.data)))
         for kind in kinds:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import comp
+from comp.blend.ensemble import run_ensemble
 from comp.cli import main
-from comp.config import load_recipe
-from comp.ensemble import run_ensemble
-from comp.members import train_recipe
+from comp.data.recipes import load_recipe
+from comp.members.registry import train_recipe
 
 K = 3
 
@@ -30,9 +30,9 @@ def finished(tmp_path_factory):
     tiny student (hard labels), each over 3 folds, and hill + stack ensembles of them."""
     from conftest import make_small_competition
 
-    from comp.config import DataConfig
-    from comp.data import load_competition
-    from comp.vectors import train_vectors
+    from comp.config.schema import DataConfig
+    from comp.data.competition import load_competition
+    from comp.nn.vectors import train_vectors
 
     root = tmp_path_factory.mktemp("pred")
     cdir = make_small_competition(root / "c")

@@ -11,11 +11,12 @@ import torch
 from gensim.models import KeyedVectors
 from transformers import AutoTokenizer, BertForPreTraining, XLNetLMHeadModel
 
-from comp.backbones import jieba_spans, load_backbone
-from comp.backbones.build import build_model, init_from_vectors, train_tokenizer
-from comp.config import PretrainConfig, load_recipe
-from comp.pretrain import _encode_corpus, eval_loss, make_batch, read_corpus, run_pretrain
-from comp.utils import CompError, seed_everything
+from comp.config.schema import PretrainConfig
+from comp.core.utils import CompError, seed_everything
+from comp.data.recipes import load_recipe
+from comp.nn.backbones import jieba_spans, load_backbone
+from comp.nn.backbones.build import build_model, init_from_vectors, train_tokenizer
+from comp.nn.pretrain import _encode_corpus, eval_loss, make_batch, read_corpus, run_pretrain
 
 CORPUS = [
     "今天天气非常好，我们去公园散步。",

@@ -4,13 +4,16 @@ import numpy as np
 import pytest
 from conftest import near_memoriser, write_train_test
 
-from comp.config import DataConfig, load_recipe
-from comp.data import load_competition, load_folds, normalize_text
-from comp.ensemble import run_ensemble
-from comp.linear import train_linear
-from comp.member import run_member
-from comp.pseudo import make_pseudo, read_pseudo, select_confident
-from comp.utils import CompError, read_json, write_json
+from comp.blend.ensemble import run_ensemble
+from comp.config.schema import DataConfig
+from comp.core.utils import CompError, read_json, write_json
+from comp.data.competition import load_competition
+from comp.data.folds import load_folds, normalize_text
+from comp.data.recipes import load_recipe
+from comp.kfold.extra import read_pseudo
+from comp.kfold.runner import run_member
+from comp.members.linear import train_linear
+from comp.workflows.pseudo import make_pseudo, select_confident
 
 
 def test_select_threshold_top_frac_and_per_class():

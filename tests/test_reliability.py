@@ -15,11 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from comp.config import DataConfig, load_recipe
-from comp.data import load_competition
-from comp.linear import train_linear
-from comp.submit import write_submission
-from comp.utils import CompError, atomic_path, save_npy
+from comp.blend.submit import write_submission
+from comp.config.schema import DataConfig
+from comp.core.utils import CompError, atomic_path, save_npy
+from comp.data.competition import load_competition
+from comp.data.recipes import load_recipe
+from comp.members.linear import train_linear
 
 
 def _write(path, header, rows, encoding="utf-8"):
@@ -125,7 +126,7 @@ def test_emoji_and_traditional_characters_kept(tmp_path):
 
 
 def test_unseen_label_in_pseudo_file(tmp_path):
-    from comp.pseudo import read_pseudo
+    from comp.kfold.extra import read_pseudo
 
     f = tmp_path / "p.csv"
     f.write_text("id,text,label\n1,好,pos\n2,坏,maybe\n", encoding="utf-8")
@@ -172,8 +173,8 @@ def test_submission_writer_labels_follow_argmax(small_comp, tmp_path, row):
 SCRIPT = textwrap.dedent("""
     import sys, time, pathlib
     import numpy as np
-    from comp.config import load_recipe
-    from comp.member import run_member
+    from comp.data.recipes import load_recipe
+    from comp.kfold.runner import run_member
 
     data, runs, crash_fold = sys.argv[1], sys.argv[2], int(sys.argv[3])
     r = load_recipe(None, [f"data.dir={data}", "data.folds=3", f"runs_dir={runs}", "name=m"])
@@ -242,7 +243,7 @@ def test_log_lines_go_to_the_stderr_of_the_moment_bare(capsys):
     import io
     import logging
 
-    from comp.utils import LOGGER, log
+    from comp.core.utils import LOGGER, log
 
     log("members: 3 trained")
     log("warning: fold 2 is small")
@@ -278,7 +279,7 @@ class _Terminal:
 
 
 def test_progress_draws_on_a_terminal_only(monkeypatch, capsys):
-    from comp.utils import progress
+    from comp.core.utils import progress
 
     monkeypatch.delenv("COMP_QUIET", raising=False)
     # redirected (capsys: not a TTY): nothing drawn, the API still works

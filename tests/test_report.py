@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from comp.core.utils import save_npy, write_json
 from comp.report import _series, build_report
-from comp.utils import save_npy, write_json
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -65,8 +65,9 @@ def _softmax(z):
 @pytest.fixture
 def project(tmp_path):
     """A tiny competition with three members, an epochs log and a tuning plot."""
-    from comp.config import DataConfig
-    from comp.data import folds_hash, load_competition, load_folds
+    from comp.config.schema import DataConfig
+    from comp.data.competition import load_competition
+    from comp.data.folds import folds_hash, load_folds
 
     rng = np.random.default_rng(0)
     data = tmp_path / "data"
@@ -119,7 +120,7 @@ def project(tmp_path):
 
 
 def test_report_with_ensembles_labels_and_answers(project, capsys):
-    from comp.ensemble import run_ensemble
+    from comp.blend.ensemble import run_ensemble
 
     subs = project["tmp"] / "submissions"
     subs.mkdir()
@@ -188,9 +189,9 @@ def test_report_shows_the_pseudo_label_round(project, per_fold):
     CV and hidden accuracy before and after; honest CV only with per-fold pseudo-labels."""
     import shutil
 
-    from comp.data import read_answers
-    from comp.ensemble import run_ensemble
-    from comp.utils import read_json
+    from comp.blend.ensemble import run_ensemble
+    from comp.core.utils import read_json
+    from comp.data.readers import read_answers
 
     base = project["dirs"][1]
     pl = project["runs"] / "member1_pl"

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from comp.config import load_recipe
-from comp.data import folder_data_config, load_competition, load_folds
-from comp.utils import CompError
+from comp.core.utils import CompError
+from comp.data.competition import load_competition
+from comp.data.folds import load_folds
+from comp.data.recipes import load_recipe
+from comp.data.settings import folder_data_config
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 

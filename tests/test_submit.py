@@ -4,10 +4,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from comp.config import DataConfig
-from comp.data import load_competition
-from comp.submit import label_scores, score_submission, write_submission
-from comp.utils import CompError, read_json
+from comp.blend.submit import label_scores, score_submission, write_submission
+from comp.config.schema import DataConfig
+from comp.core.utils import CompError, read_json
+from comp.data.competition import load_competition
 
 
 def test_submission_follows_sample_order_and_columns(small_comp, tmp_path):
@@ -87,7 +87,7 @@ def test_sample_with_one_column_per_class_gets_probabilities(small_comp, tmp_pat
 
 
 def test_hidden_macro_f1_is_the_cv_function():
-    from comp.metrics import score
+    from comp.core.metrics import score
 
     truth = ["a", "b", "b", "c"]
     pred = ["a", "b", "c", "c"]

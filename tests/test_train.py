@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-import comp.train as train_mod
-from comp.config import (
+import comp.nn.trainer as train_mod
+from comp.config.schema import (
     BackboneConfig,
     DataConfig,
     ModelConfig,
@@ -24,22 +24,13 @@ from comp.config import (
     Recipe,
     TrainConfig,
 )
-from comp.fusion import FeatureCache, build_fusion, grid_texts
-from comp.member import ExtraRows
-from comp.train import fit, predict, train_fusion
-from comp.train_parts import (
-    EMA,
-    Adversary,
-    Rows,
-    amp_setup,
-    eval_batches,
-    make_rows,
-    param_groups,
-    schedule_lambda,
-    shard_rows,
-    train_batches,
-)
-from comp.utils import CompError
+from comp.core.utils import CompError
+from comp.kfold.extra import ExtraRows
+from comp.nn.distributed import amp_setup
+from comp.nn.fusion import FeatureCache, build_fusion, grid_texts
+from comp.nn.optim import EMA, Adversary, param_groups, schedule_lambda
+from comp.nn.rows import Rows, eval_batches, make_rows, shard_rows, train_batches
+from comp.nn.trainer import fit, predict, train_fusion
 
 POS = ["很好", "满意", "不错", "推荐", "干净", "舒服", "喜欢"]
 NEG = ["太差", "失望", "很吵", "很脏", "难吃", "后悔", "糟糕"]
@@ -75,7 +66,7 @@ def write_comp(d: Path, n_train: int = 48, n_test: int = 12) -> Path:
 
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory) -> str:
-    from comp.pretrain import run_pretrain
+    from comp.nn.pretrain import run_pretrain
 
     out = tmp_path_factory.mktemp("bb") / "bert"
     texts, _ = synth(64, 1)
@@ -141,7 +132,8 @@ def test_member_end_to_end_writes_files_and_resumes(bert_dir, comp_dir, tmp_path
                                                                   predict_train=True))
     assert train_fusion(asked)["cv"] == cv["cv"]
     train_k = np.load(run / "train_by_fold.npy")  # (K, n_train, C)
-    from comp.data import load_competition, load_folds
+    from comp.data.competition import load_competition
+    from comp.data.folds import load_folds
 
     folds = load_folds(load_competition(recipe.data), recipe.data)
     assert train_k.shape == (3, 48, 2)
@@ -169,7 +161,7 @@ def test_same_seed_gives_identical_oof(bert_dir, comp_dir, tmp_path):
 
 
 def test_extra_rows_join_training_parts_only(bert_dir, comp_dir, tmp_path, monkeypatch):
-    from comp.data import load_competition
+    from comp.data.competition import load_competition
 
     recipe = recipe_for(bert_dir, comp_dir, tmp_path / "runs", epochs_unfrozen=0)
     comp = load_competition(recipe.data)
@@ -306,7 +298,7 @@ def test_refit_replays_the_chosen_epochs(bert_dir, comp_dir, tmp_path):
     """A refit (stop_after = chosen_epochs) on the very rows of the choosing run lands on the
     weights that run kept, through phase 2's start from an earlier phase-1 epoch; on all of a
     fold's training rows it is that same recipe of epochs with nothing held out."""
-    from comp.train import chosen_epochs
+    from comp.nn.trainer import chosen_epochs
 
     recipe = recipe_for(bert_dir, comp_dir, tmp_path, epochs_frozen=4, epochs_unfrozen=3,
                         patience=0, lr_head=5e-3, lr_head_unfrozen=5e-3, lr_backbone=1e-3)
@@ -343,7 +335,7 @@ def test_refit_member_keeps_the_refitted_model(bert_dir, comp_dir, tmp_path, mon
 
 
 def test_inner_split_is_stratified_grouped_and_survives_rare_classes():
-    from comp.train_parts import inner_split
+    from comp.nn.rows import inner_split
 
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], [120, 60, 2])  # class 2: two rows only
@@ -355,7 +347,7 @@ def test_inner_split_is_stratified_grouped_and_survives_rare_classes():
     assert 0.15 < len(sel) / len(labels) < 0.25
     assert abs((labels[sel] == 0).mean() - 120 / 180) < 0.08  # stratified
     assert not (labels[sel] == 2).any()  # a class of two rows stays where it is learnt
-    from comp.data import normalize_text
+    from comp.data.folds import normalize_text
 
     held = {normalize_text(texts[i]) for i in sel}
     assert not held & {normalize_text(texts[i]) for i in fit_pos}  # copies on one side
@@ -565,7 +557,7 @@ def _ddp_child(rank: int, world: int, port: int, recipe: Recipe, out: str) -> No
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    import comp.train as tm
+    import comp.nn.trainer as tm
 
     record: list[dict] = []
     real_fit = tm.fit

@@ -4,8 +4,10 @@ import optuna
 import pytest
 
 from comp import cli
-from comp.config import load_recipe, read_toml
-from comp.tune import (
+from comp.config.schema import read_toml
+from comp.core.utils import CompError, write_json
+from comp.data.recipes import load_recipe
+from comp.workflows.tune import (
     check_space,
     claim_worker,
     make_sampler,
@@ -15,7 +17,6 @@ from comp.tune import (
     trial_overrides,
     worker_seed,
 )
-from comp.utils import CompError, write_json
 
 SPACE = {
     "linear.C": {"type": "float", "low": 0.05, "high": 8.0, "log": True},

@@ -92,9 +92,10 @@ def postgres_url():
 def test_two_workers_share_one_study(postgres_url, small_comp, tmp_path):
     import optuna
 
-    from comp.config import DataConfig
-    from comp.data import load_competition, load_folds
-    from comp.tune import open_storage
+    from comp.config.schema import DataConfig
+    from comp.data.competition import load_competition
+    from comp.data.folds import load_folds
+    from comp.workflows.tune import open_storage
 
     # the shared fold table exists before the workers start, as after `comp folds`
     cfg = DataConfig(dir=str(small_comp), folds=3)

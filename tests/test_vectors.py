@@ -6,8 +6,8 @@ import pytest
 import torch
 from gensim.models import KeyedVectors
 
-from comp.utils import CompError
-from comp.vectors import KINDS, GridVectors, corpus_tokens, load_vectors, train_vectors
+from comp.core.utils import CompError
+from comp.nn.vectors import KINDS, GridVectors, corpus_tokens, load_vectors, train_vectors
 
 TEXTS = ["我们喜欢北京的天气", "质量不错物流很快", "今天天气非常好"] * 10
 

@@ -1,0 +1,212 @@
+"""Optimisation pieces of the fit loop: LR schedules, layer-wise LR groups, FGM/PGD adversarial
+training, EMA of weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from comp.config.schema import TrainConfig
+from comp.nn.fusion import FusionModel
+
+# ---------------------------------------------------------------------------------------------
+# optimisation
+
+
+def schedule_lambda(kind: str, warmup: float, total_steps: int) -> Callable[[int], float]:
+    """LR multiplier per optimizer step: linear warmup over `warmup` of the steps, then
+    constant, linear decay to 0, or cosine decay to 0."""
+    warm = int(round(warmup * total_steps))
+    decay_steps = max(1, total_steps - warm)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if kind == "constant":
+            return 1.0
+        t = min(1.0, (step - warm) / decay_steps)
+        if kind == "linear":
+            return 1.0 - t
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return factor
+
+
+def param_groups(model: FusionModel, cfg: TrainConfig, phase: int) -> list[dict]:
+    """AdamW groups: the head at its LR; in phase 2 every backbone layer group at
+    lr * layer_decay^(depth from the top), lr the backbone's own (model.backbones[i].lr) or
+    train.lr_backbone; frozen groups (below train.unfreeze_top's cut) get none. Biases and
+    norms get no weight decay."""
+    groups: list[dict] = []
+    seen: set[int] = set()
+
+    def add(params: Sequence[nn.Parameter], lr: float, tag: str) -> None:
+        fresh = [p for p in params if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in fresh)
+        decay = [p for p in fresh if p.ndim > 1]
+        plain = [p for p in fresh if p.ndim <= 1]
+        for ps, wd in ((decay, cfg.weight_decay), (plain, 0.0)):
+            if ps:
+                groups.append({"params": ps, "lr": lr, "weight_decay": wd, "tag": tag})
+
+    head_lr = cfg.lr_head if phase == 1 or cfg.lr_head_unfrozen <= 0 else cfg.lr_head_unfrozen
+    add(model.head_parameters(), head_lr, "head")
+    if phase == 2:
+        for j, b in enumerate(model.backbones):
+            layers = [g for g in b.layer_groups() if g]
+            bcs = getattr(getattr(model, "cfg", None), "backbones", ())
+            lr = (bcs[j].lr if j < len(bcs) else 0.0) or cfg.lr_backbone  # per backbone
+            for i, g in enumerate(layers):
+                depth = len(layers) - 1 - i  # 0 for the top group
+                add(g, lr * cfg.layer_decay ** depth, f"{b.kind}.{i}")
+    if not groups:
+        raise ValueError("no trainable parameters")
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------
+# adversarial training
+
+
+class Adversary:
+    """FGM / PGD on embedding outputs (Miyato et al. 2017; Madry et al. 2018).
+
+    Forward hooks add a perturbation r to each module's output. `recording()` makes r a zero
+    leaf so the clean backward also yields dL/d(output); `attack` then trains on the perturbed
+    input too: FGM takes one step r = eps * g / ||g||; PGD takes `steps` steps of 0.3 * eps,
+    each projected back onto the eps ball, and keeps the gradient of the last one. Parameter
+    gradients end up as clean + adversarial, as in the usual competition recipe. Modules not
+    run by a forward (frozen, cached backbones) are simply not attacked.
+    """
+
+    def __init__(self, modules: Sequence[nn.Module], kind: str = "fgm", eps: float = 1.0,
+                 steps: int = 3) -> None:
+        if kind not in ("fgm", "pgd"):
+            raise ValueError(f"adversarial kind must be fgm or pgd, got {kind!r}")
+        self.kind, self.eps, self.steps = kind, eps, max(1, steps)
+        self.alpha = 0.3 * eps
+        self.mode: str | None = None  # None | "leaf" (r is a grad leaf) | "fixed"
+        self.delta: dict[int, Tensor] = {}
+        self.leaves: dict[int, Tensor] = {}
+        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(modules)]
+
+    def _hook(self, i: int) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor | None:
+            if self.mode is None:
+                return None
+            base = self.delta.get(i)
+            r = torch.zeros_like(output) if base is None else base.to(output.dtype)
+            if self.mode == "leaf":
+                r = r.detach().requires_grad_(True)
+                self.leaves[i] = r
+            return output + r
+
+        return hook
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """The clean forward/backward: records dL/d(embedding output)."""
+        self.mode, self.delta, self.leaves = "leaf", {}, {}
+        try:
+            yield
+        finally:
+            self.mode = None
+
+    def _step(self, grads: dict[int, Tensor], size: float) -> bool:
+        ok = False
+        for i, g in grads.items():
+            norm = g.float().norm()
+            if not torch.isfinite(norm) or norm == 0:
+                continue
+            r = self.delta.get(i, torch.zeros_like(g)) + size * g / norm
+            rn = r.float().norm()
+            if rn > self.eps:  # project back onto the eps ball
+                r = r * (self.eps / rn)
+            self.delta[i] = r.detach()
+            ok = True
+        return ok
+
+    def attack(self, loss_fn: Callable[[], Tensor], backward: Callable[[Tensor], None],
+               params: Sequence[nn.Parameter]) -> None:
+        """After the recorded clean backward: add the adversarial loss's gradients."""
+        grads = {i: r.grad for i, r in self.leaves.items() if r.grad is not None}
+        if not grads:
+            return
+        self.delta = {}
+        try:
+            if self.kind == "fgm":
+                if self._step(grads, self.eps):
+                    self.mode = "fixed"
+                    backward(loss_fn())
+                return
+            for t in range(self.steps):
+                if not self._step(grads, self.alpha):
+                    return
+                if t == self.steps - 1:
+                    self.mode = "fixed"
+                    backward(loss_fn())
+                else:  # only the direction for the next step; parameter grads untouched
+                    self.mode, self.leaves = "leaf", {}
+                    loss = loss_fn()
+                    keys = list(self.leaves)
+                    got = torch.autograd.grad(loss, [self.leaves[k] for k in keys],
+                                              allow_unused=True)
+                    grads = {k: g for k, g in zip(keys, got) if g is not None}
+        finally:
+            self.mode, self.delta, self.leaves = None, {}, {}
+
+    def remove(self) -> None:
+        """Detach the hooks."""
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+# ---------------------------------------------------------------------------------------------
+# EMA
+
+
+class EMA:
+    """Exponential moving average of the weights, with the usual warm-up of the decay
+    (min(decay, (1 + n) / (10 + n))) so early evaluations are not dominated by the init."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.reset(model)
+
+    def reset(self, model: nn.Module) -> None:
+        """Start again from the model's current weights."""
+        self.n = 0
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the average toward the current weights (call after each optimizer step)."""
+        self.n += 1
+        d = min(self.decay, (1 + self.n) / (10 + self.n))
+        for k, v in model.state_dict(keep_vars=True).items():
+            s = self.shadow[k]
+            if isinstance(v, nn.Parameter) and v.requires_grad and s.is_floating_point():
+                s.lerp_(v.detach(), 1.0 - d)
+            elif not isinstance(v, nn.Parameter):
+                s.copy_(v.detach())  # buffers follow the model
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module) -> Iterator[None]:
+        """Temporarily swap the averaged weights into `model`."""
+        state = model.state_dict(keep_vars=True)
+        backup = {k: v.detach().clone() for k, v in state.items()}
+        with torch.no_grad():
+            for k, v in state.items():
+                v.data.copy_(self.shadow[k])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, v in state.items():
+                    v.data.copy_(backup[k])

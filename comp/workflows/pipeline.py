@@ -1,0 +1,608 @@
+"""`comp run` / `./run.sh`: the whole pipeline on one competition, every stage resumable.
+
+data -> folds -> pretrain tiny backbones -> vectors -> TF-IDF members -> fusion members ->
+a short Optuna pass -> ensembles (hill, stack) -> a pseudo-label round -> report -> score.
+Each stage skips what is already on disk, so a rerun after a finished run retrains nothing.
+
+A competition folder holding `unlabelled.{csv,tsv,jsonl,json,txt}` gets it as every member's
+`data.extra`: members predict those texts too and the pseudo-label round labels its confident
+rows along with the test rows. Put it there before the first run (finished members are not
+retrained to predict it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from comp.config.schema import DataConfig, Recipe
+from comp.core.utils import CompError, log, read_json, write_text
+from comp.data.recipes import load_recipe
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+BACKBONES = ["bert", "roberta_wwm", "wobert", "xlnet", "albert"]
+VECTORS = ["char", "word", "bigram"]
+LINEAR = ["tfidf_char_svc", "tfidf_char_lr", "tfidf_word_lr", "tfidf_word_svc", "tfidf_nblr"]
+FUSION = [f"fusion_{k}_bilstm" for k in BACKBONES] + ["fusion_all", "textcnn_vectors"]
+TUNE_RECIPE, TUNE_TRIALS = "tfidf_char_svc", 12
+# the members a preset's pseudo-label round trains with the confident test rows added to their
+# training folds (suffix _pl); a recipe need not have run in the first round
+PSEUDO_RECIPES = {"fast": ["tfidf_char_svc"], "default": ["tfidf_char_svc", "textcnn_vectors"],
+                  "best": ["tfidf_char_svc", "fusion_e5_full160"],
+                  "all": ["tfidf_char_svc", "textcnn_vectors"]}
+
+QUICK_LINEAR = ["tfidf_char_svc", "tfidf_word_lr", "tfidf_nblr"]
+E5 = "fusion_e5_bilstm"  # the packaged pretrained backbone: where the points are on 2 cores
+
+
+def e5_inputs(max_chars: int) -> list[str]:
+    """Overrides for e5 reading `max_chars` characters: the grid and e5's pieces (<s> + </s>
+    + a few pieces that cover more than one character)."""
+    return [f"model.max_chars={max_chars}",
+            f"model.backbones=[{{kind='bert', path='models/e5-small', max_len={max_chars + 4}}}]"]
+
+
+# members that are a recipe with overrides: name -> (recipe file, overrides)
+E5_FAST = ["model.vectors=['char']", *e5_inputs(128), "train.inner_val=0.0",
+           # bf16 where the CPU has it, no dropout inside e5, eager attention: a training step
+           # 2.3-3x cheaper on 2 cores (bench/e5_step.py)
+           "train.amp=bf16", "model.backbone_dropout=0.0", "model.backbone_attention=eager"]
+E5_FULL = ["train.unfreeze_top=0", "train.epochs_unfrozen=2"]  # every layer, two epochs
+VARIANTS = {
+    # --preset best's e5 member: every layer fine-tuned on every fold, two full epochs after the
+    # two head-only ones, with the fast variant's inputs (char vectors, 128 characters, fixed
+    # epochs). In full precision with dropout a full epoch of 11k rows took 13-16 min on 2
+    # cores; bf16 (where the CPU has it), no dropout inside e5 and eager attention make a step
+    # 2.3-3x cheaper (bench/e5_step.py), so two epochs cost what one did
+    "fusion_e5_full": (E5, [*E5_FULL, *E5_FAST]),
+    # the default run's e5 member, cut to fit 20 minutes on 2 cores: char vectors only (no
+    # jieba or bigram word2vec to train), 128 characters, and fixed epochs (inner_val = 0: no
+    # rows held back for choosing, still honest: nothing is chosen on validation labels)
+    "fusion_e5_fast": (E5, E5_FAST),
+    # a second fully fine-tuned e5 for --preset best: another seed and 160 characters (18 % of
+    # the embedded texts are longer than 128), so its errors differ from the first one's
+    "fusion_e5_full160": (E5, [*E5_FULL, *E5_FAST, *e5_inputs(160), "train.seed=7"]),
+}
+# candidates by expected gain per second: TF-IDF first, then e5, then fusion variants
+PRESETS = {
+    "fast": QUICK_LINEAR,
+    "default": [*LINEAR, "fusion_e5_fast", "textcnn_vectors"],
+    # the members that carry the score on 2 cores: e5 fully fine-tuned on every fold (~1.4
+    # hours), a tuned TF-IDF member, then a pseudo-label round that trains a second full e5
+    # (fusion_e5_full160, ~1.6 hours) and a TF-IDF member with the confident test rows
+    # (PSEUDO_RECIPES). README: the second e5 in the first round gave nested CV 0.8799, in the
+    # pseudo round 0.8800 (a tie; chosen by that rule). The fast e5 member on every fold beside
+    # them added 43 min and no nested CV (0.8781 vs 0.8782)
+    "best": [*LINEAR, "fusion_e5_full"],
+    # every member: the tiny self-pretrained backbones too (a GPU's preset: hours on 2 cores)
+    "all": [*LINEAR, "fusion_e5_full", *FUSION],
+}
+# a pair task (data.task = "pair"): TF-IDF pair members (recipes/pair/), then with any neural
+# member in the preset the siamese vectors member, then the preset's fusion members that read
+# pairs (e5 encodes (a, b) as its pair, vectors share one grid with a segment feature); members
+# on the tiny in-task backbones are skipped: those are not pretrained for a pair task
+PAIR_LINEAR = ["tfidf_pair_svc", "tfidf_pair_lr"]
+PAIR_NEURAL = ["siamese_vectors"]
+# a multilabel task (data.task = "multilabel"): every TF-IDF member fits one binary model per
+# label; the fusion members (textcnn_vectors too) give one sigmoid per label, trained with BCE
+MULTILABEL_NEURAL = [*FUSION, *VARIANTS]
+DEFAULT_BUDGET = 20.0  # minutes of the default preset on a 2-core machine
+
+STAGES = ("data", "pretrain", "vectors", "linear", "fusion", "tune", "ensemble", "pseudo",
+          "report", "score")
+
+
+class Layout:
+    """Where one competition's files go: embedded -> runs/, models/; others get a sub-folder."""
+
+    def __init__(self, data: str | None, metric: str | None = None):
+        self.embedded = data is None
+        self.metric = metric  # `comp run --metric`: every member, tuning and ensemble use it
+        self.data = Path(data or "data/sentiment")
+        name = "" if self.embedded else self.data.resolve().name
+        self.runs = Path("runs") / name if name else Path("runs")
+        self.models = Path("models") / name if name else Path("models")
+        self.submissions = Path("submissions") / name if name else Path("submissions")
+        self.reports = Path("reports") / name if name else Path("reports")
+
+    def data_config(self) -> DataConfig:
+        """The competition's [data] settings (k from its own folds.csv when it has one)."""
+        from comp.data.folds import user_fold_count
+        from comp.data.settings import folder_data_config
+
+        k = user_fold_count(self.data)  # else competition.toml's folds, else 5
+        return folder_data_config(self.data, **({"folds": k} if k else {}))
+
+    def model_path(self, path: str) -> str:
+        """A recipe path under models/ moved to this competition's models folder; others kept."""
+        return str(self.models / Path(path).name) if path.startswith("models/") else path
+
+    @property
+    def unlabelled(self) -> str:
+        """File name of the competition's unlabelled texts, or "" when it has none."""
+        for ext in (".csv", ".tsv", ".jsonl", ".json", ".txt"):
+            if (self.data / f"unlabelled{ext}").is_file():
+                return f"unlabelled{ext}"
+        return ""
+
+
+def member_recipe(layout: Layout, name: str, extra: list[str] | None = None) -> Recipe:
+    """A recipe from recipes/ pointed at this competition's data, runs, models and unlabelled
+    texts."""
+    unl = [f"data.extra={layout.unlabelled}"] if layout.unlabelled else []
+    metric = [f"metric='{layout.metric}'"] if layout.metric else []
+    file, variant = VARIANTS.get(name, (name, []))
+    from comp.data.folds import user_fold_count
+
+    k = user_fold_count(layout.data)  # the competition's own folds.csv sets k
+    variant = [*variant, *([f"data.folds={k}"] if k else [])]
+    path = RECIPES / f"{file}.toml"
+    if not path.exists() and (RECIPES / "pair" / path.name).exists():
+        path = RECIPES / "pair" / path.name
+    recipe = load_recipe(path,
+                         [f"data.dir={layout.data}", f"runs_dir={layout.runs}", *unl, *metric,
+                          *variant, *([f"name={name}"] if variant else []), *(extra or [])])
+    if recipe.kind == "linear":
+        return recipe
+    model = recipe.model
+    backbones = tuple(dataclasses.replace(b, path=layout.model_path(b.path))
+                      for b in model.backbones)
+    model = dataclasses.replace(model, backbones=backbones, vectors_dir=str(layout.models))
+    return dataclasses.replace(recipe, model=model)
+
+
+def task_members(names: list[str], task: str) -> list[str]:
+    """The candidates of a preset that fit the task: a pair task gets the TF-IDF pair members,
+    then (a preset with neural members) the siamese member and the preset's neural members that
+    read pairs, and one log line naming the members it skips; a multilabel task its TF-IDF
+    members and the neural ones in MULTILABEL_NEURAL (one line names the others)."""
+    if task == "multilabel":
+        keep = [n for n in names if n.startswith("tfidf") or n in MULTILABEL_NEURAL]
+        skipped = [n for n in names if n not in keep]
+        if skipped:
+            log(f"plan: multilabel task: {', '.join(skipped)} skipped (no multi-label "
+                "outputs)")
+        return keep
+    if task != "pair":
+        return names
+    tiny = set(FUSION) - {"textcnn_vectors"}  # tiny backbones: not pretrained for pairs
+    neural = [n for n in names if not n.startswith("tfidf") and n not in tiny]
+    skipped = [n for n in names if n in tiny]
+    if skipped:
+        log(f"plan: pair task: {', '.join(skipped)} skipped (tiny backbones are not pretrained "
+            "for text pairs)")
+    return [*PAIR_LINEAR, *(PAIR_NEURAL if neural else []), *neural]
+
+
+def stage_data(layout: Layout) -> None:
+    """Build the embedded competition if needed; load and validate any competition."""
+    from comp.data.competition import load_competition
+    from comp.data.embedded import build_sentiment
+    from comp.data.folds import load_folds
+
+    if layout.embedded and not (layout.data / "train.csv").exists():
+        counts = build_sentiment(layout.data)
+        log(f"data: {counts['lines']} lines -> {counts['distinct']} distinct, dropped "
+            f"{counts['both_labels']} under both labels: train={counts['train']} "
+            f"test={counts['test']}")
+    cfg = layout.data_config()
+    comp = load_competition(cfg)
+    load_folds(comp, cfg)
+    log(f"data: {len(comp.train_ids)} train, {len(comp.test_ids)} test, "
+        f"{comp.n_classes} classes")
+
+
+def stage_pretrain(layout: Layout, kinds: list[str]) -> None:
+    """Tokenizer + in-task MLM for each tiny backbone (skipped when its card is complete)."""
+    from comp.nn.pretrain import run_pretrain
+
+    for kind in kinds:
+        recipe = load_recipe(RECIPES / "pretrain" / f"{kind}_tiny.toml",
+                             [f"pretrain.out={layout.models / f'{kind}_tiny'}",
+                              f"pretrain.corpus=['{layout.data}']"])
+        # this competition's char vectors, not another's
+        cfg = dataclasses.replace(recipe.pretrain,
+                                  init_vectors=layout.model_path(recipe.pretrain.init_vectors))
+        t0 = time.time()
+        run_pretrain(cfg)
+        log(f"pretrain {kind}: {layout.models / f'{kind}_tiny'} ({time.time() - t0:.0f}s)")
+
+
+def stage_vectors(layout: Layout, kinds: list[str]) -> None:
+    """gensim word2vec for char / word / bigram (skipped when the file exists)."""
+    from comp.data.competition import load_competition
+    from comp.nn.vectors import train_vectors
+
+    comp = load_competition(layout.data_config())
+    for kind in kinds:
+        train_vectors(comp.train_texts + comp.test_texts, kind,
+                      layout.models / f"w2v-{kind}.kv")
+
+
+def stage_members(layout: Layout, names: list[str], extra: list[str] | None = None,
+                  suffix: str = "") -> list[Path]:
+    """Train members by recipe name, or bring them up to date; returns their run dirs.
+
+    Nothing is skipped by name: each member's folds are checked against today's recipe and
+    data (comp.kfold.rundir), so a finished member costs a check, and a changed input redoes what
+    depends on it.
+    """
+    from comp.members.registry import train_recipe
+
+    dirs = []
+    for name in names:
+        recipe = member_recipe(layout, name, [*(extra or []), f"name={name}{suffix}"])
+        log(f"member {recipe.name}: checking" if (recipe.run_dir / "cv.json").exists()
+            else f"member {recipe.name}: training")
+        train_recipe(recipe)
+        dirs.append(recipe.run_dir)
+    return dirs
+
+
+def stage_tune(layout: Layout, name: str, trials: int) -> Path | None:
+    """A short Optuna pass on one recipe, then the tuned member; returns its run dir.
+
+    The overlay is reused only while the recipe and the train rows it was tuned on are the
+    same (its .json records them); else tuning runs again.
+    """
+    from comp.config.schema import flatten_overlay, read_toml
+    from comp.core.utils import write_json
+    from comp.data.competition import load_competition
+    from comp.kfold.rundir import recipe_fingerprint
+    from comp.members.registry import train_recipe
+    from comp.workflows.tune import run_tune
+
+    tuned_name = f"{name}_tuned"
+    overlay = layout.runs / "tuned" / f"{name}.toml"
+    recipe = member_recipe(layout, name)
+    key = {"recipe": recipe_fingerprint(recipe),
+           "train_hash": load_competition(recipe.data).train_hash, "trials": trials}
+    stamp = overlay.with_suffix(".json")
+    if overlay.exists() and (not stamp.exists() or read_json(stamp) != key):
+        log(f"tune {name}: the recipe or the train rows changed since {overlay} was tuned; "
+            "tuning again")
+        overlay.unlink()
+    if not overlay.exists():
+        run_tune(recipe, trials=trials, storage=f"sqlite:///{layout.runs}/optuna.db",
+                 overlay_dir=overlay.parent)
+        if overlay.exists():
+            write_json(stamp, key)
+    if not overlay.exists():
+        log(f"tune {name}: no trial completed; no tuned member")
+        return None
+    recipe = member_recipe(layout, name, [*flatten_overlay(read_toml(overlay)),
+                                          f"name={tuned_name}"])
+    train_recipe(recipe)
+    return recipe.run_dir
+
+
+def stage_ensembles(layout: Layout, runs: list[Path], methods: list[str],
+                    prefix: str = "") -> list[Path]:
+    """One submission per method; returns the CSV paths (existing ones are reused)."""
+    from comp.blend.bias import bias_applies
+    from comp.blend.ensemble import ensemble_current, run_ensemble
+
+    metric = layout.metric or str(read_json(runs[0] / "cv.json").get("metric") or "accuracy")
+    # macro-F1 and other label metrics other than accuracy: per-class biases on the blend
+    bias = {"class_bias": True} if bias_applies(metric) else {}
+    out = []
+    for method in methods:
+        stem = f"{prefix}{method}"
+        existing = _latest(layout.submissions, stem)
+        if existing is not None:
+            why = ensemble_current(existing, runs)
+            if not why:
+                log(f"ensemble {stem}: {existing} is current, skipped")
+                out.append(existing)
+                continue
+            log(f"ensemble {stem}: {existing} is stale ({why}); blending again")
+            _retire(existing)
+        # "" = the members' own metric (cv.json), which --metric set for every member
+        out.append(run_ensemble([str(r) for r in runs], method, layout.data_config(),
+                                layout.metric or "", layout.submissions / stem, **bias))
+    return out
+
+
+def pseudo_file(layout: Layout, round_: int) -> Path:
+    """submissions/pseudo.csv (round 1) or pseudo_r<round>.csv."""
+    return layout.submissions / ("pseudo.csv" if round_ == 1 else f"pseudo_r{round_}.csv")
+
+
+def pseudo_folds_done(layout: Layout, names: list[str], rounds: int) -> dict[str, set[int]]:
+    """For the plan: the pseudo members' folds that are current on the pseudo files the last
+    run left (the round writes them anew; from an unchanged ensemble they come out the same)."""
+    from comp.kfold.runner import folds_done
+
+    done: dict[str, set[int]] = {}
+    for r in range(1, rounds + 1):
+        f = pseudo_file(layout, r)
+        for name in names if f.exists() else []:
+            try:
+                done[name + "_pl" * r] = folds_done(member_recipe(
+                    layout, name, [f"train.pseudo={f}", f"name={name}{'_pl' * r}"]))
+            except CompError:  # a file the round will replace (other classes, ...)
+                pass
+    return done
+
+
+def stage_pseudo(layout: Layout, best: Path, names: list[str], threshold: float = 0.95,
+                 round_: int = 1) -> list[Path]:
+    """One pseudo-label round: confident test (and unlabelled) rows of the best ensemble so far
+    retrain some members as `<name>_pl` (round 2: `<name>_pl_pl`, ...); returns their run dirs.
+
+    The pseudo file is written anew each time (per fold when the ensemble has per-fold
+    predictions); members whose folds trained on the very same rows are not retrained.
+    """
+    from comp.workflows.pseudo import make_pseudo
+
+    pseudo = pseudo_file(layout, round_)
+    make_pseudo(best.with_suffix(".json"), threshold=threshold, per_class=True, out=pseudo)
+    return stage_members(layout, names, [f"train.pseudo={pseudo}"], suffix="_pl" * round_)
+
+
+def _retire(csv_path: Path) -> None:
+    """Move a stale submission (CSV + manifest) into submissions/stale/: never re-reported,
+    never lost."""
+    stale = csv_path.parent / "stale"
+    stale.mkdir(exist_ok=True)
+    for p in (csv_path, csv_path.with_suffix(".json")):
+        if p.exists():
+            p.replace(stale / p.name)
+
+
+def _latest(folder: Path, stem: str) -> Path | None:
+    hits = sorted(folder.glob(f"{stem}_cv*.csv"), key=lambda p: p.stat().st_mtime)
+    return hits[-1] if hits else None
+
+
+def best_submission(paths: list[Path]) -> Path:
+    """The submission whose manifest reports the best (nested, honest) CV, in the direction of
+    its metric (log-loss: lowest)."""
+    from comp.core.metrics import greater_is_better
+
+    def key(p: Path) -> float:
+        man = read_json(p.with_suffix(".json"))
+        cv = float(man.get("cv", float("nan")))
+        if cv != cv:  # NaN or missing: last
+            return float("-inf")
+        return cv if greater_is_better(man.get("metric") or "accuracy") else -cv
+
+    return max(paths, key=key)
+
+
+def run_pipeline(data: str | None = None, quick: bool = False,
+                 stages: str | None = None, pseudo_rounds: int | None = None,
+                 metric: str | None = None, preset: str | None = None,
+                 budget: float | None = None) -> Path:
+    """Run every stage to a time budget; print the final one-line summary.
+
+    Args:
+        data: a competition folder; None builds and uses the embedded sentiment one.
+        quick: the `fast` preset: three TF-IDF members and a hill blend, in minutes.
+        stages: comma-separated subset of STAGES.
+        pseudo_rounds: train -> ensemble -> pseudo-label -> retrain rounds (0 = none); each
+            round labels with the best ensemble so far and ensembles its members anew.
+            Default: 1 with --preset best or all, else 0.
+        metric: a comp.core.metrics name every member, tuning pass and ensemble scores and selects
+            on; None keeps each recipe's own (accuracy).
+        preset: fast | default | best (TF-IDF members and e5 fully fine-tuned on every fold,
+            a tuned member, and a pseudo-label round that trains a second e5 and a TF-IDF
+            member) | all (best plus every fusion member on tiny backbones pretrained here, and
+            textcnn_vectors). PSEUDO_RECIPES names what each preset's round trains.
+        budget: minutes the members may take (default 20 for the default preset, none for
+            the others); the plan is printed before training (comp.workflows.plan).
+
+    Returns:
+        The best submission CSV.
+    """
+    from comp.kfold.runner import folds_done
+    from comp.workflows.plan import (
+        load_speeds,
+        make_plan,
+        print_actual,
+        print_plan,
+        pseudo_steps,
+        record_speed,
+    )
+
+    t0 = time.time()
+    preset = "fast" if quick else (preset or "default")
+    if preset not in PRESETS:
+        raise CompError(f"--preset: unknown preset '{preset}' (known: {', '.join(PRESETS)})")
+    if budget is None and preset == "default":
+        budget = DEFAULT_BUDGET
+    if budget is not None and budget <= 0:
+        raise CompError(f"--budget: must be > 0 minutes, got {budget}")
+    budget_s = budget * 60 if budget is not None else None
+    if metric is not None:
+        from comp.core.metrics import get_metric
+
+        get_metric(metric)  # an unknown name fails before any stage runs
+    layout = Layout(data, metric)
+    want = set(stages.split(",")) if stages else set(STAGES)
+    unknown = want - set(STAGES)
+    if unknown:
+        raise CompError(f"--stages: unknown stage '{sorted(unknown)[0]}' "
+                        f"(known: {', '.join(STAGES)})")
+    if pseudo_rounds is None:
+        pseudo_rounds = 1 if preset in ("best", "all") else 0
+    if pseudo_rounds < 0:
+        raise CompError(f"--pseudo-rounds: must be >= 0, got {pseudo_rounds}")
+    timings: dict[str, float] = {}
+
+    def timed(stage: str, fn, *args, **kw):
+        if stage not in want:
+            return None
+        t = time.time()
+        out = fn(*args, **kw)
+        timings[stage] = timings.get(stage, 0.0) + time.time() - t
+        return out
+
+    timed("data", stage_data, layout)
+    n_train, k = _train_size(layout)
+    task = layout.data_config().task
+    pair = task == "pair"
+    if preset == "all" and not pair:  # tiny backbones only feed fusion members
+        timed("pretrain", stage_pretrain, layout, BACKBONES)
+    speeds_path = layout.runs / "speeds.json"
+    left = budget_s - (time.time() - t0) if budget_s is not None else None
+    candidates = task_members(PRESETS[preset], task)
+    speeds = load_speeds(speeds_path)
+    done = {n: folds_done(member_recipe(layout, n)) for n in candidates}
+    steps = make_plan(candidates, left, n_train, k, speeds, done)
+    pl_rounds = pseudo_rounds if "pseudo" in want else 0
+    pl_names = ([] if not pl_rounds else PAIR_LINEAR[:1] if pair
+                else task_members(PSEUDO_RECIPES[preset], task))
+    print_plan(steps, budget_s, k, pseudo_steps(pl_names, pl_rounds, n_train, k, speeds,
+                                                pseudo_folds_done(layout, pl_names, pl_rounds)))
+    runs: list[Path] = []
+    vectors_done: set[str] = set()
+
+    def vectors_for(names: list[str], extra: list[str] | None = None) -> None:
+        """The word2vec files these members read, each trained once."""
+        kinds = list(dict.fromkeys(v for n in names if not n.startswith("tfidf")
+                                   for v in member_recipe(layout, n, extra).model.vectors
+                                   if v not in vectors_done))
+        if kinds:
+            timed("vectors", stage_vectors, layout, kinds)
+            vectors_done.update(kinds)
+
+    for step in steps:
+        if step.folds == []:
+            continue
+        stage = "linear" if step.name.startswith("tfidf") else "fusion"
+        if stage not in want:
+            continue
+        elapsed = time.time() - t0
+        if budget_s is not None and elapsed + step.seconds > budget_s * 1.1:
+            log(f"plan: {step.name} skipped: {elapsed / 60:.1f} of {budget_s / 60:g} minutes "
+                f"used, it needs ~{step.seconds / 60:.1f}")
+            continue
+        extra = [f"data.use_folds={step.folds}"] if step.folds else []
+        vectors_for([step.name], extra)
+        t = time.time()
+        runs += timed(stage, stage_members, layout, [step.name], extra) or []
+        step.actual = time.time() - t
+        record_speed(speeds_path, step.name, _cv(runs[-1]) if runs else None, k)
+    if preset in ("best", "all"):
+        tuned = timed("tune", stage_tune, layout, PAIR_LINEAR[0] if pair else TUNE_RECIPE,
+                      TUNE_TRIALS)
+        runs += [tuned] if tuned else []
+    runs = [r for r in runs if (r / "cv.json").exists()]  # what finished
+    if not runs:
+        raise CompError("run: no members finished (raise --budget or use --quick)")
+    methods = ["hill"] if preset == "fast" else ["hill", "stack"]
+    subs = timed("ensemble", stage_ensembles, layout, runs, methods) or []
+    pl_runs: list[Path] = []
+    rounds = pseudo_rounds if "pseudo" in want and subs else 0
+    # multilabel: every label of a row must be sure, so the cut is lower (comp.workflows.pseudo)
+    from comp.workflows.pseudo import MULTILABEL_THRESHOLD
+
+    cut = MULTILABEL_THRESHOLD if task == "multilabel" else 0.95
+    if rounds:  # a pseudo member's word2vec files, when its first-round twin did not run
+        vectors_for(pl_names)
+    for r in range(1, rounds + 1):
+        new = timed("pseudo", stage_pseudo, layout, best_submission(subs), pl_names, cut,
+                    r) or []
+        pl_runs += new
+        subs += timed("ensemble", stage_ensembles, layout, runs + new, methods, "pl_" * r) or []
+    if not subs:
+        raise CompError("run: no submission made (the ensemble stage was skipped)")
+    best = best_submission(subs)
+    if "report" in want:
+        from comp.report import build_report
+
+        timed("report", build_report, runs + pl_runs, layout.submissions,
+              layout.reports / "index.html", layout.data_config())
+    answers = layout.data / "answers.csv"
+    line = f"submission={best}"
+    if answers.exists() and "score" in want:
+        from comp.blend.submit import score_submission
+
+        s = score_submission(best, answers)
+        if task == "multilabel":  # accuracy is the exact match there: show the task's metric
+            metric = metric or read_json(best.with_suffix(".json")).get("metric")
+        own = (f"hidden_{metric}={s[metric]:.4f} "
+               if metric in s and metric not in ("accuracy", "macro_f1", "n") else "")
+        line = (f"hidden_accuracy={s['accuracy']:.4f} hidden_macro_f1={s['macro_f1']:.4f} "
+                f"{own}submission={best}")
+    write_results(layout, runs + pl_runs, subs, best, line, time.time() - t0, timings)
+    log(f"run: finished in {(time.time() - t0) / 60:.1f} min" + (
+        f" (budget {budget_s / 60:g})" if budget_s else ""))
+    print_actual(steps)
+    print(line)
+    return best
+
+
+def _train_size(layout: Layout) -> tuple[int, int]:
+    """(train rows, folds) of the competition, for the plan."""
+    from comp.data.competition import load_competition
+
+    cfg = layout.data_config()
+    return len(load_competition(cfg).train_ids), cfg.folds
+
+
+def _cv(run_dir: Path) -> dict | None:
+    p = run_dir / "cv.json"
+    return read_json(p) if p.exists() else None
+
+
+def hidden_accuracies(layout: Layout, runs: list[Path], subs: list[Path]) -> dict[str, float]:
+    """Hidden accuracy of every member (from test.npy) and submission, when answers exist."""
+    answers = layout.data / "answers.csv"
+    if not answers.exists():
+        return {}
+    from comp.blend.submit import score_submission
+    from comp.data.competition import load_competition
+    from comp.report import member_hidden
+
+    comp = load_competition(layout.data_config())
+    out = {k: v["accuracy"] for k, v in member_hidden([str(r) for r in runs], comp,
+                                                        answers).items()}
+    for s in subs:
+        out[str(s)] = score_submission(s, answers)["accuracy"]
+    return out
+
+
+def recorded_minutes(layout: Layout, runs: list[Path]) -> str:
+    """Training time the files on disk record, summed over every invocation that made them."""
+    pre = [read_json(p).get("seconds", 0.0) for p in sorted(layout.models.glob("*/pretrain.json"))]
+    members = sum(read_json(r / "cv.json").get("seconds", 0.0) for r in runs)
+    parts = [f"pretraining {len(pre)} backbones {sum(pre) / 60:.1f} min"] if pre else []
+    parts.append(f"training {len(runs)} members {members / 60:.1f} min")
+    return ", ".join(parts)
+
+
+def write_results(layout: Layout, runs: list[Path], subs: list[Path], best: Path, line: str,
+                  seconds: float, timings: dict[str, float]) -> Path:
+    """reports/results.md: member CVs, ensemble CVs, hidden scores, wall time (from this run)."""
+    hidden = hidden_accuracies(layout, runs, subs)
+
+    def hid(p: Path) -> str:
+        return f"{hidden[str(p)]:.4f}" if str(p) in hidden else ""
+
+    rows = ["| member | kind | OOF CV | fold spread | hidden accuracy | seconds |",
+            "|---|---|---|---|---|---|"]
+    for r in runs:
+        cv = read_json(r / "cv.json")
+        folds = cv.get("fold_scores", [])
+        spread = f"{min(folds):.4f}–{max(folds):.4f}" if folds else ""
+        rows.append(f"| {r.name} | {cv.get('kind', '')} | {cv['cv']:.4f} | {spread} | {hid(r)} | "
+                    f"{cv.get('seconds', 0):.0f} |")
+    rows += ["", "| submission | method | nested CV | hidden accuracy | members |",
+             "|---|---|---|---|---|"]
+    for s in subs:
+        man = read_json(s.with_suffix(".json"))
+        rows.append(f"| {s.name} | {man.get('method', '')} | {man.get('cv', float('nan')):.4f} | "
+                    f"{hid(s)} | {len(man.get('member_names', []))} |")
+    stage_txt = ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
+    text = "\n".join([f"# Results: {layout.data}", "", *rows, "",
+                      f"best (by nested CV): `{best}`", "", f"`{line}`", "",
+                      f"wall time of this invocation {seconds / 60:.1f} min ({stage_txt})", "",
+                      f"recorded in the files (summed over every invocation that made them; "
+                      f"a shared machine inflates them): {recorded_minutes(layout, runs)}", ""])
+    out = layout.reports / "results.md"
+    write_text(out, text)
+    return out

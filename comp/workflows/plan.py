@@ -1,0 +1,170 @@
+"""Planning `comp run` to a time budget: which members, on how many folds, in what order.
+
+    steps = make_plan(candidates, budget_s, n_train, k, speeds)
+    later = pseudo_steps(names, rounds, n_train, k, speeds)  # the pseudo-label rounds' members
+    print_plan(steps, budget_s, k, later)  # before training: members, folds, estimated minutes
+    record_speed(speeds_path, cv)     # after a member: what it really cost, for the next plan
+
+A member's cost is a setup (caches, vectors, imports: once per member) plus a per-fold cost that
+grows with the training rows. The priors below were measured on the 2-core machine this toolkit
+is built on; every finished member replaces its prior with what it really cost on this machine
+(runs/speeds.json), so the second plan of a competition is better than the first. Members come
+in the caller's order (expected gain per second: TF-IDF first, then the pretrained e5 member,
+then fusion variants). A member that cannot finish all its folds in what is left either runs on
+as many folds as fit (members whose kind allows it: their OOF covers those folds' rows, see
+comp.kfold.runner.assemble) or is not started.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from comp.core.utils import log, read_json, write_json
+
+# name -> (setup seconds, seconds per fold per 1,000 training rows), measured on 2 cores
+PRIORS: dict[str, tuple[float, float]] = {
+    # the vectorizer once, then seconds per fold; the default run on the embedded competition
+    # (13,890 rows, 5 folds) measured 18-47 s a member (runs/speeds.json), ~2x below the first
+    # priors, which had the plan give e5 less of the budget than it could use
+    "tfidf_char_svc": (5.0, 0.25),
+    "tfidf_char_lr": (5.0, 0.27),
+    "tfidf_word_lr": (10.0, 0.3),  # jieba over every text once
+    "tfidf_word_svc": (10.0, 0.28),
+    "tfidf_nblr": (5.0, 0.75),
+    # pair members: TF-IDF + jieba overlaps of both sides once (5,250 pairs: 7 s), then folds
+    "tfidf_pair_svc": (15.0, 0.5),
+    "tfidf_pair_lr": (20.0, 1.0),
+    # char + word word2vec, then up to 12 epochs of a shared biLSTM over both orders of a pair
+    "siamese_vectors": (60.0, 60.0),
+    "textcnn_vectors": (150.0, 20.0),  # three word2vec files, then 3 epochs of a TextCNN
+    # e5 import, the char/word/bigram vectors, the frozen-feature and layer-8 caches of every
+    # text; then per fold two cached phase-1 epochs and two top-4 phase-2 epochs
+    # measured on the embedded competition (13,890 rows, fold 0, quiet 2 cores): caching
+    # 330 s, two phase-1 epochs 62 s, two top-4 phase-2 epochs 541 s, predictions 64 s
+    "fusion_e5_bilstm": (480.0, 60.0),  # + 150 s of char/word/bigram word2vec
+    # 128 characters, char vectors only, fixed epochs, bf16 without dropout: the default run
+    # measured 16.1 min for folds 0 and 1 (caching 3.0 min, ~6.5 min a fold)
+    "fusion_e5_fast": (180.0, 35.0),
+    # every layer fine-tuned for two epochs in bf16 without dropout (--preset best), fast's
+    # inputs: measured 77.0 min for five folds (13-19 min a fold)
+    "fusion_e5_full": (180.0, 80.0),
+    # the same at 160 characters: measured 83.6 min; as --preset best's pseudo-round member
+    # (~1,460 pseudo rows joining each fold's 11,112) 94.1 min, what this prior plans
+    "fusion_e5_full160": (180.0, 100.0),
+}
+DEFAULT_PRIOR = (60.0, 60.0)  # an unknown neural member: assume it is slow
+# member kinds whose OOF may cover a subset of folds (expensive ones under a budget)
+PARTIAL_OK = ("fusion_e5_bilstm", "fusion_e5_fast", "fusion_e5_full", "fusion_e5_full160")
+
+
+@dataclass
+class Step:
+    """One planned member: its folds (None = all), estimated seconds, and the plan's reason."""
+
+    name: str
+    folds: list[int] | None
+    seconds: float
+    note: str = ""
+    actual: float | None = field(default=None)
+
+
+def estimate(name: str, n_train: int, k: int, speeds: dict[str, Any]) -> tuple[float, float]:
+    """(setup seconds, seconds per fold) for a member on this competition."""
+    rec = speeds.get(name)
+    setup, per_1k = PRIORS.get(name, DEFAULT_PRIOR)
+    if rec:  # measured here: the per-fold cost, setup folded in when it could not be told apart
+        per_1k = float(rec["per_fold_per_1k"])
+        setup = float(rec.get("setup", 0.0))
+    rows = n_train * (k - 1) / k / 1000.0  # a fold trains on (k - 1) / k of the rows
+    return setup, per_1k * rows
+
+
+def make_plan(candidates: list[str], budget_s: float | None, n_train: int, k: int,
+              speeds: dict[str, Any], done: dict[str, set[int]] | None = None) -> list[Step]:
+    """Members in order, each on all folds, on the folds that fit, or left out (folds = []).
+
+    done: per member, the folds already trained on today's inputs (comp.kfold.runner.folds_done):
+    they cost nothing, so a resumed run spends its budget on the folds still missing."""
+    steps, left = [], budget_s if budget_s is not None else math.inf
+    for name in candidates:
+        setup, per_fold = estimate(name, n_train, k, speeds)
+        have = set((done or {}).get(name, ()))
+        todo = [f for f in range(k) if f not in have]
+        whole = (setup if todo else 0.0) + len(todo) * per_fold
+        if whole <= left:
+            steps.append(Step(name, None, whole, "" if todo else "current"))
+            left -= whole
+            continue
+        n = int((left - setup) // per_fold) if per_fold > 0 else 0
+        if name in PARTIAL_OK and (n >= 1 or have):
+            n = max(n, 0)
+            cost = (setup if n else 0.0) + n * per_fold
+            use = sorted(have | set(todo[:n]))
+            steps.append(Step(name, use, cost, f"{len(use)} of {k} folds fit in the budget"
+                              + (f" ({len(have)} already trained)" if have else "")
+                              + "; its OOF covers those rows"))
+            left -= cost
+        else:
+            steps.append(Step(name, [], whole, f"needs {whole / 60:.1f} min, "
+                              f"{max(left, 0) / 60:.1f} left: not started"))
+    return steps
+
+
+def pseudo_steps(names: list[str], rounds: int, n_train: int, k: int,
+                 speeds: dict[str, Any], done: dict[str, set[int]] | None = None) -> list[Step]:
+    """The pseudo-label rounds' members, for the printed plan: each costs what its recipe costs
+    here (measured or prior) on the training rows, the confident test rows add to that; `done`:
+    folds current on the last run's pseudo rows (free if the round writes the same rows)."""
+    steps = []
+    for r in range(1, rounds + 1):
+        for name in names:
+            setup, per_fold = estimate(name, n_train, k, speeds)
+            left = k - len((done or {}).get(name + "_pl" * r, ()))
+            steps.append(Step(name + "_pl" * r, None, (setup if left else 0.0) + left * per_fold,
+                              f"pseudo-label round {r}, "
+                              + ("+ its confident test rows" if left else
+                                 "current if its pseudo rows come out the same")))
+    return steps
+
+
+def print_plan(steps: list[Step], budget_s: float | None, k: int,
+               later: list[Step] = ()) -> None:
+    """The plan, one line per member, before anything trains; `later`: the pseudo-label
+    rounds' members, which run after the ensembles, outside the budget."""
+    total = sum(s.seconds for s in steps if s.folds != [])
+    more = sum(s.seconds for s in later)
+    head = (f"plan: {total / 60:.1f} of {budget_s / 60:g} budget minutes" if budget_s
+            else f"plan: about {total / 60:.1f} minutes (no budget)")
+    log(head + (f", then ~{more / 60:.1f} for the pseudo-label round" if later else ""))
+    for s in [*steps, *later]:
+        folds = ("all" if s.folds is None else "none" if not s.folds
+                 else ",".join(map(str, s.folds)))
+        log(f"  {s.name:<26} folds {folds:<6} ~{s.seconds / 60:5.1f} min"
+            + (f"  ({s.note})" if s.note else ""))
+
+
+def print_actual(steps: list[Step]) -> None:
+    """Estimated vs actual minutes of the members that ran."""
+    for s in steps:
+        if s.actual is not None:
+            log(f"  {s.name:<26} planned {s.seconds / 60:5.1f} min, took {s.actual / 60:5.1f}")
+
+
+def load_speeds(path: Path) -> dict[str, Any]:
+    """runs/speeds.json, or {}."""
+    return read_json(path) if path.exists() else {}
+
+
+def record_speed(path: Path, name: str, cv: dict[str, Any] | None, k: int) -> None:
+    """Remember what a member's folds cost here (from its cv.json), for the next plan."""
+    if not cv or not cv.get("seconds") or not cv.get("n_train"):
+        return
+    n_folds = len(cv.get("folds_used") or range(k))
+    rows = cv["n_train"] * (k - 1) / k / 1000.0
+    speeds = load_speeds(path)
+    speeds[name] = {"per_fold_per_1k": cv["seconds"] / n_folds / max(rows, 1e-9),
+                    "setup": 0.0, "n_train": cv["n_train"]}
+    write_json(path, speeds)
