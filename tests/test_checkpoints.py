@@ -202,6 +202,27 @@ def test_spiece_reader_matches_sentencepiece(checkpoints):
                                                    "<pad>"]
 
 
+def test_spiece_reader_reads_types_model_type_and_a_missing_charsmap(tmp_path):
+    """User-defined pieces, a BPE model type and identity normalization (no charsmap) come
+    through sentencepiece's ModelProto as they did through the hand-written decoder."""
+    import io
+
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(["hello world", "a bad cafe", "the old dog"] * 30),
+        model_writer=buf, model_type="bpe", vocab_size=40, hard_vocab_limit=False,
+        user_defined_symbols="[A]", normalization_rule_name="identity", minloglevel=2)
+    (tmp_path / "spiece.model").write_bytes(buf.getvalue())
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    got = read_spiece(tmp_path / "spiece.model")
+    assert got["model_type"] == 2 and got["charsmap"] is None
+    assert got["pieces"][sp.piece_to_id("[A]")] == ("[A]", 0.0, 4)
+    assert [p for p, _, _ in got["pieces"]] == [sp.id_to_piece(i)
+                                                for i in range(sp.get_piece_size())]
+
+
 def test_xlnet_special_tokens_keep_the_checkpoint_ids(checkpoints):
     bb = load_backbone("xlnet", str(checkpoints["xlnet"]))
     tok = bb.tokenizer

@@ -61,17 +61,19 @@ def test_folds_from_before_a_new_recipe_key_still_resume(small_comp, tmp_path):
     import tomllib
 
     from comp.config.schema import dumps_toml
+    from comp.kfold.rundir import _legacy_fingerprints, _legacy_toml
     from comp.kfold.rundir import fingerprint_of as _fingerprint_of
 
     r = _recipe(small_comp, tmp_path)
     calls: list[int] = []
     run_member(r, _prior_fit(calls), folds_to_run=[0, 1])
     old = tomllib.loads((r.run_dir / "recipe.toml").read_text(encoding="utf-8"))
-    del old["model"]["proj_dim"]  # the older toolkit's recipe
-    (r.run_dir / "recipe.toml").write_text(dumps_toml(old), encoding="utf-8")
+    del old["model"]["proj_dim"]  # the older toolkit's recipe, in its TOML writer's layout
+    (r.run_dir / "recipe.toml").write_text(_legacy_toml(old), encoding="utf-8")
     for f in (0, 1):
         done = r.run_dir / f"fold{f}" / "done.json"
-        marker = {**read_json(done), "recipe": _fingerprint_of(old, keep_dir=True)}
+        # the older toolkit's fingerprint: its TOML text, data.dir still in it
+        marker = {**read_json(done), "recipe": _legacy_fingerprints(old)[1]}
         marker.pop("inputs")  # as the older toolkit wrote it
         done.write_text(json.dumps(marker))
     run_member(r, _prior_fit(calls))
@@ -88,6 +90,68 @@ def test_folds_from_before_a_new_recipe_key_still_resume(small_comp, tmp_path):
     done.write_text(json.dumps(marker))
     run_member(r, _prior_fit(calls))
     assert calls == [0, 1, 2, 0]  # a real change refits
+
+
+def test_legacy_fingerprint_is_the_toml_text_one():
+    """The back-compat fingerprints are the ones the toolkit wrote when it hashed the text of
+    its own TOML writer (digests made by that code: without data.dir, and with it)."""
+    from comp.kfold.rundir import _legacy_fingerprints, fingerprint_of
+
+    d = {"name": "m", "kind": "fusion", "runs_dir": "runs",
+         "data": {"dir": "data/x", "text_cols": ["a", "b"], "text_sep": "\t", "extra": "u.csv",
+                  "use_folds": [0]},
+         "model": {"head": "cnn", "backbones": [{"kind": "bert", "path": "p"}],
+                   "kernel_sizes": [2, 3]},
+         "train": {"lr_head": 0.002, "amp": True, "predict_train": True},
+         "tune": {"train.lr_head": {"type": "float"}}}
+    assert _legacy_fingerprints(d) == ("1fa8351c45927ce3", "fc720761576b1689")
+    # today's: canonical JSON, the same whatever the key order
+    assert fingerprint_of(dict(reversed(d.items()))) == fingerprint_of(d) == "a18b59fbee96cd00"
+
+
+def test_folds_marked_with_the_toml_text_fingerprint_stay_current(small_comp, tmp_path):
+    """Folds whose markers hold the fingerprint of the older definition (sha1 of the recipe's
+    TOML text) are not refitted by the switch to JSON; their markers are brought up to date."""
+    import tomllib
+
+    from comp.kfold.rundir import _legacy_fingerprints, _legacy_toml, recipe_fingerprint
+
+    r = _recipe(small_comp, tmp_path)
+    calls: list[int] = []
+    run_member(r, _prior_fit(calls))
+    raw = tomllib.loads((r.run_dir / "recipe.toml").read_text(encoding="utf-8"))
+    (r.run_dir / "recipe.toml").write_text(_legacy_toml(raw), encoding="utf-8")
+    old = _legacy_fingerprints(raw)[0]
+    for f in range(3):
+        done = r.run_dir / f"fold{f}" / "done.json"
+        marker = read_json(done)
+        assert marker["recipe"] != old
+        done.write_text(json.dumps({**marker, "recipe": old,
+                                    "inputs": {**marker["inputs"], "recipe": old}}))
+    run_member(r, _prior_fit(calls))
+    assert calls == [0, 1, 2]  # nothing refitted
+    marker = read_json(r.run_dir / "fold0" / "done.json")
+    assert marker["recipe"] == marker["inputs"]["recipe"] == recipe_fingerprint(r)
+
+
+def test_control_characters_round_trip_through_recipe_toml(small_comp, tmp_path):
+    """A recipe value holding control characters is written escaped (tomli_w), read back equal,
+    and fingerprints the same from the file as from the recipe."""
+    import tomllib
+
+    from comp.config.schema import Recipe, from_dict
+    from comp.kfold.rundir import fingerprint_of, recipe_fingerprint
+
+    r = load_recipe(None, [f"data.dir={small_comp}", "data.folds=3", "name=m",
+                           f"runs_dir={tmp_path / 'runs'}", 'data.text_sep="\\u0001\\t\\r"'])
+    assert r.data.text_sep == "\x01\t\r"
+    calls: list[int] = []
+    run_member(r, _prior_fit(calls))
+    raw = tomllib.loads((r.run_dir / "recipe.toml").read_text(encoding="utf-8"))
+    assert raw["data"]["text_sep"] == "\x01\t\r" and from_dict(Recipe, raw) == r
+    assert fingerprint_of(raw) == recipe_fingerprint(r)
+    run_member(r, _prior_fit(calls))
+    assert calls == [0, 1, 2]
 
 
 def test_bad_member_output_shape_is_refused(small_comp, tmp_path):

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from comp.core.utils import CompError
 
 # ---------------------------------------------------------------------------------------------
@@ -169,6 +171,9 @@ class TrainConfig:
 
     epochs_frozen: int = 2  # phase 1: backbones frozen
     epochs_unfrozen: int = 1  # phase 2: everything trains
+    # a phase with epochs runs at least this many optimizer steps (more epochs on small data):
+    # a fixed epoch count is a handful of steps on a few hundred rows
+    min_steps: int = 0
     batch_size: int = 32
     eval_batch_size: int = 128
     lr_head: float = 2e-3
@@ -231,6 +236,7 @@ class TrainConfig:
         _check(0.0 <= self.ema < 1.0, "train.ema", "must be in [0, 1)")
         _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "must be in [0, 1)")
         _check(self.accum >= 1, "train.accum", "must be >= 1")
+        _check(self.min_steps >= 0, "train.min_steps", "must be >= 0")
         _check(self.unfreeze_top >= 0, "train.unfreeze_top", "must be >= 0 (0 = all layers)")
         _check(0.0 <= self.inner_val <= 0.5, "train.inner_val", "must be in [0, 0.5]")
         _check(self.cache_dtype in ("float32", "float16", "bfloat16"), "train.cache_dtype",
@@ -475,50 +481,20 @@ def _to_plain(o: Any) -> Any:
 
 
 def dumps_toml(d: dict[str, Any]) -> str:
-    """A small TOML writer for recipes (scalars, lists, nested tables, arrays of tables)."""
-    lines: list[str] = []
-    _emit_table(d, [], lines)
-    return "\n".join(lines).strip() + "\n"
-
-
-def _emit_table(d: dict[str, Any], prefix: list[str], lines: list[str]) -> None:
-    scalars = {k: v for k, v in d.items() if not _is_table(v) and not _is_table_array(v)}
-    for k, v in scalars.items():
-        lines.append(f"{_key(k)} = {_value(v)}")
-    for k, v in d.items():
-        if _is_table(v):
-            lines.append("")
-            lines.append(f"[{'.'.join(_key(p) for p in prefix + [k])}]")
-            _emit_table(v, prefix + [k], lines)
-        elif _is_table_array(v):
-            for item in v:
-                lines.append("")
-                lines.append(f"[[{'.'.join(_key(p) for p in prefix + [k])}]]")
-                _emit_table(item, prefix + [k], lines)
-
-
-def _is_table(v: Any) -> bool:
-    return isinstance(v, dict)
-
-
-def _is_table_array(v: Any) -> bool:
-    return isinstance(v, list) and len(v) > 0 and all(isinstance(x, dict) for x in v)
-
-
-def _key(k: str) -> str:
-    return k if k.replace("_", "").replace("-", "").isalnum() and k.isascii() else _value(k)
+    """A recipe (or any plain dict) as TOML text, written by tomli_w."""
+    return tomli_w.dumps(d)
 
 
 def _value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        esc = v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        return f'"{esc}"'
+    """v as one inline TOML value, the right-hand side of a KEY=VALUE override. tomli_w writes
+    whole documents only (a table becomes a [section]), so lists and tables are joined here and
+    every scalar and key is written by tomli_w."""
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_value(x) for x in v) + "]"
     if isinstance(v, dict):
         return "{" + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+    return tomli_w.dumps({"v": v}).removeprefix("v = ").removesuffix("\n")
+
+
+def _key(k: str) -> str:
+    return tomli_w.dumps({k: 0}).removesuffix(" = 0\n")

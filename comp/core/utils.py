@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -109,6 +110,21 @@ def code_points(texts: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
     lens = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
     cps = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
     return cps, lens
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """A file's sha256, hashed once per (path, size, modification time) in a process."""
+    st = os.stat(path)
+    return _file_sha256(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def sha1_of(items: Iterable[str]) -> str:

@@ -20,15 +20,17 @@ is built from them (an ensemble is rebuilt when a member's files change).
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from comp.core.utils import CompError, read_json, save_npy, write_json
+from comp.core.utils import CompError, file_sha256, read_json, save_npy, write_json
 
 EPS = 1e-12
 # a change here means the fold's model is no longer the one asked for: refit
@@ -320,14 +322,17 @@ def recipe_fingerprint(recipe: Any) -> str:
     return fingerprint_of(recipe.to_dict())
 
 
-def fingerprint_of(d: dict[str, Any], keep_dir: bool = False) -> str:
-    """recipe_fingerprint of a recipe's plain dict (as to_dict or a recipe.toml gives it);
-    keep_dir=True is the older definition that still held the data folder's path."""
-    import copy
-
-    from comp.config.schema import dumps_toml
+def fingerprint_of(d: dict[str, Any]) -> str:
+    """recipe_fingerprint of a recipe's plain dict (as to_dict or a recipe.toml gives it): the
+    sha1 of its canonical JSON, which neither key order nor a TOML writer's layout moves."""
     from comp.core.utils import sha1_of
 
+    return sha1_of([json.dumps(_identity(d), sort_keys=True, ensure_ascii=False,
+                               separators=(",", ":"))])
+
+
+def _identity(d: dict[str, Any], keep_dir: bool = False) -> dict[str, Any]:
+    """The part of a recipe's plain dict that names the run (see recipe_fingerprint)."""
     d = copy.deepcopy(d)
     d.pop("tune", None)
     d.pop("runs_dir", None)
@@ -337,36 +342,91 @@ def fingerprint_of(d: dict[str, Any], keep_dir: bool = False) -> str:
     if not keep_dir:
         data.pop("dir", None)
     d.get("train", {}).pop("predict_train", None)
-    return sha1_of([dumps_toml(d)])
+    return d
+
+
+def fingerprint_matches(recorded: str, recipe: Any) -> bool:
+    """Whether a fingerprint an output recorded (a vectorizer's key, a tuned overlay's stamp) is
+    this recipe's, by today's definition or one an older toolkit wrote for the same recipe."""
+    return recorded == recipe_fingerprint(recipe) or recorded in _legacy_fingerprints(
+        recipe.to_dict())
+
+
+def _legacy_fingerprints(d: dict[str, Any]) -> tuple[str, str]:
+    """The fingerprints fold markers written before the JSON one hold for the same recipe: sha1
+    of the text the toolkit's own TOML writer made of it, without data.dir and (older still)
+    with it. Only for recognising those markers (same_recipe)."""
+    from comp.core.utils import sha1_of
+
+    return (sha1_of([_legacy_toml(_identity(d))]),
+            sha1_of([_legacy_toml(_identity(d, keep_dir=True))]))
+
+
+def _legacy_toml(d: dict[str, Any]) -> str:
+    """The hand-written TOML writer those fingerprints hashed, byte for byte (it leaves control
+    characters but \\n unescaped, so recipe.toml is written by tomli_w now)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{key(k)} = {value(x)}" for k, x in v.items()) + "}"
+        raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+    def key(k: str) -> str:
+        return k if k.replace("_", "").replace("-", "").isalnum() and k.isascii() else value(k)
+
+    def aot(v: Any) -> bool:
+        return isinstance(v, list) and len(v) > 0 and all(isinstance(x, dict) for x in v)
+
+    def table(t: dict[str, Any], prefix: list[str]) -> None:
+        lines.extend(f"{key(k)} = {value(v)}" for k, v in t.items()
+                     if not isinstance(v, dict) and not aot(v))
+        for k, v in t.items():
+            name = ".".join(key(p) for p in [*prefix, k])
+            for item in [v] if isinstance(v, dict) else v if aot(v) else []:
+                lines.extend(["", f"[{name}]" if isinstance(v, dict) else f"[[{name}]]"])
+                table(item, [*prefix, k])
+
+    lines: list[str] = []
+    table(d, [])
+    return "\n".join(lines).strip() + "\n"
 
 
 def same_recipe(marker: str, fingerprint: str, stored: str | None) -> bool:
     """Whether a done fold's recipe fingerprint `marker` is the current recipe's.
 
     A recipe key added to the toolkit later changes every fingerprint, though a fold trained
-    before it existed trained with its default. So when the marker does not match, the run's
-    stored recipe.toml (`stored`, its text) decides: if it is the recipe that made the marker
-    (by today's definition or the older one that held the data folder's path), it is read with
-    today's defaults and fingerprinted again.
+    before it existed trained with its default; so did hashing JSON instead of TOML text. So
+    when the marker does not match, the run's stored recipe.toml (`stored`, its text) decides:
+    if it is the recipe that made the marker (by today's definition or an older one: TOML text,
+    with the data folder's path before that), it is read with today's defaults and
+    fingerprinted again.
     """
     if marker == fingerprint:
         return True
     made = _stored_fingerprints(stored) if stored else None
-    return made is not None and marker in made[:2] and made[2] == fingerprint
+    return made is not None and marker in made[0] and made[1] == fingerprint
 
 
 @functools.lru_cache(maxsize=16)
-def _stored_fingerprints(stored: str) -> tuple[str, str, str] | None:
-    """(fingerprint as written, the same by the older definition, fingerprint read with today's
-    defaults) of a stored recipe.toml text; parsed once per text. None when it no longer reads
-    as a recipe."""
+def _stored_fingerprints(stored: str) -> tuple[frozenset[str], str] | None:
+    """(the fingerprints a stored recipe.toml text had, by today's definition and the older
+    ones, and its fingerprint read with today's defaults); parsed once per text. None when it
+    no longer reads as a recipe."""
     import tomllib
 
     from comp.data.recipes import load_recipe
 
     try:
         raw = tomllib.loads(stored)
-        return (fingerprint_of(raw), fingerprint_of(raw, keep_dir=True),
+        return (frozenset([fingerprint_of(raw), *_legacy_fingerprints(raw)]),
                 recipe_fingerprint(load_recipe(None, base=raw)))
     except (ValueError, CompError, TypeError):
         return None
@@ -407,16 +467,8 @@ def path_digest(path: str | Path) -> str:
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
     h = hashlib.sha256()
     for f in files:
-        st = f.stat()
         h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode("utf-8") + b"\0")
-        h.update(_file_sha256(str(f), st.st_size, st.st_mtime_ns).encode())
+        h.update(file_sha256(f).encode())
     return h.hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=256)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()

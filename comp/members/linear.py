@@ -305,7 +305,8 @@ class LinearFeatures:
             from comp.core.utils import read_json, save_model, write_json
 
             meta = self.path.with_suffix(".json")
-            if self.path.exists() and meta.exists() and read_json(meta) == self.key:
+            if self.path.exists() and meta.exists() and _same_key(read_json(meta), self.key,
+                                                                  self.recipe):
                 import joblib
 
                 self._vec = joblib.load(self.path)
@@ -420,3 +421,12 @@ def train_linear(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
 
     return run_member(recipe, fit_fold, folds_to_run, force, report=report, comp=comp,
                       predict_fold_train=predict_fold_train, predict_fold=predict_fold)
+
+
+def _same_key(recorded: dict, key: dict, recipe: Recipe) -> bool:
+    """A vectorizer's recorded key against today's: the recipe fingerprint may be one an older
+    toolkit wrote for the same recipe."""
+    from comp.kfold.rundir import fingerprint_matches
+
+    return ({**recorded, "recipe": ""} == {**key, "recipe": ""}
+            and fingerprint_matches(str(recorded.get("recipe")), recipe))

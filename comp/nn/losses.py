@@ -5,6 +5,8 @@ either int class ids (B,) or probabilities (B, C) (pseudo-labels, teacher output
 is an optional (B,) per-sample weight. Label smoothing mixes the target with the uniform
 distribution; class weights (inverse frequency, mean 1) scale each row by its target's weight.
 Losses are averaged over rows by the total weight, so a row with weight 0 is exactly absent.
+Cross-entropy terms are torch's F.cross_entropy with probability targets; smoothing is applied
+to the target first (every loss sees the same smoothed target), not by its label_smoothing.
 
     loss_fn = create_loss("focal", n_classes=3, class_counts=np.bincount(y), class_weights=True)
     loss = loss_fn(logits, y_batch)
@@ -197,8 +199,8 @@ class CrossEntropy(ClassificationLoss):
     name = "ce"
 
     def row_loss(self, logits: Tensor, q: Tensor) -> Tensor:
-        """Per-row cross-entropy."""
-        return -(q * F.log_softmax(logits, dim=-1)).sum(dim=-1)
+        """Per-row cross-entropy (torch's, with probability targets)."""
+        return F.cross_entropy(logits, q, reduction="none")
 
 
 @register_loss
@@ -209,9 +211,9 @@ class FocalLoss(ClassificationLoss):
 
     def row_loss(self, logits: Tensor, q: Tensor) -> Tensor:
         """Per-row focal loss."""
-        logp = F.log_softmax(logits, dim=-1)
         if self.focal_gamma == 0:
-            return -(q * logp).sum(dim=-1)
+            return F.cross_entropy(logits, q, reduction="none")
+        logp = F.log_softmax(logits, dim=-1)
         # a tiny floor keeps the gradient of x**gamma finite at p == 1 when gamma < 1
         focus = (1.0 - logp.exp()).clamp_min(_EPS) ** self.focal_gamma
         return -(q * focus * logp).sum(dim=-1)
@@ -231,7 +233,7 @@ class LogitAdjustedLoss(ClassificationLoss):
     def row_loss(self, logits: Tensor, q: Tensor) -> Tensor:
         """Per-row CE on prior-shifted logits."""
         shifted = logits + self.tau * self.log_prior  # (B, C)
-        return -(q * F.log_softmax(shifted, dim=-1)).sum(dim=-1)
+        return F.cross_entropy(shifted, q, reduction="none")
 
 
 @register_loss
@@ -270,11 +272,10 @@ class GHMCLoss(ClassificationLoss):
 
     def combine(self, logits: Tensor, q: Tensor, q_raw: Tensor, w: Tensor) -> Tensor:
         """CE weighted by inverse gradient density."""
-        logp = F.log_softmax(logits, dim=-1)  # (B, C)
-        ce = -(q * logp).sum(dim=-1)  # (B,)
+        ce = F.cross_entropy(logits, q, reduction="none")  # (B,)
         r = w * (q_raw @ self.class_weight)  # (B,)
         with torch.no_grad():
-            g = 0.5 * (logp.exp() - q).abs().sum(dim=-1)  # (B,)
+            g = 0.5 * (torch.softmax(logits, dim=-1) - q).abs().sum(dim=-1)  # (B,)
             which = (g * self.bins).long().clamp(0, self.bins - 1)  # (B,)
             density = torch.zeros(self.bins, device=logits.device).index_add_(0, which, r)
             tot = r.sum()

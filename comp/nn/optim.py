@@ -1,15 +1,15 @@
-"""Optimisation pieces of the fit loop: LR schedules, layer-wise LR groups, FGM/PGD adversarial
-training, EMA of weights.
+"""Optimisation pieces of the fit loop: LR schedules (transformers'), layer-wise LR groups,
+FGM/PGD adversarial training, EMA of weights (torch's AveragedModel).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from comp.config.schema import TrainConfig
 from comp.nn.fusion import FusionModel
@@ -18,23 +18,19 @@ from comp.nn.fusion import FusionModel
 # optimisation
 
 
-def schedule_lambda(kind: str, warmup: float, total_steps: int) -> Callable[[int], float]:
-    """LR multiplier per optimizer step: linear warmup over `warmup` of the steps, then
-    constant, linear decay to 0, or cosine decay to 0."""
-    warm = int(round(warmup * total_steps))
-    decay_steps = max(1, total_steps - warm)
+# recipe train.schedule -> transformers' scheduler name
+SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        if kind == "constant":
-            return 1.0
-        t = min(1.0, (step - warm) / decay_steps)
-        if kind == "linear":
-            return 1.0 - t
-        return 0.5 * (1.0 + math.cos(math.pi * t))
 
-    return factor
+def lr_scheduler(opt: torch.optim.Optimizer, kind: str, warmup: float,
+                 total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """transformers' schedule for `total_steps` optimizer steps: linear warmup over `warmup` of
+    them (step s of w gets s / w, so the first step has LR 0), then constant, linear decay to 0,
+    or cosine decay to 0."""
+    from transformers import get_scheduler
+
+    return get_scheduler(SCHEDULES[kind], opt, num_warmup_steps=int(round(warmup * total_steps)),
+                         num_training_steps=total_steps)
 
 
 def param_groups(model: FusionModel, cfg: TrainConfig, phase: int) -> list[dict]:
@@ -172,8 +168,16 @@ class Adversary:
 
 
 class EMA:
-    """Exponential moving average of the weights, with the usual warm-up of the decay
-    (min(decay, (1 + n) / (10 + n))) so early evaluations are not dominated by the init."""
+    """Exponential moving average of the weights: torch's AveragedModel with its EMA update, the
+    decay warmed up to min(decay, (1 + n) / (10 + n)) at the n-th update so early evaluations
+    are not dominated by the init.
+
+    Only parameters are averaged (use_buffers=False): the model's buffers are its own when the
+    average is applied. Frozen parameters are skipped (their average is their value): averaging
+    a frozen 33M-parameter backbone anyway took 250 ms an update instead of 0.35 ms on a 2-core
+    CPU. The averaged copy holds the parameters and buffers alone, not the tokenizers and token
+    memo that AveragedModel's deep copy of the whole model would duplicate.
+    """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
@@ -182,31 +186,35 @@ class EMA:
     def reset(self, model: nn.Module) -> None:
         """Start again from the model's current weights."""
         self.n = 0
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        weights = nn.ParameterList(model.parameters())
+        for i, b in enumerate(model.buffers()):  # update_parameters syncs them one to one
+            weights.register_buffer(f"b{i}", b)
+        self.avg = AveragedModel(weights, multi_avg_fn=self._average)
+        self.avg.update_parameters(model)  # the first update copies
 
-    @torch.no_grad()
+    def _average(self, avg: list[Tensor], now: list[Tensor], _n: Tensor) -> None:
+        keep = [i for i, t in enumerate(now) if t.data_ptr() in self._trained]
+        if keep:
+            d = min(self.decay, (1 + self.n) / (10 + self.n))
+            get_ema_multi_avg_fn(d)([avg[i] for i in keep], [now[i] for i in keep], _n)
+
     def update(self, model: nn.Module) -> None:
         """Move the average toward the current weights (call after each optimizer step)."""
         self.n += 1
-        d = min(self.decay, (1 + self.n) / (10 + self.n))
-        for k, v in model.state_dict(keep_vars=True).items():
-            s = self.shadow[k]
-            if isinstance(v, nn.Parameter) and v.requires_grad and s.is_floating_point():
-                s.lerp_(v.detach(), 1.0 - d)
-            elif not isinstance(v, nn.Parameter):
-                s.copy_(v.detach())  # buffers follow the model
+        self._trained = {p.data_ptr() for p in model.parameters() if p.requires_grad}
+        self.avg.update_parameters(model)
 
     @contextlib.contextmanager
     def applied(self, model: nn.Module) -> Iterator[None]:
         """Temporarily swap the averaged weights into `model`."""
-        state = model.state_dict(keep_vars=True)
-        backup = {k: v.detach().clone() for k, v in state.items()}
+        params = list(model.parameters())
+        backup = [p.detach().clone() for p in params]
         with torch.no_grad():
-            for k, v in state.items():
-                v.data.copy_(self.shadow[k])
+            for p, a in zip(params, self.avg.module.parameters(), strict=True):
+                p.copy_(a)
         try:
             yield
         finally:
             with torch.no_grad():
-                for k, v in state.items():
-                    v.data.copy_(backup[k])
+                for p, b in zip(params, backup):
+                    p.copy_(b)

@@ -400,6 +400,8 @@ def run_pretrain(cfg: PretrainConfig, texts: list[str] | None = None) -> Path:
 def _train(lm: nn.Module, tokenizer: Any, objective: str, texts: list[str],
            cfg: PretrainConfig) -> list[list[float]]:
     """Warmup + linear decay AdamW; returns [step, mean loss] points."""
+    from transformers import get_scheduler
+
     encoded = _encode_corpus(tokenizer, texts, cfg.max_len, objective == "wwm")
     batches = _batches(encoded, cfg.batch_size, cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -408,14 +410,8 @@ def _train(lm: nn.Module, tokenizer: Any, objective: str, texts: list[str],
     rest = [p for n, p in lm.named_parameters() if any(k in n for k in no_decay)]
     opt = torch.optim.AdamW([{"params": params, "weight_decay": 0.01},
                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
-    warm = max(1, int(cfg.warmup * cfg.steps))
-
-    def schedule(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return max(0.0, (cfg.steps - step) / max(1, cfg.steps - warm))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    sched = get_scheduler("linear", opt, num_warmup_steps=int(cfg.warmup * cfg.steps),
+                          num_training_steps=cfg.steps)
     every = max(1, cfg.steps // 50)
     curve: list[list[float]] = []
     window: list[float] = []

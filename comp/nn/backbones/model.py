@@ -302,7 +302,7 @@ def _fallback_tokenizer(spec: BackboneSpec, path: str, local: bool, model_type: 
                         ) -> tuple[Any, str] | None:
     """The tokenizer a checkpoint's own files imply when AutoTokenizer gets it wrong.
 
-    A sentencepiece `spiece.model` is read without protobuf (hfl/chinese-xlnet-base); a
+    A sentencepiece `spiece.model` is read with sentencepiece's protobuf classes; a
     WordPiece `vocab.txt` is a BertTokenizer (Chinese ALBERTs, WoBERT's own tokenizer class).
     """
     from transformers import AlbertTokenizer, BertTokenizer, XLNetTokenizer
@@ -363,12 +363,8 @@ def load_tokenizer(spec: BackboneSpec, path: str, model: nn.Module, where: str,
                         f"{_vocab_problem(found[0], n_emb)}")
     if found is not None:
         alt, file = found
-        from transformers.utils import is_protobuf_available
-
         if error is None:
             why = f"{tok_cls.__name__} gave {problem}"
-        elif file == "spiece.model" and not is_protobuf_available():
-            why = "transformers converts spiece.model only with the protobuf package"
         else:
             why = f"{tok_cls.__name__} failed ({problem[:120]})"
         hint = ""
