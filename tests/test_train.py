@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import os
 import socket
 from dataclasses import replace
@@ -28,7 +29,7 @@ from comp.core.utils import CompError
 from comp.kfold.extra import ExtraRows
 from comp.nn.distributed import amp_setup
 from comp.nn.fusion import FeatureCache, build_fusion, grid_texts
-from comp.nn.optim import EMA, Adversary, param_groups, schedule_lambda
+from comp.nn.optim import EMA, Adversary, lr_scheduler, param_groups
 from comp.nn.rows import Rows, eval_batches, make_rows, shard_rows, train_batches
 from comp.nn.trainer import fit, predict, train_fusion
 
@@ -379,34 +380,25 @@ def test_report_can_stop_training(bert_dir, comp_dir, tmp_path):
             recipe.train, report=prune)
 
 
-def test_grad_accumulation_matches_bigger_batch(bert_dir, comp_dir, tmp_path):
+@pytest.mark.parametrize("n,arms", [
+    (16, ((8, 1), (4, 2))),
+    # 12 rows in batches of 4 with accum=2: groups of 2 batches and 1 batch, the same two
+    # optimizer steps as batches of 8 and 4 (the last group divided by 1, not by accum)
+    (12, ((8, 1), (4, 2))),
+])
+def test_grad_accumulation_matches_bigger_batch(bert_dir, comp_dir, tmp_path, n, arms):
     base = recipe_for(bert_dir, comp_dir, tmp_path, epochs_frozen=1, epochs_unfrozen=0,
                       bucket=False, warmup=0.0, schedule="constant")
     base = replace(base, model=replace(base.model, dropout=0.0))
     states = []
-    for bs, accum in ((8, 1), (4, 2)):
+    for bs, accum in arms:
         model = _model(base)
         rows, y = toy_rows(model)
         cfg = replace(base.train, batch_size=bs, accum=accum)
-        fit(model, rows.take(np.arange(16)), rows.take(np.arange(16, 24)), y[16:], cfg)
-        states.append(model.state_dict())
-    for k in states[0]:
-        torch.testing.assert_close(states[0][k], states[1][k], atol=1e-5, rtol=1e-4)
-
-
-def test_a_partial_last_accumulation_group_is_averaged_over_its_own_batches(
-        bert_dir, comp_dir, tmp_path):
-    """12 rows in batches of 4 with accum=2: groups of 2 batches and 1 batch, the same two
-    optimizer steps as batches of 8 and 4 (the last group divided by 1, not by accum)."""
-    base = recipe_for(bert_dir, comp_dir, tmp_path, epochs_frozen=1, epochs_unfrozen=0,
-                      bucket=False, warmup=0.0, schedule="constant")
-    base = replace(base, model=replace(base.model, dropout=0.0))
-    states = []
-    for bs, accum in ((8, 1), (4, 2)):
-        model = _model(base)
-        rows, y = toy_rows(model)
-        cfg = replace(base.train, batch_size=bs, accum=accum)
-        fit(model, rows.take(np.arange(12)), None, None, cfg)
+        if n == 16:
+            fit(model, rows.take(np.arange(16)), rows.take(np.arange(16, 24)), y[16:], cfg)
+        else:
+            fit(model, rows.take(np.arange(n)), None, None, cfg)
         states.append(model.state_dict())
     for k in states[0]:
         torch.testing.assert_close(states[0][k], states[1][k], atol=1e-5, rtol=1e-4)
@@ -443,6 +435,40 @@ def test_ema_evaluates_averaged_weights():
     with ema.applied(lin):
         torch.testing.assert_close(lin.weight, expect)
     torch.testing.assert_close(lin.weight, start + 1.0)  # restored afterwards
+
+
+def test_ema_averages_trained_parameters_with_the_warm_up_decay():
+    """torch's AveragedModel behind EMA gives the hand-written average bit for bit: trained
+    parameters lerp toward the weights with min(decay, (1 + n) / (10 + n)), frozen ones keep
+    their value, buffers stay the model's own, and reset starts again from the weights."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    m[0].requires_grad_(False)
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5)
+    ema = EMA(m, decay=0.9)
+    shadow = [p.detach().clone() for p in m.parameters()]
+    for n in range(1, 16):
+        if n == 8:  # reset mid-way, as phase 2 does
+            ema.reset(m)
+            shadow = [p.detach().clone() for p in m.parameters()]
+            k = n - 1
+        m(torch.randn(5, 3)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+        ema.update(m)
+        step = n if n < 8 else n - k
+        d = min(0.9, (1 + step) / (10 + step))
+        for s, p in zip(shadow, m.parameters()):
+            if p.requires_grad:
+                s.lerp_(p.detach(), 1 - d)
+    weights = [p.detach().clone() for p in m.parameters()]
+    running = m[1].running_mean.clone()
+    with ema.applied(m):
+        for s, p in zip(shadow, m.parameters()):
+            assert torch.equal(p, s)
+        assert torch.equal(m[1].running_mean, running)
+    for w, p in zip(weights, m.parameters()):
+        assert torch.equal(p, w)
 
 
 @pytest.mark.parametrize("kind", ["fgm", "pgd"])
@@ -493,14 +519,49 @@ def test_no_epochs_is_an_error_and_cpu_runs_without_amp(bert_dir, comp_dir, tmp_
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
 
 
-def test_schedules():
-    lin = schedule_lambda("linear", 0.1, 100)
-    assert lin(0) == pytest.approx(0.1) and lin(9) == pytest.approx(1.0)
-    assert lin(55) == pytest.approx(0.5, abs=0.02) and lin(100) == 0.0
-    cos = schedule_lambda("cosine", 0.0, 100)
-    assert cos(0) == 1.0 and cos(50) == pytest.approx(0.5) and cos(100) == pytest.approx(0.0)
-    const = schedule_lambda("constant", 0.2, 10)
-    assert const(0) == pytest.approx(0.5) and const(9) == 1.0
+def _old_schedule(kind: str, warmup: float, total: int):
+    """The hand-written schedule transformers' replaced (kept here as the reference)."""
+    warm = int(round(warmup * total))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if kind == "constant":
+            return 1.0
+        t = min(1.0, (step - warm) / max(1, total - warm))
+        return 1.0 - t if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return factor
+
+
+def _lrs(sched: torch.optim.lr_scheduler.LRScheduler, total: int) -> list[float]:
+    out = []
+    for _ in range(total):
+        out.append(sched.optimizer.param_groups[0]["lr"])
+        sched.optimizer.step()
+        sched.step()
+    return out
+
+
+@pytest.mark.parametrize("kind", ["constant", "linear", "cosine"])
+def test_schedules_are_the_hand_written_ones_one_warmup_step_later(kind):
+    """transformers' schedules against the old hand-written ones, LR per optimizer step: after
+    the warm-up identical (to 1e-12); warm-up step s gets s / w where the old gave (s + 1) / w,
+    so the first step of a phase with warm-up has LR 0. Without warm-up, identical throughout."""
+    for warmup, total in ((0.0, 50), (0.06, 100), (0.1, 37), (0.5, 7), (0.06, 5)):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        got = _lrs(lr_scheduler(opt, kind, warmup, total), total)
+        old = _old_schedule(kind, warmup, total)
+        warm = int(round(warmup * total))
+        want = [s / warm if s < warm else old(s) for s in range(total)]
+        assert got == pytest.approx(want, abs=1e-12, rel=0)
+        assert got[warm:] == pytest.approx([old(s) for s in range(warm, total)], abs=1e-12)
+        assert got[1:warm] == pytest.approx([old(s - 1) for s in range(1, warm)], abs=1e-12)
+    lin = _lrs(lr_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0),
+                            kind, 0.1, 100), 100)
+    assert lin[0] == 0.0 and lin[10] == 1.0
+    assert lin[55] == {"constant": 1.0, "linear": pytest.approx(0.5),
+                       "cosine": pytest.approx(0.5)}[kind]
 
 
 def test_bucketed_batches_cover_rows_once_with_less_padding():

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -71,7 +72,7 @@ from comp.nn.fusion import (
     write_fold_backbones,
 )
 from comp.nn.losses import create_loss
-from comp.nn.optim import EMA, Adversary, param_groups, schedule_lambda
+from comp.nn.optim import EMA, Adversary, lr_scheduler, param_groups
 from comp.nn.rows import Rows, eval_batches, inner_split, make_rows, shard_rows, train_batches
 
 __all__ = ["FitResult", "fit", "predict", "train_fusion", "make_batch", "FusionData",
@@ -140,6 +141,17 @@ def predict(model: FusionModel, rows: Rows, batch_size: int = 128,
     return rows.average(proba)
 
 
+def phase_epochs(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
+    """(phase-1, phase-2) epochs: the recipe's, each phase that has any raised until it makes
+    `train.min_steps` optimizer steps (small data: a fixed epoch count is too few steps)."""
+    steps = max(1, -(-batches_per_epoch // cfg.accum))
+
+    def grown(n: int) -> int:
+        return max(n, -(-cfg.min_steps // steps)) if n and cfg.min_steps else n
+
+    return grown(cfg.epochs_frozen), grown(cfg.epochs_unfrozen)
+
+
 def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarray | None,
         cfg: TrainConfig, *, metric: str = "accuracy", loss_fn: nn.Module | None = None,
         cache: FeatureCache | None = None, ckpt: Path | None = None,
@@ -198,10 +210,11 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
                                          model.n_classes), np.float32), train_rows=len(train))
     best_state: dict | None = None
     epoch = 0
-    runs = stop_after or (cfg.epochs_frozen, cfg.epochs_unfrozen)  # epochs each phase runs
+    epochs = phase_epochs(cfg, len(train_batches(train.lengths, cfg.batch_size, None, False)))
+    runs = stop_after or epochs  # epochs each phase runs
     phase_ends = {runs[0], runs[0] + runs[1]}
 
-    for phase, n_epochs in ((1, cfg.epochs_frozen), (2, cfg.epochs_unfrozen)):
+    for phase, n_epochs in ((1, epochs[0]), (2, epochs[1])):
         if min(n_epochs, runs[phase - 1]) == 0:
             continue
         if phase == 2 and best_state is not None:
@@ -215,8 +228,7 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
         opt = torch.optim.AdamW(param_groups(model, cfg, phase))
         batches_per_epoch = len(train_batches(train.lengths, cfg.batch_size, None, False))
         steps_per_epoch = -(-batches_per_epoch // cfg.accum)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, schedule_lambda(cfg.schedule, cfg.warmup, steps_per_epoch * n_epochs))
+        sched = lr_scheduler(opt, cfg.schedule, cfg.warmup, steps_per_epoch * n_epochs)
         # frozen backbones are attacked in no phase: phase 1 must not depend on whether their
         # features come from the cache; a vectors-only model is attacked throughout
         attack = cfg.adv != "none" and (phase == 2 or not len(model.backbones))
@@ -224,6 +236,9 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
                      if attack else None)
         params = [p for g in opt.param_groups for p in g["params"]]
         stale = 0  # epochs without improvement in this phase
+        # patience counts the recipe's epochs: as many steps when min_steps made epochs more
+        configured = cfg.epochs_frozen if phase == 1 else cfg.epochs_unfrozen
+        patience = math.ceil(cfg.patience * n_epochs / max(configured, 1))
 
         for in_phase in range(min(n_epochs, runs[phase - 1])):
             epoch += 1
@@ -320,7 +335,7 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
                     f"{shown_s}{' *' if improved and choosing else ''} "
                     f"({entry['seconds']:.0f}s)")
             _report(report, epoch, w if watch is not None else s, world)
-            if choosing and cfg.patience and stale >= cfg.patience:
+            if choosing and cfg.patience and stale >= patience:
                 break
 
     if best_state is not None:

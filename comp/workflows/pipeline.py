@@ -128,6 +128,17 @@ class Layout:
         return ""
 
 
+def task_shapes(layout: Layout, names: list[str]) -> dict[str, object]:
+    """Each member's Shape on this competition's texts (comp.workflows.plan.shape_of): what the
+    planner scales a network's prior by."""
+    from comp.data.competition import load_competition
+    from comp.workflows.plan import shape_of
+
+    comp = load_competition(layout.data_config())
+    lengths = [len(t) for t in (*comp.train_texts, *comp.predict_texts)]
+    return {n: shape_of(member_recipe(layout, n), lengths) for n in dict.fromkeys(names)}
+
+
 def member_recipe(layout: Layout, name: str, extra: list[str] | None = None) -> Recipe:
     """A recipe from recipes/ pointed at this competition's data, runs, models and unlabelled
     texts."""
@@ -250,7 +261,7 @@ def stage_tune(layout: Layout, name: str, trials: int) -> Path | None:
     from comp.config.schema import flatten_overlay, read_toml
     from comp.core.utils import write_json
     from comp.data.competition import load_competition
-    from comp.kfold.rundir import recipe_fingerprint
+    from comp.kfold.rundir import fingerprint_matches, recipe_fingerprint
     from comp.members.registry import train_recipe
     from comp.workflows.tune import run_tune
 
@@ -260,7 +271,12 @@ def stage_tune(layout: Layout, name: str, trials: int) -> Path | None:
     key = {"recipe": recipe_fingerprint(recipe),
            "train_hash": load_competition(recipe.data).train_hash, "trials": trials}
     stamp = overlay.with_suffix(".json")
-    if overlay.exists() and (not stamp.exists() or read_json(stamp) != key):
+    was = read_json(stamp) if stamp.exists() else None
+    if was is not None and was != key and fingerprint_matches(str(was.get("recipe")), recipe) \
+            and {**was, "recipe": ""} == {**key, "recipe": ""}:
+        write_json(stamp, key)  # the same recipe, fingerprinted by an older toolkit
+        was = key
+    if overlay.exists() and was != key:
         log(f"tune {name}: the recipe or the train rows changed since {overlay} was tuned; "
             "tuning again")
         overlay.unlink()
@@ -451,12 +467,14 @@ def run_pipeline(data: str | None = None, quick: bool = False,
     candidates = task_members(PRESETS[preset], task)
     speeds = load_speeds(speeds_path)
     done = {n: folds_done(member_recipe(layout, n)) for n in candidates}
-    steps = make_plan(candidates, left, n_train, k, speeds, done)
     pl_rounds = pseudo_rounds if "pseudo" in want else 0
     pl_names = ([] if not pl_rounds else PAIR_LINEAR[:1] if pair
                 else task_members(PSEUDO_RECIPES[preset], task))
+    shapes = task_shapes(layout, [*candidates, *pl_names])
+    steps = make_plan(candidates, left, n_train, k, speeds, done, shapes)
     print_plan(steps, budget_s, k, pseudo_steps(pl_names, pl_rounds, n_train, k, speeds,
-                                                pseudo_folds_done(layout, pl_names, pl_rounds)))
+                                                pseudo_folds_done(layout, pl_names, pl_rounds),
+                                                shapes))
     runs: list[Path] = []
     vectors_done: set[str] = set()
 

@@ -71,26 +71,100 @@ class Step:
     actual: float | None = field(default=None)
 
 
-def estimate(name: str, n_train: int, k: int, speeds: dict[str, Any]) -> tuple[float, float]:
-    """(setup seconds, seconds per fold) for a member on this competition."""
+# The neural priors were measured on the embedded reviews (train + test: REF_TEXTS texts). What a
+# neural member reads of a text is its first max_chars characters; there, on average:
+REF_TEXTS = 17363
+REF_CHARS = {48: 37.0, 64: 43.7, 96: 53.2, 128: 59.8, 160: 65.0, 256: 69.8}
+# share of a neural step's cost that shorter texts do not shrink (optimizer step, Python work,
+# kernels' fixed costs); an assumption the first finished member replaces (runs/speeds.json)
+LENGTH_FIXED = 0.2
+SETUP_FIXED = 20.0  # a neural member's imports and model build; the rest of its setup reads texts
+
+
+@dataclass
+class Shape:
+    """What a member's cost depends on in a task: the mean characters it reads per text (its
+    max_chars cut), how many texts its caches and word vectors read (train + test + unlabelled),
+    and its schedule (epochs per phase, min_steps, batch size, accumulation)."""
+
+    chars: float
+    max_chars: int
+    n_texts: int
+    epochs: tuple[int, int] = (0, 0)
+    min_steps: int = 0
+    batch_size: int = 32
+    accum: int = 1
+
+
+def shape_of(recipe: Any, lengths: Any) -> Shape | None:
+    """A recipe's Shape on texts of these lengths (train + test + unlabelled); None for a
+    member that is not a network (its prior is used as it is)."""
+    import numpy as np
+
+    if recipe.kind == "linear":
+        return None
+    t = recipe.train
+    cut = int(recipe.model.max_chars)
+    return Shape(float(np.minimum(np.asarray(lengths), cut).mean()) if len(lengths) else 0.0,
+                 cut, len(lengths), (t.epochs_frozen, t.epochs_unfrozen), t.min_steps,
+                 t.batch_size, t.accum)
+
+
+def length_factor(shape: Shape) -> float:
+    """A neural member's cost per text here over its cost per text on the reference texts."""
+    import numpy as np
+
+    keys = sorted(REF_CHARS)
+    ref = float(np.interp(shape.max_chars, keys, [REF_CHARS[c] for c in keys]))
+    return LENGTH_FIXED + (1.0 - LENGTH_FIXED) * shape.chars / max(ref, 1.0)
+
+
+def epoch_factor(shape: Shape, fold_rows: float) -> float:
+    """How much longer `train.min_steps` makes a fold's schedule on `fold_rows` training rows
+    than the recipe's epochs (comp.nn.trainer.phase_epochs)."""
+    e1, e2 = shape.epochs
+    if not shape.min_steps or e1 + e2 == 0:
+        return 1.0
+    steps = max(1.0, math.ceil(math.ceil(fold_rows / shape.batch_size) / shape.accum))
+
+    def grown(n: int) -> int:
+        return max(n, math.ceil(shape.min_steps / steps)) if n else 0
+
+    return (grown(e1) + grown(e2)) / (e1 + e2)
+
+
+def estimate(name: str, n_train: int, k: int, speeds: dict[str, Any],
+             shape: Shape | None = None) -> tuple[float, float]:
+    """(setup seconds, seconds per fold) for a member on this competition.
+
+    Measured here (runs/speeds.json) beats everything. Else the prior, and for a network with
+    its `shape` on this task, the prior scaled to the task: per fold by the characters it reads
+    per text and the epochs min_steps adds, its setup (caches, word vectors) by the texts it
+    reads and their characters."""
     rec = speeds.get(name)
     setup, per_1k = PRIORS.get(name, DEFAULT_PRIOR)
-    if rec:  # measured here: the per-fold cost, setup folded in when it could not be told apart
-        per_1k = float(rec["per_fold_per_1k"])
-        setup = float(rec.get("setup", 0.0))
     rows = n_train * (k - 1) / k / 1000.0  # a fold trains on (k - 1) / k of the rows
-    return setup, per_1k * rows
+    if rec:  # measured here: the per-fold cost, setup folded in when it could not be told apart
+        return float(rec.get("setup", 0.0)), float(rec["per_fold_per_1k"]) * rows
+    if shape is None:
+        return setup, per_1k * rows
+    lf = length_factor(shape)
+    reads = lf * shape.n_texts / REF_TEXTS
+    setup = min(setup, SETUP_FIXED) + max(setup - SETUP_FIXED, 0.0) * reads
+    return setup, per_1k * rows * lf * epoch_factor(shape, rows * 1000.0)
 
 
 def make_plan(candidates: list[str], budget_s: float | None, n_train: int, k: int,
-              speeds: dict[str, Any], done: dict[str, set[int]] | None = None) -> list[Step]:
+              speeds: dict[str, Any], done: dict[str, set[int]] | None = None,
+              shapes: dict[str, Shape | None] | None = None) -> list[Step]:
     """Members in order, each on all folds, on the folds that fit, or left out (folds = []).
 
     done: per member, the folds already trained on today's inputs (comp.kfold.runner.folds_done):
-    they cost nothing, so a resumed run spends its budget on the folds still missing."""
+    they cost nothing, so a resumed run spends its budget on the folds still missing.
+    shapes: per member, its Shape on this task (`shape_of`); without one, the prior as it is."""
     steps, left = [], budget_s if budget_s is not None else math.inf
     for name in candidates:
-        setup, per_fold = estimate(name, n_train, k, speeds)
+        setup, per_fold = estimate(name, n_train, k, speeds, (shapes or {}).get(name))
         have = set((done or {}).get(name, ()))
         todo = [f for f in range(k) if f not in have]
         whole = (setup if todo else 0.0) + len(todo) * per_fold
@@ -114,14 +188,15 @@ def make_plan(candidates: list[str], budget_s: float | None, n_train: int, k: in
 
 
 def pseudo_steps(names: list[str], rounds: int, n_train: int, k: int,
-                 speeds: dict[str, Any], done: dict[str, set[int]] | None = None) -> list[Step]:
+                 speeds: dict[str, Any], done: dict[str, set[int]] | None = None,
+                 shapes: dict[str, Shape | None] | None = None) -> list[Step]:
     """The pseudo-label rounds' members, for the printed plan: each costs what its recipe costs
     here (measured or prior) on the training rows, the confident test rows add to that; `done`:
     folds current on the last run's pseudo rows (free if the round writes the same rows)."""
     steps = []
     for r in range(1, rounds + 1):
         for name in names:
-            setup, per_fold = estimate(name, n_train, k, speeds)
+            setup, per_fold = estimate(name, n_train, k, speeds, (shapes or {}).get(name))
             left = k - len((done or {}).get(name + "_pl" * r, ()))
             steps.append(Step(name + "_pl" * r, None, (setup if left else 0.0) + left * per_fold,
                               f"pseudo-label round {r}, "
