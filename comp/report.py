@@ -1,7 +1,8 @@
 """One self-contained HTML page about members and ensembles (images embedded as PNG data URIs).
 
 Everything is read from files other steps already wrote: runs/<member>/{cv,classes}.json and
-oof.npy, submissions/*.json manifests and *.csv, runs/tune/**/*.png, data_dir/answers.csv. A
+oof.npy, submissions/*.json manifests and *.csv, runs/tune/**/*.png, data_dir/answers.csv,
+the label_issues.csv of `comp labels find` beside the page (or in its <competition>/). A
 section whose inputs are missing is skipped with a note, so the report works at every stage.
 
 A pseudo-label round shows up as members named `<base>_pl` (retrained with pseudo-labels) and
@@ -607,6 +608,37 @@ def _pseudo_section(rows: list[dict[str, Any]], ens: list[dict[str, Any]],
     return "\n".join(parts) + _note(note)
 
 
+def _label_issues(path: Path, comp: Any, top: int = 20) -> str:
+    """The rows `comp labels find` flagged, most suspect first, when its CSV sits beside the
+    report ("" when there is none)."""
+    if not path.is_file():
+        return ""
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    side = path.with_suffix(".json")
+    meta = read_json(side) if side.is_file() else {}
+    flagged = [r for r in rows if r.get("is_issue") == "1"]
+    body = [[_esc(r.get("rank", "")), _esc(r.get("id", "")),
+             _esc((t := r.get("text", ""))[:60] + ("…" if len(t) > 60 else "")),
+             _esc(r.get("label", "")), _esc(r.get("suggested_label", "")),
+             _esc(r.get("label_quality", "")), _esc(r.get("members_disagree", ""))]
+            for r in flagged[:top]]
+    per_class = meta.get("issues_per_class") or dict(Counter(r.get("label", "")
+                                                             for r in flagged))
+    what = (f"{len(flagged)} of {len(rows)} training rows flagged by cleanlab on the OOF of "
+            f"{meta.get('kind', '')} {meta.get('name', '')}; per class: "
+            + ", ".join(f"{k} {v}" for k, v in per_class.items()))
+    stale = comp is not None and meta.get("train_hash") not in (None, comp.train_hash)
+    return (_note(what) + _table(["rank", "id", "text", "label", "suggested", "quality",
+                                  "members disagree"], body, left=3)
+            + _note(f"{path}: the top {min(top, len(flagged))}; review them there "
+                    "(column corrected_label) and run `comp labels apply`.")
+            + (_note("made from other train rows than the competition's now: run comp labels "
+                     "find again") if stale else ""))
+
+
 def _pseudo_info(run_dir: Path) -> tuple[int | None, bool]:
     """(pseudo rows a `_pl` member trained with (the largest fold's count), whether every fold
     had its own per-fold rows), from cv.json."""
@@ -677,6 +709,12 @@ def build_report(run_dirs: list[Path], submissions_dir: Path, out: Path,
         # Without a CJK font, Chinese labels draw as boxes; the page says so once instead.
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
         sections = _sections(rows, ens, run_dirs, comp, hidden, notes)
+    # `comp labels find` writes reports/<competition>/; the embedded run's report is reports/
+    near = [Path(out).parent, *([Path(out).parent / data_dir.resolve().name] if data_dir else [])]
+    suspects = next((s for s in (_label_issues(d / "label_issues.csv", comp) for d in near) if s),
+                    "")
+    if suspects:
+        sections.append(("Suspect labels (comp labels find)", suspects))
     labels = [str(r["name"]) for r in rows] + [str(c) for c in (comp.classes if comp else [])]
     if not _rc() and not all(x.isascii() for x in labels):
         notes.append("no CJK font installed: Chinese labels in the images may show as boxes")
