@@ -23,7 +23,7 @@ from comp.workflows.pipeline import Layout, member_recipe, stage_vectors  # noqa
 # phase 2 training e5's top layer only
 SMALL = ["data.folds=2", "model.max_chars=24", "train.epochs_frozen=1",
          "train.epochs_unfrozen=1", "train.unfreeze_top=1", "train.batch_size=32",
-         "model.hidden=16", "model.channels=16", "model.proj_dim=32"]
+         "model.hidden=16", "model.channels=16", "model.proj_dim=32", "train.min_steps=0"]
 
 
 def read_texts(path: Path) -> list[str]:

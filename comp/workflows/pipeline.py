@@ -46,6 +46,9 @@ def e5_inputs(max_chars: int) -> list[str]:
 
 # members that are a recipe with overrides: name -> (recipe file, overrides)
 E5_FAST = ["model.vectors=['char']", *e5_inputs(128), "train.inner_val=0.0",
+           # at least 200 optimizer steps a phase: a few-shot task's fixed 2 + 2 epochs are a
+           # few dozen steps (bench/min_steps.py); the embedded reviews already make ~347 an epoch
+           "train.min_steps=200",
            # bf16 where the CPU has it, no dropout inside e5, eager attention: a training step
            # 2.3-3x cheaper on 2 cores (bench/e5_step.py)
            "train.amp=bf16", "model.backbone_dropout=0.0", "model.backbone_attention=eager"]
