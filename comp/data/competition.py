@@ -20,23 +20,15 @@ never enter the fold table or the train/test fingerprints.
 
 from __future__ import annotations
 
-from comp.data.readers import EXTENSIONS, Table, detect_encoding, read_table
-
-import csv
-import io
-import json
-import math
 import re
-import unicodedata
-from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-import numpy as np
-from comp.config.schema import DataConfig
-from comp.core.utils import CompError, log, sha1_of, write_json, write_text
 
+import numpy as np
+
+from comp.config.schema import DataConfig
+from comp.core.utils import CompError, log, sha1_of
+from comp.data.readers import EXTENSIONS, Table, detect_encoding, read_table
 
 TEXT_FALLBACKS = ("text", "sentence", "content", "review", "comment", "query", "title")
 # joins the two sides of a pair task's text; removed from the sides when read ("SYMBOL FOR

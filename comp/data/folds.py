@@ -4,27 +4,22 @@ grouped, fingerprinted by content.
 
 from __future__ import annotations
 
-from comp.data.competition import Competition, PAIR_SEP, split_pair
-from comp.data.readers import read_table
-
 import csv
 import io
 import json
-import math
 import re
 import unicodedata
-from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+
 import numpy as np
+
 from comp.config.schema import DataConfig
 from comp.core.utils import CompError, log, sha1_of, write_json, write_text
-
+from comp.data.competition import PAIR_SEP, Competition, split_pair
+from comp.data.readers import read_table
 
 HASH_KEYS = ("folds_hash", "train_hash", "test_hash")  # see data_hashes
-csv.field_size_limit(1 << 30)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,8 +66,12 @@ def make_folds(labels: np.ndarray, texts: list[str], k: int, seed: int,
     group_of: dict[str, int] = {}
     groups = np.array([group_of.setdefault(key, len(group_of)) for key in keys])
     if row_groups:
-        groups = _merge_groups(groups, row_groups)
+        groups = _merge_groups(groups, [[v] for v in row_groups])
         group_of = dict.fromkeys(groups.tolist())
+    if texts and any(PAIR_SEP in t for t in texts) and k >= 2:
+        groups, line = _pair_groups(groups, texts, k)
+        group_of = dict.fromkeys(groups.tolist())
+        log(line)
     if k < 2:
         raise CompError(f"data.folds={k}: need at least 2 folds")
     if len(group_of) < k:
@@ -147,25 +146,50 @@ def iterative_folds(labels: np.ndarray, groups: np.ndarray, k: int, seed: int) -
     return folds
 
 
-def _merge_groups(text_groups: np.ndarray, row_groups: list[str]) -> np.ndarray:
-    """Group ids joining rows that share a text group or a group column value.
+def _merge_groups(text_groups: np.ndarray, row_values: list[Sequence[str]]) -> np.ndarray:
+    """Group ids joining rows that share a text group or any of their values (a group column's
+    value; a pair's sentences).
 
-    Text groups and group-column values are the nodes of a graph whose edges are the rows; each
-    row gets the smallest text-group id of its connected component, so a group no value joins
-    keeps its id (StratifiedGroupKFold's shuffle follows the sorted ids: same ids, same folds).
+    Text groups and values are the nodes of a graph whose edges join each row's text group to
+    each of its values; each row gets the smallest text-group id of its connected component, so
+    a group no value joins keeps its id (StratifiedGroupKFold's shuffle follows the sorted ids:
+    same ids, same folds).
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     n_text = int(text_groups.max()) + 1
     value_of: dict[str, int] = {}
-    values = np.array([value_of.setdefault(v, len(value_of)) for v in row_groups], dtype=np.int64)
+    src, dst = [], []
+    for g, values in zip(text_groups.tolist(), row_values):
+        for v in values:
+            src.append(g)
+            dst.append(n_text + value_of.setdefault(v, len(value_of)))
     n = n_text + len(value_of)
-    edges = coo_matrix((np.ones(len(values)), (text_groups, n_text + values)), shape=(n, n))
+    edges = coo_matrix((np.ones(len(src)), (src, dst)), shape=(n, n))
     _, component = connected_components(edges, directed=False)
     smallest = np.full(n, n_text, dtype=np.int64)
     np.minimum.at(smallest, component[:n_text], np.arange(n_text))
     return smallest[component[text_groups]]
+
+
+def _pair_groups(groups: np.ndarray, texts: list[str], k: int) -> tuple[np.ndarray, str]:
+    """Pair groups joined by the sentences they share, so no sentence sits on both sides of a
+    split; when one joined group would hold more than a fold's share of the rows, pairs are
+    grouped by one of their sentences instead (the smaller, so both orders agree; the other
+    sentence may then recur across folds).
+    Returns the groups and a line for the log."""
+    sides = [[normalize_text(x) for x in split_pair(t) if x] for t in texts]
+    joined = _merge_groups(groups, sides)
+    biggest = int(np.bincount(joined).max())
+    if biggest <= len(texts) / k:
+        return joined, (f"folds: {len(np.unique(joined))} groups of pairs joined by the "
+                        "sentences they share (no sentence in two folds)")
+    # a pair's smaller sentence: the same for (a, b) and (b, a), so no order joins two groups
+    first = _merge_groups(groups, [[min(s)] if s else [] for s in sides])
+    return first, (f"folds: pairs sharing sentences form a group of {biggest} of {len(texts)} "
+                   f"rows, more than a fold holds; grouped by one sentence of each pair instead "
+                   f"({len(np.unique(first))} groups; the other sentence may recur across folds)")
 
 
 def _spread_rare(folds: np.ndarray, labels: np.ndarray, groups: np.ndarray, rare: list[int],
@@ -218,6 +242,14 @@ def data_hashes(comp: Competition, folds: np.ndarray) -> dict[str, str]:
             "test_hash": comp.test_hash}
 
 
+# fold tables comp made with an older grouping -> the methods that replace them: remade (and
+# said so in the log) rather than refused as a user's table made with other settings
+PREVIOUS_METHODS = {
+    "stratified-group(normalized text)": (
+        "stratified-group(normalized text, shared pair sentences)",),
+}
+
+
 def load_folds(comp: Competition, cfg: DataConfig) -> np.ndarray:
     """The competition's shared fold table: made once, then read by every member.
 
@@ -230,6 +262,8 @@ def load_folds(comp: Competition, cfg: DataConfig) -> np.ndarray:
     method = "stratified-group(normalized text)"
     if cfg.group_col:  # another grouping is another table
         method = f"stratified-group(normalized text + column '{cfg.group_col}')"
+    if comp.task == "pair":  # pairs that share a sentence share a fold
+        method = method.replace("normalized text", "normalized text, shared pair sentences")
     if comp.multilabel:
         method = "iterative-" + method
     want = {"k": cfg.folds, "seed": cfg.fold_seed, "method": method,
@@ -239,6 +273,10 @@ def load_folds(comp: Competition, cfg: DataConfig) -> np.ndarray:
     if path.exists():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         diff = [key for key in want if meta.get(key) != want[key]]
+        if "method" in diff and want["method"] in PREVIOUS_METHODS.get(meta.get("method"), ()):
+            log(f"folds: {path} was made by an older grouping ({meta.get('method')}); making "
+                f"it anew as {want['method']} (every member's folds refit)")
+            return _write_folds(comp, cfg, path, meta_path, want)
         if diff == ["train_hash"]:
             log(f"folds: the train rows changed since {path} was made; making it anew "
                 "(every member's folds refit)")

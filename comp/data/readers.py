@@ -6,19 +6,15 @@ import csv
 import io
 import json
 import math
-import re
-import unicodedata
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-import numpy as np
-from comp.config.schema import DataConfig
-from comp.core.utils import CompError, log, sha1_of, write_json, write_text
 
+from comp.core.utils import CompError, write_text
 
 EXTENSIONS = (".csv", ".tsv", ".jsonl", ".json", ".txt")
+csv.field_size_limit(1 << 30)  # a competition text may be far longer than csv's 128 KiB
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,16 +4,10 @@ into frozen dataclasses.
 
 from __future__ import annotations
 
-from comp.config.schema import DataConfig, Recipe, deep_merge, from_dict, parse_override, read_toml
-
-import dataclasses
-import tomllib
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from comp.core.utils import CompError
+
+from comp.config.schema import DataConfig, Recipe, deep_merge, from_dict, parse_override, read_toml
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from comp.data.competition import TEXT_FALLBACKS, _BINARY, _clean, find_file
-from comp.data.folds import user_fold_count
-from comp.data.readers import detect_encoding, read_table, sniff_format
-
 import csv
 import io
 import json
-import math
-import re
-import unicodedata
-from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-import numpy as np
-from comp.config.schema import DataConfig
-from comp.core.utils import CompError, log, sha1_of, write_json, write_text
 
+from comp.config.schema import DataConfig
+from comp.core.utils import CompError, log
+from comp.data.competition import _BINARY, TEXT_FALLBACKS, _clean, find_file
+from comp.data.folds import user_fold_count
+from comp.data.readers import detect_encoding, read_table, sniff_format
 
 SETTINGS_FILE = "competition.toml"
 # column names of the common pair layouts (LCQMC/AFQMC/CLUE json, GLUE, Quora), first match wins
