@@ -174,6 +174,28 @@ def log(msg: str, level: int | None = None) -> None:
     LOGGER.log(level, msg)
 
 
+# Pickled models (vectorizers, classifiers, blenders) name the module their classes and
+# functions were defined in. Modules that moved when comp was split into layer packages, old
+# name -> new: `load_model` aliases them, so runs and bundles made before still load.
+MOVED_MODULES = {"comp.linear": "comp.members.linear", "comp.bias": "comp.blend.bias",
+                 "comp.thresholds": "comp.tasks.thresholds", "comp.metrics": "comp.core.metrics",
+                 "comp.utils": "comp.core.utils", "comp.vectors": "comp.nn.vectors",
+                 "comp.ensemble": "comp.blend.ensemble", "comp.distill": "comp.members.student"}
+
+
+def load_model(path: str | os.PathLike) -> Any:
+    """joblib.load, with the modules of MOVED_MODULES reachable under their old names (the
+    old `comp.blend` module is the package's `blenders`: comp.blend forwards its names)."""
+    import importlib
+
+    import joblib
+
+    for old, new in MOVED_MODULES.items():
+        if old not in sys.modules:
+            sys.modules[old] = importlib.import_module(new)
+    return joblib.load(path)
+
+
 def save_model(path: Path, model: Any) -> None:
     """joblib.dump, atomically (a half-written model must never be loaded)."""
     import joblib

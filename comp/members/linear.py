@@ -14,7 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from comp.config.schema import LinearConfig, Recipe
-from comp.core.utils import CompError, log
+from comp.core.utils import CompError, load_model, log
 from comp.kfold.runner import FoldContext, FoldOutput, run_member
 
 
@@ -307,9 +307,8 @@ class LinearFeatures:
             meta = self.path.with_suffix(".json")
             if self.path.exists() and meta.exists() and _same_key(read_json(meta), self.key,
                                                                   self.recipe):
-                import joblib
 
-                self._vec = joblib.load(self.path)
+                self._vec = load_model(self.path)
             else:
                 cfg = self.recipe.linear
                 log(f"{self.recipe.name}: TF-IDF {cfg.features} features on "
@@ -343,13 +342,12 @@ def fold_model_path(fold_dir: Path) -> Path:
 
 def load_linear_fold(run_dir: str | Path, fold: int, n_classes: int):
     """A kept TF-IDF fold as a function: texts -> (n, C) probabilities; None without one."""
-    import joblib
 
     vec_path, model_path = Path(run_dir) / "vectorizer.joblib", fold_model_path(
         Path(run_dir) / f"fold{fold}")
     if not (vec_path.exists() and model_path.exists()):
         return None
-    vec, model = joblib.load(vec_path), joblib.load(model_path)
+    vec, model = load_model(vec_path), load_model(model_path)
     return lambda texts: full_proba(model, vec.transform(list(texts)).tocsr(), n_classes)
 
 
@@ -405,10 +403,9 @@ def train_linear(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
                           if ctx.predict_train else None)
 
     def kept(ctx: FoldContext):
-        import joblib
 
         path = fold_model_path(ctx.dir)
-        return joblib.load(path) if path.exists() else None
+        return load_model(path) if path.exists() else None
 
     def predict_fold(ctx: FoldContext) -> np.ndarray | None:
         model = kept(ctx)

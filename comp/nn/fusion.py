@@ -826,7 +826,8 @@ def model_inputs(recipe: Recipe) -> dict[str, str]:
 
 def log_unknown(model: FusionModel, texts: Sequence[str], name: str) -> None:
     """One log line per pruned e5 backbone that reads some of `texts` (raw or pair texts) as
-    <unk>: what a vocabulary pruned for other texts loses on these."""
+    <unk>: characters no kept piece covers (the whole vocabulary may lack them too; on texts
+    the folder was not pruned for, also those only the dropped pieces had)."""
     from comp.nn.backbones.e5 import CARD, count_unknown
 
     sides = [s for t in texts for s in split_pair(t) if s]
@@ -836,8 +837,8 @@ def log_unknown(model: FusionModel, texts: Sequence[str], name: str) -> None:
             continue
         n, rows = count_unknown(b.tokenizer, sides)
         if n:
-            log(f"{name}: {n} piece(s) in {rows} of {len(sides)} texts are outside the "
-                f"vocabulary of {b.source} (pruned for other texts); read as <unk>")
+            log(f"{name}: {n} piece(s) in {rows} of {len(sides)} texts are <unk> for the pruned "
+                f"vocabulary of {b.source} (characters none of its pieces covers)")
 
 
 def checkpoint_state(model: FusionModel, state: dict[str, Tensor]) -> dict[str, Tensor]:

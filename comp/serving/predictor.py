@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from comp.config.schema import DataConfig, Recipe
-from comp.core.utils import CompError, log, read_json, write_text
+from comp.core.utils import CompError, load_model, log, read_json, write_text
 from comp.data.readers import Table
 from comp.data.recipes import load_recipe
 from comp.members.registry import create_member
@@ -170,7 +170,6 @@ def load_member(run_dir: str | Path, folds: Sequence[int] | None = None,
 def load_ensemble(manifest: str | Path, folds: Sequence[int] | None = None,
                   root: Path | None = None) -> EnsembleModel:
     """An ensemble manifest (submission .json, or a bundle's) with its members and blender."""
-    import joblib
 
     p = Path(manifest)
     man = read_json(p)
@@ -182,7 +181,7 @@ def load_ensemble(manifest: str | Path, folds: Sequence[int] | None = None,
     members = [load_member(base / m, folds, root) for m in man["members"]]
     classes = [str(c) for c in man["classes"]]
     return EnsembleModel(str(man.get("name") or p.stem), classes, members,
-                         joblib.load(blender), _thresholds(man, classes, p))
+                         load_model(blender), _thresholds(man, classes, p))
 
 
 def load(path: str | Path, folds: Sequence[int] | None = None) -> MemberModel | EnsembleModel:

@@ -529,6 +529,10 @@ def count_unknown(tokenizer, texts: list[str]) -> tuple[int, int]:
     unk = getattr(tokenizer, "unk_token_id", None)
     if unk is None or not texts:
         return 0, 0
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # no length warnings, no padding
+    if backend is not None:
+        ids = [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+    else:
+        ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     per = [sum(1 for i in row if i == unk) for row in ids]
     return sum(per), sum(1 for n in per if n)
