@@ -340,6 +340,14 @@ class Recipe:
 # loading
 
 
+def min_steps_epochs(epochs: tuple[int, int], min_steps: int, steps_per_epoch: int
+                     ) -> tuple[int, int]:
+    """(phase-1, phase-2) epochs, each phase that has any raised until it makes `min_steps`
+    optimizer steps of `steps_per_epoch` (train.min_steps; the fit loop and the planner)."""
+    steps = max(1, steps_per_epoch)
+    return tuple(max(n, -(-min_steps // steps)) if n and min_steps else n for n in epochs)
+
+
 def _check(ok: bool, key: str, msg: str) -> None:
     if not ok:
         raise CompError(f"recipe key '{key}': {msg}")

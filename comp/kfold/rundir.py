@@ -345,11 +345,13 @@ def _identity(d: dict[str, Any], keep_dir: bool = False) -> dict[str, Any]:
     return d
 
 
-def fingerprint_matches(recorded: str, recipe: Any) -> bool:
-    """Whether a fingerprint an output recorded (a vectorizer's key, a tuned overlay's stamp) is
-    this recipe's, by today's definition or one an older toolkit wrote for the same recipe."""
-    return recorded == recipe_fingerprint(recipe) or recorded in _legacy_fingerprints(
-        recipe.to_dict())
+def same_key(recorded: dict[str, Any] | None, key: dict[str, Any], recipe: Any) -> bool:
+    """Whether an output's recorded key (a vectorizer's, a tuned overlay's stamp) is today's
+    `key`; its recipe fingerprint may be the one an older toolkit wrote for the same recipe."""
+    if recorded is None or {**recorded, "recipe": ""} != {**key, "recipe": ""}:
+        return False
+    fp = recorded.get("recipe")
+    return fp == recipe_fingerprint(recipe) or fp in _legacy_fingerprints(recipe.to_dict())
 
 
 def _legacy_fingerprints(d: dict[str, Any]) -> tuple[str, str]:

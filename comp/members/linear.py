@@ -303,11 +303,11 @@ class LinearFeatures:
         """The fitted vectorizer: loaded when its key matches, else fitted and saved."""
         if self._vec is None:
             from comp.core.utils import read_json, save_model, write_json
+            from comp.kfold.rundir import same_key
 
             meta = self.path.with_suffix(".json")
-            if self.path.exists() and meta.exists() and _same_key(read_json(meta), self.key,
-                                                                  self.recipe):
-
+            if self.path.exists() and meta.exists() and same_key(read_json(meta), self.key,
+                                                                 self.recipe):
                 self._vec = load_model(self.path)
             else:
                 cfg = self.recipe.linear
@@ -419,11 +419,3 @@ def train_linear(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
     return run_member(recipe, fit_fold, folds_to_run, force, report=report, comp=comp,
                       predict_fold_train=predict_fold_train, predict_fold=predict_fold)
 
-
-def _same_key(recorded: dict, key: dict, recipe: Recipe) -> bool:
-    """A vectorizer's recorded key against today's: the recipe fingerprint may be one an older
-    toolkit wrote for the same recipe."""
-    from comp.kfold.rundir import fingerprint_matches
-
-    return ({**recorded, "recipe": ""} == {**key, "recipe": ""}
-            and fingerprint_matches(str(recorded.get("recipe")), recipe))

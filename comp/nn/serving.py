@@ -16,7 +16,7 @@ from torch import Tensor
 
 from comp.config.schema import Recipe
 from comp.core.utils import CompError
-from comp.nn.fusion import FusionModel
+from comp.nn.fusion import FusionModel, grid_len, load_fold_model, log_unknown
 
 # texts -> (n, C) probabilities
 Predictor = Callable[[Sequence[str]], np.ndarray]
@@ -83,8 +83,6 @@ class TextCNNTables:
         """(B, n, kinds * kmax) table rows read at each of the first n positions of B grid
         texts: row base + id of position t + j for each vector kind and tap j, or that block's
         zero row where t + j lies outside the text."""
-        from comp.nn.fusion import grid_len
-
         lens = torch.tensor([grid_len(t) for t in texts])  # (B,)
         inside = torch.arange(n + self.kmax - 1)[None, :] < lens[:, None]  # (B, n + kmax - 1)
         cols, b = [], 0
@@ -99,7 +97,6 @@ class TextCNNTables:
     @torch.inference_mode()
     def predict_rows(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
         """Grid texts -> (n, C) probabilities, in length-sorted batches as `predict` cuts them."""
-        from comp.nn.fusion import grid_len
         from comp.nn.rows import eval_batches
 
         lens = np.fromiter((grid_len(t) for t in texts), dtype=np.int64, count=len(texts))
@@ -153,22 +150,14 @@ def load_student(run_dir: str | Path, fold: int, n_classes: int,
 
 def load_neural_fold(ckpt: Path, recipe: Recipe, n_classes: int) -> Any:
     """A fusion/student fold's model.pt in the network its recipe builds, in eval mode."""
-    from comp.nn.fusion import build_fusion, fold_backbones, load_checkpoint
-
     if not ckpt.exists():
         raise CompError(f"{ckpt}: no checkpoint (fold not trained?)")
-    # the folders the fold trained with, as it recorded them: serving never imports or prunes
-    model = build_fusion(recipe, n_classes, fold_backbones(ckpt.parent, recipe))
-    load_checkpoint(model, ckpt)
-    model.multilabel = recipe.data.task == "multilabel"  # one sigmoid per label
-    model.eval()
-    return model
+    return load_fold_model(ckpt, recipe, n_classes).eval()
 
 
 def serving_model(model: Any) -> Any:
     """What serves a trained network fastest: a vectors-only TextCNN's lookup tables when it
     folds into them (comp.nn.serving.TextCNNTables), else the network itself."""
-
     model.eval()
     return TextCNNTables(model) if not _tables_unsupported(model) else model
 
@@ -185,9 +174,6 @@ def predict_texts(model: Any, texts: Sequence[str], cfg: Any, batch_size: int = 
         train: the recipe's train section: predict with its length buckets and AMP, as the
             run did (default: buckets, full precision).
     """
-    import torch
-
-    from comp.nn.fusion import log_unknown
     from comp.nn.rows import make_rows
     from comp.nn.trainer import predict
 

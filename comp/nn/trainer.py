@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from comp.config.schema import Recipe, TrainConfig
+from comp.config.schema import Recipe, TrainConfig, min_steps_epochs
 from comp.core.metrics import is_better, score
 from comp.core.utils import (
     CompError,
@@ -62,8 +62,7 @@ from comp.nn.fusion import (
     build_fusion,
     checkpoint_state,
     describe,
-    fold_backbones,
-    load_checkpoint,
+    load_fold_model,
     log_unknown,
     model_inputs,
     resolve_backbones,
@@ -144,12 +143,8 @@ def predict(model: FusionModel, rows: Rows, batch_size: int = 128,
 def phase_epochs(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
     """(phase-1, phase-2) epochs: the recipe's, each phase that has any raised until it makes
     `train.min_steps` optimizer steps (small data: a fixed epoch count is too few steps)."""
-    steps = max(1, -(-batches_per_epoch // cfg.accum))
-
-    def grown(n: int) -> int:
-        return max(n, -(-cfg.min_steps // steps)) if n and cfg.min_steps else n
-
-    return grown(cfg.epochs_frozen), grown(cfg.epochs_unfrozen)
+    return min_steps_epochs((cfg.epochs_frozen, cfg.epochs_unfrozen), cfg.min_steps,
+                            -(-batches_per_epoch // cfg.accum))
 
 
 def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarray | None,
@@ -210,7 +205,9 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
                                          model.n_classes), np.float32), train_rows=len(train))
     best_state: dict | None = None
     epoch = 0
-    epochs = phase_epochs(cfg, len(train_batches(train.lengths, cfg.batch_size, None, False)))
+    batches_per_epoch = len(train_batches(train.lengths, cfg.batch_size, None, False))
+    steps_per_epoch = -(-batches_per_epoch // cfg.accum)
+    epochs = phase_epochs(cfg, batches_per_epoch)
     runs = stop_after or epochs  # epochs each phase runs
     phase_ends = {runs[0], runs[0] + runs[1]}
 
@@ -226,8 +223,6 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
         model.set_phase(phase, cfg)  # phase 2 with train.unfreeze_top: top layers only
         phase_cache = cache if phase == 1 else None
         opt = torch.optim.AdamW(param_groups(model, cfg, phase))
-        batches_per_epoch = len(train_batches(train.lengths, cfg.batch_size, None, False))
-        steps_per_epoch = -(-batches_per_epoch // cfg.accum)
         sched = lr_scheduler(opt, cfg.schedule, cfg.warmup, steps_per_epoch * n_epochs)
         # frozen backbones are attacked in no phase: phase 1 must not depend on whether their
         # features come from the cache; a vectors-only model is attacked throughout
@@ -438,7 +433,7 @@ def start_fold(ctx: FoldContext, data: FusionData) -> tuple[FusionModel, str]:
     name = f"{recipe.name} fold {ctx.fold}"
     seed_everything(cfg.seed + ctx.fold)
     if data.backbone_paths is None:  # a pruned e5 is found (or made) once per member
-        data.backbone_paths = resolve_backbones(recipe)
+        data.backbone_paths = resolve_backbones(recipe, ctx.comp)
     model = build_fusion(recipe, ctx.comp.n_classes, data.backbone_paths)
     if rank == 0:
         write_fold_backbones(ctx.dir, recipe, data.backbone_paths)
@@ -591,10 +586,9 @@ def _kept_model(ctx: FoldContext, data: FusionData) -> FusionModel | None:
     ckpt = ctx.dir / "model.pt"
     if not ckpt.exists():
         return None
-    model = build_fusion(ctx.recipe, ctx.comp.n_classes, fold_backbones(ctx.dir, ctx.recipe))
-    model.multilabel = ctx.comp.multilabel
+    model = load_fold_model(ckpt, ctx.recipe, ctx.comp.n_classes)
+    model.multilabel = ctx.comp.multilabel  # also inferred from the data, not only the recipe
     model.tokens = data.tokens
-    load_checkpoint(model, ckpt)
     model.to(_device())
     data.ensure_rows(model)
     return model

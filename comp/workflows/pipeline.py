@@ -18,6 +18,7 @@ from pathlib import Path
 
 from comp.config.schema import DataConfig, Recipe
 from comp.core.utils import CompError, log, read_json, write_text
+from comp.data.competition import Competition, load_competition
 from comp.data.recipes import load_recipe
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -131,13 +132,11 @@ class Layout:
         return ""
 
 
-def task_shapes(layout: Layout, names: list[str]) -> dict[str, object]:
+def task_shapes(layout: Layout, comp: Competition, names: list[str]) -> dict[str, object]:
     """Each member's Shape on this competition's texts (comp.workflows.plan.shape_of): what the
     planner scales a network's prior by."""
-    from comp.data.competition import load_competition
     from comp.workflows.plan import shape_of
 
-    comp = load_competition(layout.data_config())
     lengths = [len(t) for t in (*comp.train_texts, *comp.predict_texts)]
     return {n: shape_of(member_recipe(layout, n), lengths) for n in dict.fromkeys(names)}
 
@@ -192,7 +191,6 @@ def task_members(names: list[str], task: str) -> list[str]:
 
 def stage_data(layout: Layout) -> None:
     """Build the embedded competition if needed; load and validate any competition."""
-    from comp.data.competition import load_competition
     from comp.data.embedded import build_sentiment
     from comp.data.folds import load_folds
 
@@ -226,7 +224,6 @@ def stage_pretrain(layout: Layout, kinds: list[str]) -> None:
 
 def stage_vectors(layout: Layout, kinds: list[str]) -> None:
     """gensim word2vec for char / word / bigram (skipped when the file exists)."""
-    from comp.data.competition import load_competition
     from comp.nn.vectors import train_vectors
 
     comp = load_competition(layout.data_config())
@@ -263,8 +260,7 @@ def stage_tune(layout: Layout, name: str, trials: int) -> Path | None:
     """
     from comp.config.schema import flatten_overlay, read_toml
     from comp.core.utils import write_json
-    from comp.data.competition import load_competition
-    from comp.kfold.rundir import fingerprint_matches, recipe_fingerprint
+    from comp.kfold.rundir import recipe_fingerprint, same_key
     from comp.members.registry import train_recipe
     from comp.workflows.tune import run_tune
 
@@ -275,8 +271,7 @@ def stage_tune(layout: Layout, name: str, trials: int) -> Path | None:
            "train_hash": load_competition(recipe.data).train_hash, "trials": trials}
     stamp = overlay.with_suffix(".json")
     was = read_json(stamp) if stamp.exists() else None
-    if was is not None and was != key and fingerprint_matches(str(was.get("recipe")), recipe) \
-            and {**was, "recipe": ""} == {**key, "recipe": ""}:
+    if was is not None and was != key and same_key(was, key, recipe):
         write_json(stamp, key)  # the same recipe, fingerprinted by an older toolkit
         was = key
     if overlay.exists() and was != key:
@@ -460,8 +455,9 @@ def run_pipeline(data: str | None = None, quick: bool = False,
         return out
 
     timed("data", stage_data, layout)
-    n_train, k = _train_size(layout)
-    task = layout.data_config().task
+    cfg = layout.data_config()
+    competition = load_competition(cfg)
+    n_train, k, task = len(competition.train_ids), cfg.folds, cfg.task
     pair = task == "pair"
     if preset == "all" and not pair:  # tiny backbones only feed fusion members
         timed("pretrain", stage_pretrain, layout, BACKBONES)
@@ -473,7 +469,7 @@ def run_pipeline(data: str | None = None, quick: bool = False,
     pl_rounds = pseudo_rounds if "pseudo" in want else 0
     pl_names = ([] if not pl_rounds else PAIR_LINEAR[:1] if pair
                 else task_members(PSEUDO_RECIPES[preset], task))
-    shapes = task_shapes(layout, [*candidates, *pl_names])
+    shapes = task_shapes(layout, competition, [*candidates, *pl_names])
     steps = make_plan(candidates, left, n_train, k, speeds, done, shapes)
     print_plan(steps, budget_s, k, pseudo_steps(pl_names, pl_rounds, n_train, k, speeds,
                                                 pseudo_folds_done(layout, pl_names, pl_rounds),
@@ -557,14 +553,6 @@ def run_pipeline(data: str | None = None, quick: bool = False,
     return best
 
 
-def _train_size(layout: Layout) -> tuple[int, int]:
-    """(train rows, folds) of the competition, for the plan."""
-    from comp.data.competition import load_competition
-
-    cfg = layout.data_config()
-    return len(load_competition(cfg).train_ids), cfg.folds
-
-
 def _cv(run_dir: Path) -> dict | None:
     p = run_dir / "cv.json"
     return read_json(p) if p.exists() else None
@@ -576,7 +564,6 @@ def hidden_accuracies(layout: Layout, runs: list[Path], subs: list[Path]) -> dic
     if not answers.exists():
         return {}
     from comp.blend.submit import score_submission
-    from comp.data.competition import load_competition
     from comp.report import member_hidden
 
     comp = load_competition(layout.data_config())

