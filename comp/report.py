@@ -132,7 +132,8 @@ def _leaderboard(rows: list[dict[str, Any]], hidden: dict[str, dict]) -> str:
     n_folds = max((len(r["fold_scores"]) for r in rows), default=0)
     header = ["name", "kind", "metric", "cv", "mean ± std"] + [f"fold {k}" for k in
                                                                 range(n_folds)]
-    header += ["in-sample"] + (["hidden acc", "hidden F1"] if hidden else []) + ["note"]
+    # hidden in each row's own metric (a multi-label row: micro-F1 beside its OOF micro-F1)
+    header += ["in-sample"] + (["hidden", "hidden acc"] if hidden else []) + ["note"]
     body, classes = [], []
     for r in rows:
         fs = [float(x) for x in r["fold_scores"]]
@@ -143,7 +144,7 @@ def _leaderboard(rows: list[dict[str, Any]], hidden: dict[str, dict]) -> str:
         if hidden:
             h = hidden.get(str(r["manifest"].get("csv", "")) if "manifest" in r
                            else r["source"], {})
-            line += [_fmt(h.get("accuracy")), _fmt(h.get("macro_f1"))]
+            line += [_fmt(h.get(r["metric"])), _fmt(h.get("accuracy"))]
         note = "; ".join(x for x in (r.get("note", ""), pair_note(r.get("source"))) if x)
         line.append(_esc(note))  # tuned on which folds, folds covered, a pair member's sides
         body.append(line)

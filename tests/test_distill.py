@@ -650,7 +650,7 @@ def test_student_cv_never_sees_a_validation_label_through_its_teacher(tmp_path, 
     # only the honest student hands per-fold predictions to ensembles
     from comp.blend.ensemble import read_member, stack_by_fold
 
-    test_k, _, why = stack_by_fold([read_member(r.run_dir)], K)
+    test_k, _, why = stack_by_fold([read_member(r.run_dir)], range(K))
     assert (test_k is None) == (targets == "oof"), why
 
 

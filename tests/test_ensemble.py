@@ -597,7 +597,7 @@ def test_per_fold_blends_left_out_when_a_member_lacks_them():
     assert ensemble(members, "mean", y, folds, "accuracy").test_by_fold is not None
     members = _fold_members(X, XTK[:3])
     res = ensemble(members, "mean", y, folds, "accuracy")
-    assert res.test_by_fold is None and "3 folds of test predictions, the fold table 5" in \
+    assert res.test_by_fold is None and "of folds [0, 1, 2], not of [0, 1, 2, 3, 4]" in \
         res.meta["by_fold"]
 
 

@@ -14,8 +14,8 @@ from comp.members.registry import train_recipe
 K = 3
 
 
-def _recipes(comp_dir, tmp_path, use_folds="[0]"):
-    over = [f"data.dir={comp_dir}", f"data.folds={K}", f"runs_dir={tmp_path / 'runs'}"]
+def _recipes(comp_dir, tmp_path, use_folds="[0]", *more):
+    over = [f"data.dir={comp_dir}", f"data.folds={K}", f"runs_dir={tmp_path / 'runs'}", *more]
     full = load_recipe("recipes/tfidf_char_lr.toml", over)
     part = load_recipe("recipes/tfidf_word_lr.toml", over + [f"data.use_folds={use_folds}"])
     return full, part
@@ -75,3 +75,43 @@ def test_noise_labels_keep_a_partial_ensemble_at_chance(tmp_path):
                            tmp_path / "subs" / method)
         cv = read_json(sub.with_suffix(".json"))["cv"]
         assert 0.38 < cv < 0.62, (method, cv)
+
+
+def test_a_partial_ensemble_predicts_per_fold_for_the_folds_every_member_covers(small_comp,
+                                                                                 tmp_path):
+    """A member on folds [0, 2] beside a full member: the blend's per-fold predictions are those
+    two folds' (each from its own fold models), labelled by folds_used, so a student can learn
+    fold 0 or 2 from the teacher and is refused fold 1 in one line."""
+    import pytest
+
+    from comp.core.utils import CompError
+    from comp.data.competition import load_competition
+    from comp.data.folds import load_folds
+    from comp.members.student import check_fold_targets, load_teacher
+
+    full, part = _recipes(small_comp, tmp_path, "[0,2]", "train.predict_train=true")
+    for r in (full, part):
+        train_recipe(r)
+    m = read_member(part.run_dir)
+    assert m.fold_ids == [0, 2] and m.train_by_fold.shape[0] == 2
+    assert np.allclose(m.test_by_fold[1], np.load(part.run_dir / "fold2" / "test_proba.npy"),
+                       atol=1e-6)
+    sub = run_ensemble([full.run_dir, part.run_dir], "mean", None, "accuracy",
+                       tmp_path / "subs" / "mean")
+    man = read_json(sub.with_suffix(".json"))
+    assert man["folds_used"] == [0, 2] and "train_by_fold" in man
+    test_k, train_k = np.load(man["test_by_fold"]), np.load(man["train_by_fold"])
+    f = read_member(full.run_dir)
+    for i, k in enumerate([0, 2]):  # fold k's blend: both members' fold-k models
+        assert np.allclose(test_k[i], (f.test_by_fold[k] + m.test_by_fold[i]) / 2, atol=1e-6)
+        assert np.allclose(train_k[i], (f.train_by_fold[k] + m.train_by_fold[i]) / 2,
+                           atol=1e-6)
+    comp = load_competition(full.data)
+    folds = load_folds(comp, full.data)
+    teacher = load_teacher(sub.with_suffix(".json"), comp, folds)
+    assert teacher.fold_ids == [0, 2]
+    idx = np.flatnonzero(folds != 2)
+    assert np.allclose(teacher.soft_targets(2, idx, "fold"), train_k[1][idx], atol=1e-6)
+    check_fold_targets(teacher, "fold", True, [0, 2])
+    with pytest.raises(CompError, match=r"not of the student's folds \[1\]"):
+        check_fold_targets(teacher, "fold", True, [0, 1])

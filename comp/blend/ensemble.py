@@ -123,15 +123,15 @@ def stack_unlabelled(members: Sequence[Member]) -> tuple[np.ndarray | None, str]
     return np.stack([m.unlabelled for m in members], axis=1), ""
 
 
-def stack_by_fold(members: Sequence[Member], n_folds: int
+def stack_by_fold(members: Sequence[Member], fold_ids: Sequence[int]
                   ) -> tuple[np.ndarray | None, np.ndarray | None, str]:
-    """Per-fold blender inputs: (K, n_test, M, C) and (K, n_unlabelled, M, C).
+    """Per-fold blender inputs: (K, n_test, M, C) and (K, n_unlabelled, M, C), K = len(fold_ids).
 
     Returns:
-        (test, unlabelled, why): test is None when a member lacks per-fold test predictions,
-        has another number of folds, or trained every fold on the same extra rows (why says
-        which); unlabelled is None when test is, or a member lacks per-fold unlabelled
-        predictions. `stack_train_by_fold` gives the (K, n_train, M, C) train inputs.
+        (test, unlabelled, why): test is None when a member lacks per-fold test predictions
+        for one of `fold_ids`, or trained every fold on the same extra rows (why says which);
+        unlabelled is None when test is, or a member lacks per-fold unlabelled predictions.
+        `stack_train_by_fold` gives the (K, n_train, M, C) train inputs.
     """
     for m in members:
         if m.test_by_fold is None:
@@ -145,21 +145,29 @@ def stack_by_fold(members: Sequence[Member], n_folds: int
         if m.cv.get("teacher_targets") == "oof":
             return None, None, (f"member {m.name} is a student taught with the teacher's OOF, "
                                 "which carries every fold's labels")
-        if len(m.test_by_fold) != n_folds:
-            return None, None, (f"member {m.name} has {len(m.test_by_fold)} folds of test "
-                                f"predictions, the fold table {n_folds}")
-    test = np.stack([m.test_by_fold for m in members], axis=2)  # (K, n_test, M, C)
-    if any(m.unlabelled_by_fold is None or len(m.unlabelled_by_fold) != n_folds
+        lacking = [f for f in fold_ids if f not in m.fold_ids]
+        if lacking or len(m.test_by_fold) != len(m.fold_ids):
+            return None, None, (f"member {m.name} has test predictions of folds {m.fold_ids}, "
+                                f"not of {list(fold_ids)}")
+    test = np.stack([_pick(m, m.test_by_fold, fold_ids) for m in members], axis=2)
+    if any(m.unlabelled_by_fold is None or len(m.unlabelled_by_fold) != len(m.fold_ids)
            for m in members):
         return test, None, ""
-    return test, np.stack([m.unlabelled_by_fold for m in members], axis=2), ""
+    return test, np.stack([_pick(m, m.unlabelled_by_fold, fold_ids) for m in members],
+                          axis=2), ""
 
 
-def stack_train_by_fold(members: Sequence[Member]) -> np.ndarray | None:
-    """(K, n_train, M, C) fold k's models on every train row, when every member has them."""
-    if any(m.train_by_fold is None for m in members):
+def stack_train_by_fold(members: Sequence[Member], fold_ids: Sequence[int]) -> np.ndarray | None:
+    """(K, n_train, M, C) the fold_ids' models on every train row, when every member has them."""
+    if any(m.train_by_fold is None or len(m.train_by_fold) != len(m.fold_ids)
+           or not set(fold_ids) <= set(m.fold_ids) for m in members):
         return None
-    return np.stack([m.train_by_fold for m in members], axis=2)
+    return np.stack([_pick(m, m.train_by_fold, fold_ids) for m in members], axis=2)
+
+
+def _pick(m: Member, by_fold: np.ndarray, fold_ids: Sequence[int]) -> np.ndarray:
+    """The rows of a member's per-fold array that belong to fold_ids, in that order."""
+    return by_fold[[m.fold_ids.index(f) for f in fold_ids]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,17 +303,17 @@ def ensemble(members: Sequence[Member], method: str, y: np.ndarray, folds: np.nd
         oof = in_sample
         fitted = [full] * len(fold_ids)  # nothing learnt: the full fit is every fold's blender
     test_k, unl_k, train_k, why_k = None, None, None, ""
-    if rows_note:
-        why_k = "a member covers only some folds"
-    elif not np.array_equal(fold_ids, np.arange(len(fold_ids))):
+    if rows_note and len(meta_rows["folds_used"]) < 2:
+        why_k = "the members share one fold only"
+    elif not rows_note and not np.array_equal(fold_ids, np.arange(len(fold_ids))):
         why_k = f"fold ids {fold_ids.tolist()} are not 0..K-1"
-    else:
-        XTK, XUK, why_k = stack_by_fold(members, len(fold_ids))
+    else:  # every fold, or the folds every member covers (the manifest's folds_used)
+        XTK, XUK, why_k = stack_by_fold(members, fold_ids.tolist())
         if XTK is not None:
             test_k = np.stack([f.predict_proba(x) for f, x in zip(fitted, XTK)])  # (K, n_test, C)
         if XUK is not None and unlabelled is not None:
             unl_k = np.stack([f.predict_proba(x) for f, x in zip(fitted, XUK)])  # (K, n_unl, C)
-        XRK = stack_train_by_fold(members) if XTK is not None else None
+        XRK = stack_train_by_fold(members, fold_ids.tolist()) if XTK is not None else None
         if XRK is not None:
             train_k = np.stack([f.predict_proba(x) for f, x in zip(fitted, XRK)])  # (K, n_tr, C)
     meta["by_fold"] = why_k or "blended"

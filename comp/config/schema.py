@@ -17,6 +17,7 @@ from typing import Any
 import tomli_w
 
 from comp.core.utils import CompError
+from comp.tasks.shapes import Task, task_choices, task_names, task_of
 
 # ---------------------------------------------------------------------------------------------
 # sections
@@ -57,15 +58,19 @@ class DataConfig:
     label_sep: str = ""
     label_cols: tuple[str, ...] = ()
 
+    @property
+    def shape(self) -> Task:
+        """The task shape data.task names (comp.tasks.shapes)."""
+        return task_of(self.task)
+
     def __post_init__(self) -> None:
         _check(self.folds >= 2, "data.folds", "must be >= 2")
-        _check(self.task in ("single", "pair", "multilabel"), "data.task",
-               "must be single, pair or multilabel")
-        _check(self.task != "pair" or len(self.text_cols) == 2, "data.text_cols",
+        _check(self.task in task_names(), "data.task", f"must be {task_choices()}")
+        _check(not self.shape.pair or len(self.text_cols) == 2, "data.text_cols",
                "a pair task needs exactly two text columns")
-        _check(not self.label_sep or self.task == "multilabel", "data.label_sep",
+        _check(not self.label_sep or self.shape.multilabel, "data.label_sep",
                "only multi-label tasks split labels")
-        _check(not self.label_cols or self.task == "multilabel", "data.label_cols",
+        _check(not self.label_cols or self.shape.multilabel, "data.label_cols",
                "only multi-label tasks have several label columns")
         _check(not (self.label_sep and self.label_cols), "data.label_cols",
                "either one 0/1 column per label (label_cols) or one delimited column "

@@ -29,6 +29,7 @@ import numpy as np
 from comp.config.schema import DataConfig
 from comp.core.utils import CompError, log, sha1_of
 from comp.data.readers import EXTENSIONS, Table, detect_encoding, read_table
+from comp.tasks.shapes import Task, task_of
 
 TEXT_FALLBACKS = ("text", "sentence", "content", "review", "comment", "query", "title")
 # joins the two sides of a pair task's text; removed from the sides when read ("SYMBOL FOR
@@ -78,10 +79,15 @@ class Competition:
     sub_order: list[str] = field(default_factory=list)
 
     @property
+    def shape(self) -> Task:
+        """The task shape (comp.tasks.shapes): targets, outputs, decisions, fold grouping."""
+        return task_of(self.task)
+
+    @property
     def multilabel(self) -> bool:
         """True for a multi-label task: labels is (n, L) 0/1 and members predict (n, L)
         independent probabilities."""
-        return self.task == "multilabel"
+        return self.shape.multilabel
 
     @property
     def train_pairs(self) -> list[tuple[str, str]]:
@@ -140,7 +146,7 @@ def find_file(data_dir: Path, name: str, stem: str, required: bool = True) -> Pa
 def text_columns(table: Table, cfg: DataConfig) -> list[str]:
     cols = list(cfg.text_cols)
     missing = [c for c in cols if c not in table.columns]
-    if missing and cfg.task == "pair":  # a pair without one of its sides is not a pair
+    if missing and cfg.shape.pair:  # a pair without one of its sides is not a pair
         raise CompError(f"{table.path}: missing text column '{missing[0]}' of the pair "
                         f"{cols} (columns: {', '.join(table.columns)})")
     if missing and cols == ["text"]:
@@ -301,7 +307,7 @@ def load_competition(cfg: DataConfig) -> Competition:
     warnings: list[str] = []
 
     label_col = cfg.label_col
-    if cfg.task == "multilabel":
+    if cfg.shape.multilabel:
         labels, classes = _multilabel_labels(train, cfg)
     else:
         if label_col not in train.columns:
@@ -315,7 +321,7 @@ def load_competition(cfg: DataConfig) -> Competition:
         index = {c: i for i, c in enumerate(classes)}
         labels = np.array([index[v] for v in raw_labels], dtype=np.int64)
 
-    pair = cfg.task == "pair"
+    pair = cfg.shape.pair
     train_texts = read_texts(train, text_columns(train, cfg), cfg.text_sep, warnings, pair=pair)
     test_texts = read_texts(test, text_columns(test, cfg), cfg.text_sep, warnings, pair=pair)
     groups: list[str] = []
@@ -331,7 +337,7 @@ def load_competition(cfg: DataConfig) -> Competition:
     if sample_path is not None:
         sample = read_table(sample_path, "auto", cfg.encoding)
         lay = sample_layout(sample, sample_path, cfg.id_col, label_col, classes,
-                            cfg.task == "multilabel")
+                            cfg.shape.multilabel)
         sample_ids = read_ids(sample, lay.id_col, "", required=True)
         if set(sample_ids) != set(test_ids):
             miss = sorted(set(sample_ids) - set(test_ids))
@@ -448,7 +454,7 @@ def read_unlabelled(path: str | Path, cfg: DataConfig,
     path = Path(path)
     warnings = warnings if warnings is not None else []
     if path.suffix.lower() == ".txt":
-        if cfg.task == "pair":
+        if cfg.shape.pair:
             raise CompError(f"{path}: a pair task's unlabelled rows need its two text columns "
                             f"({', '.join(cfg.text_cols)}); a .txt holds one text per line")
         if not path.exists():
@@ -466,7 +472,7 @@ def read_unlabelled(path: str | Path, cfg: DataConfig,
     ids = read_ids(table, cfg.id_col, "unlabelled-", required=False)
     # an empty text has nothing to predict or learn from: skipped, unlike test rows
     texts = read_texts(table, cols, cfg.text_sep, warnings, empty_fate="skipped",
-                   pair=cfg.task == "pair")
+                   pair=cfg.shape.pair)
     keep = [k for k, t in enumerate(texts) if not is_empty_text(t)]
     if not keep:
         raise CompError(f"{path}: every text is empty (columns: {', '.join(cols)})")

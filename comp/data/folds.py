@@ -262,10 +262,7 @@ def load_folds(comp: Competition, cfg: DataConfig) -> np.ndarray:
     method = "stratified-group(normalized text)"
     if cfg.group_col:  # another grouping is another table
         method = f"stratified-group(normalized text + column '{cfg.group_col}')"
-    if comp.task == "pair":  # pairs that share a sentence share a fold
-        method = method.replace("normalized text", "normalized text, shared pair sentences")
-    if comp.multilabel:
-        method = "iterative-" + method
+    method = comp.shape.fold_method(method)  # e.g. pairs that share a sentence share a fold
     want = {"k": cfg.folds, "seed": cfg.fold_seed, "method": method,
             "train_hash": comp.train_hash}
     if path.exists() and not meta_path.exists():

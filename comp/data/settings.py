@@ -13,6 +13,7 @@ from comp.core.utils import CompError, log
 from comp.data.competition import _BINARY, TEXT_FALLBACKS, _clean, find_file
 from comp.data.folds import user_fold_count
 from comp.data.readers import detect_encoding, read_table, sniff_format
+from comp.tasks.shapes import task_choices, task_names, task_of
 
 SETTINGS_FILE = "competition.toml"
 # column names of the common pair layouts (LCQMC/AFQMC/CLUE json, GLUE, Quora), first match wins
@@ -118,9 +119,10 @@ def _folder_settings(d: Path, toml_path: Path, train: Path | None) -> tuple[dict
     group = s.get("group_col", "")
     if group and (group in (cols or []) or group == label):
         raise bad("group_col", f"'{group}' is also the label or a text column")
-    if s.get("label_sep") and task != "multilabel":
+    shape = task_of(task)
+    if s.get("label_sep") and not shape.multilabel:
         raise bad("label_sep", f"only a multilabel task splits labels (task is {task})")
-    if s.get("label_cols") and task != "multilabel":
+    if s.get("label_cols") and not shape.multilabel:
         raise bad("label_cols", f"only a multilabel task has label columns (task is {task})")
     if columns:
         named = {"text_cols": cols or [], "label_col": [label] if "label_col" in s else [],
@@ -144,8 +146,8 @@ def _folder_settings(d: Path, toml_path: Path, train: Path | None) -> tuple[dict
     overlay: dict[str, Any] = {"data": data}
     if "metric" in s:
         overlay["metric"] = s["metric"]
-    elif task == "multilabel":
-        overlay["metric"] = "micro_f1"  # accuracy of a label set (exact match) is too harsh
+    elif shape.default_metric != "accuracy":  # the recipes' default; a shape may need another
+        overlay["metric"] = shape.default_metric
     shown = cols or [next((c for c in TEXT_FALLBACKS if c in columns), "text")]
     source = (f"{SETTINGS_FILE}" + (f" + inferred {found} layout" if found else "")
               if s else f"inferred {found or 'single-text'} layout (no {SETTINGS_FILE})")
@@ -155,7 +157,7 @@ def _folder_settings(d: Path, toml_path: Path, train: Path | None) -> tuple[dict
         labels_txt = f"labels {'/'.join(ml['label_cols'])} (0/1 columns)"
     elif task == "multilabel":
         labels_txt = f"labels in {label} joined by '{s.get('label_sep')}'"
-    if task == "multilabel" and "metric" not in s:
+    if "metric" in overlay and "metric" not in s:  # the shape's default, not accuracy
         extras = f" metric={overlay['metric']}" + extras
     line = (f"data: {d}: {source}: task={task}, text {'+'.join(shown)}, {labels_txt}, "
             f"id {id_col}{extras}")
@@ -240,8 +242,8 @@ def _read_settings(path: Path) -> dict[str, Any]:
                 raise CompError(f"{path}: key 'folds': expected an integer >= 2, got {v!r}")
         elif not isinstance(v, str):
             raise CompError(f"{path}: key '{k}': expected a string, got {v!r}")
-        elif k == "task" and v not in ("single", "pair", "multilabel"):
-            raise CompError(f"{path}: key 'task': '{v}' is not single, pair or multilabel")
+        elif k == "task" and v not in task_names():
+            raise CompError(f"{path}: key 'task': '{v}' is not {task_choices()}")
         elif k == "metric" and v not in METRICS:
             raise CompError(f"{path}: key 'metric': '{v}' is not one of {', '.join(METRICS)}")
         elif k in ("label_col", "id_col") and not v:

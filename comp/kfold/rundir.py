@@ -70,6 +70,16 @@ class Member:
     unlabelled_by_fold: np.ndarray | None = None  # (K, n_unlabelled, C)
     train_by_fold: np.ndarray | None = None  # (K, n_train, C) fold k's model on every train row
 
+    @property
+    def fold_ids(self) -> list[int]:
+        """The fold each row of the *_by_fold arrays belongs to: cv.json's folds_used for a
+        member on a subset of folds (data.use_folds), else 0..K-1."""
+        used = self.cv.get("folds_used")
+        if used:
+            return [int(f) for f in used]
+        n = len(self.test_by_fold) if self.test_by_fold is not None else 0
+        return list(range(n))
+
 
 class RunDir:
     """runs/<name>/: reads, writes and checks one member's files and fold markers.
@@ -229,11 +239,11 @@ class RunDir:
             if unl is not None and (d / "unlabelled_by_fold.npy").exists():
                 unl_k = stacked(d / "unlabelled_by_fold.npy", unl, len(test_k), ml)
             return test_k, unl_k
-        k = len(cv.get("fold_scores") or [])
+        own = [int(f) for f in cv.get("folds_used") or range(len(cv.get("fold_scores") or []))]
 
         def from_folds(name: str, like: np.ndarray) -> np.ndarray | None:
-            files = [self.fold_dir(f) / name for f in range(k)]
-            if k < 2 or not all(f.exists() for f in files):
+            files = [self.fold_dir(f) / name for f in own]
+            if len(own) < 2 or not all(f.exists() for f in files):
                 return None
             a = np.stack([check_proba(np.load(f), f, n_classes, ml) for f in files])  # (K, n, C)
             if a.shape[1:] != like.shape or not np.allclose(a.mean(0), like, atol=1e-4):

@@ -5,6 +5,8 @@ A member turns a Competition and the shared fold table into runs/<name>/:
   oof.npy (n_train, C), test.npy (n_test, C), classes.json, cv.json, recipe.toml
   fold{k}/unlabelled_proba.npy, unlabelled.npy (n_unlabelled, C)     (when data.extra is set)
   fold{k}/train_proba.npy, train_by_fold.npy (K, n_train, C)          (with train.predict_train)
+On a subset of folds (data.use_folds) the per-fold arrays hold those folds, in cv.json's
+folds_used order.
 
 A fold predicts `ctx.predict_texts`: the test texts, then the unlabelled texts of `data.extra`.
 The runner splits that (n_test + n_unlabelled, C) block into test and unlabelled probabilities,
@@ -341,12 +343,12 @@ def assemble(recipe: Recipe, comp: Competition, folds: np.ndarray,
         unl = np.zeros((len(comp.unlabelled_texts), comp.n_classes), dtype=np.float64)
         for f in own:
             unl += np.load(run_dir / f"fold{f}" / "unlabelled_proba.npy") / n
-    train_k = None  # (K, n_train, C): fold k's model on every train row
-    if n == k and all(m.get("train_predicted") for m in metas):
-        train_k = np.zeros((k, *oof.shape), dtype=np.float32)
-        for f in range(k):
-            train_k[f, folds == f] = oof[folds == f]
-            train_k[f, folds != f] = np.load(run_dir / f"fold{f}" / "train_proba.npy")
+    train_k = None  # (len(own), n_train, C): fold own[i]'s model on every train row
+    if all(m.get("train_predicted") for m in metas):
+        train_k = np.zeros((n, *oof.shape), dtype=np.float32)
+        for i, f in enumerate(own):
+            train_k[i, folds == f] = oof[folds == f]
+            train_k[i, folds != f] = np.load(run_dir / f"fold{f}" / "train_proba.npy")
     cv = {
         "name": recipe.name,
         "kind": recipe.kind,

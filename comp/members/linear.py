@@ -360,7 +360,7 @@ def train_linear(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
 
     comp = load_competition(recipe.data)
     cfg = recipe.linear
-    if cfg.pair and comp.task != "pair":
+    if cfg.pair and not comp.shape.pair:
         raise CompError(f"recipe key 'linear.pair': {comp.dir} is not a pair task (set "
                         "data.task='pair' and two data.text_cols, or a competition.toml)")
     feats = LinearFeatures(recipe, comp)

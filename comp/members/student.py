@@ -41,8 +41,8 @@ the student is exactly a fusion member trained on hard labels.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,7 @@ from comp.core.utils import CompError, log, read_json, write_json
 from comp.data.competition import Competition, load_competition
 from comp.data.folds import folds_hash, load_folds
 from comp.kfold.extra import ExtraRows
+from comp.kfold.rundir import read_member
 from comp.kfold.runner import FoldContext, run_member
 from comp.nn.fusion import model_inputs
 from comp.nn.losses import ClassificationLoss
@@ -95,6 +96,7 @@ class Teacher:
     train_by_fold: np.ndarray | None = None  # (K, n_train, C)
     test_by_fold: np.ndarray | None = None  # (K, n_test, C)
     unlabelled_by_fold: np.ndarray | None = None  # (K, n_unlabelled, C)
+    fold_ids: list[int] = field(default_factory=list)  # the fold of each *_by_fold row
 
     @property
     def fingerprint(self) -> str:
@@ -112,7 +114,7 @@ class Teacher:
         models ("fold") or the OOF ("oof")."""
         if mode == "oof":
             return self.oof[train_idx]
-        return self.train_by_fold[fold][train_idx]
+        return self.train_by_fold[self.fold_ids.index(fold)][train_idx]
 
 
 def resolve_path(p: str, base: Path) -> Path:
@@ -151,8 +153,6 @@ def load_teacher(path: str | Path, comp: Competition, folds: np.ndarray) -> Teac
         raise CompError(f"{p}: teacher manifest not found")
     by_fold: dict[str, np.ndarray | None] = {}
     if p.is_dir():
-        from comp.kfold.rundir import read_member
-
         for f in ("oof.npy", "test.npy", "classes.json", "cv.json"):
             if not (p / f).exists():
                 raise CompError(f"{p}: teacher directory has no {f} (not a finished member?)")
@@ -162,6 +162,7 @@ def load_teacher(path: str | Path, comp: Competition, folds: np.ndarray) -> Teac
         if (p / "unlabelled.npy").exists():
             info["unlabelled"] = str(p / "unlabelled.npy")
         m = read_member(p)
+        fold_ids = m.fold_ids
         by_fold = {"train_by_fold": m.train_by_fold, "test_by_fold": m.test_by_fold,
                    "unlabelled_by_fold": m.unlabelled_by_fold}
         base = p
@@ -199,7 +200,9 @@ def load_teacher(path: str | Path, comp: Competition, folds: np.ndarray) -> Teac
         if a.shape != shape:
             raise CompError(f"{f}: teacher {key} probabilities have shape {a.shape}, expected "
                             f"{shape} for {comp.dir}")
-        if not np.isfinite(a).all() or (a < 0).any():
+        # a teacher on some folds only (folds_used) leaves the other rows of its OOF NaN
+        rows = ~np.isnan(a).all(-1) if key == "oof" and info.get("folds_used") else ...
+        if not np.isfinite(a[rows]).all() or (a[rows] < 0).any():
             raise CompError(f"{f}: teacher {key} probabilities are not finite and >= 0")
         a = a[..., order].astype(np.float64)
         if comp.multilabel:  # one probability per label: nothing to renormalise
@@ -218,7 +221,11 @@ def load_teacher(path: str | Path, comp: Competition, folds: np.ndarray) -> Teac
     for key, n in keys:
         a, f = read(key)
         arrays.append(checked(a, f, key, (n, len(classes))))
-    k = int(folds.max()) + 1
+    # an ensemble of members on some folds only has per-fold predictions of those folds
+    if not p.is_dir():
+        fold_ids = [int(f) for f in info.get("folds_used") or []]
+    fold_ids = fold_ids or list(range(int(folds.max()) + 1))
+    k = len(fold_ids)
     for key, n in (("train_by_fold", want["n_train"]), ("test_by_fold", want["n_test"]),
                    ("unlabelled_by_fold", shapes.get("unlabelled"))):
         a, f = by_fold.get(key), p
@@ -227,7 +234,7 @@ def load_teacher(path: str | Path, comp: Competition, folds: np.ndarray) -> Teac
         by_fold[key] = None if a is None or n is None else checked(a, f, key,
                                                                    (k, n, len(classes)))
     return Teacher(arrays[0], arrays[1], p, info, arrays[2] if len(arrays) > 2 else None,
-                   **by_fold)
+                   **by_fold, fold_ids=fold_ids)
 
 
 def _teacher_unlabelled(info: dict, p: Path, comp: Competition) -> bool:
@@ -436,13 +443,16 @@ def train_student(recipe: Recipe, folds_to_run: list[int] | None = None, force: 
     teacher = None
     if dcfg.teacher:
         teacher = load_teacher(dcfg.teacher, comp, folds)
-        agree = (f"label accuracy at 0.5 {((teacher.oof >= 0.5) == comp.labels).mean():.4f}"
-                 if comp.multilabel else
-                 f"accuracy {(teacher.oof.argmax(1) == comp.labels).mean():.4f}")
+        have = ~np.isnan(teacher.oof).any(1)
+        oof, y = teacher.oof[have], comp.labels[have]
+        agree = (f"label accuracy at 0.5 {((oof >= 0.5) == y).mean():.4f}" if comp.multilabel
+                 else f"accuracy {(oof.argmax(1) == y).mean():.4f}")
         log(f"{recipe.name}: teacher {teacher.path} (OOF {agree}), alpha={dcfg.alpha} "
             f"T={dcfg.temperature} loss={dcfg.loss} targets={dcfg.targets}")
         if dcfg.alpha < 1:
-            check_fold_targets(teacher, dcfg.targets, dcfg.use_test, int(folds.max()) + 1)
+            want = (list(folds_to_run or recipe.data.use_folds)
+                    or list(range(int(folds.max()) + 1)))
+            check_fold_targets(teacher, dcfg.targets, dcfg.use_test, want)
     elif dcfg.alpha < 1:
         raise CompError("recipe key 'distill.teacher': no teacher manifest; pass --teacher "
                         "(a .json from `comp ensemble`) or set distill.alpha = 1")
@@ -467,10 +477,15 @@ def train_student(recipe: Recipe, folds_to_run: list[int] | None = None, force: 
     return cv
 
 
-def check_fold_targets(teacher: Teacher, mode: str, use_test: bool, k: int) -> None:
-    """Refuse fold-honest distillation from a teacher without per-fold predictions; warn on
-    OOF targets."""
+def check_fold_targets(teacher: Teacher, mode: str, use_test: bool, folds: Sequence[int]
+                       ) -> None:
+    """Refuse fold-honest distillation from a teacher without per-fold predictions for the
+    student's `folds`; warn on OOF targets."""
     if mode == "oof":
+        if np.isnan(teacher.oof).any():
+            raise CompError(f"{teacher.path}: the teacher has OOF predictions on folds "
+                            f"{teacher.fold_ids} only; distill.targets=oof needs every row's, "
+                            "so use distill.targets=fold")
         log(f"warning: distill.targets=oof: training targets from {teacher.path} came from "
             "models that saw each fold's validation labels, so the student's CV is optimistic "
             "(its hidden score is honest)")
@@ -485,9 +500,12 @@ def check_fold_targets(teacher: Teacher, mode: str, use_test: bool, k: int) -> N
     if use_test and teacher.test_by_fold is None:
         raise CompError(f"{teacher.path}: the teacher has no per-fold test predictions "
                         f"(test_by_fold) for distill.use_test; {fix}")
-    if len(teacher.train_by_fold) != k:
-        raise CompError(f"{teacher.path}: the teacher has {len(teacher.train_by_fold)} folds of "
-                        f"predictions, the student's fold table {k}")
+    lacking = [f for f in folds if f not in teacher.fold_ids]
+    if lacking:
+        raise CompError(f"{teacher.path}: the teacher has per-fold predictions of folds "
+                        f"{teacher.fold_ids} (a member covers only those), not of the student's "
+                        f"folds {lacking}; train the student on those folds (--folds) or train "
+                        "the member on every fold")
 
 
 def teacher_rows(teacher: Teacher, comp: Competition, mode: str, weight: float,
@@ -506,6 +524,6 @@ def teacher_rows(teacher: Teacher, comp: Competition, mode: str, weight: float,
         log(f"{teacher.path}: no per-fold unlabelled predictions (a member lacks "
             "fold{k}/unlabelled_proba.npy); the student learns from the test rows only")
     targets = np.concatenate(blocks)  # (blocks * n, C)
-    folds = np.repeat(np.arange(len(blocks)), len(texts)) if per_fold else None
+    folds = np.repeat(np.array(teacher.fold_ids), len(texts)) if per_fold else None
     return ExtraRows(texts * len(blocks), targets, np.full(len(targets), weight),
                      source="teacher", folds=folds, folds_hash=table_hash if per_fold else "")

@@ -44,6 +44,7 @@ from comp.core.utils import CompError, log, progress
 from comp.data.competition import PAIR_SEP, split_pair
 from comp.nn.align import char_to_token_index, gather_to_grid, pair_budgets, truncate, windows
 from comp.nn.heads import Classifier, create_head, masked_mean
+from comp.tasks.shapes import Task, task_of
 
 __all__ = ["FusionModel", "FeatureCache", "BottomCache", "TokenMemo", "build_fusion",
            "resolve_backbones", "fold_backbones", "write_fold_backbones", "checkpoint_state",
@@ -156,6 +157,7 @@ class FusionModel(nn.Module):
         self.backbone_dim = sum(int(b.hidden_size) for b in backbones)
         self.vector_dim = sum(int(v.dim) for v in vectors)
         self.pair = cfg.pair if pair else ""  # "" | joint | siamese
+        self.task: Task = task_of("single")  # the caller sets the competition's shape
         self.segment = nn.Embedding(2, SEGMENT_DIM) if self.pair == "joint" else None
         self.segment_dim = SEGMENT_DIM if self.segment is not None else 0
         grid_dim = self.backbone_dim + self.vector_dim + self.segment_dim
@@ -427,6 +429,11 @@ class FusionModel(nn.Module):
             u, v = uv.chunk(2)  # (B, P + D) each
             pooled = self.pair_mlp(torch.cat([u, v, (u - v).abs(), u * v], dim=-1))  # (B, P)
         return self.classifier(pooled, [c.float() for c in cls])
+
+    @property
+    def multilabel(self) -> bool:
+        """One independent probability per label (the task shape's outputs)."""
+        return self.task.multilabel
 
     def forward(self, batch: dict) -> Tensor:
         """A prepared batch -> (B, C) logits."""
@@ -745,7 +752,7 @@ def build_fusion(recipe: Recipe, n_classes: int,
                 "features from this backbone")
         backbones.append(b)
     vectors = [_load_grid_vectors(cfg, kind) for kind in cfg.vectors]
-    pair = recipe.data.task == "pair"
+    pair = recipe.data.shape.pair
     if not pair and (cfg.pair != "joint" or cfg.pair_tta or train_swap(recipe)):
         raise CompError(f"recipe '{recipe.name}': model.pair / model.pair_tta / "
                         f"train.pair_swap need a pair task (data.task is {recipe.data.task})")
@@ -810,11 +817,11 @@ def fold_backbones(fold_dir: Path, recipe: Recipe) -> list[str]:
 
 def load_fold_model(ckpt: Path, recipe: Recipe, n_classes: int) -> FusionModel:
     """A trained fold's network: built from the backbone folders the fold recorded (never
-    imported or pruned again), its model.pt loaded, one sigmoid per label on a multi-label
-    task. On CPU, in train mode like `build_fusion`."""
+    imported or pruned again), its model.pt loaded, its task shape set (one sigmoid per label on a
+    multi-label task). On CPU, in train mode like `build_fusion`."""
     model = build_fusion(recipe, n_classes, fold_backbones(Path(ckpt).parent, recipe))
     load_checkpoint(model, ckpt)
-    model.multilabel = recipe.data.task == "multilabel"
+    model.task = task_of(recipe.data.task)
     return model
 
 

@@ -52,7 +52,7 @@ class TextCNNTables:
         head = model.head
         self.cfg = model.cfg
         self.n_classes = model.n_classes
-        self.multilabel = getattr(model, "multilabel", False)
+        self.task = model.task
         self.vectors = list(model.vectors)  # only their ids(): texts -> vocabulary ids
         self.kmax = max(head.kernel_sizes)
         self.classifier = copy.deepcopy(model.classifier).cpu().eval()  # tables serve on CPU
@@ -109,8 +109,7 @@ class TextCNNTables:
             count = torch.from_numpy(lens[idx]).to(h.dtype)[:, None]  # (B, 1)
             pooled = torch.cat([h.amax(dim=1), h.sum(dim=1) / count], dim=-1)  # (B, 2 width)
             logits = self.classifier(pooled, [])
-            proba[idx] = (torch.sigmoid(logits) if self.multilabel  # one sigmoid per label
-                          else torch.softmax(logits, dim=-1)).numpy()
+            proba[idx] = self.task.activate(logits).numpy()
         return proba
 
 

@@ -125,9 +125,7 @@ def predict(model: FusionModel, rows: Rows, batch_size: int = 128,
     for idx in progress(mine, desc=desc):
         with autocast():
             logits = model(make_batch(model, rows, idx, cache, device))  # (B, C)
-        logits = logits.float()  # a multi-label model (comp.data): one sigmoid per label
-        proba[idx] = (torch.sigmoid(logits) if getattr(model, "multilabel", False)
-                      else torch.softmax(logits, dim=-1)).cpu().numpy()
+        proba[idx] = model.task.activate(logits.float()).cpu().numpy()
     if world > 1:
         import torch.distributed as dist
 
@@ -395,8 +393,7 @@ class FusionData:
         # a vocabulary missing most characters trains on [UNK]s: stop before the first fold
         for i, (bc, b) in enumerate(zip(cfg.backbones, model.backbones)):
             check_vocab_coverage(b, comp.train_texts, f"model.backbones[{i}] ({bc.path})")
-        y = (comp.labels.astype(np.float32) if comp.multilabel  # (n, L) 0/1 already
-             else np.eye(comp.n_classes, dtype=np.float32)[comp.labels])
+        y = comp.shape.targets(comp.labels, comp.n_classes)
         self.rows = make_rows(comp.train_texts, cfg, y)
         self.test = make_rows(comp.predict_texts, cfg, np.zeros((len(comp.predict_texts),
                                                                  comp.n_classes), np.float32))
@@ -437,7 +434,7 @@ def start_fold(ctx: FoldContext, data: FusionData) -> tuple[FusionModel, str]:
     model = build_fusion(recipe, ctx.comp.n_classes, data.backbone_paths)
     if rank == 0:
         write_fold_backbones(ctx.dir, recipe, data.backbone_paths)
-    model.multilabel = ctx.comp.multilabel  # sigmoid outputs in `predict`
+    model.task = ctx.comp.shape  # its outputs in `predict`
     model.tokens = data.tokens  # every fold tokenizes the same texts: once per member
     model.to(_device())
     if world > 1:  # identical starting weights on every rank
@@ -587,7 +584,7 @@ def _kept_model(ctx: FoldContext, data: FusionData) -> FusionModel | None:
     if not ckpt.exists():
         return None
     model = load_fold_model(ckpt, ctx.recipe, ctx.comp.n_classes)
-    model.multilabel = ctx.comp.multilabel  # also inferred from the data, not only the recipe
+    model.task = ctx.comp.shape  # inferred from the data, not only the recipe
     model.tokens = data.tokens
     model.to(_device())
     data.ensure_rows(model)

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from comp.core.utils import CompError, log, write_json, write_text
+from comp.tasks.shapes import task_of
 
 Perturb = Callable[[str, random.Random], str]
 
@@ -512,16 +513,6 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     return lo, 1.0 if k == n else min(1.0, centre + half)
 
 
-def predictive_entropy(proba: np.ndarray, multilabel: bool = False) -> np.ndarray:
-    """(n,) entropy in nats: of each row's class distribution; multi-label: the sum of the
-    labels' binary entropies."""
-    p = np.clip(np.asarray(proba, dtype=float), 1e-12, 1.0)
-    if multilabel:
-        q = np.clip(1.0 - p, 1e-12, 1.0)
-        return -(p * np.log(p) + q * np.log(q)).sum(1)
-    return -(p * np.log(p)).sum(1)
-
-
 class _Predictions:
     """Every text's probabilities and predicted label (set), each distinct text predicted once."""
 
@@ -694,7 +685,7 @@ def harvest_uncertain(model: Any, ids: Sequence[str], texts: Sequence[str], n: i
     pred = cache or _Predictions(model)
     pred.add(texts)
     p = np.stack([pred.proba(t) for t in texts]) if texts else np.zeros((0, len(pred.classes)))
-    ent = predictive_entropy(p, pred.thresholds is not None)
+    ent = task_of("multilabel" if pred.thresholds is not None else "single").entropy(p)
     order = sorted(range(len(texts)), key=lambda i: (-ent[i], i))[:n]
     return [{"id": ids[i], "text": texts[i].replace(PAIR_SEP, " || "),
              "entropy": round(float(ent[i]), 6),
@@ -856,7 +847,7 @@ def run_check(source: str | Path, texts: str | Path | None = None, suite: str = 
         sample = sorted(random.Random(seed).sample(sample, max_texts))
     cache = _Predictions(model)
     report = check_model(model, [tested[i] for i in sample], the_suite, seed, pairs,
-                         pair=cfg.task == "pair", n_examples=n_examples, cache=cache)
+                         pair=cfg.shape.pair, n_examples=n_examples, cache=cache)
     report = {"source": str(source), "texts": where, **report}
     uncertain = harvest_uncertain(model, ids, tested, harvest, cache) if harvest else None
     paths = write_report(report, out, uncertain)

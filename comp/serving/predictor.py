@@ -34,6 +34,7 @@ from comp.data.readers import Table
 from comp.data.recipes import load_recipe
 from comp.members.registry import create_member
 from comp.nn.serving import Predictor
+from comp.tasks.shapes import Task, task_of
 
 BUNDLE_MANIFEST = "bundle.json"
 
@@ -56,15 +57,17 @@ class _Labels:
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         raise NotImplementedError
 
+    @property
+    def shape(self) -> Task:
+        """The task shape whose decision rule predict() applies."""
+        return task_of("multilabel" if self.multilabel else "single")
+
     def predict(self, texts: Sequence[str]) -> list[str] | list[list[str]]:
         """Class labels; multi-label: each text's list of labels."""
-        p = self.predict_proba(texts)
-        if self.thresholds is None:
-            return [self.classes[i] for i in p.argmax(1)]
-        from comp.tasks.thresholds import apply_thresholds
-
-        return [[c for c, v in zip(self.classes, row) if v]
-                for row in apply_thresholds(p, self.thresholds)]
+        decided = self.shape.decide(self.predict_proba(texts), self.thresholds)
+        if not self.multilabel:
+            return [self.classes[i] for i in decided]
+        return [[c for c, v in zip(self.classes, row) if v] for row in decided]
 
 
 def _thresholds(meta: dict, classes: list[str], where: Path) -> np.ndarray | None:
@@ -144,7 +147,7 @@ def load_member(run_dir: str | Path, folds: Sequence[int] | None = None,
         recipe = bundled_recipe(recipe, root)
     classes = [str(c) for c in read_json(d / "classes.json")]
     thresholds = _thresholds(cv, classes, d / "cv.json")
-    if thresholds is not None and recipe.data.task != "multilabel":  # inferred from the data
+    if thresholds is not None and not recipe.data.shape.multilabel:  # inferred from the data
         recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data,
                                                                       task="multilabel"))
     kind = create_member(recipe)
@@ -231,7 +234,7 @@ def read_test(path: str | Path, cfg: DataConfig) -> tuple[list[str], list[str]]:
         raise CompError(f"{path}: no data rows (header only)")
     cols = text_columns(table, cfg)
     warnings: list[str] = []
-    texts = read_texts(table, cols, cfg.text_sep, warnings, pair=cfg.task == "pair")
+    texts = read_texts(table, cols, cfg.text_sep, warnings, pair=cfg.shape.pair)
     for w in warnings:
         log(f"warning: {w}")
     unknown = [c for c in table.columns if c not in (*cols, cfg.id_col)]

@@ -291,6 +291,9 @@ def _by_fold_proba(man: dict, man_path: Path, comp: Competition, n_classes: int,
     if not man.get("test_by_fold"):
         return None, (f"{man_path.name} has no per-fold predictions: its ensemble was made "
                       "before them or a member lacks fold{k}/test_proba.npy")
+    if man.get("folds_used"):
+        return None, (f"{man_path.name} has per-fold predictions of folds {man['folds_used']} "
+                      "only (a member covers only those), and every fold needs its own rows")
     test_k = load("test_by_fold", n_test, "test")
     if not with_unlabelled:
         return test_k, ""

@@ -418,7 +418,7 @@ def competition_texts(data_dir: str | Path | None = None, data=None, comp=None) 
     if comp is None:
         comp = load_competition(data if data is not None else DataConfig(dir=str(data_dir)))
     texts = list(comp.train_texts) + list(comp.predict_texts)
-    if comp.task == "pair":
+    if comp.shape.pair:
         return [side for t in texts for side in t.split(PAIR_SEP)]
     return texts
 
