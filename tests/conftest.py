@@ -9,6 +9,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("COMP_QUIET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
@@ -84,6 +85,38 @@ def make_small_competition(root, n_train: int = 400, n_test: int = 100, seed: in
 def small_comp(tmp_path):
     """Path of a small sentiment competition folder (400 train, 100 test rows)."""
     return make_small_competition(tmp_path / "comp")
+
+
+def noise_competition(root, n: int = 100, seed: int = 0, length=(6, 12), alphabet: int = 300,
+                      balanced: bool = True, copies: str = "", n_test: int = 10):
+    """The noise-label competition every honesty test shares: distinct random-character texts
+    with random labels, so nothing can be learnt and an honest CV sits at chance.
+
+    Args:
+        length: characters per text (an int) or a (low, high) range.
+        alphabet: how many CJK characters texts draw from.
+        balanced: exactly half neg and half pos (a model leaning to the bigger class gains
+            nothing) rather than drawn at random.
+        copies: "" (random test texts), "test" (each test text is a train text + one
+            character) or "train" (every train text has a near-copy in the train set, rows
+            2i and 2i + 1, with its own random label).
+    """
+    rng = np.random.default_rng(seed)
+    chars = [chr(c) for c in range(0x4E00, 0x4E00 + alphabet)]
+    size = (lambda: length) if isinstance(length, int) else (
+        lambda: int(rng.integers(length[0], length[1])))
+    texts: list[str] = []
+    while len(texts) < n:
+        t = "".join(rng.choice(chars, size()))
+        if t not in texts:
+            texts.append(t)
+    if copies == "train":
+        texts = [t for x in texts for t in (x, x + "啊")]
+    labels = (rng.permutation(["neg", "pos"] * (len(texts) // 2)) if balanced
+              else rng.choice(["neg", "pos"], len(texts)))
+    test = ([t + "啊" for t in texts] if copies == "test"
+            else ["".join(rng.choice(chars, 8)) for _ in range(n_test)])
+    return write_train_test(root, texts, labels, test)
 
 
 def write_train_test(root, texts, labels, test_texts):

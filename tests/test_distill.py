@@ -603,15 +603,10 @@ def test_teacher_unlabelled_rows_teach_the_student(small_comp, vec_dir, tmp_path
 
 def _pairs_competition(root: Path, n: int = 60, seed: int = 5) -> Path:
     """Train texts in near-copy pairs (x, x + one character) with independent noise labels."""
-    rng = np.random.default_rng(seed)
-    chars = [chr(c) for c in range(0x4E00, 0x4E00 + 400)]
-    base = sorted({"".join(rng.choice(chars, 6)) for _ in range(n)})
-    texts = [t for x in base for t in (x, x + "啊")]
-    labels = rng.choice(["neg", "pos"], len(texts))
-    from conftest import write_train_test
+    from conftest import noise_competition
 
-    return write_train_test(root, texts, labels, ["".join(rng.choice(chars, 7))
-                                                  for _ in range(20)])
+    return noise_competition(root, n, seed, length=6, alphabet=400, balanced=False,
+                             copies="train", n_test=20)
 
 
 @pytest.mark.parametrize("targets", ["fold", "oof"])

@@ -20,20 +20,10 @@ TRIALS = 300  # the best of that many independent draws sits ~2.9 standard devia
 
 
 def noise_competition(root: Path, n: int = N, seed: int = 0) -> Path:
-    """Distinct random-character texts with exactly balanced random labels: nothing to learn,
-    and a model that leans to the bigger class gains nothing either."""
-    from conftest import write_train_test
+    """The shared noise-label competition (conftest): balanced random labels."""
+    from conftest import noise_competition as shared
 
-    rng = np.random.default_rng(seed)
-    chars = [chr(c) for c in range(0x4E00, 0x4E00 + 300)]
-    texts: list[str] = []
-    while len(texts) < n:
-        t = "".join(rng.choice(chars, int(rng.integers(6, 12))))
-        if t not in texts:
-            texts.append(t)
-    labels = rng.permutation(["neg", "pos"] * (n // 2))
-    test = ["".join(rng.choice(chars, 8)) for _ in range(10)]
-    return write_train_test(root, texts, labels, test)
+    return shared(root, n, seed)
 
 
 @pytest.fixture(scope="module")

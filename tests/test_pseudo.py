@@ -2,7 +2,7 @@ import csv
 
 import numpy as np
 import pytest
-from conftest import near_memoriser, write_train_test
+from conftest import near_memoriser
 
 from comp.blend.ensemble import run_ensemble
 from comp.config.schema import DataConfig
@@ -218,11 +218,10 @@ def test_validation_texts_in_the_unlabelled_file_never_train_their_own_fold(smal
 
 def _noise_competition(root, n=90, seed=3):
     """Train texts with random labels; every test text is a train text plus one character."""
-    rng = np.random.default_rng(seed)
-    chars = [chr(c) for c in range(0x4E00, 0x4E00 + 400)]
-    texts = sorted({"".join(rng.choice(chars, 6)) for _ in range(n)})[:n]
-    labels = rng.choice(["neg", "pos"], len(texts))
-    return write_train_test(root, texts, labels, [t + "啊" for t in texts])
+    from conftest import noise_competition
+
+    return noise_competition(root, n, seed, length=6, alphabet=400, balanced=False,
+                             copies="test")
 
 
 def _leaks(pseudo, comp, folds):

@@ -30,7 +30,7 @@ from comp.kfold.extra import ExtraRows
 from comp.nn.distributed import amp_setup
 from comp.nn.fusion import FeatureCache, build_fusion, grid_texts
 from comp.nn.optim import EMA, Adversary, lr_scheduler, param_groups
-from comp.nn.rows import Rows, eval_batches, make_rows, shard_rows, train_batches
+from comp.nn.rows import LengthGroupedBatchSampler, Rows, eval_batches, make_rows, train_batches
 from comp.nn.trainer import fit, predict, train_fusion
 
 POS = ["很好", "满意", "不错", "推荐", "干净", "舒服", "喜欢"]
@@ -583,7 +583,7 @@ def test_bucketed_batches_cover_rows_once_with_less_padding():
     assert np.all(np.diff(lengths[flat]) >= 0)
 
 
-def test_rows_take_concat_average_and_shard():
+def test_rows_take_concat_and_average():
     cfg = ModelConfig(max_chars=4, truncation="window", window_stride=2)
     rows = make_rows(["abcdefgh", "xy", "1234567"], cfg, np.eye(3, dtype=np.float32))
     assert rows.source.tolist() == [0, 0, 0, 1, 2, 2, 2]
@@ -596,9 +596,29 @@ def test_rows_take_concat_average_and_shard():
     avg = rows.average(p)
     np.testing.assert_allclose(avg[1], p[3])
     np.testing.assert_allclose(avg[0], p[:3].mean(0))
-    shards = [shard_rows(rows, r, 2, seed=0) for r in range(2)]
-    assert len(shards[0]) == len(shards[1]) == 4
-    assert set(shards[0].texts) | set(shards[1].texts) == set(rows.texts)
+
+
+def test_the_batch_sampler_deals_every_rank_a_new_share_every_epoch():
+    """DistributedSampler under the length grouping: two ranks together cover every row each
+    epoch with the same number of batches, the shares change between epochs, an epoch replays
+    exactly, and one rank sees every row once."""
+    lengths = np.random.default_rng(0).integers(1, 100, size=101)
+
+    def epoch(rank, world, e, bucket=True):
+        s = LengthGroupedBatchSampler(lengths, 8, seed=3, bucket=bucket, rank=rank, world=world)
+        s.set_epoch(e)
+        return [list(b) for b in s], len(s)
+
+    (a, na), (b, nb) = epoch(0, 2, 0), epoch(1, 2, 0)
+    assert len(a) == na == len(b) == nb == 7  # 51 rows each (101 padded to 102)
+    assert set(sum(a, [])) | set(sum(b, [])) == set(range(101))
+    assert set(sum(epoch(0, 2, 1)[0], [])) != set(sum(a, []))  # dealt anew
+    assert epoch(0, 2, 0)[0] == a
+    one, n = epoch(0, 1, 0)
+    assert sorted(sum(one, [])) == list(range(101)) and n == len(one) == 13
+    plain, _ = epoch(0, 1, 0, bucket=False)
+    spread = [np.ptp(lengths[x]) for x in one]
+    assert np.mean(spread) < np.mean([np.ptp(lengths[x]) for x in plain])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -655,8 +675,9 @@ def test_two_process_ddp_trains_shards_and_rank0_writes(bert_dir, comp_dir, tmp_
     assert len(r0["folds"]) == len(r1["folds"]) == 2
     for a, b in zip(r0["folds"], r1["folds"]):
         assert a["sum"] == b["sum"]  # averaged gradients keep the ranks in lockstep
-        # half of a fold's 12 training rows each, once 2 are held out to choose the epoch
-        assert a["rows"] == b["rows"] == 5
+        # a fold's 12 training rows, 2 held out to choose the epoch; the batch sampler deals
+        # each rank half of the other 10 every epoch
+        assert a["rows"] == b["rows"] == 10
     run = tmp_path / "runs" / "toy_fusion"
     assert np.load(run / "oof.npy").shape == (24, 2)
     assert np.load(run / "test.npy").shape == (6, 2)

@@ -14,7 +14,8 @@ from torch import Tensor
 from comp.config.schema import ModelConfig
 from comp.nn.fusion import grid_len, grid_texts
 
-__all__ = ["Rows", "make_rows", "shard_rows", "inner_split", "train_batches", "eval_batches"]
+__all__ = ["Rows", "make_rows", "inner_split", "train_batches", "eval_batches",
+           "LengthGroupedBatchSampler"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,15 +110,6 @@ def make_rows(texts: Sequence[str], cfg: ModelConfig, targets: np.ndarray,
                 src, len(texts))
 
 
-def shard_rows(rows: Rows, rank: int, world: int, seed: int) -> Rows:
-    """This rank's share of `rows`: a seeded permutation, padded by wrapping to a multiple of
-    `world` so every rank runs the same number of steps."""
-    perm = np.random.default_rng(seed).permutation(len(rows))
-    pad = (-len(perm)) % world
-    perm = np.concatenate([perm, perm[:pad]])
-    return rows.subset(perm[rank::world])
-
-
 def inner_split(labels: np.ndarray, texts: Sequence[str], frac: float, seed: int
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Positions (fit, select) of a fold's training rows: `select` (about `frac` of them) is
@@ -184,12 +176,67 @@ def train_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator
     order = np.arange(n) if rng is None else rng.permutation(n)
     if not bucket or rng is None:
         return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    return group_by_length(order, lengths, batch_size, rng, pool)
+
+
+def group_by_length(order: np.ndarray, lengths: np.ndarray, batch_size: int,
+                    rng: np.random.Generator, pool: int = 50) -> list[np.ndarray]:
+    """Batches of `order` (already shuffled) whose rows have similar lengths: cut into pools of
+    `pool` batches, sort each pool by length, cut it into batches, shuffle the batches."""
     batches: list[np.ndarray] = []
-    for lo in range(0, n, batch_size * pool):
+    for lo in range(0, len(order), batch_size * pool):
         chunk = order[lo:lo + batch_size * pool]
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
         batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+class LengthGroupedBatchSampler(torch.utils.data.Sampler):
+    """One rank's training batches for a DataLoader: every epoch (`set_epoch`) the rows are
+    dealt anew (several ranks: torch's DistributedSampler, each rank its share, padded by
+    wrapping so every rank runs the same number of steps; one process: a seeded permutation),
+    then `group_by_length` batches rows of similar length together when `bucket`.
+
+    Args:
+        lengths: (n,) row lengths (characters of the grid text).
+        batch_size: rows per batch.
+        seed: with the epoch, fixes the order.
+        bucket: group by length (else batches in the dealt order).
+        rank, world: this process and the number of processes (torch.distributed).
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, bucket: bool = True,
+                 rank: int = 0, world: int = 1) -> None:
+        from torch.utils.data import DistributedSampler
+
+        self.lengths, self.batch_size, self.seed, self.bucket = lengths, batch_size, seed, bucket
+        self.rows = (DistributedSampler(range(len(lengths)), num_replicas=world, rank=rank,
+                                        shuffle=True, seed=seed) if world > 1 else None)
+        self.key: tuple[int, ...] = (0,)
+
+    def set_epoch(self, epoch: int, key: tuple[int, ...] = ()) -> None:
+        """Deal and group the rows for this epoch (same epoch and key, same batches); `key`
+        seeds the shuffles instead of the epoch number (the fit loop: phase, epoch in phase)."""
+        self.key = key or (epoch,)
+        if self.rows is not None:
+            self.rows.set_epoch(epoch)
+
+    def batches(self) -> list[np.ndarray]:
+        """This epoch's batches of row indices."""
+        rng = np.random.default_rng([self.seed, *self.key])
+        if self.rows is None:  # one process: the rows in a seeded order
+            return train_batches(self.lengths, self.batch_size, rng, self.bucket)
+        order = np.fromiter(iter(self.rows), dtype=np.int64, count=len(self.rows))
+        if not self.bucket:
+            return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return group_by_length(order, self.lengths, self.batch_size, rng)
+
+    def __iter__(self):  # noqa: ANN204 - a Sampler's iterator of index lists
+        return (b.tolist() for b in self.batches())
+
+    def __len__(self) -> int:
+        n = len(self.rows) if self.rows is not None else len(self.lengths)
+        return -(-n // self.batch_size)
 
 
 def eval_batches(lengths: np.ndarray, batch_size: int, bucket: bool = True) -> list[np.ndarray]:

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from comp.config.schema import Recipe, TrainConfig, min_steps_epochs
 from comp.core.metrics import is_better, score
@@ -72,7 +73,7 @@ from comp.nn.fusion import (
 )
 from comp.nn.losses import create_loss
 from comp.nn.optim import EMA, Adversary, lr_scheduler, param_groups
-from comp.nn.rows import Rows, eval_batches, inner_split, make_rows, shard_rows, train_batches
+from comp.nn.rows import LengthGroupedBatchSampler, Rows, eval_batches, inner_split, make_rows
 
 __all__ = ["FitResult", "fit", "predict", "train_fusion", "make_batch", "FusionData",
            "selection_split", "chosen_epochs", "refit"]
@@ -203,7 +204,10 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
                                          model.n_classes), np.float32), train_rows=len(train))
     best_state: dict | None = None
     epoch = 0
-    batches_per_epoch = len(train_batches(train.lengths, cfg.batch_size, None, False))
+    # each rank its share of the rows, dealt anew every epoch, batched by similar length
+    sampler = LengthGroupedBatchSampler(train.lengths, cfg.batch_size, seed, cfg.bucket, rank,
+                                        world)
+    batches_per_epoch = len(sampler)
     steps_per_epoch = -(-batches_per_epoch // cfg.accum)
     epochs = phase_epochs(cfg, batches_per_epoch)
     runs = stop_after or epochs  # epochs each phase runs
@@ -239,16 +243,21 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
             model.train()
             # seeded by the epoch within its phase: a refit (stop_after) that runs fewer
             # phase-1 epochs still shuffles phase 2 as the run it replays did
-            rng = np.random.default_rng([seed, phase, in_phase])
-            batches = train_batches(train.lengths, cfg.batch_size, rng, cfg.bucket)
-            bar = progress(batches, desc=f"{name} p{phase} ep{epoch}")
+            sampler.set_epoch(epoch, (phase, in_phase))
+            # its own generator: a loader's base seed drawn from torch's global one would shift
+            # every dropout mask after it
+            loader = DataLoader(range(len(train)), batch_sampler=sampler,
+                                generator=torch.Generator().manual_seed(seed),
+                                collate_fn=lambda ids, c=phase_cache: (
+                                    ids, make_batch(model, train, np.asarray(ids), c, device)))
+            n_batches = len(loader)
+            bar = progress(loader, desc=f"{name} p{phase} ep{epoch}")
             loss_sum, loss_n = 0.0, 0
-            for i, idx in enumerate(bar):
+            for i, (idx, batch) in enumerate(bar):
                 if on_batch is not None:
                     on_batch([train.texts[j] for j in idx])
-                batch = make_batch(model, train, idx, phase_cache, device)
                 # the epoch's last accumulation group may hold fewer batches: average over them
-                group = min(cfg.accum, len(batches) - i // cfg.accum * cfg.accum)
+                group = min(cfg.accum, n_batches - i // cfg.accum * cfg.accum)
 
                 def batch_loss(batch: dict = batch, group: int = group) -> torch.Tensor:
                     with autocast():
@@ -269,7 +278,7 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
                 loss_sum += float(loss.detach()) * group
                 loss_n += 1
 
-                if (i + 1) % cfg.accum == 0 or i + 1 == len(batches):
+                if (i + 1) % cfg.accum == 0 or i + 1 == n_batches:
                     if world > 1:
                         all_reduce_grads(params, world)
                     if scaler is not None:
@@ -553,7 +562,7 @@ def fit_fold(ctx: FoldContext, data: FusionData) -> tuple[np.ndarray, ...]:
         rows = data.fit_rows.take(idx)
         if len(c.extra):
             rows = rows.concat(extra_rows(model, c, c.extra.targets))
-        return shard_rows(rows, rank, world, seed=cfg.seed + ctx.fold) if world > 1 else rows
+        return rows  # with several ranks, the batch sampler deals each its share every epoch
 
     train = training_rows(fit_idx, ctx)
     full = training_rows(everything.train_idx, everything) if (
