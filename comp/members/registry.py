@@ -90,7 +90,8 @@ class MemberKind:
 
 @register_member("linear")
 class LinearMember(MemberKind):
-    """TF-IDF features with LR, calibrated LinearSVC or NB-LR (comp.members.linear)."""
+    """TF-IDF features (or frozen e5 sentence embeddings) with LR, calibrated LinearSVC or
+    NB-LR (comp.members.linear)."""
 
     def train(self, recipe, folds=None, force=False, report=None, extra=None):
         """See MemberKind.train (TF-IDF members take pseudo-labels through the recipe)."""
@@ -102,7 +103,7 @@ class LinearMember(MemberKind):
         """The member's vectorizer and fold k's classifier."""
         from comp.members.linear import load_linear_fold
 
-        return load_linear_fold(run_dir, fold, n_classes)
+        return load_linear_fold(run_dir, fold, n_classes, recipe)
 
     def fold_files(self, run_dir, fold):
         """fold{k}/model.joblib."""
@@ -111,6 +112,12 @@ class LinearMember(MemberKind):
     def member_files(self, run_dir):
         """vectorizer.joblib (+ its key)."""
         return [Path("vectorizer.joblib"), Path("vectorizer.json")]
+
+    def fold_references(self, run_dir, fold, recipe):
+        """An e5 member's encoder folder (the pruned e5 its vectorizer recorded)."""
+        from comp.members.linear import encoder_files
+
+        return encoder_files(run_dir, recipe)
 
 
 @register_member("fusion")

@@ -5,6 +5,7 @@ FGM/PGD adversarial training, EMA of weights (torch's AveragedModel).
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -31,6 +32,68 @@ def lr_scheduler(opt: torch.optim.Optimizer, kind: str, warmup: float,
 
     return get_scheduler(SCHEDULES[kind], opt, num_warmup_steps=int(round(warmup * total_steps)),
                          num_training_steps=total_steps)
+
+
+class TimeSlice:
+    """`train.time_limit`: the seconds a fit may train, spent phase by phase.
+
+    Phase 1 may use PHASE1_SHARE of the slice when a phase 2 follows (it is the cheap, frozen
+    one), phase 2 what is left. After a few optimizer steps a phase projects its end from its
+    own pace (evaluations included); when the steps left do not fit, it is cut once: the LR
+    decays linearly from where it is to 0 over the steps that fit (the schedule's decay brought
+    forward), and the phase ends at that step boundary with a finished model. `cuts` records
+    what was cut, for cv.json. Under torch.distributed every rank takes the slowest's answer.
+    """
+
+    PHASE1_SHARE = 0.25
+    MIN_STEPS = 3  # steps a phase takes before its pace is trusted
+
+    def __init__(self, seconds: float, two_phases: bool) -> None:
+        self.seconds, self.two_phases = float(seconds), two_phases
+        self.start = time.time()
+        self.cuts: list[dict] = []
+
+    def begin(self, phase: int, steps: int) -> None:
+        """A phase of `steps` optimizer steps starts now."""
+        share = self.PHASE1_SHARE if phase == 1 and self.two_phases else 1.0
+        self.phase, self.steps, self.done = phase, steps, 0
+        self.phase_start, self.end = time.time(), self.start + self.seconds * share
+        self.cut_at: int | None = None
+
+    def step(self, opt: torch.optim.Optimizer, sched):
+        """After an optimizer step: the scheduler to step next (a decay once cut)."""
+        self.done += 1
+        if (not self.seconds or self.cut_at is not None or self.done < self.MIN_STEPS
+                or self.done >= self.steps):
+            return sched
+        now = time.time()
+        pace = (now - self.phase_start) / self.done
+        fit = _min_over_ranks(int(max(self.end - now, 0.0) // max(pace, 1e-9)))
+        if fit >= self.steps - self.done:
+            return sched
+        self.cut_at = self.done + max(fit, 1)
+        self.cuts.append({"phase": self.phase, "planned_steps": self.steps,
+                          "steps": self.cut_at, "time_limit": self.seconds})
+        # the r steps left get (r - j) / (r + 1) of today's LR: a line to 0 one step after them
+        r = self.cut_at - self.done
+        return torch.optim.lr_scheduler.LinearLR(opt, start_factor=r / (r + 1), end_factor=0.0,
+                                                 total_iters=r)
+
+    @property
+    def over(self) -> bool:
+        """True once a cut phase made its last step."""
+        return self.cut_at is not None and self.done >= self.cut_at
+
+
+def _min_over_ranks(n: int) -> int:
+    """n, the smallest over the ranks under torch.distributed."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return n
+    t = torch.tensor([n], dtype=torch.long)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
 
 
 def param_groups(model: FusionModel, cfg: TrainConfig, phase: int) -> list[dict]:

@@ -72,7 +72,7 @@ from comp.nn.fusion import (
     write_fold_backbones,
 )
 from comp.nn.losses import create_loss
-from comp.nn.optim import EMA, Adversary, lr_scheduler, param_groups
+from comp.nn.optim import EMA, Adversary, TimeSlice, lr_scheduler, param_groups
 from comp.nn.rows import LengthGroupedBatchSampler, Rows, eval_batches, inner_split, make_rows
 
 __all__ = ["FitResult", "fit", "predict", "train_fusion", "make_batch", "FusionData",
@@ -91,6 +91,8 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     train_rows: int = 0  # training rows this rank saw per epoch
     phase1_epoch: int = 0  # the phase-1 epoch whose weights phase 2 started from
+    # phases `train.time_limit` ended early: {"phase", "planned_steps", "steps", "time_limit"}
+    cuts: list[dict] = field(default_factory=list)
 
 
 def make_batch(model: FusionModel, rows: Rows, idx: np.ndarray, cache: FeatureCache | None,
@@ -211,7 +213,7 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
     steps_per_epoch = -(-batches_per_epoch // cfg.accum)
     epochs = phase_epochs(cfg, batches_per_epoch)
     runs = stop_after or epochs  # epochs each phase runs
-    phase_ends = {runs[0], runs[0] + runs[1]}
+    clock = TimeSlice(cfg.time_limit, min(epochs[0], runs[0]) > 0 and min(epochs[1], runs[1]) > 0)
 
     for phase, n_epochs in ((1, epochs[0]), (2, epochs[1])):
         if min(n_epochs, runs[phase - 1]) == 0:
@@ -236,8 +238,10 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
         # patience counts the recipe's epochs: as many steps when min_steps made epochs more
         configured = cfg.epochs_frozen if phase == 1 else cfg.epochs_unfrozen
         patience = math.ceil(cfg.patience * n_epochs / max(configured, 1))
+        ran = min(n_epochs, runs[phase - 1])
+        clock.begin(phase, steps_per_epoch * ran)
 
-        for in_phase in range(min(n_epochs, runs[phase - 1])):
+        for in_phase in range(ran):
             epoch += 1
             t0 = time.time()
             model.train()
@@ -294,6 +298,9 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
                     opt.zero_grad(set_to_none=True)
                     if ema is not None:
                         ema.update(model)
+                    sched = clock.step(opt, sched)
+                    if clock.over:  # the time slice's last step: a finished model
+                        break
                 if i % 10 == 0:
                     bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}")
 
@@ -316,7 +323,7 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
                     best.best_score, best.best_epoch, best.best_phase = s, epoch, phase
                     best.val_proba = shown_proba
                     # without a choice only a phase's end state is ever restored or kept
-                    if choosing or epoch in phase_ends:
+                    if choosing or in_phase + 1 == ran or clock.over:
                         best_state = copy.deepcopy(model.state_dict())
                         if ckpt is not None and rank == 0:
                             with atomic_path(ckpt) as tmp:
@@ -330,14 +337,21 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
             if choosing:
                 entry[f"select_{metric}" if watch is not None else metric] = s
             best.history.append(entry)
+            if clock.over:
+                entry["cut"] = clock.cuts[-1]
             if rank == 0:
                 shown_s = " ".join(f"{k}={v:.4f}" for k, v in entry.items()
                                    if k in (metric, f"select_{metric}"))
                 log(f"{name} epoch {epoch} (phase {phase}): loss={entry['loss']:.4f} "
                     f"{shown_s}{' *' if improved and choosing else ''} "
                     f"({entry['seconds']:.0f}s)")
+                if clock.over:
+                    c = clock.cuts[-1]
+                    log(f"{name}: phase {phase} cut to {c['steps']} of {c['planned_steps']} "
+                        f"steps to fit train.time_limit={cfg.time_limit:g}s (LR decayed to 0 "
+                        "over the steps that fit)")
             _report(report, epoch, w if watch is not None else s, world)
-            if choosing and cfg.patience and stale >= patience:
+            if clock.over or (choosing and cfg.patience and stale >= patience):
                 break
 
     if best_state is not None:
@@ -345,6 +359,7 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
     model.freeze_backbones(False)
     for h in best.history:
         h["kept"] = h["epoch"] == best.best_epoch
+    best.cuts = clock.cuts
     return best
 
 
@@ -620,13 +635,18 @@ def predict_fold_texts(ctx: FoldContext, data: FusionData) -> np.ndarray | None:
 
 def collect_epochs(run_dir: str | Path, cv: dict | None) -> dict | None:
     """Join the folds' epochs.json into the member's (one record per fold and epoch) once the
-    member is done; returns `cv` unchanged."""
+    member is done, and record in cv.json the phases a time slice cut (`cut`: fold, phase,
+    planned and made steps; [] when none was); returns `cv` with it."""
     if cv is not None:
         recs = []
         for p in sorted(Path(run_dir).glob("fold*/epochs.json")):
             recs.extend(read_json(p))
         if recs:
             write_json(Path(run_dir) / "epochs.json", recs)
+        cuts = [{"fold": r["fold"], **r["cut"]} for r in recs if r.get("cut")]
+        if cuts or "cut" in cv:
+            cv = {**cv, "cut": cuts}
+            write_json(Path(run_dir) / "cv.json", cv)
     return cv
 
 

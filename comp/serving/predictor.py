@@ -211,8 +211,9 @@ def load(path: str | Path, folds: Sequence[int] | None = None) -> MemberModel | 
 
 def bundled_recipe(recipe: Recipe, root: Path) -> Recipe:
     """A bundled recipe with its model paths resolved inside the bundle folder."""
-    if recipe.kind == "linear":
-        return recipe
+    if recipe.kind == "linear":  # an e5 member's encoder lies in the bundle's refs/
+        return dataclasses.replace(recipe, linear=dataclasses.replace(
+            recipe.linear, encoder=str(root / recipe.linear.encoder)))
     m = recipe.model
     backbones = tuple(dataclasses.replace(b, path=str(root / b.path)) for b in m.backbones)
     model = dataclasses.replace(m, backbones=backbones, vectors_dir=str(root / m.vectors_dir))

@@ -72,7 +72,9 @@ VARIANTS = {
 # candidates by expected gain per second: TF-IDF first, then e5, then fusion variants
 PRESETS = {
     "fast": QUICK_LINEAR,
-    "default": [*LINEAR, "fusion_e5_fast", "textcnn_vectors"],
+    # TF-IDF, then the cheapest pretrained member (frozen e5 embeddings + LR: one e5 forward
+    # over the texts, then seconds a fold), then e5 fine-tuned, then the vectors TextCNN
+    "default": [*LINEAR, "e5_linear", "fusion_e5_fast", "textcnn_vectors"],
     # the members that carry the score on 2 cores: e5 fully fine-tuned on every fold (~1.4
     # hours), a tuned TF-IDF member, then a pseudo-label round that trains a second full e5
     # (fusion_e5_full160, ~1.6 hours) and a TF-IDF member with the confident test rows
@@ -88,6 +90,7 @@ PRESETS = {
 # pairs (e5 encodes (a, b) as its pair, vectors share one grid with a segment feature); members
 # on the tiny in-task backbones are skipped: those are not pretrained for a pair task
 PAIR_LINEAR = ["tfidf_pair_svc", "tfidf_pair_lr"]
+PAIR_OF = {"e5_linear": "e5_pair_linear"}  # a single-text member's pair recipe
 PAIR_NEURAL = ["siamese_vectors"]
 # a multilabel task (data.task = "multilabel"): every TF-IDF member fits one binary model per
 # label; the fusion members (textcnn_vectors too) give one sigmoid per label, trained with BCE
@@ -158,7 +161,9 @@ def member_recipe(layout: Layout, name: str, extra: list[str] | None = None) -> 
                          [f"data.dir={layout.data}", f"runs_dir={layout.runs}", *unl, *metric,
                           *variant, *([f"name={name}"] if variant else []), *(extra or [])])
     if recipe.kind == "linear":
-        return recipe
+        enc = layout.model_path(recipe.linear.encoder)
+        return dataclasses.replace(recipe, linear=dataclasses.replace(recipe.linear,
+                                                                      encoder=enc))
     model = recipe.model
     backbones = tuple(dataclasses.replace(b, path=layout.model_path(b.path))
                       for b in model.backbones)
@@ -172,7 +177,8 @@ def task_members(names: list[str], task: str) -> list[str]:
     read pairs, and one log line naming the members it skips; a multilabel task its TF-IDF
     members and the neural ones in MULTILABEL_NEURAL (one line names the others)."""
     if task == "multilabel":
-        keep = [n for n in names if n.startswith("tfidf") or n in MULTILABEL_NEURAL]
+        keep = [n for n in names if n.startswith("tfidf") or n in MULTILABEL_NEURAL
+                or n in PAIR_OF]
         skipped = [n for n in names if n not in keep]
         if skipped:
             log(f"plan: multilabel task: {', '.join(skipped)} skipped (no multi-label "
@@ -181,12 +187,14 @@ def task_members(names: list[str], task: str) -> list[str]:
     if task != "pair":
         return names
     tiny = set(FUSION) - {"textcnn_vectors"}  # tiny backbones: not pretrained for pairs
-    neural = [n for n in names if not n.startswith("tfidf") and n not in tiny]
+    paired = [PAIR_OF[n] for n in names if n in PAIR_OF]
+    neural = [n for n in names if not n.startswith("tfidf") and n not in tiny
+              and n not in PAIR_OF]
     skipped = [n for n in names if n in tiny]
     if skipped:
         log(f"plan: pair task: {', '.join(skipped)} skipped (tiny backbones are not pretrained "
             "for text pairs)")
-    return [*PAIR_LINEAR, *(PAIR_NEURAL if neural else []), *neural]
+    return [*PAIR_LINEAR, *paired, *(PAIR_NEURAL if neural else []), *neural]
 
 
 def stage_data(layout: Layout) -> None:
@@ -415,10 +423,12 @@ def run_pipeline(data: str | None = None, quick: bool = False,
     from comp.workflows.plan import (
         load_speeds,
         make_plan,
+        more_folds,
         print_actual,
         print_plan,
         pseudo_steps,
         record_speed,
+        time_slice,
     )
 
     t0 = time.time()
@@ -479,17 +489,32 @@ def run_pipeline(data: str | None = None, quick: bool = False,
 
     def vectors_for(names: list[str], extra: list[str] | None = None) -> None:
         """The word2vec files these members read, each trained once."""
-        kinds = list(dict.fromkeys(v for n in names if not n.startswith("tfidf")
+        kinds = list(dict.fromkeys(v for n in names
+                                   if member_recipe(layout, n, extra).kind != "linear"
                                    for v in member_recipe(layout, n, extra).model.vectors
                                    if v not in vectors_done))
         if kinds:
             timed("vectors", stage_vectors, layout, kinds)
             vectors_done.update(kinds)
 
+    def train_step(step, folds: list[int] | None) -> None:
+        """One planned member on `folds` (None = all), within its time slice under a budget."""
+        nonlocal runs
+        stage = "linear" if member_recipe(layout, step.name).kind == "linear" else "fusion"
+        extra = [f"data.use_folds={folds}"] if folds else []
+        if budget_s is not None and stage == "fusion" and step.per_fold > 0:
+            extra.append(f"train.time_limit={time_slice(step)}")
+        vectors_for([step.name], extra)
+        t = time.time()
+        new = timed(stage, stage_members, layout, [step.name], extra) or []
+        runs = [r for r in runs if r not in new] + new
+        step.actual = (step.actual or 0.0) + time.time() - t
+        record_speed(speeds_path, step.name, _cv(new[-1]) if new else None, k)
+
     for step in steps:
         if step.folds == []:
             continue
-        stage = "linear" if step.name.startswith("tfidf") else "fusion"
+        stage = "linear" if member_recipe(layout, step.name).kind == "linear" else "fusion"
         if stage not in want:
             continue
         elapsed = time.time() - t0
@@ -497,12 +522,16 @@ def run_pipeline(data: str | None = None, quick: bool = False,
             log(f"plan: {step.name} skipped: {elapsed / 60:.1f} of {budget_s / 60:g} minutes "
                 f"used, it needs ~{step.seconds / 60:.1f}")
             continue
-        extra = [f"data.use_folds={step.folds}"] if step.folds else []
-        vectors_for([step.name], extra)
-        t = time.time()
-        runs += timed(stage, stage_members, layout, [step.name], extra) or []
-        step.actual = time.time() - t
-        record_speed(speeds_path, step.name, _cv(runs[-1]) if runs else None, k)
+        train_step(step, step.folds)
+    if budget_s is not None and "fusion" in want:
+        # leftover budget: members planned on some folds add the folds that still fit
+        for step in steps:
+            add = more_folds(step, k, budget_s - (time.time() - t0))
+            if add:
+                log(f"plan: {(budget_s - (time.time() - t0)) / 60:.1f} budget minutes left: "
+                    f"{step.name} adds fold(s) {','.join(map(str, add))}")
+                step.folds = sorted([*step.folds, *add])
+                train_step(step, step.folds)
     if preset in ("best", "all"):
         tuned = timed("tune", stage_tune, layout, PAIR_LINEAR[0] if pair else TUNE_RECIPE,
                       TUNE_TRIALS)
@@ -548,7 +577,7 @@ def run_pipeline(data: str | None = None, quick: bool = False,
     write_results(layout, runs + pl_runs, subs, best, line, time.time() - t0, timings)
     log(f"run: finished in {(time.time() - t0) / 60:.1f} min" + (
         f" (budget {budget_s / 60:g})" if budget_s else ""))
-    print_actual(steps)
+    print_actual(steps, budget_s)
     print(line)
     return best
 

@@ -35,6 +35,10 @@ PRIORS: dict[str, tuple[float, float]] = {
     "tfidf_word_lr": (10.0, 0.3),  # jieba over every text once
     "tfidf_word_svc": (10.0, 0.28),
     "tfidf_nblr": (5.0, 0.75),
+    # frozen e5 sentence embeddings of every text (~42 texts/s at 128 pieces on 2 cores), then
+    # a logistic regression a fold; a pair member embeds both sides
+    "e5_linear": (420.0, 0.5),
+    "e5_pair_linear": (840.0, 1.0),
     # pair members: TF-IDF + jieba overlaps of both sides once (5,250 pairs: 7 s), then folds
     "tfidf_pair_svc": (15.0, 0.5),
     "tfidf_pair_lr": (20.0, 1.0),
@@ -70,6 +74,7 @@ class Step:
     seconds: float
     note: str = ""
     actual: float | None = field(default=None)
+    per_fold: float = 0.0  # estimated seconds of one more fold (what a time slice is cut from)
 
 
 # The neural priors were measured on the embedded reviews (train + test: REF_TEXTS texts). What a
@@ -99,11 +104,16 @@ class Shape:
 
 def shape_of(recipe: Any, lengths: Any) -> Shape | None:
     """A recipe's Shape on texts of these lengths (train + test + unlabelled); None for a
-    member that is not a network (its prior is used as it is)."""
+    TF-IDF member (its prior is used as it is). An e5 embedding member is priced like a
+    network's caching: by the texts it reads, cut at its encoder length."""
     import numpy as np
 
     if recipe.kind == "linear":
-        return None
+        if recipe.linear.features != "e5":
+            return None
+        cut = int(recipe.linear.encoder_len)
+        return Shape(float(np.minimum(np.asarray(lengths), cut).mean()) if len(lengths) else
+                     0.0, cut, len(lengths))
     t = recipe.train
     cut = int(recipe.model.max_chars)
     return Shape(float(np.minimum(np.asarray(lengths), cut).mean()) if len(lengths) else 0.0,
@@ -165,7 +175,7 @@ def make_plan(candidates: list[str], budget_s: float | None, n_train: int, k: in
         todo = [f for f in range(k) if f not in have]
         whole = (setup if todo else 0.0) + len(todo) * per_fold
         if whole <= left:
-            steps.append(Step(name, None, whole, "" if todo else "current"))
+            steps.append(Step(name, None, whole, "" if todo else "current", per_fold=per_fold))
             left -= whole
             continue
         n = int((left - setup) // per_fold) if per_fold > 0 else 0
@@ -175,12 +185,34 @@ def make_plan(candidates: list[str], budget_s: float | None, n_train: int, k: in
             use = sorted(have | set(todo[:n]))
             steps.append(Step(name, use, cost, f"{len(use)} of {k} folds fit in the budget"
                               + (f" ({len(have)} already trained)" if have else "")
-                              + "; its OOF covers those rows"))
+                              + "; its OOF covers those rows", per_fold=per_fold))
             left -= cost
         else:
             steps.append(Step(name, [], whole, f"needs {whole / 60:.1f} min, "
-                              f"{max(left, 0) / 60:.1f} left: not started"))
+                              f"{max(left, 0) / 60:.1f} left: not started", per_fold=per_fold))
     return steps
+
+
+# share of a network's planned fold that its fit may train: the rest builds the model and
+# predicts the validation, test and unlabelled rows
+TRAIN_SHARE = 0.8
+
+
+def time_slice(step: Step) -> float:
+    """`train.time_limit` for a planned network's folds: the training share of what the plan
+    gave one fold, so a member whose estimate was low ends its schedule early (the decay
+    brought forward) instead of eating the members after it."""
+    return round(TRAIN_SHARE * step.per_fold, 1)
+
+
+def more_folds(step: Step, k: int, left: float) -> list[int]:
+    """Leftover budget: the folds a partly planned member can add in `left` seconds, at the
+    pace its planned folds really had (else the estimate)."""
+    if not step.folds or len(step.folds) >= k:
+        return []
+    pace = step.actual / len(step.folds) if step.actual else step.per_fold
+    n = int(left // max(pace, 1e-9))
+    return [f for f in range(k) if f not in step.folds][:max(n, 0)]
 
 
 def pseudo_steps(names: list[str], rounds: int, n_train: int, k: int,
@@ -217,11 +249,16 @@ def print_plan(steps: list[Step], budget_s: float | None, k: int,
             + (f"  ({s.note})" if s.note else ""))
 
 
-def print_actual(steps: list[Step]) -> None:
-    """Estimated vs actual minutes of the members that ran."""
+def print_actual(steps: list[Step], budget_s: float | None = None) -> None:
+    """Estimated vs actual minutes of the members that ran, and where the budget went."""
     for s in steps:
         if s.actual is not None:
             log(f"  {s.name:<26} planned {s.seconds / 60:5.1f} min, took {s.actual / 60:5.1f}")
+    ran = [s for s in steps if s.actual is not None]
+    if budget_s and ran:
+        planned, took = sum(s.seconds for s in ran), sum(s.actual for s in ran)
+        log(f"plan: members planned {planned / 60:.1f} min, took {took / 60:.1f} "
+            f"({took / budget_s:.0%} of the {budget_s / 60:g}-minute budget)")
 
 
 def load_speeds(path: Path) -> dict[str, Any]:
