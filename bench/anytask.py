@@ -95,8 +95,6 @@ def measure(task: str, work: Path, budget: float) -> dict:
     k = cfg.folds
     members = sorted(p.parent for p in layout.runs.glob("*/cv.json"))
     cvs = {m.name: read_json(m / "cv.json") for m in members}
-    subs = sorted(layout.submissions.glob("*.json"))
-    mans = {s: read_json(s) for s in subs}
     best = re.search(r"submission=(\S+)", text).group(1)
     chosen = Path(best).with_suffix(".json")
     man = read_json(chosen)

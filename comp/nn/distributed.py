@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -54,16 +54,10 @@ def init_distributed() -> tuple[int, int]:
     return dist_info()
 
 
-def all_reduce_grads(params: Sequence[nn.Parameter], world: int) -> None:
-    """Average gradients over ranks in one flat all_reduce."""
-    import torch.distributed as dist
+def wrap_ddp(model: nn.Module) -> nn.Module:
+    """`model` in torch's DistributedDataParallel for one training phase (the parameters that
+    train differ by phase, so each phase wraps anew). Frozen backbones read from the feature
+    cache take no part in a phase-1 forward: find_unused_parameters lets DDP skip them."""
+    from torch.nn.parallel import DistributedDataParallel
 
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
-        offset += n
+    return DistributedDataParallel(model, find_unused_parameters=True, broadcast_buffers=False)

@@ -55,7 +55,7 @@ from comp.core.utils import (
 from comp.data.folds import label_strata, normalize_text
 from comp.kfold.extra import ExtraRows
 from comp.kfold.runner import FoldContext, run_member
-from comp.nn.distributed import all_reduce_grads, amp_setup, dist_info, init_distributed
+from comp.nn.distributed import amp_setup, dist_info, init_distributed, wrap_ddp
 from comp.nn.fusion import (
     FeatureCache,
     FusionModel,
@@ -225,6 +225,8 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
             if ema is not None:
                 ema.reset(model)
         model.set_phase(phase, cfg)  # phase 2 with train.unfreeze_top: top layers only
+        # under torch.distributed: DDP averages the gradients of what trains in this phase
+        net = wrap_ddp(model) if world > 1 else model
         phase_cache = cache if phase == 1 else None
         opt = torch.optim.AdamW(param_groups(model, cfg, phase))
         sched = lr_scheduler(opt, cfg.schedule, cfg.warmup, steps_per_epoch * n_epochs)
@@ -262,29 +264,33 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
                     on_batch([train.texts[j] for j in idx])
                 # the epoch's last accumulation group may hold fewer batches: average over them
                 group = min(cfg.accum, n_batches - i // cfg.accum * cfg.accum)
+                stepping = (i + 1) % cfg.accum == 0 or i + 1 == n_batches
+                # DDP syncs gradients on the backward of a group's last batch only
+                sync = (contextlib.nullcontext() if stepping or net is model
+                        else net.no_sync())
 
-                def batch_loss(batch: dict = batch, group: int = group) -> torch.Tensor:
+                def batch_loss(batch: dict = batch, group: int = group,
+                               net: nn.Module = net) -> torch.Tensor:
                     with autocast():
-                        logits = model(batch)  # (B, C)
+                        logits = net(batch)  # (B, C)
                     return loss_fn(logits, batch["targets"], batch["weights"]) / group
 
                 def backward(loss: torch.Tensor) -> None:
                     (scaler.scale(loss) if scaler is not None else loss).backward()
 
-                if adversary is not None:
-                    with adversary.recording():
+                with sync:
+                    if adversary is not None:
+                        with adversary.recording():
+                            loss = batch_loss()
+                            backward(loss)
+                        adversary.attack(batch_loss, backward, params)
+                    else:
                         loss = batch_loss()
                         backward(loss)
-                    adversary.attack(batch_loss, backward, params)
-                else:
-                    loss = batch_loss()
-                    backward(loss)
                 loss_sum += float(loss.detach()) * group
                 loss_n += 1
 
-                if (i + 1) % cfg.accum == 0 or i + 1 == n_batches:
-                    if world > 1:
-                        all_reduce_grads(params, world)
+                if stepping:
                     if scaler is not None:
                         scaler.unscale_(opt)
                     if cfg.clip > 0:
