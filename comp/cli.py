@@ -244,7 +244,7 @@ def cmd_labels(args: argparse.Namespace) -> None:
     from comp.workflows.labels import apply_corrections, find_label_issues
 
     if args.action == "find":
-        print(f"saved {find_label_issues(args.source, args.out)}")
+        print(f"saved {find_label_issues(args.source, args.out, args.knn)}")
         return
     path, log_path, n = apply_corrections(args.source, args.out, args.data)
     print(f"{n} label(s) changed: saved {path} and {log_path}")
@@ -437,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "corrected train file (default <train>.corrected.<ext> beside the original)")
     sp.add_argument("--data", default=None, help="apply: the competition folder (default: the "
                     "one label_issues.json beside the reviewed file records)")
+    sp.add_argument("--knn", type=int, default=10, help="find: neighbours of the deep k-NN "
+                    "score on frozen e5 embeddings (0 = skip it; single-text tasks)")
     sp.set_defaults(func=cmd_labels)
 
     sp = sub.add_parser("run", help="the whole pipeline: data -> members -> ensembles -> report")

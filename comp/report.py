@@ -624,7 +624,8 @@ def _label_issues(path: Path, comp: Any, top: int = 20) -> str:
     body = [[_esc(r.get("rank", "")), _esc(r.get("id", "")),
              _esc((t := r.get("text", ""))[:60] + ("…" if len(t) > 60 else "")),
              _esc(r.get("label", "")), _esc(r.get("suggested_label", "")),
-             _esc(r.get("label_quality", "")), _esc(r.get("members_disagree", ""))]
+             _esc(r.get("label_quality", "")), _esc(r.get("members_disagree", "")),
+             _esc(r.get("knn_agreement", ""))]
             for r in flagged[:top]]
     per_class = meta.get("issues_per_class") or dict(Counter(r.get("label", "")
                                                              for r in flagged))
@@ -633,7 +634,7 @@ def _label_issues(path: Path, comp: Any, top: int = 20) -> str:
             + ", ".join(f"{k} {v}" for k, v in per_class.items()))
     stale = comp is not None and meta.get("train_hash") not in (None, comp.train_hash)
     return (_note(what) + _table(["rank", "id", "text", "label", "suggested", "quality",
-                                  "members disagree"], body, left=3)
+                                  "members disagree", "k-NN agree"], body, left=3)
             + _note(f"{path}: the top {min(top, len(flagged))}; review them there "
                     "(column corrected_label) and run `comp labels apply`.")
             + (_note("made from other train rows than the competition's now: run comp labels "

