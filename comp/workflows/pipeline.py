@@ -539,6 +539,10 @@ def run_pipeline(data: str | None = None, quick: bool = False,
                                                 shapes))
     runs: list[Path] = []
     vectors_done: set[str] = set()
+    # a plan with time to spare lets the networks' slices grow with it (up to 3x): a slice is
+    # a cap against a wrong estimate, not a target
+    planned = sum(s.seconds for s in steps if s.folds != [])
+    stretch = min(3.0, max(1.0, left / planned)) if left and planned > 0 else 1.0
 
     def vectors_for(names: list[str], extra: list[str] | None = None) -> None:
         """The word2vec files these members read, each trained once."""
@@ -556,7 +560,7 @@ def run_pipeline(data: str | None = None, quick: bool = False,
         stage = "linear" if member_recipe(layout, step.name).kind == "linear" else "fusion"
         extra = [f"data.use_folds={folds}"] if folds else []
         if budget_s is not None and stage == "fusion" and step.per_fold > 0:
-            extra.append(f"train.time_limit={time_slice(step)}")
+            extra.append(f"train.time_limit={time_slice(step) * stretch:.1f}")
         vectors_for([step.name], extra)
         t = time.time()
         new = timed(stage, stage_members, layout, [step.name], extra) or []
