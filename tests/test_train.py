@@ -732,3 +732,23 @@ def test_no_time_slice_cuts_nothing(bert_dir, comp_dir, tmp_path):
     recipe = recipe_for(bert_dir, comp_dir, tmp_path, epochs_frozen=1, epochs_unfrozen=1)
     cv = train_fusion(recipe)
     assert "cut" not in cv
+
+
+def test_a_fusion_member_weights_its_suspect_training_rows(bert_dir, comp_dir, tmp_path,
+                                                           monkeypatch):
+    """data.suspects = "weight": the fit's training rows carry the suspects' label quality as
+    loss weights (the others 1), and the fold trains as usual."""
+    recipe = recipe_for(bert_dir, comp_dir, tmp_path, epochs_frozen=1, epochs_unfrozen=0)
+    recipe = replace(recipe, data=replace(recipe.data, suspects="weight", suspect_frac=0.25))
+    seen = []
+    real = train_mod.fit
+
+    def spy(model, train, *a, **kw):
+        seen.append(train.weights.copy())
+        return real(model, train, *a, **kw)
+
+    monkeypatch.setattr(train_mod, "fit", spy)
+    cv = train_fusion(recipe)
+    assert cv is not None and len(seen) == 3
+    for w in seen:
+        assert (w < 1).any() and (w == 1).mean() > 0.6 and (w >= 0).all()

@@ -57,6 +57,13 @@ class DataConfig:
     # joined by label_sep ("a|c"; an empty cell is an error, a row may hold none: "")
     label_sep: str = ""
     label_cols: tuple[str, ...] = ()
+    # suspect training labels (comp.kfold.suspects): keep them, drop them from a fold's training
+    # rows or weight them by their label quality there. Fold-honest: fold k's suspects come
+    # from an inner CV on fold k's training part; validation rows keep their labels.
+    # suspect_frac: the share of training rows to treat (lowest label quality first); 0 =
+    # the rows cleanlab's confident learning flags
+    suspects: str = "keep"
+    suspect_frac: float = 0.0
 
     @property
     def shape(self) -> Task:
@@ -79,6 +86,9 @@ class DataConfig:
                f"fold ids must be in 0..{self.folds - 1}")
         _check(self.format in ("auto", "csv", "tsv", "jsonl", "clue"), "data.format",
                "must be one of auto, csv, tsv, jsonl, clue")
+        _check(self.suspects in ("keep", "drop", "weight"), "data.suspects",
+               "must be keep, drop or weight")
+        _check(0.0 <= self.suspect_frac < 1.0, "data.suspect_frac", "must be in [0, 1)")
 
 
 @dataclass(frozen=True)

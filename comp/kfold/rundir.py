@@ -355,6 +355,9 @@ def _identity(d: dict[str, Any], keep_dir: bool = False) -> dict[str, Any]:
     # a time slice is how long a run may take, not what it is: a fold cut short stays current
     # (its cv.json records the cut) and a resumed run with another budget refits nothing
     d.get("train", {}).pop("time_limit", None)
+    if data.get("suspects", "keep") == "keep":  # the default names no run
+        data.pop("suspects", None)
+        data.pop("suspect_frac", None)
     linear = d.get("linear", {})
     if linear.get("features") != "e5":  # the encoder only names runs that read one
         linear.pop("encoder", None)

@@ -47,6 +47,7 @@ from comp.data.competition import Competition, load_competition
 from comp.data.folds import data_hashes, load_folds
 from comp.kfold.extra import ExtraRows, check_extra_folds, extra_for_fold, load_pseudo_for
 from comp.kfold.rundir import FoldStatus, RunDir, fingerprint_of, recipe_fingerprint, same_recipe
+from comp.kfold.suspects import treat_suspects
 
 __all__ = ["ExtraRows", "FoldContext", "FoldOutput", "run_member", "assemble",
            "recipe_fingerprint", "same_recipe", "fingerprint_of", "write_member_files",
@@ -66,6 +67,8 @@ class FoldContext:
     extra: ExtraRows
     report: Callable[[int, float], None] = lambda step, value: None
     predict_train: bool = False  # also return predictions on the training part (train_idx)
+    # (len(train_idx),) loss weights of the training rows (data.suspects = "weight"), or None
+    train_weights: np.ndarray | None = None
 
     @property
     def train_texts(self) -> list[str]:
@@ -257,6 +260,7 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
             log(f"{recipe.name} fold {f}: dropped {dropped} extra row(s) duplicating "
                 "validation texts")
         t0 = time.time()
+        ctx = treat_suspects(ctx)  # data.suspects: found on the training part only
         out = FoldOutput.of(fit_fold(ctx))
         _check_shape(out.val, (len(ctx.val_idx), comp.n_classes), "validation")
         train_proba = out.train if want_train else None

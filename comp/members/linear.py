@@ -487,7 +487,7 @@ def train_linear(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
     def fit_fold(ctx: FoldContext) -> FoldOutput:
         X = feats.X
         Xtr, ytr = X[ctx.train_idx], comp.labels[ctx.train_idx]
-        w = np.ones(len(ytr))
+        w = np.ones(len(ytr)) if ctx.train_weights is None else ctx.train_weights.astype(float)
         if comp.multilabel:
             if len(ctx.extra):
                 # pseudo rows join as their decided label sets (soft targets: still the sets)

@@ -579,8 +579,14 @@ def fit_fold(ctx: FoldContext, data: FusionData) -> tuple[np.ndarray, ...]:
     everything = ctx
     fit_idx, sel_idx, ctx = selection_split(ctx)
 
+    # data.suspects = "weight": each training row's loss weight, by train row id
+    weight_of = np.ones(len(ctx.comp.train_ids), np.float32)
+    if everything.train_weights is not None:
+        weight_of[everything.train_idx] = everything.train_weights
+
     def training_rows(idx: np.ndarray, c: FoldContext) -> Rows:
         rows = data.fit_rows.take(idx)
+        rows.weights = rows.weights * weight_of[idx[rows.source]]
         if len(c.extra):
             rows = rows.concat(extra_rows(model, c, c.extra.targets))
         return rows  # with several ranks, the batch sampler deals each its share every epoch

@@ -1,0 +1,83 @@
+"""data.suspects: fold k's suspect labels are found by an inner CV on fold k's training part,
+then dropped or down-weighted there; validation rows keep their labels, so on random labels
+the CV stays at chance, and a recipe that keeps them names the same run as before."""
+
+import csv
+import random
+
+import numpy as np
+import pytest
+from conftest import make_small_competition, noise_competition
+
+from comp.data.recipes import load_recipe
+from comp.kfold import suspects as sus
+from comp.kfold.rundir import fingerprint_of, recipe_fingerprint
+from comp.members.registry import train_recipe
+
+N = 100
+TOL = 2 * 0.5 / np.sqrt(N)  # two standard deviations of N coin flips
+
+
+def _recipe(data, runs, *over):
+    return load_recipe("recipes/tfidf_char_lr.toml", [f"data.dir={data}", f"runs_dir={runs}",
+                                                      "linear.min_df=1", *over])
+
+
+@pytest.mark.parametrize("how", ["drop", "weight"])
+def test_noise_labels_stay_at_chance_with_suspects_treated(tmp_path, how):
+    data = noise_competition(tmp_path / "noise", n=N)
+    cv = train_recipe(_recipe(data, tmp_path / "runs", f"data.suspects={how}",
+                              "data.suspect_frac=0.2"))
+    assert abs(cv["cv"] - 0.5) <= TOL, cv["cv"]
+
+
+def test_suspects_come_from_the_training_part_and_find_flipped_labels(tmp_path, monkeypatch):
+    d = make_small_competition(tmp_path / "c", n_train=600, n_test=20)
+    with open(d / "train.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    flip = set(random.Random(3).sample(range(len(rows)), 60))
+    for i in flip:
+        rows[i]["label"] = "neg" if rows[i]["label"] == "pos" else "pos"
+    with open(d / "train.csv", "w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    flipped_texts = {rows[i]["text"] for i in flip}
+    seen, dropped = [], []
+    real = sus.inner_quality
+
+    def spy(texts, labels, n_classes, seed=0):
+        q, flagged = real(texts, labels, n_classes, seed)
+        seen.append(set(texts))
+        dropped.append({t for t, f in zip(texts, flagged) if f})
+        return q, flagged
+
+    monkeypatch.setattr(sus, "inner_quality", spy)
+    recipe = _recipe(d, tmp_path / "runs", "data.suspects=drop", "data.folds=3")
+    train_recipe(recipe)
+    from comp.data.competition import load_competition
+    from comp.data.folds import load_folds
+
+    comp = load_competition(recipe.data)
+    folds = load_folds(comp, recipe.data)
+    assert len(seen) == 3
+    for k in range(3):
+        val = {comp.train_texts[i] for i in np.flatnonzero(folds == k)}
+        assert not (seen[k] & val)  # no validation text reached the suspect finder
+        n_flip = len(dropped[k] & flipped_texts)
+        # 10 % of the rows are flipped: the flagged ones are 4x richer in them, and a TF-IDF
+        # model of 400 short reviews still finds a third of them
+        assert n_flip / max(len(dropped[k]), 1) > 0.4, (n_flip, len(dropped[k]))
+        assert n_flip >= 0.35 * len(seen[k] & flipped_texts)
+
+
+def test_keeping_suspects_names_the_same_run_as_before(tmp_path):
+    keep = _recipe(tmp_path, tmp_path / "runs")
+    d = keep.to_dict()
+    d["data"].pop("suspects")
+    d["data"].pop("suspect_frac")
+    assert recipe_fingerprint(keep) == fingerprint_of(d)
+    drop = _recipe(tmp_path, tmp_path / "runs", "data.suspects=drop")
+    assert recipe_fingerprint(drop) != recipe_fingerprint(keep)
+    with pytest.raises(Exception, match="data.suspects"):
+        _recipe(tmp_path, tmp_path / "runs", "data.suspects=burn")
