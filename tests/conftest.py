@@ -196,3 +196,16 @@ def memorised_teacher(data_dir, root, k: int):
     run_member(teacher_r, near_memoriser)
     return run_ensemble([teacher_r.run_dir], "mean", None, "",
                         root / "subs" / "mean").with_suffix(".json")
+
+
+def fold(s: str) -> str:
+    """A text as offsets are compared across tokenizers: NFKD, lower case, no marks or spaces."""
+    import unicodedata
+
+    s = unicodedata.normalize("NFKD", s).lower()
+    return "".join(c for c in s if not unicodedata.combining(c) and not c.isspace())
+
+
+def clean_piece(tok: str) -> str:
+    """A WordPiece or SentencePiece token without its continuation or word-start mark."""
+    return tok[2:] if tok.startswith("##") else tok.replace("▁", "")

@@ -3,10 +3,10 @@
 import copy
 import json
 import pickle
-import unicodedata
 
 import pytest
 import torch
+from conftest import clean_piece, fold
 
 from comp.config.schema import PretrainConfig
 from comp.core.utils import CompError
@@ -43,15 +43,6 @@ PROBES = [
 ]
 TINY = PretrainConfig(hidden=32, layers=2, heads=2, intermediate=64, vocab_size=400,
                       max_positions=128)
-
-
-def fold(s: str) -> str:
-    s = unicodedata.normalize("NFKD", s).lower()
-    return "".join(c for c in s if not unicodedata.combining(c) and not c.isspace())
-
-
-def clean_piece(tok: str) -> str:
-    return tok[2:] if tok.startswith("##") else tok.replace("▁", "")
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from checkpoint_fixtures import LAYOUTS, install_in_hub_cache, write_lines
+from conftest import clean_piece, fold
 
 from comp.core.utils import CompError
 from comp.data.recipes import load_recipe
@@ -38,15 +39,6 @@ CJK_PROBES = ["今天天气非常好，我们去公园散步。", "房间干净�
 EMBEDDING_KEY = {"bert": "bert.embeddings.word_embeddings.weight",
                  "albert": "albert.embeddings.word_embeddings.weight",
                  "xlnet": "transformer.word_embedding.weight"}
-
-
-def fold(s: str) -> str:
-    s = unicodedata.normalize("NFKD", s).lower()
-    return "".join(c for c in s if not unicodedata.combining(c) and not c.isspace())
-
-
-def clean_piece(tok: str) -> str:
-    return tok[2:] if tok.startswith("##") else tok.replace("▁", "")
 
 
 @pytest.fixture(scope="module")
