@@ -24,9 +24,26 @@ from comp.core.utils import CompError, log
 INNER_FOLDS = 3
 
 
+_MEMO: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # members of one run share fold k's answer
+
+
 def inner_quality(texts: list[str], labels: np.ndarray, n_classes: int, seed: int = 0
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """(quality, flagged) of each row's label from an inner CV on these rows alone."""
+    """(quality, flagged) of each row's label from an inner CV on these rows alone (the same
+    rows, labels and seed give the same answer: computed once per process)."""
+    from comp.core.utils import sha1_of
+
+    key = sha1_of([*texts, labels.tobytes().hex(), str(n_classes), str(seed)])
+    if key not in _MEMO:
+        if len(_MEMO) > 32:
+            _MEMO.clear()
+        _MEMO[key] = _inner_quality(texts, labels, n_classes, seed)
+    quality, flagged = _MEMO[key]
+    return quality.copy(), flagged.copy()
+
+
+def _inner_quality(texts: list[str], labels: np.ndarray, n_classes: int, seed: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
     from sklearn.feature_extraction.text import TfidfVectorizer
