@@ -102,9 +102,13 @@ class EncoderFeatures:
         self.mean_, self.scale_ = emb.mean(0), emb.std(0) + 1e-6
         return self
 
+    def standardise(self, emb: np.ndarray) -> np.ndarray:
+        """Embeddings scaled by the train texts' statistics."""
+        return ((emb - self.mean_) / self.scale_).astype(np.float32)
+
     def transform(self, texts) -> np.ndarray:
         """(n, H) standardised embeddings."""
-        return ((self.embed(texts) - self.mean_) / self.scale_).astype(np.float32)
+        return self.standardise(self.embed(texts))
 
     def fit_transform(self, texts, y=None):
         """fit, then transform."""
@@ -128,10 +132,9 @@ def encoder_folder(cfg: LinearConfig, data=None, comp=None) -> Path:
     return Path(resolve_backbone(cfg.encoder, data=data, comp=comp))
 
 
-def rows_of(X, idx=None):
-    """Rows of a feature matrix (sparse as CSR, dense as it is)."""
-    X = X.tocsr() if sp.issparse(X) else np.asarray(X)
-    return X if idx is None else X[idx]
+def rows_of(X):
+    """A feature matrix ready for row indexing (sparse as CSR, dense as it is)."""
+    return X.tocsr() if sp.issparse(X) else np.asarray(X)
 
 
 def stack_rows(*parts):
@@ -167,13 +170,13 @@ class PairFeatures:
     def transform(self, texts):
         """(n, 4F + 7) features of pair texts."""
         a, b = self.sides(texts)
-        va, vb = self.base.transform(a), self.base.transform(b)
-        if not sp.issparse(va):  # embeddings: the cosine of the unit vectors before scaling
-            enc = encoder_of(self)
-            cosine = (enc.embed(a) * enc.embed(b)).sum(1)
+        enc = encoder_of(self)
+        if enc is not None:  # embeddings: each side embedded once; cosine of the unit vectors
+            ea, eb = enc.embed(a), enc.embed(b)
+            va, vb = enc.standardise(ea), enc.standardise(eb)
             return np.hstack([va, vb, np.abs(va - vb), va * vb,
-                              overlap_features(a, b, cosine)]).astype(np.float32)
-        va, vb = va.tocsr(), vb.tocsr()
+                              overlap_features(a, b, (ea * eb).sum(1))]).astype(np.float32)
+        va, vb = self.base.transform(a).tocsr(), self.base.transform(b).tocsr()
         prod = va.multiply(vb).tocsr()
         # rows are L2-normalised per TF-IDF part: the product's row sum is the cosine (averaged
         # over the parts of a char+word union)

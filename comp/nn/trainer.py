@@ -91,8 +91,6 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     train_rows: int = 0  # training rows this rank saw per epoch
     phase1_epoch: int = 0  # the phase-1 epoch whose weights phase 2 started from
-    # phases `train.time_limit` ended early: {"phase", "planned_steps", "steps", "time_limit"}
-    cuts: list[dict] = field(default_factory=list)
 
 
 def make_batch(model: FusionModel, rows: Rows, idx: np.ndarray, cache: FeatureCache | None,
@@ -365,7 +363,6 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
     model.freeze_backbones(False)
     for h in best.history:
         h["kept"] = h["epoch"] == best.best_epoch
-    best.cuts = clock.cuts
     return best
 
 

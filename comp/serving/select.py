@@ -30,13 +30,14 @@ COLUMNS = ("id", "text", "predicted", "uncertainty", "representativeness", "scor
 
 
 def uncertainty(proba: np.ndarray, multilabel: bool = False) -> np.ndarray:
-    """(n,) in [0, 1]: entropy of each row over its classes / log(C); multi-label: the mean
-    binary entropy of its labels / log(2)."""
-    p = np.clip(np.asarray(proba, dtype=np.float64), 1e-12, 1.0)
-    if multilabel:
-        q = np.clip(1.0 - p, 1e-12, 1.0)
-        return (-(p * np.log(p) + q * np.log(q)) / np.log(2)).mean(1)
-    return -(p * np.log(p)).sum(1) / np.log(max(p.shape[1], 2))
+    """(n,) in [0, 1]: the task shape's predictive entropy over its largest value (log C over
+    C classes; multi-label: L binary entropies of log 2 each)."""
+    from comp.tasks.shapes import task_of
+
+    proba = np.asarray(proba, dtype=np.float64)
+    c = proba.shape[1]
+    top = c * np.log(2) if multilabel else np.log(max(c, 2))
+    return task_of("multilabel" if multilabel else "single").entropy(proba) / top
 
 
 def read_pool(path: str | Path, text_col: str = "text") -> tuple[list[str], list[str]]:
@@ -75,7 +76,6 @@ def select_to_label(source: str | Path, pool: str | Path, n: int,
         raise CompError(f"--n: must be >= 1, got {n}")
     ids, texts = read_pool(pool)
     model = load(source)
-    multilabel = bool(getattr(model, "multilabel", False))
     first: dict[str, int] = {}
     for i, t in enumerate(texts):  # near-duplicates count once
         first.setdefault(normalize_text(t), i)
@@ -85,7 +85,8 @@ def select_to_label(source: str | Path, pool: str | Path, n: int,
     n = min(n, len(keep))
     texts_k = [texts[i] for i in keep]
     proba = model.predict_proba(texts_k)
-    unc = uncertainty(proba, multilabel)
+    unc = uncertainty(proba, model.multilabel)
+    decided = model.shape.decide(proba, model.thresholds)  # as comp predict decides
     folder = Path(resolve_backbone(Path("models") / "e5-small"))
     emb = cached_encode(folder, texts_k, 128, folder.parent / "embeddings")
     km = KMeans(n_clusters=n, n_init=3, random_state=seed).fit(emb)
@@ -100,8 +101,8 @@ def select_to_label(source: str | Path, pool: str | Path, n: int,
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(COLUMNS)
     for rank, j in enumerate(picks, start=1):
-        pred = ("|".join(c for c, p in zip(classes, proba[j]) if p >= 0.5) if multilabel
-                else classes[int(np.argmax(proba[j]))])
+        pred = ("|".join(c for c, v in zip(classes, decided[j]) if v) if model.multilabel
+                else classes[int(decided[j])])
         w.writerow([ids[keep[j]], texts_k[j], pred, f"{unc[j]:.4f}", f"{rep[j]:.4f}",
                     f"{score[j]:.4f}", int(km.labels_[j]), rank])
     write_text(out, buf.getvalue())

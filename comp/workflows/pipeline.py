@@ -428,22 +428,21 @@ def best_submission(paths: list[Path], comp: Competition | None = None,
             common &= set(c or range(k))
         rows = np.flatnonzero(np.isin(folds, sorted(common)))
 
+    cvs = {p: float(score(m.get("metric") or "accuracy", comp.labels[rows],
+                          np.load(m["oof"])[rows])) if common
+           else float(m.get("cv", float("nan"))) for p, m in mans.items()}
+
     def key(p: Path) -> float:
-        man = mans[p]
-        cv = float(man.get("cv", float("nan")))
-        if common:
-            cv = float(score(man.get("metric") or "accuracy", comp.labels[rows],
-                             np.load(man["oof"])[rows]))
+        cv = cvs[p]
         if cv != cv:  # NaN or missing: last
             return float("-inf")
-        return cv if greater_is_better(man.get("metric") or "accuracy") else -cv
+        return cv if greater_is_better(mans[p].get("metric") or "accuracy") else -cv
 
-    best = max(paths, key=key)
     if common:
         log(f"ensembles compared on the {len(rows)} rows of folds "
             f"{','.join(map(str, sorted(common)))} (the folds they all cover): "
-            + ", ".join(f"{p.stem} {key(p):.4f}" for p in paths))
-    return best
+            + ", ".join(f"{p.stem} {cvs[p]:.4f}" for p in paths))
+    return max(paths, key=key)
 
 
 def run_pipeline(data: str | None = None, quick: bool = False,
@@ -544,12 +543,15 @@ def run_pipeline(data: str | None = None, quick: bool = False,
     planned = sum(s.seconds for s in steps if s.folds != [])
     stretch = min(3.0, max(1.0, left / planned)) if left and planned > 0 else 1.0
 
+    def stage_of(name: str) -> str:
+        """The stage a member trains in: linear (TF-IDF, e5 embeddings) or fusion."""
+        return "linear" if member_recipe(layout, name).kind == "linear" else "fusion"
+
     def vectors_for(names: list[str], extra: list[str] | None = None) -> None:
         """The word2vec files these members read, each trained once."""
-        kinds = list(dict.fromkeys(v for n in names
-                                   if member_recipe(layout, n, extra).kind != "linear"
-                                   for v in member_recipe(layout, n, extra).model.vectors
-                                   if v not in vectors_done))
+        recipes = [member_recipe(layout, n, extra) for n in names]
+        kinds = list(dict.fromkeys(v for r in recipes if r.kind != "linear"
+                                   for v in r.model.vectors if v not in vectors_done))
         if kinds:
             timed("vectors", stage_vectors, layout, kinds)
             vectors_done.update(kinds)
@@ -557,7 +559,7 @@ def run_pipeline(data: str | None = None, quick: bool = False,
     def train_step(step, folds: list[int] | None) -> None:
         """One planned member on `folds` (None = all), within its time slice under a budget."""
         nonlocal runs
-        stage = "linear" if member_recipe(layout, step.name).kind == "linear" else "fusion"
+        stage = stage_of(step.name)
         extra = [f"data.use_folds={folds}"] if folds else []
         if budget_s is not None and stage == "fusion" and step.per_fold > 0:
             extra.append(f"train.time_limit={time_slice(step) * stretch:.1f}")
@@ -571,8 +573,7 @@ def run_pipeline(data: str | None = None, quick: bool = False,
     for step in steps:
         if step.folds == []:
             continue
-        stage = "linear" if member_recipe(layout, step.name).kind == "linear" else "fusion"
-        if stage not in want:
+        if stage_of(step.name) not in want:
             continue
         elapsed = time.time() - t0
         if budget_s is not None and elapsed + step.seconds > budget_s * 1.1:
