@@ -2,8 +2,9 @@
 
 Everything is read from files other steps already wrote: runs/<member>/{cv,classes}.json and
 oof.npy, submissions/*.json manifests and *.csv, runs/tune/**/*.png, data_dir/answers.csv,
-the label_issues.csv of `comp labels find` beside the page (or in its <competition>/). A
-section whose inputs are missing is skipped with a note, so the report works at every stage.
+the label_issues.csv of `comp labels find` and check/check.json of `comp check` beside the page
+(or in its <competition>/). A section whose inputs are missing is skipped with a note, so the
+report works at every stage.
 
 A pseudo-label round shows up as members named `<base>_pl` (retrained with pseudo-labels) and
 ensembles that include them; the report pairs each with what it had before the round, and says
@@ -659,6 +660,44 @@ def _pseudo_info(run_dir: Path) -> tuple[int | None, bool]:
 # the page
 
 
+def _behaviour(path: Path, top: int = 2) -> str:
+    """`comp check`'s check.json as a bar per test (failure rate, 95 % interval) and each
+    failing test's worst examples ("" when there is none)."""
+    if not path.is_file():
+        return ""
+    report = read_json(path)
+    tests = [t for t in report.get("tests", []) if t.get("rate") is not None]
+    if not tests:
+        return _note(f"{path}: no test applied to any text")
+    fig = _figure(7, 0.3 * len(tests) + 1)
+    ax = fig.add_subplot()
+    names = [f"{t['kind']} {t['name']}" for t in tests]
+    rates = [t["rate"] for t in tests]
+    err = [[r - t["ci_low"] for r, t in zip(rates, tests)],
+           [t["ci_high"] - r for r, t in zip(rates, tests)]]
+    ax.barh(range(len(tests)), rates, xerr=err, color="#4c72b0", capsize=2)
+    ax.set_yticks(range(len(tests)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel("failure rate (95 % interval)")
+    ax.grid(axis="x", alpha=0.3)
+    bars = _png(fig)
+    body = [[_esc(t["kind"]), _esc(t["name"]), str(t["n"]), _fmt(t["rate"], 3),
+             f"{_fmt(t['ci_low'], 3)}–{_fmt(t['ci_high'], 3)}",
+             _fmt(t.get("mean_delta"), 3) if t.get("mean_delta") is not None else ""]
+            for t in tests]
+    worst = []
+    for t in tests:
+        for ex in [e for e in t.get("examples", []) if e.get("failed")][:top]:
+            worst.append([_esc(t["name"]), _esc(ex["text"][:60]), _esc(ex["prediction"]),
+                          _esc(ex.get("perturbed", "")[:60]),
+                          _esc(ex.get("perturbed_prediction", ""))])
+    return (_note(f"{report.get('source', '')} on {report.get('texts', '')} ({path})") + bars
+            + _table(["kind", "test", "texts", "failure rate", "95 % interval",
+                      "mean Δp"], body, left=2)
+            + (_table(["test", "text", "prediction", "perturbed", "prediction"], worst,
+                      left=5) if worst else ""))
+
+
 def build_report(run_dirs: list[Path], submissions_dir: Path, out: Path,
                  data_cfg: Any | None = None) -> Path:
     """Write one self-contained HTML report about members and ensembles.
@@ -717,6 +756,11 @@ def build_report(run_dirs: list[Path], submissions_dir: Path, out: Path,
                     "")
     if suspects:
         sections.append(("Suspect labels (comp labels find)", suspects))
+    # `comp check` writes reports/check/ by default (or reports/<competition>/check/)
+    behaviour = next((b for b in (_behaviour(d / "check" / "check.json") for d in near) if b),
+                     "")
+    if behaviour:
+        sections.append(("Behaviour (comp check)", behaviour))
     labels = [str(r["name"]) for r in rows] + [str(c) for c in (comp.classes if comp else [])]
     if not _rc() and not all(x.isascii() for x in labels):
         notes.append("no CJK font installed: Chinese labels in the images may show as boxes")

@@ -1,8 +1,10 @@
 """comp check: INV perturbations, suite files, and the report on a small TF-IDF member."""
 
 import csv
+import html
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 
 from comp.cli import main
 from comp.core.utils import CompError
+from comp.data import perturb as P
 from comp.serving import check as C
 
 RNG = random.Random(0)
@@ -21,60 +24,60 @@ SUITE = Path(__file__).resolve().parents[1] / "recipes" / "check" / "sentiment.t
 
 
 def test_every_built_in_invariance_is_registered():
-    assert set(C.INVARIANCES) == {"s2t", "t2s", "fullwidth", "halfwidth", "punct_swap",
+    assert set(P.INVARIANCES) == {"s2t", "t2s", "fullwidth", "halfwidth", "punct_swap",
                                   "punct_remove", "whitespace", "emoji", "repeat", "case",
                                   "digits", "homophone", "synonym"}
 
 
 def test_simplified_and_traditional_really_change_characters():
     s = "简体中文，这个酒店质量很好"
-    t = C.to_traditional(s, RNG)
+    t = P.to_traditional(s, RNG)
     assert t == "簡體中文，這個酒店質量很好"
-    assert C.to_simplified(t, RNG) == s
-    assert C.to_simplified(s, RNG) == s  # simplified text: t2s does not apply
+    assert P.to_simplified(t, RNG) == s
+    assert P.to_simplified(s, RNG) == s  # simplified text: t2s does not apply
 
 
 def test_full_width_round_trip():
     s = "iPhone 12, 3.5分! (ok)?"
-    f = C.to_fullwidth(s, RNG)
+    f = P.to_fullwidth(s, RNG)
     assert f == "ｉＰｈｏｎｅ\u3000１２，\u3000３．５分！\u3000（ｏｋ）？"
     assert not any(ord(c) < 0x80 for c in f)
-    assert C.to_halfwidth(f, RNG) == s
-    assert C.to_halfwidth("质量很好！ＯＫ", RNG) == "质量很好!OK"
+    assert P.to_halfwidth(f, RNG) == s
+    assert P.to_halfwidth("质量很好！ＯＫ", RNG) == "质量很好!OK"
 
 
 def test_punctuation_swap_and_removal():
-    assert C.swap_punctuation("很好，推荐！真的?", RNG) == "很好,推荐!真的？"
-    assert C.swap_punctuation("评分4.5,不错.", RNG) == "评分4.5，不错。"  # a decimal point stays
-    assert C.remove_punctuation("很好，推荐！(真的)", RNG) == "很好推荐真的"
-    assert C.remove_punctuation("。。！", RNG) == "。。！"  # nothing would be left
+    assert P.swap_punctuation("很好，推荐！真的?", RNG) == "很好,推荐!真的？"
+    assert P.swap_punctuation("评分4.5,不错.", RNG) == "评分4.5，不错。"  # a decimal point stays
+    assert P.remove_punctuation("很好，推荐！(真的)", RNG) == "很好推荐真的"
+    assert P.remove_punctuation("。。！", RNG) == "。。！"  # nothing would be left
 
 
 def test_noise_repeat_case_and_digits():
     s = "质量很好"
-    w = C.add_whitespace(s, random.Random(1))
+    w = P.add_whitespace(s, random.Random(1))
     assert w.replace(" ", "") == s and 1 <= w.count(" ") <= 2 and not w.startswith(" ")
-    e = C.add_emoji(s, random.Random(1))
-    assert len(e) == len(s) + 1 and any(x in e for x in C.NEUTRAL_EMOJI)
-    assert C.repeat_char("好", RNG) == "好好好"
-    r = C.repeat_char("不错ok", random.Random(3))
+    e = P.add_emoji(s, random.Random(1))
+    assert len(e) == len(s) + 1 and any(x in e for x in P.NEUTRAL_EMOJI)
+    assert P.repeat_char("好", RNG) == "好好好"
+    r = P.repeat_char("不错ok", random.Random(3))
     assert r in ("不不不错ok", "不错错错ok")
-    assert C.repeat_char("ok!", RNG) == "ok!"
-    assert C.flip_case("iPhone很好", RNG) == "IPHONE很好"
-    assert C.flip_case("USB很好", RNG) == "usb很好"
-    assert C.swap_digits("买了2个，5分", RNG) == "买了两个，五分"
-    assert C.swap_digits("3.5分，iPhone12，2021年", RNG) == "3.5分，iPhone12，2021年"  # not lone
-    assert C.swap_digits("第一次买，住了三晚", RNG) == "第1次买，住了3晚"
-    assert C.swap_digits("一般，十一个", RNG) == "一般，十一个"  # 一般 is no number
+    assert P.repeat_char("ok!", RNG) == "ok!"
+    assert P.flip_case("iPhone很好", RNG) == "IPHONE很好"
+    assert P.flip_case("USB很好", RNG) == "usb很好"
+    assert P.swap_digits("买了2个，5分", RNG) == "买了两个，五分"
+    assert P.swap_digits("3.5分，iPhone12，2021年", RNG) == "3.5分，iPhone12，2021年"  # not lone
+    assert P.swap_digits("第一次买，住了三晚", RNG) == "第1次买，住了3晚"
+    assert P.swap_digits("一般，十一个", RNG) == "一般，十一个"  # 一般 is no number
 
 
 def test_homophone_keeps_pinyin_and_changes_the_character():
     from pypinyin import Style, lazy_pinyin
 
     texts = ["这个手机质量很好", "知道了，制作精良", "是的，事情十分顺利", "试试看"]
-    table = C.homophone_table(texts)
+    table = P.homophone_table(texts)
     assert {"质", "知", "制"} <= set(table) and "质" not in table["质"]
-    fn = C.make_homophone(table)
+    fn = P.make_homophone(table)
     changed = 0
     for seed in range(20):
         for t in texts:
@@ -86,43 +89,43 @@ def test_homophone_keeps_pinyin_and_changes_the_character():
                 assert lazy_pinyin(a, style=Style.NORMAL) == lazy_pinyin(b, style=Style.NORMAL)
                 assert b in "".join(texts)  # from the tested texts' own characters
     assert changed > 40
-    assert C.make_homophone({})("很好", RNG) == "很好"
+    assert P.make_homophone({})("很好", RNG) == "很好"
 
 
 def test_synonyms_both_ways_and_the_list_file(tmp_path):
-    fn = C.make_synonyms([("很好", "不错"), ("满意", "满足")])
+    fn = P.make_synonyms([("很好", "不错"), ("满意", "满足")])
     assert fn("质量很好", RNG) == "质量不错"
     assert fn("质量不错", RNG) == "质量很好"
     assert fn("太差了", RNG) == "太差了"
     f = tmp_path / "syn.tsv"
     f.write_text("# word\tsynonyms\n很好\t不错\t挺好\n\n满意\t满足\n", encoding="utf-8")
-    assert C.read_synonyms(f) == [("很好", "不错"), ("很好", "挺好"), ("满意", "满足")]
+    assert P.read_synonyms(f) == [("很好", "不错"), ("很好", "挺好"), ("满意", "满足")]
     f.write_text("很好 不错\n", encoding="utf-8")
     with pytest.raises(CompError, match=r"syn\.tsv: line 1: expected a word and a synonym"):
-        C.read_synonyms(f)
+        P.read_synonyms(f)
 
 
-@pytest.mark.parametrize("name", sorted(C.INVARIANCES))
+@pytest.mark.parametrize("name", sorted(P.INVARIANCES))
 def test_each_invariance_is_deterministic_for_a_seed(name):
     texts = ["这个手机质量很好，我非常满意！买了2个", "Good 书很好看? 第一次买",
              "酒店服务太差了。。。"]
-    inv = C.INVARIANCES[name]
+    inv = P.INVARIANCES[name]
     fn = inv.perturb or inv.build(texts, {"synonyms": [("很好", "不错"), ("酒店", "宾馆")]})
     for t in texts:
-        a = [fn(t, C.text_rng(7, name, t)) for _ in range(2)]
+        a = [fn(t, P.text_rng(7, name, t)) for _ in range(2)]
         assert a[0] == a[1]
 
 
 def test_a_seed_changes_the_random_ones():
     t = "这个手机质量很好，我非常满意"
-    outs = {C.add_whitespace(t, C.text_rng(s, "whitespace", t)) for s in range(10)}
+    outs = {P.add_whitespace(t, P.text_rng(s, "whitespace", t)) for s in range(10)}
     assert len(outs) > 3
 
 
 def test_pair_sides_are_perturbed_each():
     from comp.data.competition import PAIR_SEP
 
-    q = C.perturb_text(C.to_fullwidth, f"a b{PAIR_SEP}c", RNG, pair=True)
+    q = P.perturb_text(P.to_fullwidth, f"a b{PAIR_SEP}c", RNG, pair=True)
     assert q == f"ａ\u3000ｂ{PAIR_SEP}ｃ"
 
 
@@ -303,7 +306,7 @@ def test_the_shipped_sentiment_suite_loads():
     kinds = [t.kind for t in suite.templates]
     assert kinds.count("MFT") >= 2 and kinds.count("DIR") >= 2
     assert all(t.expect in ("pos", "neg") for t in suite.templates)
-    assert set(suite.inv) == set(C.INVARIANCES)
+    assert set(suite.inv) == set(P.INVARIANCES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,7 +336,7 @@ def test_end_to_end_on_a_tfidf_member(member, tmp_path, capsys):
     root, cdir, run_dir = member
     texts = _test_texts(cdir)
     # a few traditional, full-width and Latin/digit texts so every INV test applies
-    extra = [C.to_traditional(t, RNG) for t in texts[:10]] + [
+    extra = [P.to_traditional(t, RNG) for t in texts[:10]] + [
         "ＯＫ，质量很好！", "买了2个iPhone，第一次用，很满意", "USB接口不好用，差评"]
     tfile = tmp_path / "texts.txt"
     tfile.write_text("\n".join(texts + extra) + "\n", encoding="utf-8")
@@ -358,7 +361,7 @@ expect = "neg"
     rep = json.loads((out / "check.json").read_text(encoding="utf-8"))
     assert rep["n_texts"] == len(texts) + len(extra) and rep["classes"] == ["neg", "pos"]
     names = [t["name"] for t in rep["tests"]]
-    assert set(C.INVARIANCES) <= set(names) and "but_unhappy" in names
+    assert set(P.INVARIANCES) <= set(names) and "but_unhappy" in names
     for t in rep["tests"]:
         assert t["n"] > 0, t["name"]
         assert 0.0 <= t["ci_low"] <= t["rate"] <= t["ci_high"] <= 1.0, t["name"]
@@ -393,6 +396,20 @@ expect = "neg"
     assert main(args + ["--fail-above", str(worst["rate"])]) == 0
     assert main(args + ["--fail-above", str(worst["rate"] - 1e-3)]) == 1
     assert f"{worst['name']} {worst['rate']:.3f}" in capsys.readouterr().err
+    # the HTML report beside reports/check/ shows a Behaviour section: every test, the worst
+    from comp.report import build_report
+
+    reports = tmp_path / "reports"
+    shutil.copytree(out, reports / "check")
+    page = build_report([run_dir], tmp_path / "subs", reports / "index.html").read_text(
+        encoding="utf-8")
+    section = page[page.index("Behaviour (comp check)</h2>"):]
+    assert "<img" in section and all(f">{n}<" in section for n in names)
+    failed = next(t for t in rep["tests"] if t["failures"])
+    shown = next(e for e in failed["examples"] if e["failed"])
+    assert html.escape(shown["text"][:60]) in section
+    assert "Behaviour" not in build_report([run_dir], tmp_path / "subs",
+                                           tmp_path / "index.html").read_text(encoding="utf-8")
 
 
 def test_default_texts_are_the_competition_test_file(member, tmp_path, capsys):

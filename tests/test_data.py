@@ -323,8 +323,10 @@ def test_unset_unlabelled_changes_neither_folds_nor_fingerprints(small_comp):
     d["data"]["extra"] = ""
     # newer keys that name no run at their defaults (or ever: a time slice)
     d["train"].pop("time_limit")
-    for key in ("suspects", "suspect_frac"):
+    for key in ("suspects", "suspect_frac", "normalize"):
         d["data"].pop(key)
+    for key in ("augment", "augment_rate"):
+        d["train"].pop(key)
     for key in ("encoder", "encoder_len"):
         d["linear"].pop(key)
     canonical = json.dumps(d, sort_keys=True, ensure_ascii=False, separators=(",", ":"))

@@ -64,6 +64,9 @@ class DataConfig:
     # the rows cleanlab's confident learning flags
     suspects: str = "keep"
     suspect_frac: float = 0.0
+    # text normalizers applied to train, test, unlabelled and predicted texts alike, left to
+    # right (comp.data.perturb.NORMALIZERS: nfkc, t2s, punct, lower, space, repeat); "" = none
+    normalize: str = ""
 
     @property
     def shape(self) -> Task:
@@ -200,6 +203,10 @@ class TrainConfig:
     # phase that would run past its slice ends early at a step boundary, its LR decaying to 0
     # over the steps that fit (comp.nn.optim.TimeSlice); the fold's cv.json says so
     time_limit: float = 0.0
+    # perturbed copies of each fold's training rows (comp.data.perturb: the INV tests of comp
+    # check, e.g. "s2t,fullwidth,punct_swap,homophone", or "all"); augment_rate copies per row
+    augment: str = ""
+    augment_rate: float = 0.5
     batch_size: int = 32
     eval_batch_size: int = 128
     lr_head: float = 2e-3
@@ -264,6 +271,7 @@ class TrainConfig:
         _check(self.accum >= 1, "train.accum", "must be >= 1")
         _check(self.min_steps >= 0, "train.min_steps", "must be >= 0")
         _check(self.time_limit >= 0, "train.time_limit", "must be >= 0 seconds (0 = none)")
+        _check(self.augment_rate >= 0, "train.augment_rate", "must be >= 0")
         _check(self.unfreeze_top >= 0, "train.unfreeze_top", "must be >= 0 (0 = all layers)")
         _check(0.0 <= self.inner_val <= 0.5, "train.inner_val", "must be in [0, 0.5]")
         _check(self.cache_dtype in ("float32", "float16", "bfloat16"), "train.cache_dtype",

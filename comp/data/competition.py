@@ -28,13 +28,18 @@ import numpy as np
 
 from comp.config.schema import DataConfig
 from comp.core.utils import CompError, log, sha1_of
-from comp.data.readers import EXTENSIONS, Table, detect_encoding, read_table
+from comp.data.perturb import normalize_texts
+from comp.data.readers import (  # noqa: F401 (PAIR_SEP, split_pair: re-exported)
+    EXTENSIONS,
+    PAIR_SEP,
+    Table,
+    detect_encoding,
+    read_table,
+    split_pair,
+)
 from comp.tasks.shapes import Task, task_of
 
 TEXT_FALLBACKS = ("text", "sentence", "content", "review", "comment", "query", "title")
-# joins the two sides of a pair task's text; removed from the sides when read ("SYMBOL FOR
-# RECORD SEPARATOR": no real text holds it, and unlike U+001E it survives control-char cleaning)
-PAIR_SEP = "\u241e"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,6 +82,15 @@ class Competition:
     # its row order (read once here; [] without a sample: submissions follow the test file)
     layout: SampleLayout = field(default_factory=SampleLayout)
     sub_order: list[str] = field(default_factory=list)
+    # the texts as read, before data.normalize (None: not normalized); the fold table and the
+    # row fingerprints are of these, so every member shares one table whatever it normalizes
+    raw_train_texts: list[str] | None = None
+    raw_test_texts: list[str] | None = None
+
+    @property
+    def fold_texts(self) -> list[str]:
+        """The train texts as read: what the shared fold table groups."""
+        return self.train_texts if self.raw_train_texts is None else self.raw_train_texts
 
     @property
     def shape(self) -> Task:
@@ -116,13 +130,14 @@ class Competition:
 
     @property
     def train_hash(self) -> str:
-        """Fingerprint of train ids + texts + labels (members must agree on it)."""
-        return sha1_of([*self.train_ids, *self.train_texts, *map(str, self.labels.tolist())])
+        """Fingerprint of train ids + texts as read + labels (members must agree on it)."""
+        return sha1_of([*self.train_ids, *self.fold_texts, *map(str, self.labels.tolist())])
 
     @property
     def test_hash(self) -> str:
-        """Fingerprint of test ids + texts."""
-        return sha1_of([*self.test_ids, *self.test_texts])
+        """Fingerprint of test ids + texts as read."""
+        texts = self.test_texts if self.raw_test_texts is None else self.raw_test_texts
+        return sha1_of([*self.test_ids, *texts])
 
 
 def find_file(data_dir: Path, name: str, stem: str, required: bool = True) -> Path | None:
@@ -198,12 +213,6 @@ def read_texts(table: Table, cols: list[str], sep: str, warnings: list[str],
 def is_empty_text(text: str) -> bool:
     """True for an empty text, or a pair whose two sides are both empty."""
     return not text.replace(PAIR_SEP, "")
-
-
-def split_pair(text: str) -> tuple[str, str]:
-    """The (a, b) sides of a pair text; a text without PAIR_SEP is (text, "")."""
-    a, _, b = text.partition(PAIR_SEP)
-    return a, b
 
 
 def _warn(warnings: list[str], msg: str) -> None:
@@ -324,6 +333,10 @@ def load_competition(cfg: DataConfig) -> Competition:
     pair = cfg.shape.pair
     train_texts = read_texts(train, text_columns(train, cfg), cfg.text_sep, warnings, pair=pair)
     test_texts = read_texts(test, text_columns(test, cfg), cfg.text_sep, warnings, pair=pair)
+    raw = (train_texts, test_texts) if cfg.normalize else (None, None)
+    if cfg.normalize:
+        train_texts = normalize_texts(train_texts, cfg.normalize)
+        test_texts = normalize_texts(test_texts, cfg.normalize)
     groups: list[str] = []
     if cfg.group_col:
         if cfg.group_col not in train.columns:
@@ -350,7 +363,7 @@ def load_competition(cfg: DataConfig) -> Competition:
     comp = Competition(d, train_path, test_path, sample_path, train_ids, train_texts, labels,
                        classes, test_ids, test_texts, warnings=warnings, task=cfg.task,
                        train_groups=groups, label_sep=cfg.label_sep or "|", layout=lay,
-                       sub_order=sample_ids)
+                       sub_order=sample_ids, raw_train_texts=raw[0], raw_test_texts=raw[1])
     if comp.multilabel:
         _log_multilabel(comp)
     if cfg.extra:
@@ -477,4 +490,4 @@ def read_unlabelled(path: str | Path, cfg: DataConfig,
     if not keep:
         raise CompError(f"{path}: every text is empty (columns: {', '.join(cols)})")
     log(f"unlabelled: {len(keep)} texts from {path}")
-    return [ids[k] for k in keep], [texts[k] for k in keep]
+    return [ids[k] for k in keep], normalize_texts([texts[k] for k in keep], cfg.normalize)

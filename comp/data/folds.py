@@ -342,7 +342,7 @@ def _user_folds(comp: Competition, cfg: DataConfig, path: Path) -> np.ndarray:
 def _write_folds(comp: Competition, cfg: DataConfig, path: Path, meta_path: Path,
                  want: dict) -> np.ndarray:
     """Make the fold table and write folds.csv + folds.json."""
-    folds = make_folds(comp.labels, comp.train_texts, cfg.folds, cfg.fold_seed,
+    folds = make_folds(comp.labels, comp.fold_texts, cfg.folds, cfg.fold_seed,
                        comp.classes, comp.train_groups or None)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

@@ -13,6 +13,17 @@ from pathlib import Path
 
 from comp.core.utils import CompError, write_text
 
+# joins the two sides of a pair task's text; removed from the sides when read ("SYMBOL FOR
+# RECORD SEPARATOR": no real text holds it, and unlike U+001E it survives control-char cleaning)
+PAIR_SEP = "\u241e"
+
+
+def split_pair(text: str) -> tuple[str, str]:
+    """The (a, b) sides of a pair text; a text without PAIR_SEP is (text, "")."""
+    a, _, b = text.partition(PAIR_SEP)
+    return a, b
+
+
 EXTENSIONS = (".csv", ".tsv", ".jsonl", ".json", ".txt")
 csv.field_size_limit(1 << 30)  # a competition text may be far longer than csv's 128 KiB
 

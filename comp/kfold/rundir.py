@@ -358,6 +358,12 @@ def _identity(d: dict[str, Any], keep_dir: bool = False) -> dict[str, Any]:
     if data.get("suspects", "keep") == "keep":  # the default names no run
         data.pop("suspects", None)
         data.pop("suspect_frac", None)
+    if not data.get("normalize"):  # the defaults name no run
+        data.pop("normalize", None)
+    train = d.get("train", {})
+    if not train.get("augment"):
+        train.pop("augment", None)
+        train.pop("augment_rate", None)
     linear = d.get("linear", {})
     if linear.get("features") != "e5":  # the encoder only names runs that read one
         linear.pop("encoder", None)

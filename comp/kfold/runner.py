@@ -45,6 +45,7 @@ from comp.core.metrics import score
 from comp.core.utils import CompError, log, read_json, save_npy, write_json, write_text
 from comp.data.competition import Competition, load_competition
 from comp.data.folds import data_hashes, load_folds
+from comp.kfold.augment import augment_fold, drop_val_copies
 from comp.kfold.extra import ExtraRows, check_extra_folds, extra_for_fold, load_pseudo_for
 from comp.kfold.rundir import FoldStatus, RunDir, fingerprint_of, recipe_fingerprint, same_recipe
 from comp.kfold.suspects import treat_suspects
@@ -260,7 +261,9 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
             log(f"{recipe.name} fold {f}: dropped {dropped} extra row(s) duplicating "
                 "validation texts")
         t0 = time.time()
-        ctx = treat_suspects(ctx)  # data.suspects: found on the training part only
+        base_extra = ctx.extra
+        ctx = treat_suspects(drop_val_copies(ctx))  # data.suspects: from the training part only
+        ctx = augment_fold(ctx)  # train.augment: copies of training rows, this fold only
         out = FoldOutput.of(fit_fold(ctx))
         _check_shape(out.val, (len(ctx.val_idx), comp.n_classes), "validation")
         train_proba = out.train if want_train else None
@@ -284,9 +287,10 @@ def run_member(recipe: Recipe, fit_fold: FitFold, folds_to_run: list[int] | None
         rd.write_marker(f, {"fold": f, "metric": recipe.metric, "score": s,
                             "seconds": round(time.time() - t0, 2), "recipe": want["recipe"],
                             "inputs": want, "n_train": len(ctx.train_idx),
-                            "n_val": len(ctx.val_idx), "n_extra": len(ctx.extra),
-                            "extra_per_fold": ctx.extra.per_fold,
-                            "extra_hash": ctx.extra.fingerprint,
+                            "n_val": len(ctx.val_idx), "n_extra": len(base_extra),
+                            "n_augmented": len(ctx.extra) - len(base_extra),
+                            "extra_per_fold": base_extra.per_fold,
+                            "extra_hash": base_extra.fingerprint,
                             "unlabelled_hash": comp.unlabelled_hash,
                             "unlabelled_predicted": unl_proba is not None,
                             "train_predicted": train_proba is not None})

@@ -28,271 +28,25 @@ import io
 import itertools
 import math
 import random
-import re
 import string
 import tomllib
-import unicodedata
-from collections.abc import Callable, Sequence
-from functools import cache
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from comp.core.utils import CompError, log, write_json, write_text
+from comp.data.perturb import (
+    INVARIANCES,
+    is_cjk,
+    perturb_text,
+    read_synonyms,
+    text_rng,
+)
 from comp.tasks.shapes import task_of
 
-Perturb = Callable[[str, random.Random], str]
-
 Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
-
-
-# ---------------------------------------------------------------------------------------------
-# invariance tests: text -> perturbed text
-
-
-@dataclasses.dataclass(frozen=True)
-class Invariance:
-    """One INV test: `perturb(text, rng)`, or `build(texts, options)` making it from the
-    tested texts (None: skipped, e.g. no synonym list)."""
-
-    name: str
-    description: str
-    perturb: Perturb | None = None
-    build: Callable[[list[str], dict[str, Any]], Perturb | None] | None = None
-
-
-INVARIANCES: dict[str, Invariance] = {}
-
-
-def register_inv(name: str, description: str) -> Callable[[Perturb], Perturb]:
-    """Register a perturbation `fn(text, rng) -> text` as the INV test `name`."""
-
-    def deco(fn: Perturb) -> Perturb:
-        INVARIANCES[name] = Invariance(name, description, perturb=fn)
-        return fn
-
-    return deco
-
-
-def register_inv_builder(name: str, description: str):
-    """Register `build(texts, options) -> perturb | None` as the INV test `name`."""
-
-    def deco(fn):
-        INVARIANCES[name] = Invariance(name, description, build=fn)
-        return fn
-
-    return deco
-
-
-def _is_cjk(c: str) -> bool:
-    return "\u4e00" <= c <= "\u9fff" or "\u3400" <= c <= "\u4dbf"
-
-
-@cache
-def _opencc(config: str):
-    try:
-        import opencc
-    except ImportError:
-        raise CompError("the s2t/t2s tests need the opencc package (pip install opencc)") from None
-    return opencc.OpenCC(config)
-
-
-@register_inv("s2t", "simplified -> traditional characters (OpenCC s2t)")
-def to_traditional(text: str, rng: random.Random) -> str:
-    return _opencc("s2t").convert(text)
-
-
-@register_inv("t2s", "traditional -> simplified characters (OpenCC t2s)")
-def to_simplified(text: str, rng: random.Random) -> str:
-    return _opencc("t2s").convert(text)
-
-
-_FULL = {i: i + 0xFEE0 for i in range(0x21, 0x7F)} | {0x20: 0x3000}
-
-
-@register_inv("fullwidth", "ASCII letters, digits, punctuation and spaces -> full-width forms")
-def to_fullwidth(text: str, rng: random.Random) -> str:
-    return text.translate(_FULL)
-
-
-@register_inv("halfwidth", "full-width forms -> half-width (Unicode NFKC)")
-def to_halfwidth(text: str, rng: random.Random) -> str:
-    return unicodedata.normalize("NFKC", text)
-
-
-_ZH_PUNCT = "，。！？：；（）"
-_EN_PUNCT = ",.!?:;()"
-_ZH2EN = dict(zip(_ZH_PUNCT, _EN_PUNCT))
-_EN2ZH = dict(zip(_EN_PUNCT, _ZH_PUNCT))
-
-
-@register_inv("punct_swap", "Chinese punctuation ，。！？：；（） <-> ASCII ,.!?:;() (both ways; "
-              "a point or comma inside a number is kept)")
-def swap_punctuation(text: str, rng: random.Random) -> str:
-    out = []
-    for i, c in enumerate(text):
-        if c in _ZH2EN:
-            c = _ZH2EN[c]
-        elif c in _EN2ZH and not (c in ".," and 0 < i < len(text) - 1
-                                  and text[i - 1].isdigit() and text[i + 1].isdigit()):
-            c = _EN2ZH[c]
-        out.append(c)
-    return "".join(out)
-
-
-@register_inv("punct_remove", "every punctuation character removed (a text of punctuation only "
-              "is left as it is)")
-def remove_punctuation(text: str, rng: random.Random) -> str:
-    out = "".join(c for c in text if not unicodedata.category(c).startswith("P"))
-    return out if out.strip() else text
-
-
-@register_inv("whitespace", "one or two spaces inserted inside the text")
-def add_whitespace(text: str, rng: random.Random) -> str:
-    for _ in range(rng.randint(1, 2)):
-        k = rng.randint(1, len(text) - 1) if len(text) > 1 else len(text)
-        text = text[:k] + " " + text[k:]
-    return text
-
-
-NEUTRAL_EMOJI = ("📦", "📌", "🔹", "📎", "🔸", "📝")
-
-
-@register_inv("emoji", "one neutral emoji (📦📌🔹📎🔸📝) inserted at a random position")
-def add_emoji(text: str, rng: random.Random) -> str:
-    k = rng.randint(0, len(text))
-    return text[:k] + rng.choice(NEUTRAL_EMOJI) + text[k:]
-
-
-@register_inv("repeat", "one Chinese character said three times (好 -> 好好好)")
-def repeat_char(text: str, rng: random.Random) -> str:
-    where = [i for i, c in enumerate(text) if _is_cjk(c)]
-    if not where:
-        return text
-    i = rng.choice(where)
-    return text[:i] + text[i] * 2 + text[i:]
-
-
-_LATIN = re.compile(r"[A-Za-z]+")
-
-
-@register_inv("case", "Latin letters upper-cased (lower-cased when there is no lower-case one)")
-def flip_case(text: str, rng: random.Random) -> str:
-    if not _LATIN.search(text):
-        return text
-    up = any("a" <= c <= "z" for c in text)
-    return _LATIN.sub(lambda m: m.group().upper() if up else m.group().lower(), text)
-
-
-_ZH_DIGITS = "零一二三四五六七八九"
-_MEASURE = "个次天晚件本台位张间家年月周部只条瓶盒份遍星岁页层"
-_LONE_DIGIT = re.compile(r"(?<![0-9.,:%/A-Za-z０-９])[0-9](?![0-9.,:%/A-Za-z０-９])")
-_NUMERAL = {c: str(i) for i, c in enumerate(_ZH_DIGITS)} | {"两": "2"}
-_ZH_NUMBER = re.compile(rf"(?<![零一二两三四五六七八九十百千万亿])[一二两三四五六七八九]"
-                        rf"(?=[{_MEASURE}])")
-
-
-@register_inv("digits", "a lone digit -> its Chinese numeral (2个 -> 两个, 5 -> 五); a text "
-              "without one: a numeral before a measure word -> a digit (一次 -> 1次)")
-def swap_digits(text: str, rng: random.Random) -> str:
-    def zh(m: re.Match) -> str:
-        d = int(m.group())
-        after = text[m.end():m.end() + 1]
-        return "两" if d == 2 and after and after in _MEASURE else _ZH_DIGITS[d]
-
-    if _LONE_DIGIT.search(text):
-        return _LONE_DIGIT.sub(zh, text)
-    return _ZH_NUMBER.sub(lambda m: _NUMERAL[m.group()], text)
-
-
-def pinyin_of(c: str) -> str:
-    """A character's toneless pinyin (its most common reading), '' for a non-Chinese one."""
-    from pypinyin import Style, lazy_pinyin
-
-    if not _is_cjk(c):
-        return ""
-    p = lazy_pinyin(c, style=Style.NORMAL, errors="ignore")
-    return p[0] if p and p[0] != c else ""
-
-
-def homophone_table(texts: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    """Each Chinese character of the texts -> the other characters of the texts with the same
-    toneless pinyin (what a pinyin input method offers for the same keystrokes), sorted."""
-    by_sound: dict[str, list[str]] = {}
-    for c in sorted({c for t in texts for c in t if _is_cjk(c)}):
-        p = pinyin_of(c)
-        if p:
-            by_sound.setdefault(p, []).append(c)
-    return {c: tuple(o for o in group if o != c)
-            for group in by_sound.values() if len(group) > 1 for c in group}
-
-
-def make_homophone(table: dict[str, tuple[str, ...]]) -> Perturb:
-    """A perturbation replacing one character by a homophone from `table`."""
-
-    def homophone(text: str, rng: random.Random) -> str:
-        where = [i for i, c in enumerate(text) if c in table]
-        if not where:
-            return text
-        i = rng.choice(where)
-        return text[:i] + rng.choice(table[text[i]]) + text[i + 1:]
-
-    return homophone
-
-
-@register_inv_builder("homophone", "one Chinese character -> another with the same toneless "
-                      "pinyin, from the characters of the tested texts (pypinyin)")
-def _build_homophone(texts: list[str], options: dict[str, Any]) -> Perturb | None:
-    table = homophone_table(texts)
-    return make_homophone(table) if table else None
-
-
-def make_synonyms(pairs: Sequence[tuple[str, str]]) -> Perturb:
-    """A perturbation replacing one occurrence of a listed word by one of its synonyms (the
-    pairs are read both ways; the longest word matches first)."""
-    syn: dict[str, set[str]] = {}
-    for a, b in pairs:
-        if a != b:
-            syn.setdefault(a, set()).add(b)
-            syn.setdefault(b, set()).add(a)
-    table = {w: tuple(sorted(s)) for w, s in syn.items()}
-    pattern = re.compile("|".join(map(re.escape, sorted(table, key=lambda w: (-len(w), w)))))
-
-    def synonym(text: str, rng: random.Random) -> str:
-        found = list(pattern.finditer(text)) if table else []
-        if not found:
-            return text
-        m = rng.choice(found)
-        return text[:m.start()] + rng.choice(table[m.group()]) + text[m.end():]
-
-    return synonym
-
-
-@register_inv_builder("synonym", "one word -> a synonym from the --synonyms list (skipped "
-                      "without one)")
-def _build_synonym(texts: list[str], options: dict[str, Any]) -> Perturb | None:
-    pairs = options.get("synonyms") or []
-    return make_synonyms(pairs) if pairs else None
-
-
-def read_synonyms(path: str | Path) -> list[tuple[str, str]]:
-    """Synonym pairs from a tab-separated file: a word, then one or more synonyms; blank lines
-    and lines starting with # are skipped."""
-    p = Path(path)
-    if not p.is_file():
-        raise CompError(f"{p}: synonym list not found")
-    pairs = []
-    for n, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        words = [w.strip() for w in line.split("\t") if w.strip()]
-        if len(words) < 2:
-            raise CompError(f"{p}: line {n}: expected a word and a synonym separated by a tab")
-        pairs += [(words[0], w) for w in words[1:]]
-    if not pairs:
-        raise CompError(f"{p}: no synonym pairs")
-    return pairs
 
 
 def vector_synonyms(path: str | Path, texts: Sequence[str], cut: float = 0.8, topn: int = 3,
@@ -306,29 +60,15 @@ def vector_synonyms(path: str | Path, texts: Sequence[str], cut: float = 0.8, to
 
     kv = load_vectors(path)
     counts = Counter(w for toks in corpus_tokens(list(texts), "word") for w in toks
-                     if len(w) >= 2 and all(map(_is_cjk, w)) and w in kv.key_to_index)
+                     if len(w) >= 2 and all(map(is_cjk, w)) and w in kv.key_to_index)
     words = sorted(counts, key=lambda w: (-counts[w], w))[:max_words]
     pairs = []
     for w in words:
         for o, sim in kv.most_similar(w, topn=topn):
-            if (sim >= cut and len(o) >= 2 and all(map(_is_cjk, o)) and o not in w
+            if (sim >= cut and len(o) >= 2 and all(map(is_cjk, o)) and o not in w
                     and w not in o):
                 pairs.append((w, o))
     return pairs
-
-
-def perturb_text(fn: Perturb, text: str, rng: random.Random, pair: bool = False) -> str:
-    """fn on a text; a pair's sides (joined by comp.data PAIR_SEP) are perturbed each."""
-    if not pair:
-        return fn(text, rng)
-    from comp.data.competition import PAIR_SEP
-
-    return PAIR_SEP.join(fn(side, rng) for side in text.split(PAIR_SEP))
-
-
-def text_rng(seed: int, test: str, text: str) -> random.Random:
-    """The random stream of one test on one text: the same whatever the other texts are."""
-    return random.Random(f"{seed}\x1f{test}\x1f{text}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -593,8 +333,9 @@ def _score(plan: _Planned, pred: _Predictions, n_examples: int) -> dict[str, Any
     res: dict[str, Any] = {"name": plan.name, "kind": plan.kind,
                            "description": plan.description, "n": len(plan.originals)}
     if plan.skipped or not plan.originals:
-        res.update(failures=0, rate=None, ci_low=None, ci_high=None, mean_delta=None,
-                   examples=[], skipped=plan.skipped or "no text changed")
+        res.update(failures=0, rate=None, failure_rate=None, ci_low=None, ci_high=None,
+                   ci=None, mean_delta=None, examples=[],
+                   skipped=plan.skipped or "no text changed")
         return res
     cls = pred.classes
     cases = []
@@ -619,7 +360,8 @@ def _score(plan: _Planned, pred: _Predictions, n_examples: int) -> dict[str, Any
     k = sum(c[0] for c in cases)
     lo, hi = wilson_interval(k, len(cases))
     deltas = [c[7] for c in cases]
-    res.update(failures=int(k), rate=k / len(cases), ci_low=lo, ci_high=hi,
+    res.update(failures=int(k), rate=k / len(cases), failure_rate=k / len(cases),
+               ci_low=lo, ci_high=hi, ci=[lo, hi],
                mean_delta=None if plan.kind == "MFT" else float(np.mean(deltas)))
     if plan.kind == "MFT":
         res["mean_p_expected"] = float(np.mean(deltas))

@@ -30,6 +30,7 @@ import numpy as np
 
 from comp.config.schema import DataConfig, Recipe
 from comp.core.utils import CompError, load_model, log, read_json, write_text
+from comp.data.perturb import normalize_texts
 from comp.data.readers import Table
 from comp.data.recipes import load_recipe
 from comp.members.registry import create_member
@@ -96,7 +97,7 @@ class MemberModel(_Labels):
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """(n, C) probabilities (multi-label: one per label): the mean of the folds'."""
-        texts = list(texts)
+        texts = normalize_texts(texts, self.recipe.data.normalize)
         return np.mean([p(texts) for p in self.folds], axis=0)
 
 
