@@ -13,14 +13,18 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 
-# Install only when pyproject.toml changed since the last install (a stamp holds its hash).
+# Install only when pyproject.toml changed since the last install (a stamp holds its hash and
+# the extras installed): a run needs comp alone, the tests also the dev tools and Ray.
 stamp="$VENV/.comp-installed"
-want=$(sha1sum pyproject.toml | cut -d' ' -f1)
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "run.sh: installing comp and its dependencies (CPU torch) into $VENV" >&2
+extras=""
+if [ "${1:-}" = "test" ]; then extras="[dev,ray]"; fi
+want="$(sha1sum pyproject.toml | cut -d' ' -f1) $extras"
+have=$(cat "$stamp" 2>/dev/null || true)
+if [ "$have" != "$want" ] && [ "$have" != "$want[dev,ray]" ]; then
+  echo "run.sh: installing comp$extras and its dependencies (CPU torch) into $VENV" >&2
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # torch is pinned in pyproject.toml: the pinned release is the CPU build
-  "$VENV/bin/python" -m pip install -q -e '.[dev]'
+  "$VENV/bin/python" -m pip install -q -e ".$extras"
   echo "$want" > "$stamp"
 fi
 

@@ -75,8 +75,39 @@ def cmd_folds(args: argparse.Namespace) -> None:
           f"{np.bincount(folds, minlength=cfg.folds).tolist()}")
 
 
+def executor_args(sp: argparse.ArgumentParser) -> None:
+    """--executor, --address, --jobs: where (member, fold) tasks run."""
+    sp.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="local: one fold after another in this process (default); ray: every "
+                    "(member, fold) a Ray task on this machine's cores or a cluster (pip install "
+                    "'comp[ray]'; a cluster's workers must see this directory at the same path)")
+    sp.add_argument("--address", default=None,
+                    help="with --executor ray: a running cluster ('auto' = the one `ray start` "
+                    "made here); default starts a local one")
+    sp.add_argument("--jobs", type=int, default=None,
+                    help="with --executor ray: tasks at once (default: the cluster's CPUs)")
+
+
+def _check_executor(args: argparse.Namespace) -> None:
+    if args.executor == "local" and (args.address or args.jobs):
+        raise CompError("--address and --jobs go with --executor ray")
+    if args.jobs is not None and args.jobs < 1:
+        raise CompError(f"--jobs: must be >= 1, got {args.jobs}")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
+    _check_executor(args)
     recipe = _recipe(args)
+    if args.executor == "ray":
+        from comp.kfold.runner import folds_done
+        from comp.workflows.fanout import FoldTask, raise_failures, run_fold_tasks
+
+        if args.force:
+            raise CompError("--force goes with --executor local (a Ray task resumes its fold)")
+        own = _folds(args.folds) or list(recipe.data.use_folds) or list(range(recipe.data.folds))
+        todo = sorted(set(own) - folds_done(recipe))
+        raise_failures(run_fold_tasks([FoldTask(recipe, f) for f in todo], args.jobs,
+                                      args.address))
     cv = train_recipe(recipe, _folds(args.folds), args.force)
     if cv:
         print(f"{recipe.name}: OOF {cv['metric']}={cv['cv']:.4f} folds="
@@ -115,10 +146,16 @@ def cmd_vectors(args: argparse.Namespace) -> None:
 def cmd_tune(args: argparse.Namespace) -> None:
     from comp.workflows.tune import run_tune
 
+    _check_executor(args)
     recipe = _recipe(args)
-    run_tune(recipe, trials=args.trials, timeout=args.timeout, storage=args.storage,
-             study=args.study, n_folds=args.tune_folds, sampler_seed=args.seed,
-             pruner=args.pruner)
+    kw = dict(trials=args.trials, timeout=args.timeout, storage=args.storage, study=args.study,
+              n_folds=args.tune_folds, sampler_seed=args.seed, pruner=args.pruner)
+    if args.executor == "ray":
+        from comp.workflows.fanout import tune_on_ray
+
+        tune_on_ray(recipe, args.jobs, args.address, **kw)
+    else:
+        run_tune(recipe, **kw)
 
 
 def cmd_pseudo(args: argparse.Namespace) -> None:
@@ -193,9 +230,11 @@ def cmd_score(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     from comp.workflows.pipeline import run_pipeline
 
+    _check_executor(args)
     run_pipeline(data=args.data, quick=args.quick, stages=args.stages,
                  pseudo_rounds=args.pseudo_rounds, metric=args.metric, preset=args.preset,
-                 budget=args.budget)
+                 budget=args.budget, executor=args.executor, address=args.address,
+                 jobs=args.jobs)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -317,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_args(sp)
     sp.add_argument("--folds", help="only these folds, e.g. 0,2 (fan folds out over machines)")
     sp.add_argument("--force", action="store_true", help="retrain finished folds")
+    executor_args(sp)
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("tune", help="tune a recipe's [tune] space with Optuna")
@@ -330,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="objective = mean metric over the first K folds")
     sp.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
     sp.add_argument("--seed", type=int, default=42, help="TPE sampler seed")
+    executor_args(sp)  # ray: --jobs Optuna workers as Ray tasks sharing the study's storage
     sp.set_defaults(func=cmd_tune)
 
     sp = sub.add_parser("pseudo", help="pseudo-labels from an ensemble's test and unlabelled "
@@ -488,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--pseudo-rounds", type=int, default=None,
                     help="train -> ensemble -> pseudo-label -> retrain rounds (default 1 with "
                          "--preset best or all, else 0); the plan names what a round trains")
+    executor_args(sp)
     sp.set_defaults(func=cmd_run)
     return p
 

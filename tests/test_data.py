@@ -317,6 +317,7 @@ def test_unset_unlabelled_changes_neither_folds_nor_fingerprints(small_comp):
     d = plain.to_dict()
     d.pop("tune")
     d.pop("runs_dir")
+    d.pop("resources")  # where a fold runs, not what it is
     d["train"].pop("predict_train")  # newer than the runs this fingerprint must keep matching
     d["data"].pop("dir")  # the data are fingerprinted by content, not by where they live
     d["data"].pop("use_folds")  # which folds ran is each fold marker's business

@@ -334,6 +334,23 @@ class PretrainConfig:
 
 
 @dataclass(frozen=True)
+class ResourcesConfig:
+    """What one (member, fold) task asks a Ray cluster for (`--executor ray`): where a fold
+    runs, not what it is, so no part of a run's identity."""
+
+    num_cpus: float = 0.0  # 0 = by member kind: 1
+    # -1 = by member kind: a network takes 1 GPU where the cluster has one, else none
+    num_gpus: float = -1.0
+    memory: int = 0  # bytes reserved for the task; 0 = none
+
+    def __post_init__(self) -> None:
+        _check(self.num_cpus >= 0, "resources.num_cpus", "must be >= 0 (0 = by member kind)")
+        _check(self.num_gpus >= 0 or self.num_gpus == -1, "resources.num_gpus",
+               "must be >= 0, or -1 (by member kind)")
+        _check(self.memory >= 0, "resources.memory", "must be >= 0 bytes")
+
+
+@dataclass(frozen=True)
 class Recipe:
     """One member: how to read the data, what to build, how to train it, what to tune."""
 
@@ -347,6 +364,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     # search space: {"train.lr_head": {"type": "float", "low": 1e-4, "high": 1e-2, "log": true}}
     tune: dict[str, dict[str, Any]] = field(default_factory=dict)
 

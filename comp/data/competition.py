@@ -20,7 +20,9 @@ never enter the fold table or the train/test fingerprints.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -294,6 +296,24 @@ def class_order(labels: list[str]) -> list[str]:
         return sorted(uniq)
 
 
+# competitions handed in already read (a Ray task's copy from the object store): data config ->
+# Competition, only inside `preloaded`
+_PRELOADED: dict[DataConfig, Competition] = {}
+
+
+@contextlib.contextmanager
+def preloaded(cfg: DataConfig, comp: Competition | None) -> Iterator[None]:
+    """Inside the block, load_competition(cfg) returns `comp` (None: reads as usual)."""
+    if comp is None:
+        yield
+        return
+    _PRELOADED[cfg] = comp
+    try:
+        yield
+    finally:
+        _PRELOADED.pop(cfg, None)
+
+
 def load_competition(cfg: DataConfig) -> Competition:
     """Read and validate a competition folder.
 
@@ -303,6 +323,8 @@ def load_competition(cfg: DataConfig) -> Competition:
     Returns:
         The Competition, with labels as int indices into a stable class order.
     """
+    if cfg in _PRELOADED:
+        return _PRELOADED[cfg]
     d = Path(cfg.dir)
     train_path = find_file(d, cfg.train, "train")
     test_path = find_file(d, cfg.test, "test")

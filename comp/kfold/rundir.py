@@ -346,6 +346,7 @@ def _identity(d: dict[str, Any], keep_dir: bool = False) -> dict[str, Any]:
     d = copy.deepcopy(d)
     d.pop("tune", None)
     d.pop("runs_dir", None)
+    d.pop("resources", None)  # where a fold runs (a Ray cluster), not what it is
     data = d.setdefault("data", {})
     data["extra"] = ""
     data.pop("use_folds", None)  # which folds run is recorded per fold, not in the identity

@@ -488,6 +488,17 @@ def train_linear(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
     feats = LinearFeatures(recipe, comp)
 
     def fit_fold(ctx: FoldContext) -> FoldOutput:
+        from threadpoolctl import threadpool_limits
+
+        _ = feats.X, feats.X_pred  # features first (an e5 forward uses every thread)
+        extra_X = rows_of(feats.vec.transform(ctx.extra.texts)) if len(ctx.extra) else None
+        # then one BLAS thread: OpenBLAS sums in an order that depends on its thread count, so
+        # a fold fitted with two threads would differ in the last bits from one fitted by a
+        # one-CPU Ray task; the costly products are scipy's sparse ones, one thread either way
+        with threadpool_limits(1, user_api="blas"):
+            return fit_features(ctx, extra_X)
+
+    def fit_features(ctx: FoldContext, extra_X) -> FoldOutput:
         X = feats.X
         Xtr, ytr = X[ctx.train_idx], comp.labels[ctx.train_idx]
         w = np.ones(len(ytr)) if ctx.train_weights is None else ctx.train_weights.astype(float)
@@ -496,7 +507,7 @@ def train_linear(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
                 # pseudo rows join as their decided label sets (soft targets: still the sets)
                 hard = (ctx.extra.labels if ctx.extra.labels is not None
                         else (ctx.extra.targets >= 0.5).astype(np.int64))
-                Xtr = stack_rows(Xtr, rows_of(feats.vec.transform(ctx.extra.texts)))
+                Xtr = stack_rows(Xtr, extra_X)
                 ytr = np.concatenate([ytr, hard.astype(ytr.dtype)])
                 w = np.concatenate([w, ctx.extra.weights])
             model = PerLabelModel(cfg, recipe.train.seed, recipe.name).fit(
@@ -508,7 +519,7 @@ def train_linear(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
                               if ctx.predict_train else None)
         if len(ctx.extra):
             # linear models take hard labels: pseudo rows enter as argmax with their weight
-            Xtr = stack_rows(Xtr, rows_of(feats.vec.transform(ctx.extra.texts)))
+            Xtr = stack_rows(Xtr, extra_X)
             ytr = np.concatenate([ytr, ctx.extra.targets.argmax(1)])
             w = np.concatenate([w, ctx.extra.weights])
         if len(np.unique(ytr)) < 2:  # tiny or heavily duplicated data: nothing to separate

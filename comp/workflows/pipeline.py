@@ -448,7 +448,8 @@ def best_submission(paths: list[Path], comp: Competition | None = None,
 def run_pipeline(data: str | None = None, quick: bool = False,
                  stages: str | None = None, pseudo_rounds: int | None = None,
                  metric: str | None = None, preset: str | None = None,
-                 budget: float | None = None) -> Path:
+                 budget: float | None = None, executor: str = "local",
+                 address: str | None = None, jobs: int | None = None) -> Path:
     """Run every stage to a time budget; print the final one-line summary.
 
     Args:
@@ -466,6 +467,11 @@ def run_pipeline(data: str | None = None, quick: bool = False,
             textcnn_vectors). PSEUDO_RECIPES names what each preset's round trains.
         budget: minutes the members may take (default 20 for the default preset, none for
             the others); the plan is printed before training (comp.workflows.plan).
+        executor: "local" trains one fold after another here; "ray" makes every planned
+            (member, fold) a Ray task (comp.workflows.fanout), dearest first, then assembles,
+            ensembles and reports here as usual.
+        address: with "ray", a running cluster ("auto"); None starts a local one.
+        jobs: with "ray", tasks at once (default: the cluster's CPUs).
 
     Returns:
         The best submission CSV.
@@ -556,13 +562,19 @@ def run_pipeline(data: str | None = None, quick: bool = False,
             timed("vectors", stage_vectors, layout, kinds)
             vectors_done.update(kinds)
 
+    def step_extra(step, folds: list[int] | None) -> list[str]:
+        """The overrides a planned member trains with: its folds and, under a budget, a
+        network's time slice."""
+        extra = [f"data.use_folds={folds}"] if folds else []
+        if budget_s is not None and stage_of(step.name) == "fusion" and step.per_fold > 0:
+            extra.append(f"train.time_limit={time_slice(step) * stretch:.1f}")
+        return extra
+
     def train_step(step, folds: list[int] | None) -> None:
         """One planned member on `folds` (None = all), within its time slice under a budget."""
         nonlocal runs
         stage = stage_of(step.name)
-        extra = [f"data.use_folds={folds}"] if folds else []
-        if budget_s is not None and stage == "fusion" and step.per_fold > 0:
-            extra.append(f"train.time_limit={time_slice(step) * stretch:.1f}")
+        extra = step_extra(step, folds)
         vectors_for([step.name], extra)
         t = time.time()
         new = timed(stage, stage_members, layout, [step.name], extra) or []
@@ -570,13 +582,44 @@ def run_pipeline(data: str | None = None, quick: bool = False,
         step.actual = (step.actual or 0.0) + time.time() - t
         record_speed(speeds_path, step.name, _cv(new[-1]) if new else None, k)
 
+    def fan_out(planned: list) -> set[str]:
+        """Every planned (member, fold) not yet done as a Ray task; a member left with only
+        some folds done (the budget ran out) keeps those. Returns the members it trained."""
+        from comp.workflows.fanout import FoldTask, raise_failures, run_fold_tasks
+
+        tasks = []
+        for step in planned:
+            extra = step_extra(step, step.folds)
+            vectors_for([step.name], extra)  # word2vec files: made here once, read by tasks
+            recipe = member_recipe(layout, step.name, extra)
+            own = step.folds or list(range(k))
+            per = step.per_fold or step.seconds / max(1, len(own))
+            tasks += [FoldTask(recipe, f, per) for f in sorted(set(own) - folds_done(recipe))]
+        t = time.time()
+        fan = run_fold_tasks(tasks, jobs, address,
+                             t0 + budget_s if budget_s is not None else None)
+        log(f"ray: {len(fan.seconds)} fold task(s) in {(time.time() - t) / 60:.1f} min")
+        raise_failures(fan)
+        for step in planned:
+            own = step.folds or list(range(k))
+            got = sorted(set(own) & folds_done(member_recipe(layout, step.name,
+                                                             step_extra(step, step.folds))))
+            if got != own:
+                step.folds = got  # [] = none finished: the member is left out
+            step.actual = fan.member_seconds(step.name) or None
+        return {s.name for s in planned}
+
+    fanned: set[str] = set()  # members whose folds Ray trained: only assembled below
+    if executor == "ray":
+        fanned = fan_out([s for s in steps if s.folds != [] and stage_of(s.name) in want])
     for step in steps:
         if step.folds == []:
             continue
         if stage_of(step.name) not in want:
             continue
         elapsed = time.time() - t0
-        if budget_s is not None and elapsed + step.seconds > budget_s * 1.1:
+        if step.name not in fanned and budget_s is not None and \
+                elapsed + step.seconds > budget_s * 1.1:
             log(f"plan: {step.name} skipped: {elapsed / 60:.1f} of {budget_s / 60:g} minutes "
                 f"used, it needs ~{step.seconds / 60:.1f}")
             continue
