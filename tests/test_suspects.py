@@ -81,3 +81,57 @@ def test_keeping_suspects_names_the_same_run_as_before(tmp_path):
     assert recipe_fingerprint(drop) != recipe_fingerprint(keep)
     with pytest.raises(Exception, match="data.suspects"):
         _recipe(tmp_path, tmp_path / "runs", "data.suspects=burn")
+
+
+def test_multilabel_suspects_find_flipped_label_sets_on_the_training_part(tmp_path,
+                                                                           monkeypatch):
+    from test_multilabel import make_multilabel_folder
+
+    d = make_multilabel_folder(tmp_path / "ml", n_train=400, n_test=20)
+    with open(d / "train.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    flip = set(random.Random(5).sample(range(len(rows)), 40))
+    for i in flip:  # the sentiment label turned over: a wrong label set
+        rows[i]["pos"] = "0" if rows[i]["pos"] == "1" else "1"
+    with open(d / "train.csv", "w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    flipped_texts = {rows[i]["text"] for i in flip}
+    seen, flagged_texts = [], []
+    real = sus.inner_quality
+
+    def spy(texts, labels, n_classes, seed=0):
+        q, flagged = real(texts, labels, n_classes, seed)
+        seen.append(set(texts))
+        flagged_texts.append({t for t, f in zip(texts, flagged) if f})
+        return q, flagged
+
+    monkeypatch.setattr(sus, "inner_quality", spy)
+    recipe = _recipe(d, tmp_path / "runs", "data.suspects=weight", "data.folds=3")
+    cv = train_recipe(recipe)
+    assert cv["task"] == "multilabel" and len(seen) == 3
+    from comp.data.competition import load_competition
+    from comp.data.folds import load_folds
+
+    comp = load_competition(recipe.data)
+    folds = load_folds(comp, recipe.data)
+    for k in range(3):
+        val = {comp.train_texts[i] for i in np.flatnonzero(folds == k)}
+        assert not (seen[k] & val)
+        hits = len(flagged_texts[k] & flipped_texts)
+        # 10 % of the rows carry a wrong set: the flagged ones are far richer in them
+        assert hits / max(len(flagged_texts[k]), 1) > 0.25, (hits, len(flagged_texts[k]))
+
+
+@pytest.mark.parametrize("how", ["drop", "weight"])
+def test_multilabel_noise_labels_stay_at_chance_with_suspects_treated(tmp_path, how):
+    from test_multilabel import best_constant_f1, make_multilabel_folder
+
+    d = make_multilabel_folder(tmp_path / "noise", n_train=300, n_test=20, noise=True)
+    recipe = _recipe(d, tmp_path / "runs", f"data.suspects={how}", "data.suspect_frac=0.2")
+    cv = train_recipe(recipe)
+    from comp.data.competition import load_competition
+
+    chance = best_constant_f1(load_competition(recipe.data).labels)
+    assert cv["cv"] <= chance + 0.03, (cv["cv"], chance)

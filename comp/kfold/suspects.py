@@ -9,7 +9,8 @@ every training row an out-of-fold probability, and cleanlab scores the given lab
 `cleanlab.filter.find_label_issues` flags, or with `data.suspect_frac` that share of the
 training rows with the lowest quality. `drop` removes them from the fold's training part;
 `weight` multiplies their loss by their label quality. Validation rows are always scored with
-their given labels, so the CV stays comparable with `keep`. Single-label tasks.
+their given labels, so the CV stays comparable with `keep`. Multi-label tasks: one LR per label
+in the inner CV, label sets scored by `cleanlab.multilabel_classification`.
 """
 
 from __future__ import annotations
@@ -42,11 +43,48 @@ def inner_quality(texts: list[str], labels: np.ndarray, n_classes: int, seed: in
     return quality.copy(), flagged.copy()
 
 
+def _inner_features(texts: list[str]):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(analyzer="char", ngram_range=(1, 3), min_df=2, sublinear_tf=True,
+                           dtype=np.float32).fit_transform(texts)
+
+
+def _inner_multilabel(texts: list[str], labels: np.ndarray, seed: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(quality, flagged) of each row's label set: one LR per label in an inner CV, scored by
+    cleanlab.multilabel_classification."""
+    from cleanlab.multilabel_classification import filter as mfilter
+    from cleanlab.multilabel_classification import rank as mrank
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold
+
+    n, L = labels.shape
+    if n < 2 * INNER_FOLDS:
+        return np.ones(n), np.zeros(n, dtype=bool)
+    X = _inner_features(texts)
+    oof = np.zeros((n, L))
+    for fit, held in KFold(INNER_FOLDS, shuffle=True, random_state=seed).split(X):
+        for j in range(L):
+            y = labels[fit, j]
+            if y.min() == y.max():  # a label always (or never) on in this part: its rate
+                oof[held, j] = float(y[0])
+                continue
+            m = LogisticRegression(C=4.0, max_iter=2000).fit(X[fit], y)
+            oof[held, j] = m.predict_proba(X[held])[:, 1]
+    oof = np.clip(oof, 1e-6, 1 - 1e-6)
+    sets = [list(np.flatnonzero(row)) for row in labels]
+    quality = mrank.get_label_quality_scores(sets, oof)
+    flagged = mfilter.find_label_issues(labels=sets, pred_probs=oof)
+    return np.asarray(quality, dtype=float), np.asarray(flagged, dtype=bool)
+
+
 def _inner_quality(texts: list[str], labels: np.ndarray, n_classes: int, seed: int
                    ) -> tuple[np.ndarray, np.ndarray]:
+    if labels.ndim == 2:
+        return _inner_multilabel(texts, labels, seed)
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
@@ -54,8 +92,7 @@ def _inner_quality(texts: list[str], labels: np.ndarray, n_classes: int, seed: i
     inner = int(min(INNER_FOLDS, counts[counts > 0].min())) if counts.any() else 0
     if inner < 2:
         return np.ones(len(labels)), np.zeros(len(labels), dtype=bool)
-    X = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), min_df=2, sublinear_tf=True,
-                        dtype=np.float32).fit_transform(texts)
+    X = _inner_features(texts)
     oof = np.zeros((len(labels), n_classes))
     split = StratifiedKFold(inner, shuffle=True, random_state=seed)
     for fit, held in split.split(X, labels):
@@ -79,9 +116,6 @@ def treat_suspects(ctx: Any) -> Any:
     if cfg.suspects == "keep":
         return ctx
     comp = ctx.comp
-    if comp.multilabel:
-        raise CompError("recipe key 'data.suspects': single-label tasks only (multi-label "
-                        "suspects: comp labels find, then comp labels apply)")
     if cfg.suspects == "drop" and ctx.predict_train:
         raise CompError("recipe key 'data.suspects': 'drop' leaves some training rows "
                         "unpredicted, which train.predict_train needs; use 'weight'")

@@ -510,8 +510,9 @@ def train_linear(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
                 Xtr = stack_rows(Xtr, extra_X)
                 ytr = np.concatenate([ytr, hard.astype(ytr.dtype)])
                 w = np.concatenate([w, ctx.extra.weights])
+            weighted = len(ctx.extra) or ctx.train_weights is not None
             model = PerLabelModel(cfg, recipe.train.seed, recipe.name).fit(
-                Xtr, ytr, sample_weight=w if len(ctx.extra) else None)
+                Xtr, ytr, sample_weight=w if weighted else None)
             save_model(fold_model_path(ctx.dir), model)
             return FoldOutput(full_proba(model, X[ctx.val_idx], comp.n_classes),
                               full_proba(model, feats.X_pred, comp.n_classes),
