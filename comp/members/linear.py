@@ -411,17 +411,49 @@ class LinearFeatures:
     def X(self):
         """(n_train, F) train features."""
         if self._X is None:
-            self._X = rows_of(self.vec.transform(self.comp.train_texts))
+            self._X = self._features("train", self.comp.train_texts)
             log(f"{self.recipe.name}: {self._X.shape[1]} features")
         return self._X
-
 
     @property
     def X_pred(self):
         """(n_test + n_unlabelled, F) features of the texts every fold predicts."""
         if self._X_pred is None:
-            self._X_pred = rows_of(self.vec.transform(self.comp.predict_texts))
+            self._X_pred = self._features("predict", self.comp.predict_texts)
         return self._X_pred
+
+    def _features(self, part: str, texts: list[str]):
+        """The vectorizer's rows of `texts`, kept in the run dir beside it (by the vectorizer's
+        key and the texts), so a fold trained in another process (a Ray task) reads them
+        instead of transforming every text again."""
+        from comp.core.utils import atomic_path, read_json, sha1_of, write_json
+        from comp.kfold.rundir import same_key
+
+        path = self.recipe.run_dir / f"features_{part}.npz"
+        meta = path.with_suffix(".json")
+        want = {**self.key, "texts": sha1_of(texts)}
+        vec = self.vec  # fitted or loaded first: the key below is its key
+        if path.exists() and meta.exists() and same_key(read_json(meta), want, self.recipe):
+            loaded = _load_rows(path)
+            if loaded.shape[0] == len(texts):
+                return loaded
+        X = rows_of(vec.transform(texts))
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                if sp.issparse(X):
+                    sp.save_npz(f, X, compressed=False)
+                else:
+                    np.savez(f, dense=X)
+        write_json(meta, want)
+        return X
+
+
+def _load_rows(path: Path):
+    """A features_*.npz: a sparse matrix (save_npz) or a dense one (`dense`)."""
+    with np.load(path, allow_pickle=False) as z:
+        if "dense" in z.files:
+            return z["dense"]
+    return sp.load_npz(path).tocsr()
 
 
 def fold_model_path(fold_dir: Path) -> Path:

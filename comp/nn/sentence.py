@@ -66,19 +66,33 @@ class SentenceEncoder:
         return out
 
 
+# this process's vectors by (folder, length) and text: a list that differs from one already
+# encoded (a shrinking active-learning pool, a fold's augmented copies) encodes only what is new
+_MEMO: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+
+
 def cached_encode(folder: str | Path, texts: Sequence[str], max_len: int = 128,
                   cache_dir: str | Path | None = None) -> np.ndarray:
     """`SentenceEncoder(folder, max_len).encode(texts)`, kept in `cache_dir` (one file per
-    folder, length and text list) so every later reader of the same texts pays nothing."""
+    folder, length and text list) so every later reader of the same texts pays nothing, and
+    per text in this process."""
     texts = list(texts)
-    if cache_dir is None:
-        return SentenceEncoder(folder, max_len).encode(texts)
-    path = Path(cache_dir) / f"{Path(folder).name}-{max_len}-{sha1_of(texts)}.npy"
-    if path.exists():
-        return np.load(path)
-    emb = SentenceEncoder(folder, max_len).encode(texts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_npy(path, emb)
+    memo = _MEMO.setdefault((str(Path(folder).resolve()), int(max_len)), {})
+    path = (Path(cache_dir) / f"{Path(folder).name}-{max_len}-{sha1_of(texts)}.npy"
+            if cache_dir is not None else None)
+    if path is not None and path.exists():
+        emb = np.load(path)
+        memo.update(zip(texts, emb))
+        return emb
+    missing = [t for t in dict.fromkeys(texts) if t not in memo]
+    if missing:
+        memo.update(zip(missing, SentenceEncoder(folder, max_len).encode(missing)))
+    if not texts:
+        return SentenceEncoder(folder, max_len).encode([])
+    emb = np.stack([memo[t] for t in texts]).astype(np.float32)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_npy(path, emb)
     return emb
 
 

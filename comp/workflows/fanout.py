@@ -72,9 +72,9 @@ def ray_module():
 def start_ray(address: str | None, jobs: int | None) -> Any:
     """Connect to the cluster at `address` ("auto": the one `ray start` made here), or start
     a local one with `jobs` CPUs (default: every core)."""
-    ray = ray_module()
-    # every fold's own lines, not "[repeated 2x across cluster]"
+    # every fold's own lines, not "[repeated 2x across cluster]" (read when ray is imported)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ray = ray_module()
     if not ray.is_initialized():
         kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
         if address:
@@ -172,7 +172,10 @@ def run_fold_tasks(tasks: Sequence[FoldTask], jobs: int | None = None,
             comps[key] = ray.put(comp)
         else:
             prepare(t.recipe, None)
-    waiting = sorted(tasks, key=lambda t: -t.cost)
+    # dearest first; among equal costs fold by fold, so tasks running side by side belong to
+    # different members and the second fold of a member finds its features on disk
+    order = {name: i for i, name in enumerate(dict.fromkeys(t.recipe.name for t in tasks))}
+    waiting = sorted(tasks, key=lambda t: (-t.cost, t.fold, order[t.recipe.name]))
     running: dict[Any, tuple[FoldTask, float]] = {}
     cwd, n_done = os.getcwd(), 0
     gpus = f", {int(total['GPU'])} GPU(s)" if total.get("GPU") else ""
