@@ -393,7 +393,7 @@ class LinearFeatures:
             cfg = self.recipe.linear
             if self.path.exists() and meta.exists() and same_key(read_json(meta), self.key,
                                                                  self.recipe):
-                self._vec = load_model(self.path)
+                self._vec = _kept(self.path, load_model)
                 attach_encoder(self._vec, self.recipe, cache=True)
             else:
                 log(f"{self.recipe.name}: {cfg.features} features on "
@@ -434,7 +434,7 @@ class LinearFeatures:
         want = {**self.key, "texts": sha1_of(texts)}
         vec = self.vec  # fitted or loaded first: the key below is its key
         if path.exists() and meta.exists() and same_key(read_json(meta), want, self.recipe):
-            loaded = _load_rows(path)
+            loaded = _kept(path, _load_rows)
             if loaded.shape[0] == len(texts):
                 return loaded
         X = rows_of(vec.transform(texts))
@@ -446,6 +446,22 @@ class LinearFeatures:
                     np.savez(f, dense=X)
         write_json(meta, want)
         return X
+
+
+# files this process already read, by path and stamp: a Ray worker that trains a second fold of
+# a member reuses its vectorizer and feature rows instead of unpickling them again
+_KEPT: dict[tuple[str, int, int], object] = {}
+
+
+def _kept(path: Path, load):
+    """load(path), once per process for an unchanged file (the last 8 kept)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _KEPT:
+        if len(_KEPT) >= 8:
+            _KEPT.pop(next(iter(_KEPT)))
+        _KEPT[key] = load(path)
+    return _KEPT[key]
 
 
 def _load_rows(path: Path):
