@@ -23,6 +23,35 @@ def _recipe(data, runs, *over):
                                                       "linear.min_df=1", *over])
 
 
+def flip_labels(train_csv, n: int, seed: int, flip) -> set[str]:
+    """Rewrite `train_csv` with `flip(row)` applied to n seeded rows; returns their texts."""
+    with open(train_csv, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    picked = set(random.Random(seed).sample(range(len(rows)), n))
+    for i in picked:
+        flip(rows[i])
+    with open(train_csv, "w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return {rows[i]["text"] for i in picked}
+
+
+def spy_on_suspects(monkeypatch) -> tuple[list[set[str]], list[set[str]]]:
+    """(the texts each inner_quality call saw, the texts it flagged), filled as folds run."""
+    seen, flagged_texts = [], []
+    real = sus.inner_quality
+
+    def spy(texts, labels, n_classes, seed=0):
+        q, flagged = real(texts, labels, n_classes, seed)
+        seen.append(set(texts))
+        flagged_texts.append({t for t, f in zip(texts, flagged) if f})
+        return q, flagged
+
+    monkeypatch.setattr(sus, "inner_quality", spy)
+    return seen, flagged_texts
+
+
 @pytest.mark.parametrize("how", ["drop", "weight"])
 def test_noise_labels_stay_at_chance_with_suspects_treated(tmp_path, how):
     data = noise_competition(tmp_path / "noise", n=N)
@@ -33,26 +62,12 @@ def test_noise_labels_stay_at_chance_with_suspects_treated(tmp_path, how):
 
 def test_suspects_come_from_the_training_part_and_find_flipped_labels(tmp_path, monkeypatch):
     d = make_small_competition(tmp_path / "c", n_train=600, n_test=20)
-    with open(d / "train.csv", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    flip = set(random.Random(3).sample(range(len(rows)), 60))
-    for i in flip:
-        rows[i]["label"] = "neg" if rows[i]["label"] == "pos" else "pos"
-    with open(d / "train.csv", "w", encoding="utf-8", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    flipped_texts = {rows[i]["text"] for i in flip}
-    seen, dropped = [], []
-    real = sus.inner_quality
 
-    def spy(texts, labels, n_classes, seed=0):
-        q, flagged = real(texts, labels, n_classes, seed)
-        seen.append(set(texts))
-        dropped.append({t for t, f in zip(texts, flagged) if f})
-        return q, flagged
+    def other(row):
+        row["label"] = "neg" if row["label"] == "pos" else "pos"
 
-    monkeypatch.setattr(sus, "inner_quality", spy)
+    flipped_texts = flip_labels(d / "train.csv", 60, 3, other)
+    seen, dropped = spy_on_suspects(monkeypatch)
     recipe = _recipe(d, tmp_path / "runs", "data.suspects=drop", "data.folds=3")
     train_recipe(recipe)
     from comp.data.competition import load_competition
@@ -88,26 +103,12 @@ def test_multilabel_suspects_find_flipped_label_sets_on_the_training_part(tmp_pa
     from test_multilabel import make_multilabel_folder
 
     d = make_multilabel_folder(tmp_path / "ml", n_train=400, n_test=20)
-    with open(d / "train.csv", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    flip = set(random.Random(5).sample(range(len(rows)), 40))
-    for i in flip:  # the sentiment label turned over: a wrong label set
-        rows[i]["pos"] = "0" if rows[i]["pos"] == "1" else "1"
-    with open(d / "train.csv", "w", encoding="utf-8", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    flipped_texts = {rows[i]["text"] for i in flip}
-    seen, flagged_texts = [], []
-    real = sus.inner_quality
 
-    def spy(texts, labels, n_classes, seed=0):
-        q, flagged = real(texts, labels, n_classes, seed)
-        seen.append(set(texts))
-        flagged_texts.append({t for t, f in zip(texts, flagged) if f})
-        return q, flagged
+    def other(row):  # the sentiment label turned over: a wrong label set
+        row["pos"] = "0" if row["pos"] == "1" else "1"
 
-    monkeypatch.setattr(sus, "inner_quality", spy)
+    flipped_texts = flip_labels(d / "train.csv", 40, 5, other)
+    seen, flagged_texts = spy_on_suspects(monkeypatch)
     recipe = _recipe(d, tmp_path / "runs", "data.suspects=weight", "data.folds=3")
     cv = train_recipe(recipe)
     assert cv["task"] == "multilabel" and len(seen) == 3
