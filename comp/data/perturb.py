@@ -62,6 +62,7 @@ def register_inv_builder(name: str, description: str):
 
 
 def is_cjk(c: str) -> bool:
+    """True for a CJK unified ideograph (the basic block or extension A)."""
     return "\u4e00" <= c <= "\u9fff" or "\u3400" <= c <= "\u4dbf"
 
 
@@ -281,8 +282,6 @@ def perturb_text(fn: Perturb, text: str, rng: random.Random, pair: bool = False)
 def text_rng(seed: int, test: str, text: str) -> random.Random:
     """The random stream of one test on one text: the same whatever the other texts are."""
     return random.Random(f"{seed}\x1f{test}\x1f{text}")
-
-
 
 
 # ---------------------------------------------------------------------------------------------

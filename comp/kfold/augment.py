@@ -17,7 +17,7 @@ import numpy as np
 from comp.core.utils import log
 from comp.data.folds import normalize_text
 from comp.data.perturb import augment
-from comp.kfold.extra import ExtraRows
+from comp.kfold.extra import ExtraRows, extra_for_fold, join_extra
 
 
 def drop_val_copies(ctx: Any) -> Any:
@@ -45,35 +45,15 @@ def augment_fold(ctx: Any) -> Any:
     comp, idx = ctx.comp, ctx.train_idx
     src, texts = augment(ctx.train_texts, cfg.augment, cfg.augment_rate,
                          cfg.seed + 1000 * ctx.fold, pair=comp.shape.pair)
-    val = {normalize_text(t) for t in ctx.val_texts}
-    keep = [k for k, t in enumerate(texts) if normalize_text(t) not in val]
-    src, texts = [src[k] for k in keep], [texts[k] for k in keep]
-    if not texts:
-        return ctx
-    rows = idx[src]
     weights = (ctx.train_weights[src] if ctx.train_weights is not None
                else np.ones(len(src), np.float32))
-    labels = comp.labels[rows]
+    labels = comp.labels[idx[src]]
     aug = ExtraRows(texts, comp.shape.targets(labels, comp.n_classes), weights,
                     f"train.augment={cfg.augment}", np.full(len(texts), ctx.fold),
                     ctx.extra.folds_hash, labels if comp.multilabel else None)
-    log(f"{ctx.recipe.name} fold {ctx.fold}: {len(texts)} augmented cop(ies) of "
+    aug, _ = extra_for_fold(aug, ctx.val_texts)  # a copy reading as a validation text: out
+    if not len(aug):
+        return ctx
+    log(f"{ctx.recipe.name} fold {ctx.fold}: {len(aug)} augmented cop(ies) of "
         f"{len(idx)} training rows ({cfg.augment}, rate {cfg.augment_rate:g})")
     return dataclasses.replace(ctx, extra=join_extra(ctx.extra, aug))
-
-
-def join_extra(a: ExtraRows, b: ExtraRows) -> ExtraRows:
-    """Rows of a, then b (b's `folds` and `labels` kept where a has none of its own)."""
-    if not len(a):
-        return b
-    n = a.targets.shape[1]
-    folds = (np.concatenate([a.folds if a.folds is not None else np.full(len(a), -1),
-                             b.folds if b.folds is not None else np.full(len(b), -1)]))
-    labels = None
-    if a.labels is not None or b.labels is not None:
-        labels = np.concatenate([a.labels if a.labels is not None else (a.targets >= 0.5),
-                                 b.labels if b.labels is not None else (b.targets >= 0.5)]
-                                ).astype(np.int64)
-    return ExtraRows([*a.texts, *b.texts], np.concatenate([a.targets, b.targets.reshape(-1, n)]),
-                     np.concatenate([a.weights, b.weights]).astype(np.float32),
-                     f"{a.source}+{b.source}", folds, a.folds_hash or b.folds_hash, labels)

@@ -58,6 +58,23 @@ class ExtraRows:
                          self.labels[idx] if self.labels is not None else None)
 
 
+def join_extra(a: ExtraRows, b: ExtraRows) -> ExtraRows:
+    """Rows of a, then b (b's `folds` and `labels` kept where a has none of its own)."""
+    if not len(a):
+        return b
+    n = a.targets.shape[1]
+    folds = (np.concatenate([a.folds if a.folds is not None else np.full(len(a), -1),
+                             b.folds if b.folds is not None else np.full(len(b), -1)]))
+    labels = None
+    if a.labels is not None or b.labels is not None:
+        labels = np.concatenate([a.labels if a.labels is not None else (a.targets >= 0.5),
+                                 b.labels if b.labels is not None else (b.targets >= 0.5)]
+                                ).astype(np.int64)
+    return ExtraRows([*a.texts, *b.texts], np.concatenate([a.targets, b.targets.reshape(-1, n)]),
+                     np.concatenate([a.weights, b.weights]).astype(np.float32),
+                     f"{a.source}+{b.source}", folds, a.folds_hash or b.folds_hash, labels)
+
+
 def extra_for_fold(extra: ExtraRows, val_texts: list[str], fold: int | None = None
                    ) -> tuple[ExtraRows, int]:
     """The extra rows one fold trains with; returns (rows, n_dropped).

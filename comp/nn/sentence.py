@@ -77,6 +77,8 @@ def cached_encode(folder: str | Path, texts: Sequence[str], max_len: int = 128,
     folder, length and text list) so every later reader of the same texts pays nothing, and
     per text in this process."""
     texts = list(texts)
+    if not texts:
+        return SentenceEncoder(folder, max_len).encode([])
     memo = _MEMO.setdefault((str(Path(folder).resolve()), int(max_len)), {})
     path = (Path(cache_dir) / f"{Path(folder).name}-{max_len}-{sha1_of(texts)}.npy"
             if cache_dir is not None else None)
@@ -87,8 +89,6 @@ def cached_encode(folder: str | Path, texts: Sequence[str], max_len: int = 128,
     missing = [t for t in dict.fromkeys(texts) if t not in memo]
     if missing:
         memo.update(zip(missing, SentenceEncoder(folder, max_len).encode(missing)))
-    if not texts:
-        return SentenceEncoder(folder, max_len).encode([])
     emb = np.stack([memo[t] for t in texts]).astype(np.float32)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

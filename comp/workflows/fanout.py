@@ -19,10 +19,11 @@ the other tasks finish, then the run stops with an error.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,27 +98,37 @@ def task_resources(recipe: Recipe, cluster_gpus: float) -> dict[str, float]:
     return out
 
 
-def _fold_task(cwd: str, recipe: Recipe, fold: int, comp: Any) -> float:
-    """Inside a Ray worker: train one fold as a sequential run would; returns its seconds."""
+@contextlib.contextmanager
+def _in_worker(cwd: str) -> Iterator[int]:
+    """Inside a Ray task: the driver's directory, and torch and BLAS threads set from the CPUs
+    Ray gave the task (yielded). Ray reuses worker processes, so this runs at every task: two
+    tasks on two cores never run four threads."""
     import ray
     import torch
     from threadpoolctl import threadpool_limits
 
+    os.chdir(cwd)  # recipes name data/, models/, runs/ relative to the driver's directory
+    cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    torch.set_num_threads(cpus)
+    with threadpool_limits(cpus):
+        yield cpus
+
+
+def _fold_task(cwd: str, recipe: Recipe, fold: int, comp: Any) -> float:
+    """Inside a Ray worker: train one fold as a sequential run would; returns its seconds."""
+    import ray
+
     from comp.data.competition import preloaded
     from comp.members.registry import train_recipe
 
-    os.chdir(cwd)  # recipes name data/, models/, runs/ relative to the driver's directory
-    # Ray reuses worker processes: the threads a task may use are set at every task, from the
-    # CPUs it was given, so two tasks on two cores never run four threads
-    cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
-    torch.set_num_threads(cpus)
-    pid_file = Path(recipe.runs_dir) / ".tasks" / f"{recipe.name}-fold{fold}.json"
-    write_json(pid_file, {"pid": os.getpid(), "node": ray.util.get_node_ip_address(),
-                          "member": recipe.name, "fold": fold, "cpus": cpus})
-    t = time.time()
-    with threadpool_limits(cpus), preloaded(recipe.data, comp):
-        train_recipe(recipe, [fold])
-    return time.time() - t
+    with _in_worker(cwd) as cpus:
+        pid_file = Path(recipe.runs_dir) / ".tasks" / f"{recipe.name}-fold{fold}.json"
+        write_json(pid_file, {"pid": os.getpid(), "node": ray.util.get_node_ip_address(),
+                              "member": recipe.name, "fold": fold, "cpus": cpus})
+        t = time.time()
+        with preloaded(recipe.data, comp):
+            train_recipe(recipe, [fold])
+        return time.time() - t
 
 
 def prepare(recipe: Recipe, comp: Any) -> None:
@@ -162,16 +173,15 @@ def run_fold_tasks(tasks: Sequence[FoldTask], jobs: int | None = None,
     total = ray.cluster_resources()
     jobs = jobs or max(1, int(total.get("CPU", 1)))
     remote = ray.remote(_fold_task)
-    comps: dict[str, Any] = {}
-    for t in tasks:  # one copy of each competition in the object store
-        key = repr(t.recipe.data)
-        if key not in comps:
-            comp = load_competition(t.recipe.data)
-            load_folds(comp, t.recipe.data)  # the shared fold table, made here before any task
-            prepare(t.recipe, comp)
-            comps[key] = ray.put(comp)
-        else:
-            prepare(t.recipe, None)
+    loaded: dict[Any, Any] = {}  # data config -> competition, read once here
+    refs: dict[Any, Any] = {}  # data config -> its one copy in the object store
+    for recipe in {t.recipe.name: t.recipe for t in tasks}.values():
+        cfg = recipe.data
+        if cfg not in loaded:
+            loaded[cfg] = load_competition(cfg)
+            load_folds(loaded[cfg], cfg)  # the shared fold table, made here before any task
+            refs[cfg] = ray.put(loaded[cfg])
+        prepare(recipe, loaded[cfg])
     # dearest first; among equal costs fold by fold, so tasks running side by side belong to
     # different members and the second fold of a member finds its features on disk
     order = {name: i for i, name in enumerate(dict.fromkeys(t.recipe.name for t in tasks))}
@@ -193,8 +203,7 @@ def run_fold_tasks(tasks: Sequence[FoldTask], jobs: int | None = None,
             # (a GPU task's worker exits after it, Ray's default for GPU functions, so its
             # memory is given back between folds)
             opts = {**res, "max_retries": MAX_RETRIES}
-            ref = remote.options(**opts).remote(cwd, t.recipe, t.fold,
-                                                comps[repr(t.recipe.data)])
+            ref = remote.options(**opts).remote(cwd, t.recipe, t.fold, refs[t.recipe.data])
             running[ref] = (t, time.time())
         if not running:
             break
@@ -226,16 +235,9 @@ def raise_failures(result: FanoutResult) -> None:
 
 def _tune_task(cwd: str, recipe: Recipe, kw: dict[str, Any]) -> dict[str, Any]:
     """Inside a Ray worker: one Optuna worker of the shared study."""
-    import ray
-    import torch
-    from threadpoolctl import threadpool_limits
-
     from comp.workflows.tune import run_tune
 
-    os.chdir(cwd)
-    cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
-    torch.set_num_threads(cpus)
-    with threadpool_limits(cpus):
+    with _in_worker(cwd):
         return run_tune(recipe, plots=False, **kw)
 
 

@@ -587,11 +587,11 @@ def run_pipeline(data: str | None = None, quick: bool = False,
         some folds done (the budget ran out) keeps those. Returns the members it trained."""
         from comp.workflows.fanout import FoldTask, raise_failures, run_fold_tasks
 
-        tasks = []
+        tasks, recipes = [], {}
         for step in planned:
             extra = step_extra(step, step.folds)
             vectors_for([step.name], extra)  # word2vec files: made here once, read by tasks
-            recipe = member_recipe(layout, step.name, extra)
+            recipe = recipes[step.name] = member_recipe(layout, step.name, extra)
             own = step.folds or list(range(k))
             per = step.per_fold or step.seconds / max(1, len(own))
             tasks += [FoldTask(recipe, f, per) for f in sorted(set(own) - folds_done(recipe))]
@@ -602,8 +602,7 @@ def run_pipeline(data: str | None = None, quick: bool = False,
         raise_failures(fan)
         for step in planned:
             own = step.folds or list(range(k))
-            got = sorted(set(own) & folds_done(member_recipe(layout, step.name,
-                                                             step_extra(step, step.folds))))
+            got = sorted(set(own) & folds_done(recipes[step.name]))
             if got != own:
                 step.folds = got  # [] = none finished: the member is left out
             step.actual = fan.member_seconds(step.name) or None
