@@ -80,19 +80,30 @@ def test_a_member_cut_by_its_time_slice_reports_chance_on_noise(noise, tmp_path,
             return self.now
 
     monkeypatch.setattr(optim_mod, "time", Clock())
+    cv = train_fusion(noise_cnn(noise, tmp_path, "noise_cut", epochs_frozen=12, time_limit=30.0))
+    assert len(cv["cut"]) == 20  # every fold was cut
+    assert abs(cv["cv"] - 0.5) <= TOL, cv["cv"]
+
+
+def test_a_classifier_started_from_class_prototypes_reports_chance_on_noise(noise, tmp_path):
+    """The prototypes are means over a fold's training rows only: on random labels the
+    member still reports chance."""
+    cv = train_fusion(noise_cnn(noise, tmp_path, "noise_proto", epochs_frozen=2,
+                                prototypes="on"))
+    assert abs(cv["cv"] - 0.5) <= TOL, cv["cv"]
+
+
+def noise_cnn(noise, tmp_path, name: str, **train):
+    """A small char-vectors CNN member on the noise task's 20-fold table."""
     data, vec = noise
-    r = load_recipe(None, base={
-        "name": "noise_cut", "kind": "fusion", "runs_dir": str(tmp_path / "runs"),
+    return load_recipe(None, base={
+        "name": name, "kind": "fusion", "runs_dir": str(tmp_path / "runs"),
         "data": {"dir": str(data), "folds": 20},  # the module's fold table
         "model": {"vectors": ["char"], "vectors_dir": str(vec), "vectors_trainable": True,
                   "head": "cnn", "channels": 16, "kernel_sizes": [2, 3], "hidden": 16,
                   "max_chars": 16, "dropout": 0.0, "cls_skip": False},
-        "train": {"epochs_frozen": 12, "epochs_unfrozen": 0, "batch_size": 16, "lr_head": 3e-2,
-                  "inner_val": 0.2, "patience": 0, "time_limit": 30.0,
-                  "schedule": "constant"}})
-    cv = train_fusion(r)
-    assert len(cv["cut"]) == 20  # every fold was cut
-    assert abs(cv["cv"] - 0.5) <= TOL, cv["cv"]
+        "train": {"epochs_unfrozen": 0, "batch_size": 16, "lr_head": 3e-2, "inner_val": 0.2,
+                  "patience": 0, "schedule": "constant", **train}})
 
 
 def _folds(r) -> np.ndarray:

@@ -165,3 +165,35 @@ def test_a_pseudo_round_member_that_the_first_round_did_not_run_gets_its_vectors
     pl = [read_json(p) for p in layout.submissions.glob("pl_*_cv*.json")]
     assert pl and all("textcnn_vectors_pl" in m["member_names"] for m in pl)
     assert best.exists()
+
+
+def test_the_leftover_buys_whole_folds_at_the_real_pace_else_one_fold_cut_to_what_is_left():
+    """A network planned on fold 0 that took 100 s: 250 s left buy two whole folds; 60 s buy
+    one fold with a slice cut to them (at least MIN_SLICE of a fold); 30 s buy nothing. A member
+    not started pays its setup in its first fold's pace; one planned on every fold adds none."""
+    step = plan.Step("net", [0], 90.0, per_fold=80.0, setup=10.0, actual=100.0)
+    assert plan.leftover(step, 5, 250.0) == [1, 2] and step.slice is None
+    assert plan.leftover(step, 5, 60.0) == [1]
+    assert step.slice == pytest.approx(plan.FOLD_SHARE * 60.0)
+    assert plan.time_slice(step, 1) == pytest.approx(plan.FOLD_SHARE * 60.0, abs=0.05)
+    assert plan.leftover(plan.Step("net", [0], 90.0, per_fold=80.0, actual=100.0), 5, 30.0) == []
+    fresh = plan.Step("net", [], 0.0, per_fold=80.0, setup=120.0)  # a fold costs 200 s
+    assert plan.leftover(fresh, 5, 150.0) == [0] and fresh.slice is not None
+    assert plan.leftover(plan.Step("net", [], 0.0, per_fold=80.0, setup=120.0), 5, 70.0) == []
+    assert plan.leftover(plan.Step("net", None, 0.0, per_fold=80.0), 5, 1e6) == []
+    assert plan.leftover(plan.Step("lin", [0], 0.0, per_fold=8.0), 5, 1e6, partial=False) == []
+
+
+def test_a_folds_time_slice_shares_the_members_setup_among_its_new_folds():
+    step = plan.Step("net", None, 500.0, per_fold=100.0, setup=100.0)
+    assert plan.time_slice(step, 1) == pytest.approx(plan.FOLD_SHARE * 200.0)
+    assert plan.time_slice(step, 4) == pytest.approx(plan.FOLD_SHARE * 125.0)
+
+
+def test_every_network_may_cover_some_folds_under_a_budget():
+    shapes = {"tfidf_char_lr": None, "textcnn_vectors": plan.Shape(5.0, 128, 1000, (3, 0))}
+    steps = make_plan(["tfidf_char_lr", "textcnn_vectors"], 140.0, 2000, 5,
+                      {"textcnn_vectors": {"per_fold_per_1k": 25.0, "setup": 0.0}},
+                      shapes=shapes)
+    # TF-IDF takes ~7 s of the 140; 40 s a TextCNN fold: three of five fit in what is left
+    assert steps[1].folds == [0, 1, 2]

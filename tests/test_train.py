@@ -752,3 +752,59 @@ def test_a_fusion_member_weights_its_suspect_training_rows(bert_dir, comp_dir, t
     assert cv is not None and len(seen) == 3
     for w in seen:
         assert (w < 1).any() and (w == 1).mean() > 0.6 and (w >= 0).all()
+
+
+def test_a_slice_counts_from_the_folds_start_and_keeps_time_for_its_predictions(monkeypatch):
+    """TimeSlice: time spent before the fit (model build, caches) leaves fewer steps, and the
+    rows the fold still predicts take their share of the last phase (a third of a trained
+    row's cost each); phase 1 gets its share of what is left when it starts."""
+    import comp.nn.optim as optim_mod
+
+    clock = FakeClock()  # a second at every reading
+    monkeypatch.setattr(optim_mod, "time", clock)
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+
+    def steps_run(start_offset: float, reserve_rows: int) -> int:
+        clock.now = 1000.0
+        s = optim_mod.TimeSlice(100.0, False, start=1000.0 - start_offset,
+                                reserve_rows=reserve_rows, step_rows=8)
+        s.begin(1, 1000)
+        while not s.over:
+            s.step(opt, None)
+        return s.cuts[0]["steps"]
+
+    fresh, late, reserved = steps_run(0, 0), steps_run(40, 0), steps_run(0, 240)
+    assert late < fresh and reserved < fresh
+    # the pace is judged after 3 steps over one second: 1/3 s a step of 8 rows; 240 rows at a
+    # third of that a row keep back 240 / 8 / 9 s, 10 steps
+    assert fresh - reserved == pytest.approx(10, abs=1)
+    two = optim_mod.TimeSlice(100.0, True, start=0.0)
+    clock.now = 60.0  # 40 s left when phase 1 starts: it may use a quarter of them
+    two.begin(1, 1000)
+    assert two.end == pytest.approx(61.0 + 0.25 * 39.0)
+
+
+def test_class_prototypes_start_the_classifier_as_a_nearest_mean_rule(bert_dir, comp_dir,
+                                                                      tmp_path):
+    """Twenty classes of a few rows each: before any step, the classifier built from the
+    class means of its inputs already sorts its training rows far above chance (1 in 20),
+    and "auto" chooses it there but not on two classes with many rows."""
+    from comp.nn.trainer import init_prototypes, predict, wants_prototypes
+
+    recipe = recipe_for(bert_dir, comp_dir, tmp_path, prototypes="on")
+    torch.manual_seed(0)
+    model = build_fusion(recipe, 20)
+    chars = sorted(set("".join(synth(64, 1)[0])) - set("，。"))  # the backbone's vocabulary
+    assert len(chars) >= 24
+    texts = [chars[c] * 3 + chars[20 + i] for c in range(20) for i in range(4)]
+    y = np.repeat(np.arange(20), 4)
+    rows = make_rows(texts, model.cfg, np.eye(20, dtype=np.float32)[y])
+    rows.vec_ids = model.vector_ids(rows.texts)
+    before = (predict(model, rows).argmax(1) == y).mean()
+    init_prototypes(model, rows, recipe.train)
+    after = (predict(model, rows).argmax(1) == y).mean()
+    assert after >= 0.6 > before + 0.3, (before, after)
+    auto = dataclasses.replace(recipe.train, prototypes="auto")
+    assert wants_prototypes(auto, model, rows)  # 20 classes, 4 rows a class
+    assert not wants_prototypes(auto, build_fusion(recipe, 2), rows)  # 2 classes
+    assert not wants_prototypes(dataclasses.replace(auto, prototypes="off"), model, rows)

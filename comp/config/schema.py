@@ -199,6 +199,10 @@ class TrainConfig:
     # a phase with epochs runs at least this many optimizer steps (more epochs on small data):
     # a fixed epoch count is a handful of steps on a few hundred rows
     min_steps: int = 0
+    # the classifier starts from class prototypes (each class's mean classifier input over its
+    # training rows, a nearest-mean rule) so the first steps already classify: "on", "off", or
+    # "auto" (single-label tasks of >= 20 classes with <= 25 training rows a class on average)
+    prototypes: str = "auto"
     # seconds a fold's fit may train (0 = no limit; the planner sets it from the budget): a
     # phase that would run past its slice ends early at a step boundary, its LR decaying to 0
     # over the steps that fit (comp.nn.optim.TimeSlice); the fold's cv.json says so
@@ -270,6 +274,8 @@ class TrainConfig:
         _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "must be in [0, 1)")
         _check(self.accum >= 1, "train.accum", "must be >= 1")
         _check(self.min_steps >= 0, "train.min_steps", "must be >= 0")
+        _check(self.prototypes in ("auto", "on", "off"), "train.prototypes",
+               f"must be auto, on or off, got {self.prototypes!r}")
         _check(self.time_limit >= 0, "train.time_limit", "must be >= 0 seconds (0 = none)")
         _check(self.augment_rate >= 0, "train.augment_rate", "must be >= 0")
         _check(self.unfreeze_top >= 0, "train.unfreeze_top", "must be >= 0 (0 = all layers)")

@@ -35,29 +35,40 @@ def lr_scheduler(opt: torch.optim.Optimizer, kind: str, warmup: float,
 
 
 class TimeSlice:
-    """`train.time_limit`: the seconds a fit may train, spent phase by phase.
+    """`train.time_limit`: the seconds a fold may take, from its start (model build, feature
+    caches) to its predictions written, spent phase by phase.
 
-    Phase 1 may use PHASE1_SHARE of the slice when a phase 2 follows (it is the cheap, frozen
-    one), phase 2 what is left. After a few optimizer steps a phase projects its end from its
-    own pace (evaluations included); when the steps left do not fit, it is cut once: the LR
-    decays linearly from where it is to 0 over the steps that fit (the schedule's decay brought
+    Phase 1 may use PHASE1_SHARE of what is left when it starts if a phase 2 follows (it is the
+    cheap, frozen one), the last phase the rest less a reserve for the fold's predictions
+    (`reserve_rows` rows, each a forward at PREDICT_SHARE of a training row's cost at the phase's
+    own pace). After a few optimizer steps a phase projects its end from its own pace
+    (evaluations included); when the steps left do not fit, it is cut once: the LR decays
+    linearly from where it is to 0 over the steps that fit (the schedule's decay brought
     forward), and the phase ends at that step boundary with a finished model. `cuts` records
     what was cut, for cv.json. Under torch.distributed every rank takes the slowest's answer.
     """
 
     PHASE1_SHARE = 0.25
     MIN_STEPS = 3  # steps a phase takes before its pace is trusted
+    # a row predicted without gradients costs about a third of a trained row (the backward is
+    # about twice the forward)
+    PREDICT_SHARE = 1 / 3
 
-    def __init__(self, seconds: float, two_phases: bool) -> None:
+    def __init__(self, seconds: float, two_phases: bool, start: float | None = None,
+                 reserve_rows: int = 0, step_rows: int = 1) -> None:
         self.seconds, self.two_phases = float(seconds), two_phases
-        self.start = time.time()
+        self.start = time.time() if start is None else start
+        self.reserve_rows, self.step_rows = reserve_rows, max(1, step_rows)
         self.cuts: list[dict] = []
 
     def begin(self, phase: int, steps: int) -> None:
         """A phase of `steps` optimizer steps starts now."""
-        share = self.PHASE1_SHARE if phase == 1 and self.two_phases else 1.0
+        now = time.time()
+        self.last = not (phase == 1 and self.two_phases)
+        left = self.start + self.seconds - now
         self.phase, self.steps, self.done = phase, steps, 0
-        self.phase_start, self.end = time.time(), self.start + self.seconds * share
+        self.phase_start = now
+        self.end = now + max(left, 0.0) * (1.0 if self.last else self.PHASE1_SHARE)
         self.cut_at: int | None = None
 
     def step(self, opt: torch.optim.Optimizer, sched):
@@ -68,7 +79,9 @@ class TimeSlice:
             return sched
         now = time.time()
         pace = (now - self.phase_start) / self.done
-        fit = _min_over_ranks(int(max(self.end - now, 0.0) // max(pace, 1e-9)))
+        reserve = (self.PREDICT_SHARE * pace / self.step_rows * self.reserve_rows
+                   if self.last else 0.0)
+        fit = _min_over_ranks(int(max(self.end - reserve - now, 0.0) // max(pace, 1e-9)))
         if fit >= self.steps - self.done:
             return sched
         self.cut_at = self.done + max(fit, 1)
@@ -83,6 +96,11 @@ class TimeSlice:
     def over(self) -> bool:
         """True once a cut phase made its last step."""
         return self.cut_at is not None and self.done >= self.cut_at
+
+
+def clock() -> float:
+    """The time a TimeSlice reads (one clock for the fold's start and its phases)."""
+    return time.time()
 
 
 def _min_over_ranks(n: int) -> int:

@@ -63,6 +63,7 @@ from comp.nn.fusion import (
     build_fusion,
     checkpoint_state,
     describe,
+    fingerprint,
     load_fold_model,
     log_unknown,
     model_inputs,
@@ -73,6 +74,7 @@ from comp.nn.fusion import (
 )
 from comp.nn.losses import create_loss
 from comp.nn.optim import EMA, Adversary, TimeSlice, lr_scheduler, param_groups
+from comp.nn.optim import clock as slice_clock
 from comp.nn.rows import LengthGroupedBatchSampler, Rows, eval_batches, inner_split, make_rows
 
 __all__ = ["FitResult", "fit", "predict", "train_fusion", "make_batch", "FusionData",
@@ -139,6 +141,55 @@ def predict(model: FusionModel, rows: Rows, batch_size: int = 128,
     return rows.average(proba)
 
 
+PROTOTYPE_CLASSES, PROTOTYPE_ROWS = 20, 25  # "auto": many classes, few rows each
+
+
+def wants_prototypes(cfg: TrainConfig, model: FusionModel, train: Rows) -> bool:
+    """`train.prototypes` for this fit: "auto" on single-label tasks of many classes with few
+    training rows each (fixed in advance, never chosen on validation rows)."""
+    if cfg.prototypes == "off" or model.multilabel:
+        return False
+    return cfg.prototypes == "on" or (model.n_classes >= PROTOTYPE_CLASSES
+                                      and len(train) <= PROTOTYPE_ROWS * model.n_classes)
+
+
+@torch.no_grad()
+def init_prototypes(model: FusionModel, rows: Rows, cfg: TrainConfig,
+                    cache: FeatureCache | None = None) -> None:
+    """The classifier's final layer as a nearest-class-mean rule on its inputs h over `rows`
+    (their target distributions weigh each row into its classes' means m_c): logit_c =
+    ((h - mu) . d_c - |d_c|^2 / 2) / s2 with d_c = m_c - mu, mu the mean of all rows and s2 the
+    mean within-class variance of a component. Classes without rows keep their weights."""
+    device = next(model.parameters()).device
+    autocast, _ = amp_setup(cfg.amp, device)
+    fc = model.classifier.fc
+    seen: list[torch.Tensor] = []
+    hook = fc.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach().float()))
+    was_training = model.training
+    model.eval()
+    order: list[np.ndarray] = []
+    try:
+        for idx in eval_batches(rows.lengths, cfg.eval_batch_size, cfg.bucket):
+            with autocast():
+                model(make_batch(model, rows, idx, cache, device))
+            order.append(idx)
+    finally:
+        hook.remove()
+        model.train(was_training)
+    h = torch.empty(len(rows), fc.in_features, device=device)
+    h[torch.as_tensor(np.concatenate(order))] = torch.cat(seen)
+    t = torch.as_tensor(rows.targets, dtype=torch.float32, device=device)  # (n, C)
+    mass = t.sum(0)  # (C,)
+    has = mass > 0
+    mu = h.mean(0)
+    means = (t.T @ h) / mass.clamp_min(1e-9)[:, None]  # (C, D)
+    resid = h - (t @ means) / t.sum(1, keepdim=True).clamp_min(1e-9)
+    s2 = float(resid.pow(2).mean().clamp_min(1e-6))
+    d = means - mu
+    fc.weight[has] = (d[has] / s2).to(fc.weight.dtype)
+    fc.bias[has] = ((-(d[has] @ mu) - 0.5 * d[has].pow(2).sum(1)) / s2).to(fc.bias.dtype)
+
+
 def phase_epochs(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
     """(phase-1, phase-2) epochs: the recipe's, each phase that has any raised until it makes
     `train.min_steps` optimizer steps (small data: a fixed epoch count is too few steps)."""
@@ -152,7 +203,8 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
         report: Callable[[int, float], None] | None = None,
         on_batch: Callable[[list[str]], None] | None = None, seed: int | None = None,
         name: str = "fit", watch: tuple[Rows, np.ndarray] | None = None,
-        stop_after: tuple[int, int] | None = None) -> FitResult:
+        stop_after: tuple[int, int] | None = None, started: float | None = None,
+        reserve_rows: int = 0) -> FitResult:
     """Train `model` on `train`, choosing the epoch on `select`; leaves the kept weights loaded.
 
     Args:
@@ -177,6 +229,9 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
             rows. Their scores are the history's `metric` (the selection's `select_<metric>`).
         stop_after: (phase-1, phase-2) epochs to run, each phase's LR schedule still spanning
             its configured epochs: a refit replaying a chosen epoch (`chosen_epochs`).
+        started, reserve_rows: what `cfg.time_limit` counts from (default now: the fold's start
+            when the caller built the model and caches before) and the rows the caller predicts
+            after the fit, inside the same slice (comp.nn.optim.TimeSlice).
 
     Returns:
         A FitResult with the kept epoch/phase and its selection score, the kept model's
@@ -211,7 +266,8 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
     steps_per_epoch = -(-batches_per_epoch // cfg.accum)
     epochs = phase_epochs(cfg, batches_per_epoch)
     runs = stop_after or epochs  # epochs each phase runs
-    clock = TimeSlice(cfg.time_limit, min(epochs[0], runs[0]) > 0 and min(epochs[1], runs[1]) > 0)
+    clock = TimeSlice(cfg.time_limit, min(epochs[0], runs[0]) > 0 and min(epochs[1], runs[1]) > 0,
+                      started, reserve_rows, cfg.batch_size * cfg.accum)
 
     for phase, n_epochs in ((1, epochs[0]), (2, epochs[1])):
         if min(n_epochs, runs[phase - 1]) == 0:
@@ -223,6 +279,11 @@ def fit(model: FusionModel, train: Rows, select: Rows | None, select_y: np.ndarr
             if ema is not None:
                 ema.reset(model)
         model.set_phase(phase, cfg)  # phase 2 with train.unfreeze_top: top layers only
+        if epoch == 0 and wants_prototypes(cfg, model, train):
+            init_prototypes(model, train, cfg, cache if phase == 1 else None)
+            if rank == 0:
+                log(f"{name}: classifier starts from the class prototypes of "
+                    f"{len(train)} training rows ({model.n_classes} classes)")
         # under torch.distributed: DDP averages the gradients of what trains in this phase
         net = wrap_ddp(model) if world > 1 else model
         phase_cache = cache if phase == 1 else None
@@ -394,6 +455,10 @@ def _report(report: Callable[[int, float], None] | None, epoch: int, value: floa
 # the k-fold member
 
 
+# one member's frozen-feature cache and token memo (with its bottom caches), kept per process
+_LAST_CACHES: dict[tuple, tuple[FeatureCache, TokenMemo]] = {}
+
+
 class FusionData:
     """Rows shared by every fold of a member: grid texts, vector ids, the frozen-feature cache.
 
@@ -438,9 +503,20 @@ class FusionData:
         if not (cfg.cache_frozen and cfg.epochs_frozen > 0 and len(model.backbones)):
             return None
         if self.cache is None:
-            dtype = {"float32": torch.float32, "float16": torch.float16,
-                     "bfloat16": torch.bfloat16}[cfg.cache_dtype]
-            self.cache = FeatureCache(model.cls_dims, dtype)
+            # the same frozen backbones under the same model and precision: the last member's
+            # caches (a fold the leftover budget adds, in a second call of this process, does
+            # not run e5 over every text again); keyed by the weights, not by their path
+            key = (fingerprint(model.backbones), repr(self.recipe.model), cfg.cache_dtype,
+                   cfg.amp)
+            if key in _LAST_CACHES:
+                self.cache, self.tokens = _LAST_CACHES[key]
+                model.tokens = self.tokens
+            else:
+                dtype = {"float32": torch.float32, "float16": torch.float16,
+                         "bfloat16": torch.bfloat16}[cfg.cache_dtype]
+                self.cache = FeatureCache(model.cls_dims, dtype)
+                _LAST_CACHES.clear()
+                _LAST_CACHES[key] = (self.cache, self.tokens)
         model.freeze_backbones(True)
         autocast, _ = amp_setup(cfg.amp, next(model.parameters()).device)
         self.cache.ensure(model, texts, cfg.eval_batch_size,
@@ -548,8 +624,8 @@ def chosen_epochs(result: FitResult) -> tuple[int, int]:
 
 
 def refit(ctx: FoldContext, data: FusionData, result: FitResult, rows: Rows,
-          loss_fn: nn.Module, cache: FeatureCache | None, watch: tuple[Rows, np.ndarray]
-          ) -> tuple[FusionModel, FitResult]:
+          loss_fn: nn.Module, cache: FeatureCache | None, watch: tuple[Rows, np.ndarray],
+          started: float | None = None) -> tuple[FusionModel, FitResult]:
     """`train.refit`: the fold's model again from the same start, on all its training `rows`,
     for the epochs `result` chose (no choice made, the last kept); returns it and its result,
     whose history is the choosing run's (the curves and the kept epoch)."""
@@ -561,7 +637,8 @@ def refit(ctx: FoldContext, data: FusionData, result: FitResult, rows: Rows,
             f"{e1} + {e2} epochs (train.refit)")
     again = fit(model, rows, None, None, cfg, metric=ctx.recipe.metric, loss_fn=loss_fn,
                 cache=cache, ckpt=ctx.dir / "model.pt", seed=cfg.seed + 1000 * ctx.fold,
-                name=f"{name} refit", watch=watch, stop_after=(e1, e2))
+                name=f"{name} refit", watch=watch, stop_after=(e1, e2), started=started,
+                reserve_rows=predicted_rows(ctx, data))
     again.history = result.history
     return model, again
 
@@ -571,6 +648,7 @@ def fit_fold(ctx: FoldContext, data: FusionData) -> tuple[np.ndarray, ...]:
     held-out training rows (then, with train.refit, again on all of them for that many
     epochs), predict val/test (and the training part with ctx.predict_train)."""
     cfg = ctx.recipe.train
+    started = slice_clock()  # train.time_limit counts the model build, the caches, predictions
     rank, world = dist_info()
     model, name = start_fold(ctx, data)
     everything = ctx
@@ -597,10 +675,19 @@ def fit_fold(ctx: FoldContext, data: FusionData) -> tuple[np.ndarray, ...]:
                               + (full.texts if full is not None else []))
     result = fit(model, train, select, ctx.comp.labels[sel_idx], cfg, metric=ctx.recipe.metric,
                  loss_fn=label_loss(ctx), cache=cache, ckpt=ctx.dir / "model.pt",
-                 report=ctx.report, seed=cfg.seed + 1000 * ctx.fold, name=name, watch=val)
+                 report=ctx.report, seed=cfg.seed + 1000 * ctx.fold, name=name, watch=val,
+                 started=started, reserve_rows=predicted_rows(everything, data))
     if full is not None:
-        model, result = refit(everything, data, result, full, label_loss(ctx), cache, val)
+        model, result = refit(everything, data, result, full, label_loss(ctx), cache, val,
+                              started)
     return finish_fold(everything, data, model, result, cache)
+
+
+def predicted_rows(ctx: FoldContext, data: FusionData) -> int:
+    """Rows a fold predicts after its fit: validation, test (+ unlabelled), and its training
+    part when asked."""
+    return (len(ctx.val_idx) + len(data.test.texts)
+            + (len(ctx.train_idx) if ctx.predict_train else 0))
 
 
 def predict_training_part(model: FusionModel, ctx: FoldContext, data: FusionData,

@@ -478,9 +478,10 @@ def run_pipeline(data: str | None = None, quick: bool = False,
     """
     from comp.kfold.runner import folds_done
     from comp.workflows.plan import (
+        leftover,
         load_speeds,
         make_plan,
-        more_folds,
+        partial_ok,
         print_actual,
         print_plan,
         pseudo_steps,
@@ -564,10 +565,16 @@ def run_pipeline(data: str | None = None, quick: bool = False,
 
     def step_extra(step, folds: list[int] | None) -> list[str]:
         """The overrides a planned member trains with: its folds and, under a budget, a
-        network's time slice."""
+        network's time slice for each fold it has still to train (never past the budget's
+        end)."""
         extra = [f"data.use_folds={folds}"] if folds else []
         if budget_s is not None and stage_of(step.name) == "fusion" and step.per_fold > 0:
-            extra.append(f"train.time_limit={time_slice(step) * stretch:.1f}")
+            have = folds_done(member_recipe(layout, step.name), competition)
+            todo = [f for f in (folds or range(k)) if f not in have]
+            cut = time_slice(step, len(todo)) * (stretch if step.slice is None else 1.0)
+            if step.slice is None and todo:  # the stretch stops at the budget's end
+                cut = min(cut, max(budget_s - (time.time() - t0), 60.0) / len(todo))
+            extra.append(f"train.time_limit={cut:.1f}")
         return extra
 
     def train_step(step, folds: list[int] | None) -> None:
@@ -621,17 +628,27 @@ def run_pipeline(data: str | None = None, quick: bool = False,
                 elapsed + step.seconds > budget_s * 1.1:
             log(f"plan: {step.name} skipped: {elapsed / 60:.1f} of {budget_s / 60:g} minutes "
                 f"used, it needs ~{step.seconds / 60:.1f}")
+            step.folds = []  # not started (the leftover budget may still start it, cut)
             continue
         train_step(step, step.folds)
     if budget_s is not None and "fusion" in want:
-        # leftover budget: members planned on some folds add the folds that still fit
+        # leftover budget, in the preset's order: a network planned on some folds (or on none)
+        # adds the folds that fit at its real pace, or one fold cut to what is left
         for step in steps:
-            add = more_folds(step, k, budget_s - (time.time() - t0))
-            if add:
-                log(f"plan: {(budget_s - (time.time() - t0)) / 60:.1f} budget minutes left: "
-                    f"{step.name} adds fold(s) {','.join(map(str, add))}")
-                step.folds = sorted([*step.folds, *add])
-                train_step(step, step.folds)
+            if step.name in fanned or stage_of(step.name) != "fusion":
+                continue
+            left = budget_s - (time.time() - t0)
+            add = leftover(step, k, left, partial_ok(step.name, shapes.get(step.name)))
+            if not add:
+                continue
+            how = (f"a {step.slice / 60:.1f}-minute slice" if step.slice is not None
+                   else "whole folds at its pace")
+            log(f"plan: {left / 60:.1f} budget minutes left: {step.name} "
+                f"{'adds' if step.folds else 'starts on'} fold(s) {','.join(map(str, add))} "
+                f"({how})")
+            step.folds = sorted([*step.folds, *add])
+            step.note = (step.note + "; " if step.note else "") + "leftover"
+            train_step(step, step.folds)
     if preset in ("best", "all"):
         tuned = timed("tune", stage_tune, layout, PAIR_LINEAR[0] if pair else TUNE_RECIPE,
                       TUNE_TRIALS)

@@ -75,6 +75,8 @@ class Step:
     note: str = ""
     actual: float | None = field(default=None)
     per_fold: float = 0.0  # estimated seconds of one more fold (what a time slice is cut from)
+    setup: float = 0.0  # estimated seconds before its first fold (caches, word vectors)
+    slice: float | None = None  # a fold's time slice when the leftover budget sets it
 
 
 # The neural priors were measured on the embedded reviews (train + test: REF_TEXTS texts). What a
@@ -196,44 +198,73 @@ def make_plan(candidates: list[str], budget_s: float | None, n_train: int, k: in
         todo = [f for f in range(k) if f not in have]
         whole = (setup if todo else 0.0) + len(todo) * per_fold
         if whole <= left:
-            steps.append(Step(name, None, whole, "" if todo else "current", per_fold=per_fold))
+            steps.append(Step(name, None, whole, "" if todo else "current", per_fold=per_fold,
+                              setup=setup if todo else 0.0))
             left -= whole
             continue
         n = int((left - setup) // per_fold) if per_fold > 0 else 0
-        if name in PARTIAL_OK and (n >= 1 or have):
+        if partial_ok(name, (shapes or {}).get(name)) and (n >= 1 or have):
             n = max(n, 0)
             cost = (setup if n else 0.0) + n * per_fold
             use = sorted(have | set(todo[:n]))
             steps.append(Step(name, use, cost, f"{len(use)} of {k} folds fit in the budget"
                               + (f" ({len(have)} already trained)" if have else "")
-                              + "; its OOF covers those rows", per_fold=per_fold))
+                              + "; its OOF covers those rows", per_fold=per_fold,
+                              setup=setup if n else 0.0))
             left -= cost
         else:
             steps.append(Step(name, [], whole, f"needs {whole / 60:.1f} min, "
-                              f"{max(left, 0) / 60:.1f} left: not started", per_fold=per_fold))
+                              f"{max(left, 0) / 60:.1f} left: not started", per_fold=per_fold,
+                              setup=setup))
     return steps
 
 
-# share of a network's planned fold that its fit may train: the rest builds the model and
-# predicts the validation, test and unlabelled rows
-TRAIN_SHARE = 0.8
+def partial_ok(name: str, shape: Shape | None) -> bool:
+    """A member whose OOF may cover some folds only: a network (an expensive member under a
+    budget; comp.kfold.runner.assemble joins the folds it has)."""
+    return name in PARTIAL_OK or (shape is not None and sum(shape.epochs) > 0)
 
 
-def time_slice(step: Step) -> float:
-    """`train.time_limit` for a planned network's folds: the training share of what the plan
-    gave one fold, so a member whose estimate was low ends its schedule early (the decay
-    brought forward) instead of eating the members after it."""
-    return round(TRAIN_SHARE * step.per_fold, 1)
+# share of a network's planned seconds its folds' slices get: the rest is the member's own
+# start (reading the competition, word vectors, the model's files) and the joining of its folds
+FOLD_SHARE = 0.9
 
 
-def more_folds(step: Step, k: int, left: float) -> list[int]:
-    """Leftover budget: the folds a partly planned member can add in `left` seconds, at the
-    pace its planned folds really had (else the estimate)."""
-    if not step.folds or len(step.folds) >= k:
+def time_slice(step: Step, n_folds: int) -> float:
+    """`train.time_limit` for a planned network's folds: what the plan gave each of its
+    `n_folds` new folds, its setup shared among them (a fold's slice counts from its start:
+    model build, feature caches, predictions), so a member whose estimate was low ends its
+    schedule early (the decay brought forward) instead of eating the members after it."""
+    if step.slice is not None:
+        return round(step.slice, 1)
+    return round(FOLD_SHARE * (step.per_fold + step.setup / max(n_folds, 1)), 1)
+
+
+# a fold bought with the leftover budget gets at least this share of what a whole fold costs;
+# less than that is a model cut before it learned much
+MIN_SLICE = 0.4
+
+
+def leftover(step: Step, k: int, left: float, partial: bool = True) -> list[int]:
+    """Leftover budget: the folds a network adds in `left` seconds. Whole folds at the pace its
+    folds really had (else the estimate: its setup too when it has not started); when no whole
+    fold fits but MIN_SLICE of one does, one fold with a slice cut to what is left (set on
+    `step.slice`). A member planned on every fold, or not partial, adds nothing."""
+    if step.folds is None or not partial or len(step.folds) >= k or left <= 0:
         return []
-    pace = step.actual / len(step.folds) if step.actual else step.per_fold
-    n = int(left // max(pace, 1e-9))
-    return [f for f in range(k) if f not in step.folds][:max(n, 0)]
+    pace = (step.actual / len(step.folds) if step.actual and step.folds
+            else step.per_fold + (0.0 if step.folds else step.setup))
+    if pace <= 0:
+        return []
+    todo = [f for f in range(k) if f not in step.folds]
+    n = int(left // pace)
+    if n >= 1:
+        step.slice = None
+        return todo[:n]
+    if left >= MIN_SLICE * pace:
+        step.slice = FOLD_SHARE * left
+        return todo[:1]
+    return []
 
 
 def pseudo_steps(names: list[str], rounds: int, n_train: int, k: int,
