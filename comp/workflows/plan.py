@@ -249,7 +249,8 @@ def leftover(step: Step, k: int, left: float, partial: bool = True) -> list[int]
     """Leftover budget: the folds a network adds in `left` seconds. Whole folds at the pace its
     folds really had (else the estimate: its setup too when it has not started); when no whole
     fold fits but MIN_SLICE of one does, one fold with a slice cut to what is left (set on
-    `step.slice`). A member planned on every fold, or not partial, adds nothing."""
+    `step.slice`). What it buys is added to the step's planned seconds. A member planned on
+    every fold, or not partial, adds nothing."""
     if step.folds is None or not partial or len(step.folds) >= k or left <= 0:
         return []
     pace = (step.actual / len(step.folds) if step.actual and step.folds
@@ -257,12 +258,14 @@ def leftover(step: Step, k: int, left: float, partial: bool = True) -> list[int]
     if pace <= 0:
         return []
     todo = [f for f in range(k) if f not in step.folds]
-    n = int(left // pace)
+    n = min(int(left // pace), len(todo))
     if n >= 1:
         step.slice = None
+        step.seconds += n * pace
         return todo[:n]
     if left >= MIN_SLICE * pace:
         step.slice = FOLD_SHARE * left
+        step.seconds += left
         return todo[:1]
     return []
 
@@ -305,7 +308,10 @@ def print_actual(steps: list[Step], budget_s: float | None = None) -> None:
     """Estimated vs actual minutes of the members that ran, and where the budget went."""
     for s in steps:
         if s.actual is not None:
-            log(f"  {s.name:<26} planned {s.seconds / 60:5.1f} min, took {s.actual / 60:5.1f}")
+            folds = "all" if s.folds is None else ",".join(map(str, s.folds))
+            log(f"  {s.name:<26} folds {folds:<10} planned {s.seconds / 60:5.1f} min, took "
+                f"{s.actual / 60:5.1f}" + ("  (with leftover budget)" if "leftover" in s.note
+                                           else ""))
     ran = [s for s in steps if s.actual is not None]
     if budget_s and ran:
         planned, took = sum(s.seconds for s in ran), sum(s.actual for s in ran)
