@@ -9,8 +9,12 @@ chosen on validation rows) and predicts the test texts (hidden: accuracy on answ
 
   .venv/bin/python bench/min_steps.py                       # few-shot People's Daily, 60 classes
   .venv/bin/python bench/min_steps.py --steps 0 200 --members textcnn_vectors
+  .venv/bin/python bench/min_steps.py --steps 200 --prototypes off on   # class-prototype start
 
-Ends with one line per member and then: <member>_oof_<N>=... <member>_hidden_<N>=...
+`--prototypes` arms compare `train.prototypes` (the classifier started from class means of its
+training rows' inputs) at each min_steps.
+
+Ends with one line per member and then: <member>_oof_<N>[_<prototypes>]=... and _hidden_.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, default=Path("bench_work/min_steps"))
     ap.add_argument("--steps", type=int, nargs="+", default=[0, 200])
+    ap.add_argument("--prototypes", nargs="+", default=["auto"], choices=["auto", "on", "off"])
     ap.add_argument("--members", nargs="+", default=["textcnn_vectors", "fusion_e5_fast"])
     ap.add_argument("--classes", type=int, default=60)
     ap.add_argument("--per-class", type=int, default=10)
@@ -57,10 +62,13 @@ def main() -> None:
     kinds = sorted({v for m in args.members for v in member_recipe(layout, m).model.vectors})
     stage_vectors(layout, kinds)
     rows, line = [], []
+    arms = [(n, p) for n in args.steps for p in args.prototypes]
     for name in args.members:
-        for n in args.steps:
-            tag = f"{name}_ms{n}"
-            recipe = member_recipe(layout, name, [f"train.min_steps={n}", f"name={tag}"])
+        for n, proto in arms:
+            suffix = "" if args.prototypes == ["auto"] else f"_{proto}"
+            tag = f"{name}_ms{n}{suffix}"
+            recipe = member_recipe(layout, name, [f"train.min_steps={n}", f"name={tag}",
+                                                  f"train.prototypes='{proto}'"])
             t0 = time.time()
             cv = train_recipe(recipe)
             secs = time.time() - t0
@@ -70,12 +78,12 @@ def main() -> None:
             epochs = read_json(recipe.run_dir / "epochs.json") if (
                 recipe.run_dir / "epochs.json").exists() else []
             n_ep = max((e["epoch"] for e in epochs), default=0)
-            rows.append((name, n, oof, hidden, n_ep, secs))
-            line.append(f"{name}_oof_{n}={oof:.4f} {name}_hidden_{n}={hidden:.4f}")
-    print(f"\n{'member':<18}{'min_steps':>10}{'OOF acc':>10}{'hidden':>10}{'epochs':>8}"
-          f"{'seconds':>9}")
-    for name, n, oof, hidden, n_ep, secs in rows:
-        print(f"{name:<18}{n:>10}{oof:>10.4f}{hidden:>10.4f}{n_ep:>8}{secs:>9.0f}")
+            rows.append((name, n, proto, oof, hidden, n_ep, secs))
+            line.append(f"{name}_oof_{n}{suffix}={oof:.4f} {name}_hidden_{n}{suffix}={hidden:.4f}")
+    print(f"\n{'member':<18}{'min_steps':>10}{'prototypes':>11}{'OOF acc':>10}{'hidden':>10}"
+          f"{'epochs':>8}{'seconds':>9}")
+    for name, n, proto, oof, hidden, n_ep, secs in rows:
+        print(f"{name:<18}{n:>10}{proto:>11}{oof:>10.4f}{hidden:>10.4f}{n_ep:>8}{secs:>9.0f}")
     print(" ".join(line))
 
 

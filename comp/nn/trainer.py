@@ -158,8 +158,11 @@ def init_prototypes(model: FusionModel, rows: Rows, cfg: TrainConfig,
                     cache: FeatureCache | None = None) -> None:
     """The classifier's final layer as a nearest-class-mean rule on its inputs h over `rows`
     (their target distributions weigh each row into its classes' means m_c): logit_c =
-    ((h - mu) . d_c - |d_c|^2 / 2) / s2 with d_c = m_c - mu, mu the mean of all rows and s2 the
-    mean within-class variance of a component. Classes without rows keep their weights."""
+    -tau |h - m_c|^2 / 2 up to a row's constant, i.e. weights tau (m_c - mu) and biases
+    -tau (m_c - mu) . (mu + (m_c - mu) / 2) with mu the mean of all rows. The temperature tau
+    is the one whose leave-one-out logits (a row left out of its own class's mean) fit the
+    rows' labels best, so the first steps start from calibrated, not overconfident, logits.
+    Classes without rows keep their weights."""
     device = next(model.parameters()).device
     autocast, _ = amp_setup(cfg.amp, device)
     fc = model.classifier.fc
@@ -183,11 +186,25 @@ def init_prototypes(model: FusionModel, rows: Rows, cfg: TrainConfig,
     has = mass > 0
     mu = h.mean(0)
     means = (t.T @ h) / mass.clamp_min(1e-9)[:, None]  # (C, D)
-    resid = h - (t @ means) / t.sum(1, keepdim=True).clamp_min(1e-9)
-    s2 = float(resid.pow(2).mean().clamp_min(1e-6))
+    dist = torch.cdist(h.double(), means.double()).pow(2)[:, has]  # (n, C') squared
+    cls = torch.cumsum(has.long(), 0) - 1  # class -> column among the classes with rows
+    y = t.argmax(1)
+    n_y = mass[y].double()
+    loo = n_y > 1.5  # rows whose class keeps a mean without them
+    tau = 1.0
+    if loo.any():
+        rows_loo = torch.nonzero(loo).flatten()
+        col = cls[y[loo]]
+        d_loo = dist[rows_loo].clone()  # a row left out of its own class's mean
+        d_loo[torch.arange(len(rows_loo)), col] *= (n_y[loo] / (n_y[loo] - 1)) ** 2
+        unit = float(d_loo.mean().clamp_min(1e-12))
+        grid = np.logspace(-2, 3, 51)
+        ce = [float(torch.nn.functional.cross_entropy(-g * d_loo / (2 * unit), col))
+              for g in grid]
+        tau = float(grid[int(np.argmin(ce))]) / unit
     d = means - mu
-    fc.weight[has] = (d[has] / s2).to(fc.weight.dtype)
-    fc.bias[has] = ((-(d[has] @ mu) - 0.5 * d[has].pow(2).sum(1)) / s2).to(fc.bias.dtype)
+    fc.weight[has] = (tau * d[has]).to(fc.weight.dtype)
+    fc.bias[has] = (-tau * (d[has] @ mu + 0.5 * d[has].pow(2).sum(1))).to(fc.bias.dtype)
 
 
 def phase_epochs(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
