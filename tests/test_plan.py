@@ -177,8 +177,10 @@ def test_the_leftover_buys_whole_folds_at_the_real_pace_else_one_fold_cut_to_wha
     assert step.slice == pytest.approx(plan.FOLD_SHARE * 60.0)
     assert plan.time_slice(step, 1) == pytest.approx(plan.FOLD_SHARE * 60.0, abs=0.05)
     assert plan.leftover(plan.Step("net", [0], 90.0, per_fold=80.0, actual=100.0), 5, 30.0) == []
-    fresh = plan.Step("net", [], 0.0, per_fold=80.0, setup=120.0)  # a fold costs 200 s
+    # a fold costs 200 s; the 900 s it was planned at (not started) are not counted
+    fresh = plan.Step("net", [], 900.0, per_fold=80.0, setup=120.0)
     assert plan.leftover(fresh, 5, 150.0) == [0] and fresh.slice is not None
+    assert fresh.seconds == 150.0
     assert plan.leftover(plan.Step("net", [], 0.0, per_fold=80.0, setup=120.0), 5, 70.0) == []
     assert plan.leftover(plan.Step("net", None, 0.0, per_fold=80.0), 5, 1e6) == []
     assert plan.leftover(plan.Step("lin", [0], 0.0, per_fold=8.0), 5, 1e6, partial=False) == []

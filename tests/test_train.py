@@ -811,3 +811,29 @@ def test_class_prototypes_start_the_classifier_as_a_nearest_mean_rule(bert_dir, 
     assert wants_prototypes(auto, model, rows)  # 20 classes, 4 rows a class
     assert not wants_prototypes(auto, build_fusion(recipe, 2), rows)  # 2 classes
     assert not wants_prototypes(dataclasses.replace(auto, prototypes="off"), model, rows)
+
+
+def test_a_second_call_for_more_folds_reuses_the_members_frozen_feature_cache(
+        bert_dir, comp_dir, tmp_path, monkeypatch):
+    """The leftover budget trains a member's next fold in a second call of the same process:
+    its frozen features are the first call's (no text computed twice), while another model
+    config starts a cache of its own."""
+    computed: list[str] = []
+    real = FeatureCache.ensure
+
+    def spy(self, model, texts, *a, **kw):
+        computed.extend(t for t in texts if t not in self.row)
+        return real(self, model, texts, *a, **kw)
+
+    monkeypatch.setattr(FeatureCache, "ensure", spy)
+    recipe = recipe_for(bert_dir, comp_dir, tmp_path, epochs_frozen=1, epochs_unfrozen=0)
+    # a model config no other test trains: the process's kept cache is not this one's
+    recipe = replace(recipe, model=replace(recipe.model, hidden=10))
+    train_fusion(replace(recipe, data=replace(recipe.data, use_folds=(0,))))
+    first = len(computed)
+    assert first > 0
+    train_fusion(replace(recipe, data=replace(recipe.data, use_folds=(0, 1))))
+    assert len(computed) == first  # fold 1 read the cache fold 0 filled
+    other = replace(recipe, name="toy_other", model=replace(recipe.model, hidden=12))
+    train_fusion(replace(other, data=replace(other.data, use_folds=(0,))))
+    assert len(computed) > first

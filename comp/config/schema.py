@@ -203,9 +203,10 @@ class TrainConfig:
     # training rows, a nearest-mean rule) so the first steps already classify: "on", "off", or
     # "auto" (single-label tasks of >= 20 classes with <= 25 training rows a class on average)
     prototypes: str = "auto"
-    # seconds a fold's fit may train (0 = no limit; the planner sets it from the budget): a
-    # phase that would run past its slice ends early at a step boundary, its LR decaying to 0
-    # over the steps that fit (comp.nn.optim.TimeSlice); the fold's cv.json says so
+    # seconds a fold may take from its start (model build, feature caches) to its predictions
+    # (0 = no limit; the planner sets it from the budget): a phase that would run past its
+    # slice ends early at a step boundary, its LR decaying to 0 over the steps that fit
+    # (comp.nn.optim.TimeSlice); the fold's cv.json says so
     time_limit: float = 0.0
     # perturbed copies of each fold's training rows (comp.data.perturb: the INV tests of comp
     # check, e.g. "s2t,fullwidth,punct_swap,homophone", or "all"); augment_rate copies per row

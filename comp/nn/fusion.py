@@ -228,7 +228,7 @@ class FusionModel(nn.Module):
         if stamp not in memo:
             if len(memo) > 16:
                 memo.clear()
-            memo[stamp] = fingerprint(b.bottom_modules(cut))
+            memo[stamp] = _fingerprint(b.bottom_modules(cut))
         return memo[stamp]
 
     def _inference_cache(self, j: int) -> BottomCache | None:
@@ -575,7 +575,7 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 
 @torch.no_grad()
-def fingerprint(modules: Sequence[nn.Module]) -> tuple[float, ...]:
+def _fingerprint(modules: Sequence[nn.Module]) -> tuple[float, ...]:
     """The sum and the summed L2 norms of the modules' weights: equal for the same weights,
     while a change anywhere (a fine-tuned bottom, another checkpoint) changes them."""
     ps = [p.detach() for m in modules for p in m.parameters()]

@@ -63,7 +63,6 @@ from comp.nn.fusion import (
     build_fusion,
     checkpoint_state,
     describe,
-    fingerprint,
     load_fold_model,
     log_unknown,
     model_inputs,
@@ -482,9 +481,10 @@ class FusionData:
     Built lazily, so a rerun whose folds are all done loads nothing.
     """
 
-    def __init__(self, recipe: Recipe, comp) -> None:
+    def __init__(self, recipe: Recipe, comp, inputs: dict[str, str] | None = None) -> None:
         self.recipe = recipe
         self.comp = comp
+        self.inputs = inputs or {}  # content hashes of the files the model reads
         self.rows: Rows | None = None
         self.test: Rows | None = None
         self.fit_rows: Rows | None = None  # rows trained on: pairs in both orders with pair_swap
@@ -520,11 +520,13 @@ class FusionData:
         if not (cfg.cache_frozen and cfg.epochs_frozen > 0 and len(model.backbones)):
             return None
         if self.cache is None:
-            # the same frozen backbones under the same model and precision: the last member's
+            # the same backbone files under the same model and precision: the last member's
             # caches (a fold the leftover budget adds, in a second call of this process, does
-            # not run e5 over every text again); keyed by the weights, not by their path
-            key = (fingerprint(model.backbones), repr(self.recipe.model), cfg.cache_dtype,
-                   cfg.amp)
+            # not run e5 over every text again). Keyed as every fold of one call shares them:
+            # by the files' content (model_inputs) and the folders a fold reads, not by the
+            # weights of one fold's model (seeded parts such as an untrained pooler differ)
+            key = (tuple(sorted(self.inputs.items())), tuple(self.backbone_paths or ()),
+                   repr(self.recipe.model), cfg.cache_dtype, cfg.amp)
             if key in _LAST_CACHES:
                 self.cache, self.tokens = _LAST_CACHES[key]
                 model.tokens = self.tokens
@@ -783,13 +785,14 @@ def train_fusion(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
     from comp.data.competition import load_competition
 
     comp = load_competition(recipe.data)
-    data = FusionData(recipe, comp)
+    inputs = model_inputs(recipe)
+    data = FusionData(recipe, comp, inputs)
     rank, world = init_distributed()
     if world == 1:
         return collect_epochs(recipe.run_dir, run_member(
             recipe, lambda ctx: fit_fold(ctx, data), folds_to_run, force, extra, report, comp,
             lambda ctx: predict_fold_train(ctx, data), lambda ctx: predict_fold_texts(ctx, data),
-            inputs=model_inputs(recipe)))
+            inputs=inputs))
     import torch.distributed as dist
 
     if rank == 0:
@@ -800,7 +803,7 @@ def train_fusion(recipe: Recipe, folds_to_run: list[int] | None = None, force: b
         try:
             return collect_epochs(recipe.run_dir, run_member(recipe, lead, folds_to_run, force,
                                                              extra, report, comp,
-                                                             inputs=model_inputs(recipe)))
+                                                             inputs=inputs))
         finally:
             dist.broadcast_object_list([None], 0)  # release the other ranks
     while True:

@@ -545,10 +545,15 @@ def run_pipeline(data: str | None = None, quick: bool = False,
                                                 shapes))
     runs: list[Path] = []
     vectors_done: set[str] = set()
-    # a plan with time to spare lets the networks' slices grow with it (up to 3x): a slice is
-    # a cap against a wrong estimate, not a target
-    planned = sum(s.seconds for s in steps if s.folds != [])
-    stretch = min(3.0, max(1.0, left / planned)) if left and planned > 0 else 1.0
+
+    def stretch() -> float:
+        """Time to spare lets a network's slices grow (up to 3x): the budget left over the
+        planned minutes of the members still to run (this one included), measured when the
+        member starts, so members that ran faster than planned give their time to the next
+        network. A slice is a cap against a wrong estimate, not a target."""
+        todo = sum(s.seconds for s in steps if s.folds != [] and s.actual is None)
+        left_now = budget_s - (time.time() - t0)
+        return min(3.0, max(1.0, left_now / todo)) if todo > 0 else 1.0
 
     def stage_of(name: str) -> str:
         """The stage a member trains in: linear (TF-IDF, e5 embeddings) or fusion."""
@@ -571,7 +576,7 @@ def run_pipeline(data: str | None = None, quick: bool = False,
         if budget_s is not None and stage_of(step.name) == "fusion" and step.per_fold > 0:
             have = folds_done(member_recipe(layout, step.name), competition)
             todo = [f for f in (folds or range(k)) if f not in have]
-            cut = time_slice(step, len(todo)) * (stretch if step.slice is None else 1.0)
+            cut = time_slice(step, len(todo)) * (stretch() if step.slice is None else 1.0)
             if step.slice is None and todo:  # the stretch stops at the budget's end
                 cut = min(cut, max(budget_s - (time.time() - t0), 60.0) / len(todo))
             extra.append(f"train.time_limit={cut:.1f}")
@@ -582,8 +587,8 @@ def run_pipeline(data: str | None = None, quick: bool = False,
         nonlocal runs
         stage = stage_of(step.name)
         extra = step_extra(step, folds)
+        t = time.time()  # its word2vec files count as its own minutes
         vectors_for([step.name], extra)
-        t = time.time()
         new = timed(stage, stage_members, layout, [step.name], extra) or []
         runs = [r for r in runs if r not in new] + new
         step.actual = (step.actual or 0.0) + time.time() - t
@@ -633,22 +638,28 @@ def run_pipeline(data: str | None = None, quick: bool = False,
         train_step(step, step.folds)
     if budget_s is not None and "fusion" in want:
         # leftover budget, in the preset's order: a network planned on some folds (or on none)
-        # adds the folds that fit at its real pace, or one fold cut to what is left
-        for step in steps:
-            if step.name in fanned or stage_of(step.name) != "fusion":
-                continue
-            left = budget_s - (time.time() - t0)
-            add = leftover(step, k, left, partial_ok(step.name, shapes.get(step.name)))
-            if not add:
-                continue
-            how = (f"a {step.slice / 60:.1f}-minute slice" if step.slice is not None
-                   else "whole folds at its pace")
-            log(f"plan: {left / 60:.1f} budget minutes left: {step.name} "
-                f"{'adds' if step.folds else 'starts on'} fold(s) {','.join(map(str, add))} "
-                f"({how})")
-            step.folds = sorted([*step.folds, *add])
-            step.note = (step.note + "; " if step.note else "") + "leftover"
-            train_step(step, step.folds)
+        # adds the folds that fit at its real pace, or one fold cut to what is left; again
+        # while anything was bought (a member faster than its estimate leaves time over)
+        bought = True
+        while bought:
+            bought = False
+            for step in steps:
+                if step.name in fanned or stage_of(step.name) != "fusion":
+                    continue
+                left = budget_s - (time.time() - t0)
+                add = leftover(step, k, left, partial_ok(step.name, shapes.get(step.name)))
+                if not add:
+                    continue
+                how = (f"a {step.slice / 60:.1f}-minute slice" if step.slice is not None
+                       else "whole folds at its pace")
+                log(f"plan: {left / 60:.1f} budget minutes left: {step.name} "
+                    f"{'adds' if step.folds else 'starts on'} fold(s) "
+                    f"{','.join(map(str, add))} ({how})")
+                step.folds = sorted([*step.folds, *add])
+                if "leftover" not in step.note:
+                    step.note = (step.note + "; " if step.note else "") + "leftover"
+                train_step(step, step.folds)
+                bought = True
     if preset in ("best", "all"):
         tuned = timed("tune", stage_tune, layout, PAIR_LINEAR[0] if pair else TUNE_RECIPE,
                       TUNE_TRIALS)

@@ -258,6 +258,8 @@ def leftover(step: Step, k: int, left: float, partial: bool = True) -> list[int]
     if pace <= 0:
         return []
     todo = [f for f in range(k) if f not in step.folds]
+    if not step.folds:
+        step.seconds = 0.0  # not started: its planned seconds are what it now buys
     n = min(int(left // pace), len(todo))
     if n >= 1:
         step.slice = None
