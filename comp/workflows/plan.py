@@ -11,8 +11,9 @@ is built on; every finished member replaces its prior with what it really cost o
 (runs/speeds.json), so the second plan of a competition is better than the first. Members come
 in the caller's order (expected gain per second: TF-IDF first, then the pretrained e5 member,
 then fusion variants). A member that cannot finish all its folds in what is left either runs on
-as many folds as fit (members whose kind allows it: their OOF covers those folds' rows, see
-comp.kfold.runner.assemble) or is not started.
+as many folds as fit (networks: their OOF covers those folds' rows, see
+comp.kfold.runner.assemble) or is not started. Budget left when the members finish buys more
+(`leftover`): whole folds of a network at its real pace, else one fold cut to what is left.
 """
 
 from __future__ import annotations
@@ -258,16 +259,13 @@ def leftover(step: Step, k: int, left: float, partial: bool = True) -> list[int]
     if pace <= 0:
         return []
     todo = [f for f in range(k) if f not in step.folds]
-    if not step.folds:
-        step.seconds = 0.0  # not started: its planned seconds are what it now buys
+    base = step.seconds if step.folds else 0.0  # not started: it costs what it now buys
     n = min(int(left // pace), len(todo))
     if n >= 1:
-        step.slice = None
-        step.seconds += n * pace
+        step.slice, step.seconds = None, base + n * pace
         return todo[:n]
     if left >= MIN_SLICE * pace:
-        step.slice = FOLD_SHARE * left
-        step.seconds += left
+        step.slice, step.seconds = FOLD_SHARE * left, base + left
         return todo[:1]
     return []
 
