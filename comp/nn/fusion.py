@@ -270,7 +270,7 @@ class FusionModel(nn.Module):
         if phase == 1:
             self.freeze_backbones(len(self.backbones) > 0)
         elif getattr(cfg, "unfreeze_top", 0) > 0 and len(self.backbones):
-            self.unfreeze_top(cfg.unfreeze_top, _DTYPES[cfg.cache_dtype])
+            self.unfreeze_top(cfg.unfreeze_top, CACHE_DTYPES[cfg.cache_dtype])
         else:
             self.freeze_backbones(False)
 
@@ -571,7 +571,7 @@ class BottomCache:
         return out.to(mask.device)
 
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @torch.no_grad()
@@ -766,7 +766,7 @@ def build_fusion(recipe: Recipe, n_classes: int,
     train = recipe.train
     if train.unfreeze_top and train.epochs_unfrozen:  # phase 1's frozen passes fill its cache
         model.plan_top = train.unfreeze_top
-        model.bottom_dtype = _DTYPES[train.cache_dtype]
+        model.bottom_dtype = CACHE_DTYPES[train.cache_dtype]
     model.train()
     return model
 

@@ -57,6 +57,7 @@ from comp.kfold.extra import ExtraRows
 from comp.kfold.runner import FoldContext, run_member
 from comp.nn.distributed import amp_setup, dist_info, init_distributed, wrap_ddp
 from comp.nn.fusion import (
+    CACHE_DTYPES,
     FeatureCache,
     FusionModel,
     TokenMemo,
@@ -531,9 +532,7 @@ class FusionData:
                 self.cache, self.tokens = _LAST_CACHES[key]
                 model.tokens = self.tokens
             else:
-                dtype = {"float32": torch.float32, "float16": torch.float16,
-                         "bfloat16": torch.bfloat16}[cfg.cache_dtype]
-                self.cache = FeatureCache(model.cls_dims, dtype)
+                self.cache = FeatureCache(model.cls_dims, CACHE_DTYPES[cfg.cache_dtype])
                 _LAST_CACHES.clear()
                 _LAST_CACHES[key] = (self.cache, self.tokens)
         model.freeze_backbones(True)

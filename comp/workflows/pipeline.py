@@ -644,7 +644,7 @@ def run_pipeline(data: str | None = None, quick: bool = False,
         while bought:
             bought = False
             for step in steps:
-                if step.name in fanned or stage_of(step.name) != "fusion":
+                if step.name in fanned:  # (leftover buys for networks only: partial_ok)
                     continue
                 left = budget_s - (time.time() - t0)
                 add = leftover(step, k, left, partial_ok(step.name, shapes.get(step.name)))
