@@ -10,7 +10,8 @@ Builds four competitions from texts the dependencies ship (comp.data.embedded), 
 - which pretrained members ran on how many folds, their OOF beside the best TF-IDF member's,
 - the chosen ensemble's nested CV beside the best single member's and beside the TF-IDF-only
   ensemble's on the same rows (its nested OOF scored on the rows the chosen one covers),
-- every member's OOF beside its hidden score (the pair task: no test sentence is in train).
+- every member's OOF beside its hidden score (the pair task: no test sentence is in train),
+  both the averaged fold models' and each fold model's alone (like for like with the OOF).
 
 Tasks: fewshot (People's Daily, 60 classes, <= 10 rows each), large (30,000 jieba dictionary
 words by part of speech, 20 classes, median 3 characters), embedded (the sentiment reviews),
@@ -80,6 +81,22 @@ def oof_on(run_dir: Path, rows: np.ndarray, labels: np.ndarray, metric: str) -> 
     return float(score(metric, labels[rows], oof[rows]))
 
 
+def fold_models_hidden(member: Path, comp, answers: Path) -> float:
+    """Mean hidden accuracy of a member's fold models, each alone: what its OOF (every row
+    scored by one fold model) is like for like with; the member's test.npy averages the fold
+    models, which scores above any one of them."""
+    from comp.blend.submit import label_scores
+    from comp.data.readers import read_answers
+
+    ans = read_answers(answers)
+    keep = [j for j, i in enumerate(comp.test_ids) if i in ans]
+    truth = [ans[comp.test_ids[j]] for j in keep]
+    classes = [str(c) for c in read_json(member / "classes.json")]
+    scores = [label_scores(truth, [classes[j] for j in np.load(f)[keep].argmax(1)])["accuracy"]
+              for f in sorted(member.glob("fold*/test_proba.npy"))]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
 def measure(task: str, work: Path, budget: float) -> dict:
     from comp.data.competition import load_competition
     from comp.data.folds import load_folds
@@ -134,7 +151,8 @@ def measure(task: str, work: Path, budget: float) -> dict:
         "pretrained": {n: (len(cvs[n].get("folds_used") or range(k)), cvs[n]["cv"],
                            hidden.get(str(m), float("nan")))
                        for n, m in zip(cvs, members) if n in PRETRAINED},
-        "members": {n: (cvs[n]["cv"], hidden.get(str(m), float("nan")))
+        "members": {n: (cvs[n]["cv"], hidden.get(str(m), float("nan")),
+                        fold_models_hidden(m, comp, data / "answers.csv"))
                     for n, m in zip(cvs, members)},
         "covered": len(covered), "k": k,
     }
@@ -155,7 +173,8 @@ def main() -> None:
         results.append(r)
         pre = " ".join(f"{n}[{f}/{r['k']} folds oof={cv:.4f} hidden={h:.4f}]"
                        for n, (f, cv, h) in r["pretrained"].items())
-        gaps = " ".join(f"{n}:{cv - h:+.3f}" for n, (cv, h) in r["members"].items())
+        gaps = " ".join(f"{n}:{cv - h:+.3f}/{cv - fh:+.3f}"
+                        for n, (cv, h, fh) in r["members"].items())
         bought = ",".join(f"{n}[{f}]" for n, f in r["leftover"]) or "nothing"
         print(f"{task}: {r['rows']} rows {r['classes']} classes | plan {r['planned_min']:.1f} "
               f"min (+ leftover: {bought}; {r['final_plan_min']:.1f} in all), members took "
@@ -164,7 +183,8 @@ def main() -> None:
               f"{r['chosen_cv']:.4f} hidden {r['chosen_hidden']:.4f} on {r['covered']}/{r['k']} "
               f"folds' rows; best single {r['best_single']} {r['best_single_cv']:.4f}; "
               f"TF-IDF-only ensemble {r['tfidf_ens_cv']:.4f}; best TF-IDF "
-              f"{r['best_tfidf_cv']:.4f} | pretrained {pre} | OOF-hidden {gaps}", flush=True)
+              f"{r['best_tfidf_cv']:.4f} | pretrained {pre} | OOF - hidden (averaged fold "
+              f"models / each fold model alone) {gaps}", flush=True)
     print(" ".join(
         f"{r['task']}_plan_to_wall={r['planned_min'] / max(r['wall_min'], 1e-9):.2f} "
         f"{r['task']}_budget_used={r['took_min'] / r['budget']:.2f} "

@@ -159,12 +159,16 @@ def test_the_plan_calibrates_e5_on_the_tasks_own_texts_once_per_machine(work, mo
                                   calibrate=True)
     rate = shapes["e5_linear"].rate
     assert rate > 0 and shapes["tfidf_char_lr"] is None and shapes["textcnn_vectors"].rate is None
+    pace = shapes["textcnn_vectors"].pace  # a vectors network's own timed steps
+    assert pace["train_row"] > 0 and shapes["e5_linear"].pace is None
     kept = read_json(root / layout.runs / "speeds.json")["calibration"][plan.machine()]
-    assert list(kept.values()) == [rate]
+    assert sorted(kept.values(), key=str) == sorted([rate, pace], key=str)
     assert plan.length_factor(shapes["e5_linear"]) == plan.ref_rate(128) / rate
 
+    import comp.nn.pace as pace_module
     import comp.nn.sentence as sentence
 
     monkeypatch.setattr(sentence, "encode_rate", lambda *a, **k: 1 / 0)
-    again = pipeline.task_shapes(layout, c, ["e5_linear"], calibrate=True)
-    assert again["e5_linear"].rate == rate
+    monkeypatch.setattr(pace_module, "network_pace", lambda *a, **k: 1 / 0)
+    again = pipeline.task_shapes(layout, c, ["e5_linear", "textcnn_vectors"], calibrate=True)
+    assert again["e5_linear"].rate == rate and again["textcnn_vectors"].pace == pace

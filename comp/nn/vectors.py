@@ -72,7 +72,7 @@ def _stable_hash(text: str) -> int:
 
 def train_vectors(texts: list[str], kind: str, out: str | Path, dim: int = 128, sg: int = 1,
                   window: int = 5, epochs: int = 5, min_count: int = 2, seed: int = 42,
-                  sample: float = 1e-4, workers: int = 1) -> Path:
+                  sample: float = 1e-4, workers: int = 1, quiet: bool = False) -> Path:
     """Train word2vec on `texts` tokenized by `kind` and save its KeyedVectors to `out`.
 
     Skips training when `out` already exists. The file is written atomically, as one file.
@@ -81,7 +81,7 @@ def train_vectors(texts: list[str], kind: str, out: str | Path, dim: int = 128, 
 
     Reproducible for a seed: gensim's docs ask for one worker thread (several interleave their
     updates in OS-scheduling order) and a hash that does not depend on PYTHONHASHSEED; both are
-    the defaults here. `workers` > 1 trades that for speed.
+    the defaults here. `workers` > 1 trades that for speed. `quiet`: no log line.
 
     Returns:
         `out` as a Path.
@@ -105,7 +105,8 @@ def train_vectors(texts: list[str], kind: str, out: str | Path, dim: int = 128, 
         raise CompError(f"vectors {kind}: no token occurs {min_count}+ times; lower min_count")
     with atomic_path(out) as tmp:
         kv.save(str(tmp), separately=[])  # one pickle, so the rename is the whole write
-    log(f"vectors: {kind} {len(kv)} x {dim} -> {out}")
+    if not quiet:
+        log(f"vectors: {kind} {len(kv)} x {dim} -> {out}")
     return out
 
 

@@ -139,23 +139,33 @@ def task_shapes(layout: Layout, comp: Competition, names: list[str],
                 calibrate: bool = False) -> dict[str, object]:
     """Each member's Shape on this competition's texts (comp.workflows.plan.shape_of): what the
     planner scales a network's prior by. With `calibrate`, a member that reads e5 gets the
-    texts/s of an e5 forward on a sample of these texts here (comp.workflows.plan.calibrate:
-    seconds, once per machine and task)."""
+    texts/s of an e5 forward on a sample of these texts here (comp.workflows.plan.calibrate),
+    a vectors network its pace: a few timed training steps and predictions on them
+    (comp.workflows.plan.calibrate_pace); seconds, once per machine and task."""
     from comp.workflows.plan import calibrate as measure
-    from comp.workflows.plan import shape_of
+    from comp.workflows.plan import calibrate_pace, shape_of
 
-    lengths = [len(t) for t in (*comp.train_texts, *comp.predict_texts)]
+    texts = [*comp.train_texts, *comp.predict_texts]
+    lengths = [len(t) for t in texts]
     shapes = {}
     for n in dict.fromkeys(names):
         recipe = member_recipe(layout, n)
         shape = shapes[n] = shape_of(recipe, lengths)
+        if (calibrate and shape is not None and recipe.kind == "fusion"
+                and not recipe.model.backbones):
+            shape.pace = calibrate_pace(layout.runs / "speeds.json", recipe, texts,
+                                        comp.n_classes)
         path = e5_path(recipe)
         if calibrate and shape is not None and path:
+            from comp.data.competition import PAIR_SEP
             from comp.nn.backbones.e5 import competition_texts, resolve_backbone
 
             folder = resolve_backbone(path, data=recipe.data, comp=comp)
-            shape.rate = measure(layout.runs / "speeds.json", folder,
-                                 competition_texts(comp=comp), shape.max_chars)
+            # an embedding member encodes a pair's sides apart; a network reads (a, b) as one
+            # sequence, so its rate is timed on the pairs joined
+            read = (competition_texts(comp=comp) if recipe.kind == "linear"
+                    else [t.replace(PAIR_SEP, " ") for t in texts])
+            shape.rate = measure(layout.runs / "speeds.json", folder, read, shape.max_chars)
     return shapes
 
 

@@ -19,6 +19,7 @@ comp.kfold.runner.assemble) or is not started. Budget left when the members fini
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,12 @@ class Shape:
     # texts/s of an e5 forward on a sample of this task's texts on this machine (`calibrate`):
     # for a member that reads e5 it replaces the guess from characters
     rate: float | None = None
+    # a vectors network's seconds per training row, predicted row and text of setup, timed on
+    # this task's texts here (`calibrate_pace`): it replaces the prior altogether
+    pace: dict[str, float] | None = None
+    inner_val: float = 0.0  # share of a fold's training rows held back to choose the epoch
+    swap: bool = False  # a pair trains in both orders (train.pair_swap): twice the rows
+    tta: bool = False  # a pair is predicted in both orders (model.pair_tta)
 
 
 def shape_of(recipe: Any, lengths: Any) -> Shape | None:
@@ -124,7 +131,9 @@ def shape_of(recipe: Any, lengths: Any) -> Shape | None:
     cut = int(recipe.model.max_chars)
     return Shape(float(np.minimum(np.asarray(lengths), cut).mean()) if len(lengths) else 0.0,
                  cut, len(lengths), (t.epochs_frozen, t.epochs_unfrozen), t.min_steps,
-                 t.batch_size, t.accum)
+                 t.batch_size, t.accum, inner_val=float(t.inner_val),
+                 swap=bool(getattr(t, "pair_swap", False)),
+                 tta=bool(getattr(recipe.model, "pair_tta", False)))
 
 
 def _ref_chars(cut: int) -> float:
@@ -178,10 +187,32 @@ def estimate(name: str, n_train: int, k: int, speeds: dict[str, Any],
         return float(rec.get("setup", 0.0)), float(rec["per_fold_per_1k"]) * rows
     if shape is None:
         return setup, per_1k * rows
+    if shape.pace:
+        return paced(shape, n_train, k)
     lf = length_factor(shape)
     reads = lf * shape.n_texts / REF_TEXTS
     setup = min(setup, SETUP_FIXED) + max(setup - SETUP_FIXED, 0.0) * reads
     return setup, per_1k * rows * lf * epoch_factor(shape, rows * 1000.0)
+
+
+PACE_SETUP = 3.0  # a vectors network's imports and model build, beside what its texts cost
+
+
+def paced(shape: Shape, n_train: int, k: int) -> tuple[float, float]:
+    """(setup, per fold) seconds of a vectors network from its timed pace: every epoch trains
+    the fold's fitting rows and predicts its selection and validation rows, then the fold
+    predicts its validation and test rows once more. Early stopping only makes it cheaper."""
+    pace = shape.pace or {}
+    fold_train = n_train * (k - 1) / k
+    val, test = n_train / k, max(shape.n_texts - n_train, 0)
+    fit_rows = fold_train * (1.0 - shape.inner_val) * (2 if shape.swap else 1)
+    orders = 2 if shape.tta else 1
+    steps = math.ceil(math.ceil(fit_rows / shape.batch_size) / shape.accum)
+    epochs = sum(min_steps_epochs(shape.epochs, shape.min_steps, steps))
+    per_epoch = (fit_rows * pace["train_row"]
+                 + (fold_train * shape.inner_val + val) * orders * pace["eval_row"])
+    return (PACE_SETUP + shape.n_texts * pace["setup_text"],
+            epochs * per_epoch + (val + test) * orders * pace["eval_row"])
 
 
 def make_plan(candidates: list[str], budget_s: float | None, n_train: int, k: int,
@@ -327,23 +358,48 @@ def machine() -> str:
     return f"{socket.gethostname()}/{os.cpu_count()}cpu"
 
 
-def calibrate(path: Path, folder: str | Path, texts: list[str], cut: int) -> float:
-    """Texts/s of an e5 forward at `cut` pieces on a sample of `texts` here, measured once per
-    machine, folder, cut and sample (kept in runs/speeds.json under "calibration")."""
-    from comp.core.utils import sha1_of
-    from comp.nn.sentence import encode_rate
-
+def calibrated(path: Path, key: str, measure: Callable[[], Any], say: Callable[[Any], str]
+               ) -> Any:
+    """A calibration kept in runs/speeds.json under "calibration", by machine and `key`:
+    `measure()` once, `say(value)` logged when it is measured."""
     speeds = load_speeds(path)
     mine = speeds.get("calibration", {}).get(machine(), {})
-    key = f"e5 {Path(folder).name} {cut} {sha1_of(texts)}"
     if key not in mine:
-        mine[key] = round(encode_rate(folder, texts, cut), 2)
-        log(f"plan: e5 reads {mine[key]:.1f} of this task's texts a second here at {cut} "
-            f"pieces ({REF_RATE:g} on the reference reviews at 128)")
+        mine[key] = measure()
+        log(say(mine[key]))
         speeds = load_speeds(path)  # as it is now
         speeds.setdefault("calibration", {})[machine()] = mine
         write_json(path, speeds)
-    return float(mine[key])
+    return mine[key]
+
+
+def calibrate(path: Path, folder: str | Path, texts: list[str], cut: int) -> float:
+    """Texts/s of an e5 forward at `cut` pieces on a sample of `texts` here, measured once per
+    machine, folder, cut and sample."""
+    from comp.core.utils import sha1_of
+    from comp.nn.sentence import encode_rate
+
+    return float(calibrated(
+        path, f"e5 {Path(folder).name} {cut} {sha1_of(texts)}",
+        lambda: round(encode_rate(folder, texts, cut), 2),
+        lambda r: f"plan: e5 reads {r:.1f} of this task's texts a second here at {cut} pieces "
+                  f"({REF_RATE:g} on the reference reviews at 128)"))
+
+
+def calibrate_pace(path: Path, recipe: Any, texts: list[str], n_classes: int
+                   ) -> dict[str, float]:
+    """A vectors network's pace on a sample of `texts` here (comp.nn.pace.network_pace),
+    measured once per machine, member, model, batch sizes and texts."""
+    from comp.core.utils import sha1_of
+    from comp.nn.pace import network_pace
+
+    t = recipe.train
+    return dict(calibrated(
+        path, f"pace {recipe.name} "
+              f"{sha1_of([repr(recipe.model), repr((t.batch_size, t.eval_batch_size)), *texts])}",
+        lambda: {k: float(f"{v:.4g}") for k, v in network_pace(recipe, texts, n_classes).items()},
+        lambda p: f"plan: {recipe.name} trains {1 / max(p['train_row'], 1e-9):.0f} and predicts "
+                  f"{1 / max(p['eval_row'], 1e-9):.0f} of this task's rows a second here"))
 
 
 def load_speeds(path: Path) -> dict[str, Any]:
