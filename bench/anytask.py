@@ -187,6 +187,7 @@ def main() -> None:
               f"models / each fold model alone) {gaps}", flush=True)
     print(" ".join(
         f"{r['task']}_plan_to_wall={r['planned_min'] / max(r['wall_min'], 1e-9):.2f} "
+        f"{r['task']}_final_plan_to_wall={r['final_plan_min'] / max(r['wall_min'], 1e-9):.2f} "
         f"{r['task']}_budget_used={r['took_min'] / r['budget']:.2f} "
         f"{r['task']}_wall_to_budget={r['wall_min'] / r['budget']:.2f} "
         f"{r['task']}_ens_gain_over_tfidf={r['chosen_cv'] - r['tfidf_ens_cv']:+.4f} "

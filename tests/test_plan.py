@@ -83,8 +83,8 @@ def tiny_members(monkeypatch):
 def test_a_budgeted_run_prints_its_plan_and_covers_what_fits(small_comp, tmp_path, monkeypatch,
                                                              capsys, tiny_members):
     """A fusion member that the recorded speeds say fits on one fold is planned on fold 0
-    only, then adds the folds its real pace leaves time for; a member that fits nowhere is not
-    started."""
+    only, then adds the folds its real pace leaves time for, then a second seed; a member that
+    fits nowhere is not started."""
     monkeypatch.chdir(tmp_path)
     layout = pipeline.Layout(str(small_comp))
     monkeypatch.setattr(pipeline, "PRESETS", {**pipeline.PRESETS, "default": [
@@ -105,8 +105,14 @@ def test_a_budgeted_run_prints_its_plan_and_covers_what_fits(small_comp, tmp_pat
     assert "budget minutes left: textcnn_vectors adds fold(s) 1,2" in err
     cv = read_json(layout.runs / "textcnn_vectors" / "cv.json")
     assert cv.get("folds_used") is None  # every fold
+    # every network done with time to spare: a second seed of the TextCNN on every fold
+    assert "textcnn_vectors_seed2 starts on fold(s) 0,1,2,3,4 (leftover: a second seed" in err
+    first, second = (np.load(layout.runs / n / "oof.npy")
+                     for n in ("textcnn_vectors", "textcnn_vectors_seed2"))
+    assert first.shape == second.shape and not np.array_equal(first, second)
     man = read_json(best.with_suffix(".json"))
-    assert sorted(man["member_names"]) == ["textcnn_vectors", "tfidf_char_lr"]
+    assert sorted(man["member_names"]) == ["textcnn_vectors", "textcnn_vectors_seed2",
+                                           "tfidf_char_lr"]
     assert "of the 2.5-minute budget)" in err  # where the budget went
     assert "took" in err  # planned vs actual minutes at the end
     # the member's real cost replaced the recorded one
@@ -199,3 +205,29 @@ def test_every_network_may_cover_some_folds_under_a_budget():
                       shapes=shapes)
     # TF-IDF takes ~7 s of the 140; 40 s a TextCNN fold: three of five fit in what is left
     assert steps[1].folds == [0, 1, 2]
+
+
+def test_time_left_when_every_network_finished_buys_a_second_seed_of_the_first_one(tmp_path):
+    """The first network (preset order) that finished every fold, again with another seed, on
+    the whole folds that fit at the pace its folds had; nothing when not one fold fits, when it
+    was cut to some folds, or for members the caller skips (TF-IDF)."""
+    from comp.workflows.pipeline import Layout, member_recipe
+
+    steps = [plan.Step("tfidf_char_lr", None, 10.0, actual=8.0),
+             plan.Step("cut_net", [0, 1], 200.0, actual=150.0),
+             plan.Step("fusion_e5_fast", None, 600.0, actual=500.0),
+             plan.Step("textcnn_vectors", None, 60.0, actual=40.0)]
+    copy = plan.second_seed(steps, 5, 250.0, {"tfidf_char_lr"})
+    assert copy.name == "fusion_e5_fast_seed2" and copy.folds == [0, 1]  # 100 s a fold
+    assert copy.seconds == 200.0 and copy.per_fold == 100.0
+    assert plan.second_seed(steps, 5, 1e4, {"tfidf_char_lr"}).folds is None  # every fold
+    assert plan.second_seed(steps, 5, 90.0, {"tfidf_char_lr"}) is None
+    assert plan.second_seed([*steps, copy], 5, 250.0, {"tfidf_char_lr"}) is None  # bought
+    assert plan.seed_copy("fusion_e5_fast_seed2") == ("fusion_e5_fast", 2)
+    assert plan.seed_copy("x_seed1") == ("x_seed1", 0) and plan.seed_copy("a") == ("a", 0)
+    layout = Layout(str(tmp_path / "comp"))
+    first = member_recipe(layout, "fusion_e5_fast", ["train.time_limit=60"])
+    second = member_recipe(layout, "fusion_e5_fast_seed2", ["train.time_limit=60"])
+    assert second.name == "fusion_e5_fast_seed2" and second.run_dir != first.run_dir
+    assert second.train.seed == first.train.seed + 1000 and second.train.time_limit == 60
+    assert second.model == first.model

@@ -815,25 +815,35 @@ def test_class_prototypes_start_the_classifier_as_a_nearest_mean_rule(bert_dir, 
 
 def test_a_second_call_for_more_folds_reuses_the_members_frozen_feature_cache(
         bert_dir, comp_dir, tmp_path, monkeypatch):
-    """The leftover budget trains a member's next fold in a second call of the same process:
-    its frozen features are the first call's (no text computed twice), while another model
-    config starts a cache of its own."""
+    """The leftover budget (or a Ray worker) trains a member's next fold in a second call of the
+    same process: its frozen features and its rows (grid texts, vector ids) are the first
+    call's (no text computed twice), while another model config starts its own."""
+    import comp.nn.trainer as trainer
+
     computed: list[str] = []
     real = FeatureCache.ensure
+    made: list[int] = []
+    real_rows = trainer.make_rows
 
     def spy(self, model, texts, *a, **kw):
         computed.extend(t for t in texts if t not in self.row)
         return real(self, model, texts, *a, **kw)
 
+    def spy_rows(texts, *a, **kw):
+        made.append(len(texts))
+        return real_rows(texts, *a, **kw)
+
     monkeypatch.setattr(FeatureCache, "ensure", spy)
+    monkeypatch.setattr(trainer, "make_rows", spy_rows)
     recipe = recipe_for(bert_dir, comp_dir, tmp_path, epochs_frozen=1, epochs_unfrozen=0)
     # a model config no other test trains: the process's kept cache is not this one's
     recipe = replace(recipe, model=replace(recipe.model, hidden=10))
     train_fusion(replace(recipe, data=replace(recipe.data, use_folds=(0,))))
-    first = len(computed)
-    assert first > 0
+    first, rows_made = len(computed), len(made)
+    assert first > 0 and rows_made > 0
     train_fusion(replace(recipe, data=replace(recipe.data, use_folds=(0, 1))))
     assert len(computed) == first  # fold 1 read the cache fold 0 filled
+    assert len(made) == rows_made  # and the rows fold 0 made
     other = replace(recipe, name="toy_other", model=replace(recipe.model, hidden=12))
     train_fusion(replace(other, data=replace(other.data, use_folds=(0,))))
-    assert len(computed) > first
+    assert len(computed) > first and len(made) > rows_made

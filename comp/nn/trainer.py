@@ -50,6 +50,7 @@ from comp.core.utils import (
     progress,
     read_json,
     seed_everything,
+    sha1_of,
     write_json,
 )
 from comp.data.folds import label_strata, normalize_text
@@ -474,6 +475,10 @@ def _report(report: Callable[[int, float], None] | None, epoch: int, value: floa
 
 # one member's frozen-feature cache and token memo (with its bottom caches), kept per process
 _LAST_CACHES: dict[tuple, tuple[FeatureCache, TokenMemo]] = {}
+# the last member's rows (grid texts, vector ids: jieba over every text for word vectors), kept
+# per process: a Ray worker that trains a member's next fold, or a second call for more folds,
+# does not build them again
+_LAST_ROWS: dict[tuple, tuple[Rows, Rows, Rows]] = {}
 
 
 class FusionData:
@@ -503,6 +508,15 @@ class FusionData:
         # a vocabulary missing most characters trains on [UNK]s: stop before the first fold
         for i, (bc, b) in enumerate(zip(cfg.backbones, model.backbones)):
             check_vocab_coverage(b, comp.train_texts, f"model.backbones[{i}] ({bc.path})")
+        swap = train_swap(self.recipe)
+        # what the rows are made of: the texts, their labels, the model's grid and the vectors
+        # files' content (what vector ids look up)
+        key = (tuple(sorted(self.inputs.items())), repr(cfg), swap,
+               sha1_of([*comp.train_texts, "\x00", *comp.predict_texts,
+                        "\x00", *map(str, comp.labels)]))
+        if self.inputs and key in _LAST_ROWS:  # (no inputs given: the files are not known)
+            self.rows, self.test, self.fit_rows = _LAST_ROWS[key]
+            return
         y = comp.shape.targets(comp.labels, comp.n_classes)
         self.rows = make_rows(comp.train_texts, cfg, y)
         self.test = make_rows(comp.predict_texts, cfg, np.zeros((len(comp.predict_texts),
@@ -510,10 +524,12 @@ class FusionData:
         for r in (self.rows, self.test):
             r.vec_ids = model.vector_ids(r.texts)
         self.fit_rows = self.rows
-        swap = train_swap(self.recipe)
         if swap != cfg.pair_tta:  # else the evaluation rows are the same
             self.fit_rows = make_rows(comp.train_texts, cfg, y, both_orders=swap)
             self.fit_rows.vec_ids = model.vector_ids(self.fit_rows.texts)
+        _LAST_ROWS.clear()
+        if self.inputs:
+            _LAST_ROWS[key] = (self.rows, self.test, self.fit_rows)
 
     def ensure_cache(self, model: FusionModel, texts: Sequence[str]) -> FeatureCache | None:
         """The frozen-feature cache, extended to cover `texts`; None when not used."""

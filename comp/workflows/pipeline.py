@@ -181,7 +181,15 @@ def e5_path(recipe: Recipe) -> str | None:
 
 def member_recipe(layout: Layout, name: str, extra: list[str] | None = None) -> Recipe:
     """A recipe from recipes/ pointed at this competition's data, runs, models and unlabelled
-    texts."""
+    texts. `<member>_seed<N>` is the member's N-th seed (comp.workflows.plan.seed_copy): the
+    leftover budget's second seed."""
+    from comp.workflows.plan import seed_copy
+
+    base, nth = seed_copy(name)
+    if nth:
+        recipe = member_recipe(layout, base, extra)
+        return dataclasses.replace(recipe, name=name, train=dataclasses.replace(
+            recipe.train, seed=recipe.train.seed + 1000 * (nth - 1)))
     unl = [f"data.extra={layout.unlabelled}"] if layout.unlabelled else []
     metric = [f"metric='{layout.metric}'"] if layout.metric else []
     file, variant = VARIANTS.get(name, (name, []))
@@ -496,6 +504,7 @@ def run_pipeline(data: str | None = None, quick: bool = False,
         print_plan,
         pseudo_steps,
         record_speed,
+        second_seed,
         time_slice,
     )
 
@@ -670,6 +679,17 @@ def run_pipeline(data: str | None = None, quick: bool = False,
                     step.note = (step.note + "; " if step.note else "") + "leftover"
                 train_step(step, step.folds)
                 bought = True
+        # every network has the folds that fit and there is time for a whole fold: a second
+        # seed of the first network (preset order) that finished every fold, on the whole
+        # folds that fit at its pace (its frozen-feature caches are kept in this process)
+        left = budget_s - (time.time() - t0)
+        copy = second_seed(steps, k, left, {n for n in (s.name for s in steps) if n in fanned
+                                            or not partial_ok(n, shapes.get(n))})
+        if copy is not None:
+            log(f"plan: {left / 60:.1f} budget minutes left: {copy.name} starts on fold(s) "
+                f"{','.join(map(str, copy.folds or range(k)))} ({copy.note})")
+            steps.append(copy)
+            train_step(copy, copy.folds)
     if preset in ("best", "all"):
         tuned = timed("tune", stage_tune, layout, PAIR_LINEAR[0] if pair else TUNE_RECIPE,
                       TUNE_TRIALS)

@@ -301,6 +301,37 @@ def leftover(step: Step, k: int, left: float, partial: bool = True) -> list[int]
     return []
 
 
+SEED_COPY = "_seed"  # <member>_seed<N>: the member's N-th seed
+
+
+def seed_copy(name: str) -> tuple[str, int]:
+    """(the member, N) of a seed copy's name `<member>_seed<N>` (N >= 2); (name, 0) else."""
+    base, _, n = name.rpartition(SEED_COPY)
+    return (base, int(n)) if base and n.isdigit() and int(n) >= 2 else (name, 0)
+
+
+def second_seed(steps: list[Step], k: int, left: float, skip: set[str]) -> Step | None:
+    """Leftover budget once every network has what fits: a second seed of the first member
+    (in the steps' order, none in `skip`) that finished every fold, on the whole folds that
+    fit in `left` seconds at the pace its folds really had; None when not one fold fits.
+    Another seed's errors differ from the first's, which an ensemble averages away."""
+    for step in steps:
+        if (step.name in skip or seed_copy(step.name)[1] or not step.actual
+                or (step.folds is not None and len(step.folds) < k)):
+            continue
+        pace = step.actual / k
+        n = min(int(left // pace), k)
+        if n < 1:
+            return None
+        name = f"{step.name}{SEED_COPY}2"
+        if any(s.name == name for s in steps):
+            return None
+        return Step(name, None if n == k else list(range(n)), n * pace,
+                    f"leftover: a second seed of {step.name}, whole folds at its pace",
+                    per_fold=pace)
+    return None
+
+
 def pseudo_steps(names: list[str], rounds: int, n_train: int, k: int,
                  speeds: dict[str, Any], done: dict[str, set[int]] | None = None,
                  shapes: dict[str, Shape | None] | None = None) -> list[Step]:
