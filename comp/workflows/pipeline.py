@@ -680,12 +680,20 @@ def run_pipeline(data: str | None = None, quick: bool = False,
                 train_step(step, step.folds)
                 bought = True
         # every network has the folds that fit and there is time for a whole fold: a second
-        # seed of the first network (preset order) that finished every fold, on the whole
-        # folds that fit at its pace (its frozen-feature caches are kept in this process)
-        left = budget_s - (time.time() - t0)
-        copy = second_seed(steps, k, left, {n for n in (s.name for s in steps) if n in fanned
-                                            or not partial_ok(n, shapes.get(n))})
-        if copy is not None:
+        # seed of the finished network with the best OOF whose fold fits, on the whole folds
+        # that fit at its pace (its caches are kept in this process); then of the next one
+        from comp.core.metrics import greater_is_better
+
+        while True:
+            left = budget_s - (time.time() - t0)
+            cvs = {r.name: c for r in runs if (c := _cv(r)) and c.get("cv") is not None}
+            metric = next((c["metric"] for c in cvs.values() if c.get("metric")), "accuracy")
+            order = sorted(cvs, key=lambda n: cvs[n]["cv"], reverse=greater_is_better(metric))
+            copy = second_seed(steps, k, left, {s.name for s in steps if s.name in fanned
+                                                or not partial_ok(s.name, shapes.get(s.name))},
+                               {n: i for i, n in enumerate(order)})
+            if copy is None:
+                break
             log(f"plan: {left / 60:.1f} budget minutes left: {copy.name} starts on fold(s) "
                 f"{','.join(map(str, copy.folds or range(k)))} ({copy.note})")
             steps.append(copy)

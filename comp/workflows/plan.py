@@ -310,22 +310,23 @@ def seed_copy(name: str) -> tuple[str, int]:
     return (base, int(n)) if base and n.isdigit() and int(n) >= 2 else (name, 0)
 
 
-def second_seed(steps: list[Step], k: int, left: float, skip: set[str]) -> Step | None:
-    """Leftover budget once every network has what fits: a second seed of the first member
-    (in the steps' order, none in `skip`) that finished every fold, on the whole folds that
-    fit in `left` seconds at the pace its folds really had; None when not one fold fits.
-    Another seed's errors differ from the first's, which an ensemble averages away."""
-    for step in steps:
-        if (step.name in skip or seed_copy(step.name)[1] or not step.actual
-                or (step.folds is not None and len(step.folds) < k)):
-            continue
+def second_seed(steps: list[Step], k: int, left: float, skip: set[str],
+                ranks: dict[str, float] | None = None) -> Step | None:
+    """Leftover budget once every network has what fits: a second seed of the member that
+    finished every fold (none in `skip`) and ranks first by `ranks` (lower first: its OOF
+    rank; unranked ones after, in the steps' order), on the whole folds that fit in `left`
+    seconds at the pace its folds really had; None when not one fold fits. Another seed's
+    errors differ from the first's, which an ensemble averages away; the blenders weigh the
+    copy by its own OOF, as any member."""
+    ranks = ranks or {}
+    done = [s for s in steps if s.name not in skip and not seed_copy(s.name)[1] and s.actual
+            and (s.folds is None or len(s.folds) >= k)]
+    for step in sorted(done, key=lambda s: ranks.get(s.name, math.inf)):
         pace = step.actual / k
         n = min(int(left // pace), k)
-        if n < 1:
-            return None
         name = f"{step.name}{SEED_COPY}2"
-        if any(s.name == name for s in steps):
-            return None
+        if n < 1 or any(s.name == name for s in steps):
+            continue
         return Step(name, None if n == k else list(range(n)), n * pace,
                     f"leftover: a second seed of {step.name}, whole folds at its pace",
                     per_fold=pace)
