@@ -67,3 +67,25 @@ def test_liblinear_models_are_seeded():
         m = make_model(LinearConfig(model=kind), 2, seed=7)
         inner = getattr(m, "estimator", m)
         assert inner.random_state == 7, kind
+
+
+def test_a_worker_reads_each_members_files_once_when_folds_come_member_by_member(tmp_path):
+    """Three members' vectorizer and feature files (nine), read fold by fold in turn as Ray
+    deals the folds: the second round loads none of them again; a changed file is read anew."""
+    import comp.members.linear as linear
+
+    files = []
+    for i in range(9):
+        files.append(tmp_path / f"f{i}.txt")
+        files[-1].write_text(str(i))
+    loads = []
+
+    def load(p):
+        loads.append(p.name)
+        return p.read_text()
+
+    for _ in range(2):
+        assert [linear._kept(f, load) for f in files] == [str(i) for i in range(9)]
+    assert len(loads) == 9
+    files[0].write_text("changed!")
+    assert linear._kept(files[0], load) == "changed!" and len(loads) == 10

@@ -192,6 +192,18 @@ def test_the_leftover_buys_whole_folds_at_the_real_pace_else_one_fold_cut_to_wha
     assert plan.leftover(plan.Step("lin", [0], 0.0, per_fold=8.0), 5, 1e6, partial=False) == []
 
 
+def test_a_members_pace_leaves_out_the_fold_that_filled_its_caches():
+    """Fold 0 built the caches later folds (and later calls of the process) reuse: the pace
+    the leftover budget buys at is the other folds' mean, not the member's minutes over its
+    folds."""
+    step = plan.Step("net", [0, 1, 2], 600.0, per_fold=150.0, actual=480.0,
+                     fold_seconds=[300.0, 90.0, 80.0])
+    assert step.pace() == 85.0
+    assert plan.leftover(step, 5, 200.0) == [3, 4]  # 160 s at 480 / 3 would buy one fold
+    assert plan.Step("net", [0], 1.0, actual=100.0, fold_seconds=[95.0]).pace() == 100.0
+    assert plan.Step("net", [], 1.0).pace() is None
+
+
 def test_a_folds_time_slice_shares_the_members_setup_among_its_new_folds():
     step = plan.Step("net", None, 500.0, per_fold=100.0, setup=100.0)
     assert plan.time_slice(step, 1) == pytest.approx(plan.FOLD_SHARE * 200.0)

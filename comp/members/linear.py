@@ -449,16 +449,22 @@ class LinearFeatures:
 
 
 # files this process already read, by path and stamp: a Ray worker that trains a second fold of
-# a member reuses its vectorizer and feature rows instead of unpickling them again
+# a member reuses its vectorizer and feature rows instead of unpickling them again. A member
+# reads three (vectorizer, train rows, predicted rows) and Ray deals folds member by member in
+# turn, so the cache holds every member's of a preset: fewer would evict each file just before
+# the worker's next fold of that member reads it
+KEPT_FILES = 24
 _KEPT: dict[tuple[str, int, int], object] = {}
 
 
 def _kept(path: Path, load):
-    """load(path), once per process for an unchanged file (the last 8 kept)."""
+    """load(path), once per process for an unchanged file (the KEPT_FILES last used kept)."""
     st = path.stat()
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
-    if key not in _KEPT:
-        if len(_KEPT) >= 8:
+    if key in _KEPT:
+        _KEPT[key] = _KEPT.pop(key)  # now the last used
+    else:
+        if len(_KEPT) >= KEPT_FILES:
             _KEPT.pop(next(iter(_KEPT)))
         _KEPT[key] = load(path)
     return _KEPT[key]

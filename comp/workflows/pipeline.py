@@ -611,6 +611,7 @@ def run_pipeline(data: str | None = None, quick: bool = False,
         new = timed(stage, stage_members, layout, [step.name], extra) or []
         runs = [r for r in runs if r not in new] + new
         step.actual = (step.actual or 0.0) + time.time() - t
+        step.fold_seconds = fold_seconds(member_recipe(layout, step.name).run_dir)
         record_speed(speeds_path, step.name, _cv(new[-1]) if new else None, k)
 
     def fan_out(planned: list) -> set[str]:
@@ -755,6 +756,12 @@ def run_pipeline(data: str | None = None, quick: bool = False,
     print_actual(steps, budget_s)
     print(line)
     return best
+
+
+def fold_seconds(run_dir: Path) -> list[float]:
+    """What each trained fold of a member took (its fold markers)."""
+    marks = (read_json(p) for p in sorted(Path(run_dir).glob("fold*/done.json")))
+    return [float(m["seconds"]) for m in marks if m.get("seconds") is not None]
 
 
 def _cv(run_dir: Path) -> dict | None:

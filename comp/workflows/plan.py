@@ -79,6 +79,17 @@ class Step:
     per_fold: float = 0.0  # estimated seconds of one more fold (what a time slice is cut from)
     setup: float = 0.0  # estimated seconds before its first fold (caches, word vectors)
     slice: float | None = None  # a fold's time slice when the leftover budget sets it
+    fold_seconds: list[float] = field(default_factory=list)  # what each trained fold took
+
+    def pace(self) -> float | None:
+        """Seconds one more fold of a member that ran costs: the mean of its folds' seconds
+        without the dearest (the fold that filled the member's caches, which later folds and
+        calls of this process reuse), else its minutes over its folds; None before it ran."""
+        f = sorted(self.fold_seconds)
+        if len(f) >= 2:
+            return sum(f[:-1]) / (len(f) - 1)
+        n = len(self.folds) if self.folds is not None else len(f)
+        return self.actual / n if self.actual and n else None
 
 
 # The neural priors were measured on the embedded reviews (train + test: REF_TEXTS texts). What a
@@ -285,8 +296,8 @@ def leftover(step: Step, k: int, left: float, partial: bool = True) -> list[int]
     every fold, or not partial, adds nothing."""
     if step.folds is None or not partial or len(step.folds) >= k or left <= 0:
         return []
-    pace = (step.actual / len(step.folds) if step.actual and step.folds
-            else step.per_fold + (0.0 if step.folds else step.setup))
+    pace = (step.pace() if step.folds else None) or (
+        step.per_fold + (0.0 if step.folds else step.setup))
     if pace <= 0:
         return []
     todo = [f for f in range(k) if f not in step.folds]
@@ -322,7 +333,7 @@ def second_seed(steps: list[Step], k: int, left: float, skip: set[str],
     done = [s for s in steps if s.name not in skip and not seed_copy(s.name)[1] and s.actual
             and (s.folds is None or len(s.folds) >= k)]
     for step in sorted(done, key=lambda s: ranks.get(s.name, math.inf)):
-        pace = step.actual / k
+        pace = step.pace() or step.actual / k
         n = min(int(left // pace), k)
         name = f"{step.name}{SEED_COPY}2"
         if n < 1 or any(s.name == name for s in steps):
