@@ -324,22 +324,22 @@ def seed_copy(name: str) -> tuple[str, int]:
 def second_seed(steps: list[Step], k: int, left: float, skip: set[str],
                 ranks: dict[str, float] | None = None) -> Step | None:
     """Leftover budget once every network has what fits: a second seed of the member that
-    finished every fold (none in `skip`) and ranks first by `ranks` (lower first: its OOF
-    rank; unranked ones after, in the steps' order), on the whole folds that fit in `left`
-    seconds at the pace its folds really had; None when not one fold fits. Another seed's
-    errors differ from the first's, which an ensemble averages away; the blenders weigh the
-    copy by its own OOF, as any member."""
+    finished every fold (none in `skip`), ranks first by `ranks` (lower first: its OOF rank;
+    unranked ones after, in the steps' order) and fits on every fold in `left` seconds at the
+    pace its folds really had; None when none fits. Every fold, because a member on some folds
+    only moves the ensembles' comparison onto those folds' rows. Another seed's errors differ
+    from the first's, which an ensemble averages away; the blenders weigh the copy by its own
+    OOF, as any member."""
     ranks = ranks or {}
     done = [s for s in steps if s.name not in skip and not seed_copy(s.name)[1] and s.actual
             and (s.folds is None or len(s.folds) >= k)]
     for step in sorted(done, key=lambda s: ranks.get(s.name, math.inf)):
         pace = step.pace() or step.actual / k
-        n = min(int(left // pace), k)
         name = f"{step.name}{SEED_COPY}2"
-        if n < 1 or any(s.name == name for s in steps):
+        if k * pace > left or any(s.name == name for s in steps):
             continue
-        return Step(name, None if n == k else list(range(n)), n * pace,
-                    f"leftover: a second seed of {step.name}, whole folds at its pace",
+        return Step(name, None, k * pace,
+                    f"leftover: a second seed of {step.name}, every fold at its pace",
                     per_fold=pace)
     return None
 
