@@ -680,9 +680,9 @@ def run_pipeline(data: str | None = None, quick: bool = False,
                     step.note = (step.note + "; " if step.note else "") + "leftover"
                 train_step(step, step.folds)
                 bought = True
-        # every network has the folds that fit and there is time for a whole fold: a second
-        # seed of the finished network with the best OOF whose fold fits, on the whole folds
-        # that fit at its pace (its caches are kept in this process); then of the next one
+        # every network has the folds that fit and time is left: a second seed of the finished
+        # network with the best OOF whose every fold fits at its pace (its caches are kept in
+        # this process), then of the next one
         from comp.core.metrics import greater_is_better
 
         while True:
