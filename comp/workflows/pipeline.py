@@ -611,7 +611,7 @@ def run_pipeline(data: str | None = None, quick: bool = False,
         new = timed(stage, stage_members, layout, [step.name], extra) or []
         runs = [r for r in runs if r not in new] + new
         step.actual = (step.actual or 0.0) + time.time() - t
-        step.fold_seconds = fold_seconds(member_recipe(layout, step.name).run_dir)
+        step.fold_seconds = fold_seconds(new[-1]) if new else []
         record_speed(speeds_path, step.name, _cv(new[-1]) if new else None, k)
 
     def fan_out(planned: list) -> set[str]:
@@ -685,14 +685,15 @@ def run_pipeline(data: str | None = None, quick: bool = False,
         # this process), then of the next one
         from comp.core.metrics import greater_is_better
 
-        while True:
+        cvs = {r.name: c for r in runs if (c := _cv(r)) and c.get("cv") is not None}
+        metric = next((c["metric"] for c in cvs.values() if c.get("metric")), "accuracy")
+        order = sorted(cvs, key=lambda n: cvs[n]["cv"], reverse=greater_is_better(metric))
+        ranks = {n: i for i, n in enumerate(order)}
+        skip = {s.name for s in steps if s.name in fanned
+                or not partial_ok(s.name, shapes.get(s.name))}
+        while True:  # (a copy is never the base of another: second_seed skips copies)
             left = budget_s - (time.time() - t0)
-            cvs = {r.name: c for r in runs if (c := _cv(r)) and c.get("cv") is not None}
-            metric = next((c["metric"] for c in cvs.values() if c.get("metric")), "accuracy")
-            order = sorted(cvs, key=lambda n: cvs[n]["cv"], reverse=greater_is_better(metric))
-            copy = second_seed(steps, k, left, {s.name for s in steps if s.name in fanned
-                                                or not partial_ok(s.name, shapes.get(s.name))},
-                               {n: i for i, n in enumerate(order)})
+            copy = second_seed(steps, k, left, skip, ranks)
             if copy is None:
                 break
             log(f"plan: {left / 60:.1f} budget minutes left: {copy.name} starts on fold(s) "
