@@ -180,3 +180,34 @@ def test_without_ray_the_local_executor_needs_nothing(tmp_path, monkeypatch, cap
         fanout.ray_module()
     assert main(["train", "x.toml", "--jobs", "2"]) == 2
     assert "--address and --jobs go with --executor ray" in capsys.readouterr().err
+
+
+def test_a_networks_folds_train_from_one_state_task_and_match_the_sequential_run(tmp_path):
+    """A vectors TextCNN's rows are built by one task and handed to its fold tasks; the OOF is
+    the sequential run's (within float noise: one thread per task)."""
+    from comp.config.schema import DataConfig
+    from comp.data.competition import load_competition
+    from comp.nn.vectors import train_vectors
+
+    d = make_small_competition(tmp_path / "c", n_train=150, n_test=20)
+    comp = load_competition(DataConfig(dir=str(d)))
+    for kind in ("char", "word", "bigram"):
+        train_vectors(comp.train_texts + comp.test_texts, kind,
+                      tmp_path / "models" / f"w2v-{kind}.kv", dim=16, epochs=1, min_count=1)
+
+    def net(runs):
+        return load_recipe(ROOT / "recipes" / "textcnn_vectors.toml", [
+            f"data.dir={d}", "data.folds=3", f"runs_dir={runs}",
+            f"model.vectors_dir='{tmp_path / 'models'}'", "model.channels=8",
+            "model.max_chars=32", "train.epochs_frozen=1", "train.batch_size=32"])
+
+    seq, par = net(tmp_path / "seq"), net(tmp_path / "par")
+    train_recipe(seq)
+    res = run_fold_tasks([FoldTask(par, f) for f in range(3)], jobs=2)
+    assert not res.failed and len(res.seconds) == 3
+    for f in range(3):
+        task = json.loads((tmp_path / "par" / ".tasks" / f"{par.name}-fold{f}.json").read_text())
+        assert task["shared_state"]
+    assert train_recipe(par) is not None
+    np.testing.assert_allclose(np.load(par.run_dir / "oof.npy"),
+                               np.load(seq.run_dir / "oof.npy"), atol=1e-5)

@@ -847,3 +847,46 @@ def test_a_second_call_for_more_folds_reuses_the_members_frozen_feature_cache(
     other = replace(recipe, name="toy_other", model=replace(recipe.model, hidden=12))
     train_fusion(replace(other, data=replace(other.data, use_folds=(0,))))
     assert len(computed) > first and len(made) > rows_made
+
+
+def test_a_fold_trains_from_the_members_state_another_process_built(
+        bert_dir, comp_dir, tmp_path, monkeypatch):
+    """A Ray fold task adopts the rows and frozen-feature cache one task built for the member
+    (pickled through the object store): its fold builds neither, and predicts what a fold that
+    built its own predicts."""
+    import pickle
+
+    import comp.nn.trainer as trainer
+    from comp.data.competition import load_competition
+
+    recipe = recipe_for(bert_dir, comp_dir, tmp_path, epochs_frozen=1, epochs_unfrozen=0)
+    recipe = replace(recipe, model=replace(recipe.model, hidden=11))  # no other test's memo
+    state = trainer.member_state(recipe, load_competition(recipe.data))
+    assert state is not None and len(state.rows) == 1 and len(state.caches) == 1
+
+    def fold0(runs: Path) -> np.ndarray:
+        r = replace(recipe, runs_dir=str(runs), data=replace(recipe.data, use_folds=(0,)))
+        train_fusion(r)
+        return np.load(runs / r.name / "fold0" / "val_proba.npy")
+
+    trainer._LAST_ROWS.clear()  # a fresh worker process
+    trainer._LAST_CACHES.clear()
+    own = fold0(tmp_path / "own")
+    trainer._LAST_ROWS.clear()
+    trainer._LAST_CACHES.clear()
+    trainer.adopt_state(pickle.loads(pickle.dumps(state)))
+    computed: list[str] = []
+    real = FeatureCache.ensure
+
+    def spy(self, model, texts, *a, **kw):
+        computed.extend(t for t in texts if t not in self.row)
+        return real(self, model, texts, *a, **kw)
+
+    def no_rows(*a, **kw):
+        raise AssertionError("rows built again")
+
+    monkeypatch.setattr(FeatureCache, "ensure", spy)
+    monkeypatch.setattr(trainer, "make_rows", no_rows)
+    adopted = fold0(tmp_path / "adopted")
+    assert computed == []  # every text's frozen features came with the state
+    np.testing.assert_allclose(adopted, own, atol=1e-6)

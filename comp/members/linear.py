@@ -14,15 +14,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from comp.config.schema import LinearConfig, Recipe
-from comp.core.utils import CompError, load_model, log
+from comp.core.utils import CompError, jieba_module, load_model, log
 from comp.kfold.runner import FoldContext, FoldOutput, run_member
 
 
 def jieba_tokens(text: str) -> list[str]:
     """jieba words without whitespace tokens."""
-    import jieba
-
-    return [w for w in jieba.lcut(text) if w.strip()]
+    return [w for w in jieba_module().lcut(text) if w.strip()]
 
 
 def make_vectorizer(cfg: LinearConfig, encoder: str | Path | None = None):

@@ -79,6 +79,14 @@ class MemberKind:
         """Files shared by every fold (relative to run_dir)."""
         return []
 
+    def shared_state(self, recipe: Recipe, comp: Any) -> Any:
+        """What every fold of the member reads and one process can build for all the processes
+        that train its folds (a network's rows and frozen-feature cache); None: nothing."""
+        return None
+
+    def adopt_state(self, state: Any) -> None:
+        """Keep `shared_state`'s result in this process for the folds it trains."""
+
     def references(self, recipe: Recipe) -> list[Path]:
         """Files or folders outside the run dir that predicting reads (backbones, vectors)."""
         return []
@@ -130,6 +138,18 @@ class FusionMember(MemberKind):
 
         return train_fusion(recipe, folds, force, report=report, extra=extra)
 
+    def shared_state(self, recipe, comp):
+        """The member's rows (grid texts, vector ids) and frozen-feature cache."""
+        from comp.nn.trainer import member_state
+
+        return member_state(recipe, comp)
+
+    def adopt_state(self, state):
+        """See MemberKind.adopt_state."""
+        from comp.nn.trainer import adopt_state
+
+        adopt_state(state)
+
     def load_fold(self, run_dir, fold, recipe, n_classes):
         """fold{k}/model.pt in a model built from the recipe (backbones and vectors it names)."""
         from comp.nn.serving import load_neural_fold, neural_predictor
@@ -166,3 +186,7 @@ class StudentMember(FusionMember):
         from comp.members.student import train_student
 
         return train_student(recipe, folds, force, report=report)
+
+    def shared_state(self, recipe, comp):
+        """None: a student's rows carry its teacher's targets (built by its own training)."""
+        return None

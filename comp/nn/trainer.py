@@ -559,6 +559,43 @@ class FusionData:
         return self.cache
 
 
+@dataclass
+class MemberState:
+    """A member's rows and frozen-feature cache under the keys its folds look them up by: built
+    by one process, adopted by the processes that train its folds (Ray fold tasks)."""
+
+    rows: dict[tuple, tuple[Rows, Rows, Rows]]
+    caches: dict[tuple, tuple[FeatureCache, TokenMemo]]
+
+
+def member_state(recipe: Recipe, comp) -> MemberState | None:
+    """Build a member's rows (and its frozen-feature cache over every train and test text) as
+    its first fold would; None when rows are not kept (a model that reads no files)."""
+    inputs = model_inputs(recipe)
+    if not inputs:
+        return None
+    data = FusionData(recipe, comp, inputs)
+    seed_everything(recipe.train.seed)  # as fold 0 (seeded parts of the backbone features)
+    data.backbone_paths = resolve_backbones(recipe, comp)
+    model = build_fusion(recipe, comp.n_classes, data.backbone_paths)
+    model.task = comp.shape
+    model.tokens = data.tokens
+    model.to(_device())
+    data.ensure_rows(model)
+    cache = data.ensure_cache(model, data.rows.texts + data.test.texts + data.fit_rows.texts)
+    return MemberState({k: v for k, v in _LAST_ROWS.items() if v[0] is data.rows},
+                       {k: v for k, v in _LAST_CACHES.items() if v[0] is cache})
+
+
+def adopt_state(state: MemberState) -> None:
+    """Keep `state` in this process, as if this process had built it: the member's folds here
+    find their rows and cache instead of building them."""
+    for kept, new in ((_LAST_ROWS, state.rows), (_LAST_CACHES, state.caches)):
+        if new:
+            kept.clear()
+            kept.update(new)
+
+
 def start_fold(ctx: FoldContext, data: FusionData) -> tuple[FusionModel, str]:
     """A fold's fresh model: seeded by the fold, sharing the member's token memo, on the device
     (the same starting weights on every rank), with the member's rows built; and its log name."""

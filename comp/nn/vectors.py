@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from comp.core.utils import CompError, atomic_path, code_points, log
+from comp.core.utils import CompError, atomic_path, code_points, jieba_module, log
 
 __all__ = ["KINDS", "GridVectors", "corpus_tokens", "load_vectors", "train_vectors"]
 
@@ -30,9 +30,7 @@ def _check_kind(kind: str) -> None:
 
 
 def _jieba_tokenize(text: str) -> list[tuple[str, int, int]]:
-    import jieba
-
-    jieba.setLogLevel(logging.WARNING)
+    jieba = jieba_module()
     words = jieba.lcut(text)
     if "".join(words) != text:
         return list(jieba.tokenize(text))

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from comp.core.utils import CompError, log, write_json
 
 EXECUTORS = ("local", "ray")
 MAX_RETRIES = 2  # a worker killed mid-fold (preempted, out of memory) is tried again
+STATE = -1  # the fold number of the task that builds a member's shared state
 
 
 @dataclasses.dataclass
@@ -114,17 +116,32 @@ def _in_worker(cwd: str) -> Iterator[int]:
         yield cpus
 
 
-def _fold_task(cwd: str, recipe: Recipe, fold: int, comp: Any) -> float:
-    """Inside a Ray worker: train one fold as a sequential run would; returns its seconds."""
+def _state_task(cwd: str, recipe: Recipe, comp: Any) -> tuple[bool, Any]:
+    """Inside a Ray worker: what every fold of the member reads, built once for all its tasks
+    (`MemberKind.shared_state`: a network's rows, its frozen-feature cache). Two returns: whether
+    there is any (the driver reads only that), and the state the fold tasks take."""
+    from comp.members.registry import create_member
+
+    with _in_worker(cwd):
+        state = create_member(recipe).shared_state(recipe, comp)
+    return state is not None, state
+
+
+def _fold_task(cwd: str, recipe: Recipe, fold: int, comp: Any, state: Any = None) -> float:
+    """Inside a Ray worker: train one fold as a sequential run would, from the member's shared
+    `state` when one was built; returns its seconds."""
     import ray
 
     from comp.data.competition import preloaded
-    from comp.members.registry import train_recipe
+    from comp.members.registry import create_member, train_recipe
 
+    if state is not None:
+        create_member(recipe).adopt_state(state)
     with _in_worker(cwd) as cpus:
         pid_file = Path(recipe.runs_dir) / ".tasks" / f"{recipe.name}-fold{fold}.json"
         write_json(pid_file, {"pid": os.getpid(), "node": ray.util.get_node_ip_address(),
-                              "member": recipe.name, "fold": fold, "cpus": cpus})
+                              "member": recipe.name, "fold": fold, "cpus": cpus,
+                              "shared_state": state is not None})
         t = time.time()
         with preloaded(recipe.data, comp):
             train_recipe(recipe, [fold])
@@ -185,7 +202,17 @@ def run_fold_tasks(tasks: Sequence[FoldTask], jobs: int | None = None,
     # dearest first; among equal costs fold by fold, so tasks running side by side belong to
     # different members and the second fold of a member finds its features on disk
     order = {name: i for i, name in enumerate(dict.fromkeys(t.recipe.name for t in tasks))}
-    waiting = sorted(tasks, key=lambda t: (-t.cost, t.fold, order[t.recipe.name]))
+
+    def rank(t: FoldTask) -> tuple:
+        return -t.cost, t.fold, order[t.recipe.name]
+
+    waiting = sorted(tasks, key=rank)
+    # a member whose folds share state one task can build (`shared_state`) gets that task
+    # first; its fold tasks wait for it without holding a CPU, other members' tasks fill in
+    n_tasks = Counter(t.recipe.name for t in tasks)
+    states: dict[str, Any] = {}  # member -> its state's object ref (None: each fold builds)
+    held: dict[str, list[FoldTask]] = {}  # member -> fold tasks waiting for its state
+    state_remote = ray.remote(_state_task)
     running: dict[Any, tuple[FoldTask, float]] = {}
     cwd, n_done = os.getcwd(), 0
     gpus = f", {int(total['GPU'])} GPU(s)" if total.get("GPU") else ""
@@ -199,17 +226,33 @@ def run_fold_tasks(tasks: Sequence[FoldTask], jobs: int | None = None,
                     f"{max(0.0, deadline - time.time()) / 60:.1f} left")
                 result.skipped.append(t)
                 continue
+            name = t.recipe.name
             res = task_resources(t.recipe, total.get("GPU", 0))
             # (a GPU task's worker exits after it, Ray's default for GPU functions, so its
             # memory is given back between folds)
             opts = {**res, "max_retries": MAX_RETRIES}
-            ref = remote.options(**opts).remote(cwd, t.recipe, t.fold, refs[t.recipe.data])
+            if name in held:  # its state is being built
+                held[name].append(t)
+                continue
+            if name not in states and n_tasks[name] > 1 and shares_state(t.recipe):
+                held[name] = [t]
+                built, states[name] = state_remote.options(**opts, num_returns=2).remote(
+                    cwd, t.recipe, refs[t.recipe.data])
+                running[built] = (dataclasses.replace(t, fold=STATE), time.time())
+                continue
+            ref = remote.options(**opts).remote(cwd, t.recipe, t.fold, refs[t.recipe.data],
+                                                states.get(name))
             running[ref] = (t, time.time())
         if not running:
             break
         ready, _ = ray.wait(list(running), num_returns=1)
         for ref in ready:
             t, started = running.pop(ref)
+            if t.fold == STATE:
+                if not state_built(ray, ref, t.recipe.name):
+                    states[t.recipe.name] = None
+                waiting = sorted(waiting + held.pop(t.recipe.name), key=rank)
+                continue
             try:
                 result.seconds[t.recipe.name, t.fold] = ray.get(ref)
                 n_done += 1
@@ -224,6 +267,26 @@ def run_fold_tasks(tasks: Sequence[FoldTask], jobs: int | None = None,
             f"{free.get('CPU', 0):g} CPU" + (f", {free.get('GPU', 0):g} GPU"
                                              if total.get("GPU") else ""))
     return result
+
+
+def shares_state(recipe: Recipe) -> bool:
+    """Whether the member kind builds state its folds share (a network; TF-IDF members share
+    their feature files on disk instead)."""
+    from comp.members.registry import MemberKind, create_member
+
+    return type(create_member(recipe)).shared_state is not MemberKind.shared_state
+
+
+def state_built(ray: Any, ref: Any, name: str) -> bool:
+    """Whether a member's state task built something for its fold tasks; when it failed, one
+    line (the folds still train, each building its own)."""
+    try:
+        return bool(ray.get(ref))
+    except Exception as e:  # noqa: BLE001 - the folds still train, each building its own
+        cause = getattr(e, "cause", None) or e
+        log(f"ray: {name}: its shared rows were not built ({type(cause).__name__}: "
+            f"{str(cause).splitlines()[0] if str(cause) else ''}); each fold builds its own")
+        return False
 
 
 def raise_failures(result: FanoutResult) -> None:

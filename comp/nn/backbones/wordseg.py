@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import logging
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 
 from tokenizers import NormalizedString, PreTokenizedString, Tokenizer, normalizers, pre_tokenizers
 from transformers import BertTokenizer
+
+from comp.core.utils import jieba_module
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -26,9 +27,7 @@ def jieba_spans(text: str) -> tuple[tuple[str, int, int], ...]:
     No HMM, as WoBERT: new words guessed by the HMM would never be in a fixed vocabulary.
     Cached: building a WoBERT vocabulary and tokenizing the same corpus segment it twice.
     """
-    import jieba
-
-    jieba.setLogLevel(logging.WARNING)
+    jieba = jieba_module()
     words = jieba.lcut(text, HMM=False)  # faster than jieba.tokenize, same segmentation
     if "".join(words) != text:
         return tuple(jieba.tokenize(text, HMM=False))
