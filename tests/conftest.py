@@ -209,3 +209,26 @@ def fold(s: str) -> str:
 def clean_piece(tok: str) -> str:
     """A WordPiece or SentencePiece token without its continuation or word-start mark."""
     return tok[2:] if tok.startswith("##") else tok.replace("▁", "")
+
+
+@pytest.fixture
+def tiny_members(monkeypatch):
+    """Word2vec files and fusion members small enough to train in seconds (for `comp run`)."""
+    import comp.workflows.pipeline as pipeline
+    from comp.nn.vectors import train_vectors
+
+    def tiny_vectors(layout, kinds):
+        from comp.config.schema import DataConfig
+        from comp.data.competition import load_competition
+
+        c = load_competition(DataConfig(dir=str(layout.data)))
+        for kind in kinds:
+            train_vectors(c.train_texts + c.test_texts, kind, layout.models / f"w2v-{kind}.kv",
+                          dim=8, epochs=1, min_count=1)
+    monkeypatch.setattr(pipeline, "stage_vectors", tiny_vectors)
+    real = pipeline.member_recipe
+
+    def tiny(layout, name, extra=None):
+        small = ["model.channels=8", "model.max_chars=32", "train.epochs_frozen=1"]
+        return real(layout, name, [*(extra or []), *([] if name.startswith("tfidf") else small)])
+    monkeypatch.setattr(pipeline, "member_recipe", tiny)

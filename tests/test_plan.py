@@ -58,28 +58,6 @@ def test_a_first_plan_stays_inside_its_budget_and_cuts_members_by_whole_folds(mi
     assert [s.name for s in steps] == list(pipeline.PRESETS["default"])
 
 
-@pytest.fixture
-def tiny_members(monkeypatch):
-    """Word2vec files and fusion members small enough to train in seconds."""
-    from comp.nn.vectors import train_vectors
-
-    def tiny_vectors(layout, kinds):
-        from comp.config.schema import DataConfig
-        from comp.data.competition import load_competition
-
-        c = load_competition(DataConfig(dir=str(layout.data)))
-        for kind in kinds:
-            train_vectors(c.train_texts + c.test_texts, kind, layout.models / f"w2v-{kind}.kv",
-                          dim=8, epochs=1, min_count=1)
-    monkeypatch.setattr(pipeline, "stage_vectors", tiny_vectors)
-    real = pipeline.member_recipe
-
-    def tiny(layout, name, extra=None):
-        small = ["model.channels=8", "model.max_chars=32", "train.epochs_frozen=1"]
-        return real(layout, name, [*(extra or []), *([] if name.startswith("tfidf") else small)])
-    monkeypatch.setattr(pipeline, "member_recipe", tiny)
-
-
 def test_a_budgeted_run_prints_its_plan_and_covers_what_fits(small_comp, tmp_path, monkeypatch,
                                                              capsys, tiny_members):
     """A fusion member that the recorded speeds say fits on one fold is planned on fold 0

@@ -211,3 +211,31 @@ def test_a_networks_folds_train_from_one_state_task_and_match_the_sequential_run
     assert train_recipe(par) is not None
     np.testing.assert_allclose(np.load(par.run_dir / "oof.npy"),
                                np.load(seq.run_dir / "oof.npy"), atol=1e-5)
+
+
+def test_under_ray_the_leftover_budget_buys_folds_and_a_second_seed_as_tasks(
+        small_comp, tmp_path, monkeypatch, capsys, tiny_members):
+    """`comp run --executor ray` with a budget: the folds the plan left out, and a network's
+    second seed, are bought by the leftover budget and trained as Ray tasks too."""
+    from comp.core.utils import read_json
+    from comp.workflows import pipeline, plan
+
+    monkeypatch.chdir(tmp_path)
+    layout = pipeline.Layout(str(small_comp))
+    monkeypatch.setattr(pipeline, "PRESETS", {**pipeline.PRESETS, "default": [
+        "tfidf_char_lr", "textcnn_vectors"]})
+    monkeypatch.setattr(plan, "PARTIAL_OK", ("textcnn_vectors",))
+    layout.runs.mkdir(parents=True)  # recorded: 100 s a TextCNN fold, so the plan buys one
+    (layout.runs / "speeds.json").write_text(
+        '{"textcnn_vectors": {"per_fold_per_1k": 312.5, "setup": 0}}', encoding="utf-8")
+    best = pipeline.run_pipeline(str(small_comp), budget=2.5, executor="ray", jobs=2)
+    err = capsys.readouterr().err
+    assert "textcnn_vectors            folds 0" in err
+    assert "budget minutes left: textcnn_vectors adds fold(s) 1," in err
+    assert "textcnn_vectors_seed2 starts on fold(s) 0,1,2,3,4 (leftover: a second seed" in err
+    tasks = layout.runs / ".tasks"
+    for name in ("textcnn_vectors", "textcnn_vectors_seed2"):  # every fold a Ray task
+        assert all((tasks / f"{name}-fold{f}.json").exists() for f in range(5))
+        assert read_json(layout.runs / name / "cv.json").get("folds_used") is None
+    assert sorted(read_json(best.with_suffix(".json"))["member_names"]) == [
+        "textcnn_vectors", "textcnn_vectors_seed2", "tfidf_char_lr"]

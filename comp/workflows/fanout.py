@@ -10,7 +10,9 @@ other finished.
 
 Requirements of a cluster: every worker sees the driver's working directory at the same path
 (NFS or a mounted bucket holding data/, models/, runs/) and has comp installed. The competition's
-rows go to the workers once through the object store, not read again by every task.
+rows go to the workers once through the object store, not read again by every task; so does what
+every fold of a network reads (its grid texts and vector ids, its frozen-feature cache), built by
+one task before the member's fold tasks start (other members' folds run meanwhile).
 
 Faults: a worker process that dies mid-fold is retried by Ray (`max_retries`); the fold restarts
 from nothing (its marker is written last). A task that raises is one line naming member and fold;
@@ -249,7 +251,10 @@ def run_fold_tasks(tasks: Sequence[FoldTask], jobs: int | None = None,
         for ref in ready:
             t, started = running.pop(ref)
             if t.fold == STATE:
-                if not state_built(ray, ref, t.recipe.name):
+                if state_built(ray, ref, t.recipe.name):
+                    log(f"ray: {t.recipe.name}: its rows built once for its "
+                        f"{n_tasks[t.recipe.name]} fold tasks ({time.time() - started:.0f}s)")
+                else:
                     states[t.recipe.name] = None
                 waiting = sorted(waiting + held.pop(t.recipe.name), key=rank)
                 continue
@@ -263,7 +268,8 @@ def run_fold_tasks(tasks: Sequence[FoldTask], jobs: int | None = None,
                 log(f"ray: failed: {line}")
                 result.failed.append((t, line))
         free = ray.available_resources()
-        log(f"ray: {n_done} done, {len(running)} running, {len(waiting)} waiting; free "
+        n_wait = len(waiting) + sum(map(len, held.values()))
+        log(f"ray: {n_done} done, {len(running)} running, {n_wait} waiting; free "
             f"{free.get('CPU', 0):g} CPU" + (f", {free.get('GPU', 0):g} GPU"
                                              if total.get("GPU") else ""))
     return result

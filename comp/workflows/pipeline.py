@@ -625,7 +625,7 @@ def run_pipeline(data: str | None = None, quick: bool = False,
             vectors_for([step.name], extra)  # word2vec files: made here once, read by tasks
             recipe = recipes[step.name] = member_recipe(layout, step.name, extra)
             own = step.folds or list(range(k))
-            per = step.per_fold or step.seconds / max(1, len(own))
+            per = step.fold_cost() or step.seconds / max(1, len(own))
             tasks += [FoldTask(recipe, f, per) for f in sorted(set(own) - folds_done(recipe))]
         t = time.time()
         fan = run_fold_tasks(tasks, jobs, address,
@@ -637,8 +637,26 @@ def run_pipeline(data: str | None = None, quick: bool = False,
             got = sorted(set(own) & folds_done(recipes[step.name]))
             if got != own:
                 step.folds = got  # [] = none finished: the member is left out
-            step.actual = fan.member_seconds(step.name) or None
+            step.actual = ((step.actual or 0.0) + fan.member_seconds(step.name)) or None
         return {s.name for s in planned}
+
+    def buy(step, whole: bool = False) -> bool:
+        """A purchase of the leftover budget: as Ray tasks under --executor ray (assembled
+        here), else here. `whole`: on every fold it asks for or left out (a second seed).
+        Whether every fold it asked for was trained (a Ray task not started for time: no)."""
+        if executor == "ray":
+            asked = list(range(k)) if step.folds is None else list(step.folds)
+            fanned.update(fan_out([step]))
+            got = asked if step.folds is None else step.folds
+            if whole and got != asked:
+                log(f"plan: {step.name} left out: fold(s) {','.join(map(str, got)) or 'none'} "
+                    f"of {','.join(map(str, asked))} finished in the budget")
+                got = step.folds = []
+            if got:
+                train_step(step, step.folds)
+            return got == asked
+        train_step(step, step.folds)
+        return True
 
     fanned: set[str] = set()  # members whose folds Ray trained: only assembled below
     if executor == "ray":
@@ -664,8 +682,6 @@ def run_pipeline(data: str | None = None, quick: bool = False,
         while bought:
             bought = False
             for step in steps:
-                if step.name in fanned:  # (leftover buys for networks only: partial_ok)
-                    continue
                 left = budget_s - (time.time() - t0)
                 add = leftover(step, k, left, partial_ok(step.name, shapes.get(step.name)))
                 if not add:
@@ -678,19 +694,17 @@ def run_pipeline(data: str | None = None, quick: bool = False,
                 step.folds = sorted([*step.folds, *add])
                 if "leftover" not in step.note:
                     step.note = (step.note + "; " if step.note else "") + "leftover"
-                train_step(step, step.folds)
-                bought = True
+                bought = buy(step) or bought
         # every network has the folds that fit and time is left: a second seed of the finished
         # network with the best OOF whose every fold fits at its pace (its caches are kept in
-        # this process), then of the next one
+        # the process that trains it), then of the next one
         from comp.core.metrics import greater_is_better
 
         cvs = {r.name: c for r in runs if (c := _cv(r)) and c.get("cv") is not None}
         metric = next((c["metric"] for c in cvs.values() if c.get("metric")), "accuracy")
         order = sorted(cvs, key=lambda n: cvs[n]["cv"], reverse=greater_is_better(metric))
         ranks = {n: i for i, n in enumerate(order)}
-        skip = {s.name for s in steps if s.name in fanned
-                or not partial_ok(s.name, shapes.get(s.name))}
+        skip = {s.name for s in steps if not partial_ok(s.name, shapes.get(s.name))}
         while True:  # (a copy is never the base of another: second_seed skips copies)
             left = budget_s - (time.time() - t0)
             copy = second_seed(steps, k, left, skip, ranks)
@@ -699,7 +713,7 @@ def run_pipeline(data: str | None = None, quick: bool = False,
             log(f"plan: {left / 60:.1f} budget minutes left: {copy.name} starts on fold(s) "
                 f"{','.join(map(str, copy.folds or range(k)))} ({copy.note})")
             steps.append(copy)
-            train_step(copy, copy.folds)
+            buy(copy, whole=True)
     if preset in ("best", "all"):
         tuned = timed("tune", stage_tune, layout, PAIR_LINEAR[0] if pair else TUNE_RECIPE,
                       TUNE_TRIALS)

@@ -91,6 +91,13 @@ class Step:
         n = len(self.folds) if self.folds is not None else len(f)
         return self.actual / n if self.actual and n else None
 
+    def fold_cost(self) -> float:
+        """Seconds one fold still to train costs as it was bought: its slice (a fold cut to
+        the budget's end), else its real pace once it ran, else its planned per-fold cost."""
+        if self.slice is not None:
+            return self.slice
+        return self.pace() or self.per_fold
+
 
 # The neural priors were measured on the embedded reviews (train + test: REF_TEXTS texts). What a
 # neural member reads of a text is its first max_chars characters; there, on average:
