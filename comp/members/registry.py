@@ -87,6 +87,11 @@ class MemberKind:
     def adopt_state(self, state: Any) -> None:
         """Keep `shared_state`'s result in this process for the folds it trains."""
 
+    def state_threads(self, recipe: Recipe) -> bool:
+        """Whether building `shared_state` runs faster on every core it is given (a backbone's
+        forward passes) rather than on one (jieba)."""
+        return False
+
     def references(self, recipe: Recipe) -> list[Path]:
         """Files or folders outside the run dir that predicting reads (backbones, vectors)."""
         return []
@@ -149,6 +154,12 @@ class FusionMember(MemberKind):
         from comp.nn.trainer import adopt_state
 
         adopt_state(state)
+
+    def state_threads(self, recipe):
+        """True when the state holds frozen backbone features (torch over every text)."""
+        from comp.nn.trainer import caches_frozen
+
+        return caches_frozen(recipe)
 
     def load_fold(self, run_dir, fold, recipe, n_classes):
         """fold{k}/model.pt in a model built from the recipe (backbones and vectors it names)."""

@@ -481,6 +481,12 @@ _LAST_CACHES: dict[tuple, tuple[FeatureCache, TokenMemo]] = {}
 _LAST_ROWS: dict[tuple, tuple[Rows, Rows, Rows]] = {}
 
 
+def caches_frozen(recipe: Recipe) -> bool:
+    """Whether the member's frozen phase reads its backbones' features from a cache."""
+    cfg = recipe.train
+    return bool(cfg.cache_frozen and cfg.epochs_frozen > 0 and recipe.model.backbones)
+
+
 class FusionData:
     """Rows shared by every fold of a member: grid texts, vector ids, the frozen-feature cache.
 
@@ -534,7 +540,7 @@ class FusionData:
     def ensure_cache(self, model: FusionModel, texts: Sequence[str]) -> FeatureCache | None:
         """The frozen-feature cache, extended to cover `texts`; None when not used."""
         cfg = self.recipe.train
-        if not (cfg.cache_frozen and cfg.epochs_frozen > 0 and len(model.backbones)):
+        if not caches_frozen(self.recipe):
             return None
         if self.cache is None:
             # the same backbone files under the same model and precision: the last member's

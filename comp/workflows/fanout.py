@@ -184,6 +184,7 @@ def run_fold_tasks(tasks: Sequence[FoldTask], jobs: int | None = None,
     """
     from comp.data.competition import load_competition
     from comp.data.folds import load_folds
+    from comp.members.registry import create_member
 
     result = FanoutResult()
     if not tasks:
@@ -215,6 +216,8 @@ def run_fold_tasks(tasks: Sequence[FoldTask], jobs: int | None = None,
     states: dict[str, Any] = {}  # member -> its state's object ref (None: each fold builds)
     held: dict[str, list[FoldTask]] = {}  # member -> fold tasks waiting for its state
     state_remote = ray.remote(_state_task)
+    node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")),
+                    default=1)
     running: dict[Any, tuple[FoldTask, float]] = {}
     cwd, n_done = os.getcwd(), 0
     gpus = f", {int(total['GPU'])} GPU(s)" if total.get("GPU") else ""
@@ -238,6 +241,8 @@ def run_fold_tasks(tasks: Sequence[FoldTask], jobs: int | None = None,
                 continue
             if name not in states and n_tasks[name] > 1 and shares_state(t.recipe):
                 held[name] = [t]
+                if create_member(t.recipe).state_threads(t.recipe):  # as many as one node has
+                    opts["num_cpus"] = max(opts["num_cpus"], min(jobs, node_cpus))
                 built, states[name] = state_remote.options(**opts, num_returns=2).remote(
                     cwd, t.recipe, refs[t.recipe.data])
                 running[built] = (dataclasses.replace(t, fold=STATE), time.time())
