@@ -346,7 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--kind", default="char,word,bigram", help="comma-separated kinds")
     sp.add_argument("--out", default="models", help="folder for w2v-<kind>.kv")
     sp.add_argument("--dim", type=int, default=128)
-    sp.add_argument("--epochs", type=int, default=5)
+    sp.add_argument("--epochs", type=int, default=None,
+                    help="passes over the corpus (default: 5, more for a small corpus until "
+                         "2M tokens are seen, at most 200)")
     sp.add_argument("--algo", choices=["skipgram", "cbow"], default="skipgram")
     sp.add_argument("--workers", type=int, default=1,
                     help="gensim threads (default 1: the same vectors for the same seed)")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from comp.nn.vectors import corpus_tokens, load_vectors, train_vectors
+from comp.nn.vectors import corpus_tokens, load_vectors, train_vectors, vector_epochs
 
 STEP_ROWS = 256  # rows the training steps and predictions are timed on
 W2V_TEXTS = 2000  # texts word2vec is timed on (its fixed costs are small beside that)
@@ -51,10 +51,12 @@ def network_pace(recipe: Any, texts: Sequence[str], n_classes: int) -> dict[str,
     vectors, w2v = [], 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for kind in cfg.vectors:
-            corpus_tokens(w2v_texts[:1], kind)  # jieba loads its dictionary once, untimed
+            # the passes the whole corpus gets (more over a small one), from the sample's tokens
+            # (jieba loads its dictionary here, untimed)
+            n = sum(map(len, corpus_tokens(w2v_texts, kind))) * len(texts) / len(w2v_texts)
             t0 = time.perf_counter()
             path = train_vectors(w2v_texts, kind, Path(tmp) / f"{kind}.kv", min_count=1,
-                                 quiet=True)
+                                 epochs=vector_epochs(round(n)), quiet=True)
             w2v += time.perf_counter() - t0
             vectors.append(GridVectors(load_vectors(path), kind, cfg.vectors_trainable))
     model = FusionModel(cfg, n_classes, [], vectors, pair=recipe.data.shape.pair)
