@@ -110,3 +110,24 @@ def test_bad_files_are_comp_errors(tmp_path):
     bad.write_text("not a pickle")
     with pytest.raises(CompError, match="not a gensim KeyedVectors"):
         load_vectors(bad)
+
+
+def test_a_small_corpus_gets_the_passes_that_train_its_vectors(tmp_path, small_comp):
+    """Five word2vec passes over a few hundred texts leave the vectors near gensim's random
+    start (norms ~0.05); by default a small corpus gets passes until 2M tokens are seen, and its
+    vectors train (norms near 1, as a large corpus's after five)."""
+    from comp.config.schema import DataConfig
+    from comp.data.competition import load_competition
+    from comp.nn.vectors import vector_epochs
+
+    assert vector_epochs(10_000_000) == 5  # a large corpus: five
+    assert vector_epochs(100_000) == 20 and vector_epochs(1_000) == 200  # (at most 200)
+    assert vector_epochs(1_000, epochs=3) == 3  # asked for: as asked
+    texts = load_competition(DataConfig(dir=str(small_comp))).train_texts
+
+    def median_norm(path):
+        return float(np.median(np.linalg.norm(load_vectors(path).vectors, axis=1)))
+
+    five = median_norm(train_vectors(texts, "bigram", tmp_path / "five.kv", epochs=5))
+    default = median_norm(train_vectors(texts, "bigram", tmp_path / "default.kv"))
+    assert five < 0.2 and default > 0.5, (five, default)
