@@ -229,6 +229,16 @@ def tiny_members(monkeypatch):
     real = pipeline.member_recipe
 
     def tiny(layout, name, extra=None):
-        small = ["model.channels=8", "model.max_chars=32", "train.epochs_frozen=1"]
+        small = ["model.channels=8", "model.max_chars=32", "train.epochs_frozen=1",
+                 "train.min_steps=0"]
         return real(layout, name, [*(extra or []), *([] if name.startswith("tfidf") else small)])
     monkeypatch.setattr(pipeline, "member_recipe", tiny)
+
+
+@pytest.fixture(autouse=True)
+def five_vector_passes(request, monkeypatch):
+    """Tests train word2vec on corpora of a few hundred texts for the pipeline's mechanics: five
+    passes, not the 2M tokens' worth a real small corpus gets (seconds a kind). The tests marked
+    `vector_passes` check those."""
+    if "vector_passes" not in request.keywords:
+        monkeypatch.setattr("comp.nn.vectors.MIN_TOKEN_PASSES", 0)

@@ -79,7 +79,7 @@ def test_textcnn_vectors_member_repeats_exactly(small_comp, tmp_path):
         recipe = load_recipe("recipes/textcnn_vectors.toml", [
             f"data.dir={small_comp}", "data.folds=2", f"runs_dir={tmp_path / r / 'runs'}",
             f"model.vectors_dir='{models}'", "model.channels=8", "model.max_chars=32",
-            "train.epochs_frozen=1", "train.batch_size=32"])
+            "train.epochs_frozen=1", "train.batch_size=32", "train.min_steps=0"])
         out.append(_oof(recipe))
     assert np.array_equal(out[0], out[1])
 

@@ -180,7 +180,7 @@ def test_a_replaced_vectors_file_refits_the_folds_that_used_it(work, tmp_path, c
     over = [f"data.dir={cdir}", "data.folds=2", f"runs_dir={tmp_path / 'runs'}",
             f"model.vectors_dir={models}", "model.vectors=['char']", "model.channels=8",
             "model.max_chars=24", "train.epochs_frozen=1", "model.kernel_sizes=[2]",
-            "model.head='cnn'"]
+            "model.head='cnn'", "train.min_steps=0"]
     from comp.data.recipes import load_recipe
 
     recipe = load_recipe(Path(__file__).parent.parent / "recipes" / "textcnn_vectors.toml",

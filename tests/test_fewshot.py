@@ -87,7 +87,8 @@ def test_fold_scores_with_rare_classes_absent_from_folds(fewshot, tmp_path, metr
 _TINY_PRETRAIN = ["pretrain.hidden=32", "pretrain.layers=1", "pretrain.heads=2",
                   "pretrain.intermediate=64", "pretrain.vocab_size=600", "pretrain.steps=2",
                   "pretrain.batch_size=8", "pretrain.max_len=48", "pretrain.init_vectors=''"]
-_TINY_FUSION = ["model.hidden=8", "model.channels=8", "model.max_chars=40",
+_TINY_FUSION = ["train.min_steps=0",
+                "model.hidden=8", "model.channels=8", "model.max_chars=40",
                 "train.epochs_frozen=1", "train.epochs_unfrozen=1", "train.batch_size=64"]
 
 

@@ -229,7 +229,7 @@ def test_fusion_member_learns_soft_per_label_targets_of_its_fold(round1, tmp_pat
         "model.vectors=['char']", f"model.vectors_dir={tmp_path / 'models'}",
         "model.channels=8", "model.max_chars=40", "train.epochs_frozen=2",
         "train.batch_size=64", "train.inner_val=0", f"train.pseudo={pseudo}",
-        "train.pseudo_soft=true"])
+        "train.pseudo_soft=true", "train.min_steps=0"])
     cv = train_recipe(r)
     soft = read_pseudo(pseudo, comp.classes, soft=True, label_sep="|")
     mine = soft.folds == 0

@@ -199,7 +199,8 @@ def test_a_networks_folds_train_from_one_state_task_and_match_the_sequential_run
         return load_recipe(ROOT / "recipes" / "textcnn_vectors.toml", [
             f"data.dir={d}", "data.folds=3", f"runs_dir={runs}",
             f"model.vectors_dir='{tmp_path / 'models'}'", "model.channels=8",
-            "model.max_chars=32", "train.epochs_frozen=1", "train.batch_size=32"])
+            "model.max_chars=32", "train.epochs_frozen=1", "train.batch_size=32",
+            "train.min_steps=0"])
 
     seq, par = net(tmp_path / "seq"), net(tmp_path / "par")
     train_recipe(seq)

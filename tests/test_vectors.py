@@ -112,6 +112,7 @@ def test_bad_files_are_comp_errors(tmp_path):
         load_vectors(bad)
 
 
+@pytest.mark.vector_passes
 def test_a_small_corpus_gets_the_passes_that_train_its_vectors(tmp_path, small_comp):
     """Five word2vec passes over a few hundred texts leave the vectors near gensim's random
     start (norms ~0.05); by default a small corpus gets passes until 2M tokens are seen, and its
