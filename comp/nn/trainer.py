@@ -581,12 +581,7 @@ def member_state(recipe: Recipe, comp) -> MemberState | None:
     if not inputs:
         return None
     data = FusionData(recipe, comp, inputs)
-    seed_everything(recipe.train.seed)  # as fold 0 (seeded parts of the backbone features)
-    data.backbone_paths = resolve_backbones(recipe, comp)
-    model = build_fusion(recipe, comp.n_classes, data.backbone_paths)
-    model.task = comp.shape
-    model.tokens = data.tokens
-    model.to(_device())
+    model = fresh_model(recipe, comp, data, 0)  # as fold 0 (seeded parts of backbone features)
     data.ensure_rows(model)
     cache = data.ensure_cache(model, data.rows.texts + data.test.texts + data.fit_rows.texts)
     return MemberState({k: v for k, v in _LAST_ROWS.items() if v[0] is data.rows},
@@ -602,21 +597,27 @@ def adopt_state(state: MemberState) -> None:
             kept.update(new)
 
 
+def fresh_model(recipe: Recipe, comp, data: FusionData, fold: int) -> FusionModel:
+    """Fold `fold`'s untrained model: seeded by the fold, on the member's backbone folders, with
+    its token memo, on the device."""
+    seed_everything(recipe.train.seed + fold)
+    if data.backbone_paths is None:  # a pruned e5 is found (or made) once per member
+        data.backbone_paths = resolve_backbones(recipe, comp)
+    model = build_fusion(recipe, comp.n_classes, data.backbone_paths)
+    model.task = comp.shape  # its outputs in `predict`
+    model.tokens = data.tokens  # every fold tokenizes the same texts: once per member
+    return model.to(_device())
+
+
 def start_fold(ctx: FoldContext, data: FusionData) -> tuple[FusionModel, str]:
     """A fold's fresh model: seeded by the fold, sharing the member's token memo, on the device
     (the same starting weights on every rank), with the member's rows built; and its log name."""
-    recipe, cfg = ctx.recipe, ctx.recipe.train
+    recipe = ctx.recipe
     rank, world = dist_info()
     name = f"{recipe.name} fold {ctx.fold}"
-    seed_everything(cfg.seed + ctx.fold)
-    if data.backbone_paths is None:  # a pruned e5 is found (or made) once per member
-        data.backbone_paths = resolve_backbones(recipe, ctx.comp)
-    model = build_fusion(recipe, ctx.comp.n_classes, data.backbone_paths)
+    model = fresh_model(recipe, ctx.comp, data, ctx.fold)
     if rank == 0:
         write_fold_backbones(ctx.dir, recipe, data.backbone_paths)
-    model.task = ctx.comp.shape  # its outputs in `predict`
-    model.tokens = data.tokens  # every fold tokenizes the same texts: once per member
-    model.to(_device())
     if world > 1:  # identical starting weights on every rank
         import torch.distributed as dist
 

@@ -267,9 +267,7 @@ def run_fold_tasks(tasks: Sequence[FoldTask], jobs: int | None = None,
                 result.seconds[t.recipe.name, t.fold] = ray.get(ref)
                 n_done += 1
             except Exception as e:  # noqa: BLE001 - one line per failed task, the rest finish
-                cause = getattr(e, "cause", None) or e
-                line = f"{t.label}: {type(cause).__name__}: {str(cause).splitlines()[0]}" \
-                    if str(cause) else f"{t.label}: {type(cause).__name__}"
+                line = f"{t.label}: {one_line(e)}"
                 log(f"ray: failed: {line}")
                 result.failed.append((t, line))
         free = ray.available_resources()
@@ -294,10 +292,17 @@ def state_built(ray: Any, ref: Any, name: str) -> bool:
     try:
         return bool(ray.get(ref))
     except Exception as e:  # noqa: BLE001 - the folds still train, each building its own
-        cause = getattr(e, "cause", None) or e
-        log(f"ray: {name}: its shared rows were not built ({type(cause).__name__}: "
-            f"{str(cause).splitlines()[0] if str(cause) else ''}); each fold builds its own")
+        log(f"ray: {name}: its shared rows were not built ({one_line(e)}); each fold builds "
+            "its own")
         return False
+
+
+def one_line(e: BaseException) -> str:
+    """A task's error as one line: the exception the task raised (Ray wraps it) and the first
+    line of its message."""
+    cause = getattr(e, "cause", None) or e
+    msg = str(cause)
+    return f"{type(cause).__name__}: {msg.splitlines()[0]}" if msg else type(cause).__name__
 
 
 def raise_failures(result: FanoutResult) -> None:
